@@ -1,0 +1,139 @@
+"""`mpt <command>`: parse the command line, then call one function that does the work.
+
+Imports of heavy modules happen inside each command so that ``mpt --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+# ---- model commands ---------------------------------------------------------------------
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from .presets import load_model_config, model_info, preset_names
+
+    names = preset_names() if args.preset == ["all"] else args.preset
+    rows = []
+    for name in names:
+        cfg = load_model_config(name)
+        info = model_info(cfg)
+        rows.append((name, f"{info.params / 1e6:,.1f}M", f"{info.non_embedding_params / 1e6:,.1f}M",
+                     f"{cfg.d_model}/{cfg.n_heads}/{cfg.n_layers}", str(cfg.max_seq_len),
+                     f"{info.train_flops_per_token / 1e9:,.2f}", f"{info.weights_gib_bf16:,.2f}",
+                     f"{info.train_state_gib_lion:,.1f}", f"{info.train_state_gib_adamw:,.1f}"))
+    header = ("preset", "params", "non-emb", "d/heads/layers", "seq", "GFLOP/token (train)",
+              "weights bf16 GiB", "train state Lion GiB", "train state AdamW GiB")
+    _print_table(header, rows)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model.hf import load_pretrained, save_pretrained
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_pretrained(args.src, dtype=dtype, attn_impl=args.attn_impl)
+    ignored = save_pretrained(model, args.dst, tokenizer_from=args.src)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.dst}: {n / 1e6:,.1f}M parameters, model_type 'mpt' (loads with transformers' "
+          f"AutoModelForCausalLM){'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build a model from a preset, export it, reload it with plain transformers, generate past max_seq_len."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .infer import generate_ids
+    from .model import MPTForCausalLM
+    from .model.hf import save_pretrained
+    from .presets import load_model_config
+
+    torch.manual_seed(args.seed)
+    cfg = load_model_config(args.preset)
+    model = MPTForCausalLM(cfg).eval()
+    out_dir = args.out or tempfile.mkdtemp(prefix="mpt-demo-")
+    save_pretrained(model, out_dir)
+    print(f"built {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, random "
+          f"weights) and saved it in Hugging Face format to {out_dir}")
+    hf = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 32))
+    with torch.no_grad():
+        delta = (hf(ids).logits - model(ids).logits).abs().max().item()
+    print(f"plain transformers loaded it as {type(hf).__name__}; max |logit difference| = {delta:.2e}")
+    n_new = cfg.max_seq_len + 16 - ids.shape[1]
+    start = time.perf_counter()
+    out = generate_ids(model, ids, max_new_tokens=n_new)
+    took = time.perf_counter() - start
+    print(f"generated {n_new} tokens greedily in {took:.2f} s ({n_new / took:.0f} tokens/s), reaching "
+          f"{out.shape[1]} tokens, past max_seq_len={cfg.max_seq_len} (ALiBi)")
+    print("last 16 token ids:", out[0, -16:].tolist())
+    return 0
+
+
+# ---- helpers -----------------------------------------------------------------------------
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpt",
+        description="MPT (MosaicML Pretrained Transformer) in modern PyTorch: build, convert and run models.",
+        epilog="Run `mpt COMMAND --help` for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("model-info", help="parameters, FLOPs per token and memory of model presets",
+                       description="Print parameter count, training FLOPs per token (LLM Foundry's MFU formula) "
+                                   "and memory for weights and optimizer state. Nothing is built.")
+    p.add_argument("preset", nargs="*", default=["all"],
+                   help="preset names (mpt-tiny, mpt-125m ... mpt-30b) or YAML files; default: all presets")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("convert", help="convert any MPT checkpoint to a transformers-loadable one",
+                       description="Read an MPT checkpoint (ours, transformers' MptForCausalLM, or MosaicML's "
+                                   "original layout; a local folder, or a hub name when online) and write "
+                                   "safetensors + config.json that plain transformers loads. Warns about "
+                                   "config fields transformers' MPT does not honour.")
+    p.add_argument("src", help="checkpoint folder or hub name, e.g. mosaicml/mpt-7b")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="cast weights to this dtype (default: keep)")
+    p.add_argument("--attn-impl", choices=["torch", "flash", "flex"], default=None,
+                   help="override attn_config.attn_impl (e.g. a checkpoint trained with flash, read on CPU)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="offline demo: build a preset, export, reload with transformers, generate",
+                       description="Build a randomly initialised model from a preset, save it in Hugging Face "
+                                   "format, reload it with plain transformers and compare logits, then generate "
+                                   "past max_seq_len with the KV cache. Needs no network and no data.")
+    p.add_argument("--preset", default="mpt-tiny", help="model preset (default: mpt-tiny)")
+    p.add_argument("--out", default=None, help="where to save the model (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mpt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

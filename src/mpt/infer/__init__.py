@@ -1,0 +1,5 @@
+"""Inference: generation loops, chat templates, the HTTP server."""
+
+from .generate import generate_ids
+
+__all__ = ["generate_ids"]

@@ -1,0 +1,53 @@
+"""A key/value cache with preallocated, geometrically growing buffers.
+
+transformers' ``DynamicCache`` concatenates every step (copying the whole context each time);
+this one writes into spare capacity and doubles only when full, so a decode step touches the
+context only inside attention. It has the same ``update``/``get_seq_length`` surface as
+transformers' caches, and the model accepts either.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, n_layers: int, capacity: int = 0) -> None:
+        """``capacity``: tokens to reserve on first use (prompt + new tokens avoids any regrowth)."""
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = [0] * n_layers
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Append ``k, v`` of shape ``(B, H, T, D)``; return the whole cached ``(K, V)`` as views."""
+        start = self.lengths[layer_idx]
+        end = start + k.shape[2]
+        kbuf, vbuf = self.keys[layer_idx], self.values[layer_idx]
+        if kbuf is None or end > kbuf.shape[2]:
+            new_cap = max(end, self.capacity, 2 * (kbuf.shape[2] if kbuf is not None else 0))
+            shape = (k.shape[0], k.shape[1], new_cap, k.shape[3])
+            new_k = k.new_empty(shape)
+            new_v = v.new_empty(shape)
+            if kbuf is not None:
+                new_k[:, :, :start] = kbuf[:, :, :start]
+                new_v[:, :, :start] = vbuf[:, :, :start]
+            self.keys[layer_idx], self.values[layer_idx] = kbuf, vbuf = new_k, new_v
+        kbuf[:, :, start:end] = k
+        vbuf[:, :, start:end] = v
+        self.lengths[layer_idx] = end
+        return kbuf[:, :, :end], vbuf[:, :, :end]
+
+    def crop(self, length: int) -> None:
+        """Forget everything after the first ``length`` tokens (reuse a shared prefix)."""
+        self.lengths = [min(n, length) for n in self.lengths]
+
+    def select(self, batch_index: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences leave the batch)."""
+        for i, (kbuf, vbuf) in enumerate(zip(self.keys, self.values, strict=True)):
+            if kbuf is not None:
+                self.keys[i] = kbuf.index_select(0, batch_index)
+                self.values[i] = vbuf.index_select(0, batch_index)

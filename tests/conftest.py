@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MPT_SHARED", REPO.parent / "shared"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture
+def shared() -> Path:
+    """The read-only ../shared folder of test data; tests that need it skip in a user's fresh clone."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED} (set MPT_SHARED to its path)")
+    return SHARED

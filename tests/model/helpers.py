@@ -1,0 +1,39 @@
+"""Small model configs and a float64 reference implementation of MPT attention."""
+
+import math
+
+import torch
+
+from mpt import MPTConfig
+
+
+def tiny_config(**overrides) -> MPTConfig:
+    fields = dict(d_model=48, n_heads=6, n_layers=2, max_seq_len=24, vocab_size=97)
+    attn = overrides.pop("attn_config", {})
+    return MPTConfig(**{**fields, **overrides}, attn_config=attn)
+
+
+def reference_slopes(n_heads: int, bias_max: float = 8.0) -> torch.Tensor:
+    """The ALiBi paper's recipe, written independently in float64: slopes for the largest power
+    of two below n_heads, then every other slope of twice that many."""
+    def pow2(n):
+        return [2.0 ** (-bias_max * (k + 1) / n) for k in range(n)]
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(pow2(n_heads), dtype=torch.float64)
+    m = 2 ** math.floor(math.log2(n_heads))
+    return torch.tensor(pow2(m) + pow2(2 * m)[0::2][: n_heads - m], dtype=torch.float64)
+
+
+def reference_attention(q, k, v, slopes, scale, key_mask=None):
+    """softmax(q k^T * scale + slope*(j - i), causal, padding) v in float64; q is the last q_len keys."""
+    q, k, v = (t.double() for t in (q, k, v))
+    T, S = q.shape[2], k.shape[2]
+    i = torch.arange(S - T, S, dtype=torch.float64)[:, None]
+    j = torch.arange(S, dtype=torch.float64)[None, :]
+    scores = q @ k.transpose(-1, -2) * scale
+    if slopes is not None:
+        scores = scores + slopes.double()[None, :, None, None] * (j - i)
+    scores = scores.masked_fill(j > i, float("-inf"))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
