@@ -14,7 +14,9 @@ import time
 def cmd_model_info(args: argparse.Namespace) -> int:
     from .presets import load_model_config, model_info, preset_names
 
-    names = preset_names() if args.preset == ["all"] else args.preset
+    names = args.preset
+    if names == ["all"]:
+        names = sorted(preset_names(), key=lambda n: model_info(load_model_config(n)).params)
     rows = []
     for name in names:
         cfg = load_model_config(name)

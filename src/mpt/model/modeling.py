@@ -264,6 +264,8 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         transformers would warn and randomly initialise missing tensors; we list them instead.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        # Mismatched shapes are collected (not raised by transformers) so one error lists all problems.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
         problems = []

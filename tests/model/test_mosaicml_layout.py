@@ -1,0 +1,88 @@
+"""MosaicML's original checkpoint layout (mosaicml/mpt-7b), built from the published config."""
+
+import json
+import time
+
+import torch
+from transformers import MptForCausalLM
+
+from mpt import MPTConfig, MPTForCausalLM
+
+
+def _published(shared):
+    return json.loads((shared / "data/reference/mpt-7b/config.json").read_text())
+
+
+def test_published_7b_config_builds_exactly_the_published_tensors(shared):
+    cfg = MPTConfig(**_published(shared))
+    assert cfg.learned_pos_emb is False  # ALiBi on: MosaicML's code drops position embeddings
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = MPTForCausalLM(cfg)
+    assert time.perf_counter() - start < 5  # no real allocation or initialisation on meta
+    expected = {"transformer.wte.weight": (50432, 4096), "transformer.norm_f.weight": (4096,)}
+    for n in range(32):
+        b = f"transformer.blocks.{n}."
+        expected |= {b + "norm_1.weight": (4096,), b + "attn.Wqkv.weight": (12288, 4096),
+                     b + "attn.out_proj.weight": (4096, 4096), b + "norm_2.weight": (4096,),
+                     b + "ffn.up_proj.weight": (16384, 4096), b + "ffn.down_proj.weight": (4096, 16384)}
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    assert sum(p.numel() for p in model.parameters()) == 6_649_286_656
+
+
+def _write_mosaicml_fixture(shared, folder, seed=0):
+    """The published config shrunk to a tiny size, weights in bf16 as two .bin shards + index."""
+    fields = _published(shared) | {"d_model": 64, "n_heads": 4, "n_layers": 3, "vocab_size": 256,
+                                   "max_seq_len": 32}
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(fields, indent=2))
+    torch.manual_seed(seed)
+    d, f = 64, 256
+    tensors = {"transformer.wte.weight": torch.randn(256, d) * 0.3, "transformer.norm_f.weight": 1 + 0.2 * torch.randn(d)}
+    for n in range(3):
+        b = f"transformer.blocks.{n}."
+        tensors |= {b + "norm_1.weight": 1 + 0.2 * torch.randn(d), b + "attn.Wqkv.weight": torch.randn(3 * d, d) * 0.15,
+                    b + "attn.out_proj.weight": torch.randn(d, d) * 0.1, b + "norm_2.weight": 1 + 0.2 * torch.randn(d),
+                    b + "ffn.up_proj.weight": torch.randn(f, d) * 0.1, b + "ffn.down_proj.weight": torch.randn(d, f) * 0.05}
+    tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    names = sorted(tensors)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    weight_map = {}
+    for shard, keys in shards.items():
+        torch.save({k: tensors[k] for k in keys}, folder / shard)
+        weight_map |= {k: shard for k in keys}
+    index = {"metadata": {"total_size": sum(t.numel() * 2 for t in tensors.values())}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return tensors
+
+
+def test_mosaicml_layout_loads_with_the_same_logits_as_transformers(shared, tmp_path):
+    tensors = _write_mosaicml_fixture(shared, tmp_path / "mpt")
+    ours = MPTForCausalLM.from_pretrained(tmp_path / "mpt", dtype=torch.float32).eval()
+    theirs = MptForCausalLM.from_pretrained(tmp_path / "mpt", dtype=torch.float32).eval()
+    assert torch.equal(ours.transformer.wte.weight, tensors["transformer.wte.weight"].float())
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(ids).logits, theirs(ids).logits
+    assert a.abs().max() > 1  # a real signal, not a degenerate model
+    assert (a - b).abs().max() <= 1e-4
+
+
+def test_convert_mosaicml_layout_for_plain_transformers(shared, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mpt.cli import main
+
+    _write_mosaicml_fixture(shared, tmp_path / "mpt")
+    assert main(["convert", str(tmp_path / "mpt"), str(tmp_path / "hf"), "--dtype", "float32"]) == 0
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert "auto_map" not in saved and saved["model_type"] == "mpt"
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    original = MptForCausalLM.from_pretrained(tmp_path / "mpt", dtype=torch.float32).eval()
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        assert (converted(ids).logits - original(ids).logits).abs().max() <= 1e-5
+
