@@ -1,0 +1,159 @@
+"""Where a streaming dataset's shards come from: a local folder, or any fsspec URL through a bounded cache.
+
+Remote shards are fetched on demand, hashed while they download, and moved into place with an
+atomic rename, so several processes (ranks, dataloader workers, two training runs) can share one
+cache folder without locks or shared memory: the worst race is two processes fetching the same
+shard, and both end with the same verified file. Eviction removes least-recently-used files until
+the folder fits ``limit_bytes``; a process that has a shard memory-mapped keeps reading it after
+another process unlinks it (POSIX semantics), and a shard that vanished before it was opened is
+fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from .shards import INDEX_FILE, Shard, ShardError, ShardIndex, ShardInfo, verify_shard
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mpt", "shards"))
+
+
+def read_index_url(url: str) -> ShardIndex:
+    if is_local(url):
+        path = Path(local_path(url)) / INDEX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes")
+        return ShardIndex.from_json(path.read_text(), str(path))
+    import fsspec
+
+    where = url.rstrip("/") + "/" + INDEX_FILE
+    try:
+        with fsspec.open(where, "r") as f:
+            text = f.read()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{where} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes"
+                                ) from err
+    return ShardIndex.from_json(text, where)
+
+
+class ShardStore:
+    """Opens the shards of one source, verifying each once per process before it is read."""
+
+    def __init__(self, url: str, index: ShardIndex, *, cache_dir: str | None, limit_bytes: int | None,
+                 verify: bool = True, keep_open: int = 8):
+        self.url, self.index, self.verify = url, index, verify
+        self.local = is_local(url)
+        self.limit = limit_bytes
+        self.keep_open = keep_open
+        self._open: dict[int, Shard] = {}     # insertion order = least recently used first
+        self._verified: set[int] = set()
+        if not self.local:
+            self.root = Path(cache_dir or default_cache_dir())
+            key = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
+            self.folder = self.root / key
+            self.folder.mkdir(parents=True, exist_ok=True)
+            biggest = max((s.bytes for s in index.shards), default=0)
+            if self.limit is not None and biggest > self.limit:
+                raise ValueError(f"cache limit {self.limit:,} bytes is smaller than the largest shard of {url} "
+                                 f"({biggest:,} bytes); raise the cache limit")
+
+    def shard(self, i: int) -> Shard:
+        shard = self._open.pop(i, None)
+        if shard is None:
+            shard = self._load(i)
+            while len(self._open) >= self.keep_open:
+                self._open.pop(next(iter(self._open)))
+        self._open[i] = shard
+        return shard
+
+    def _load(self, i: int) -> Shard:
+        info = self.index.shards[i]
+        dtype = self._dtype()
+        if self.local:
+            path = os.path.join(local_path(self.url), info.file)
+            if self.verify and i not in self._verified:
+                verify_shard(path, info)
+                self._verified.add(i)
+            return Shard(path, dtype)
+        path = self.folder / info.file
+        for _ in range(3):
+            if not path.exists():
+                self._fetch(info, path)
+                self._verified.add(i)
+            try:
+                if self.verify and i not in self._verified:
+                    verify_shard(path, info)
+                    self._verified.add(i)
+                os.utime(path)  # recency for LRU eviction across processes
+                return Shard(path, dtype)
+            except FileNotFoundError:
+                self._verified.discard(i)   # another process evicted it between our check and open; fetch again
+        raise ShardError(f"shard {path} keeps disappearing from the cache; the cache limit is too small for the "
+                         "number of processes sharing it; raise it")
+
+    def _dtype(self):
+        import numpy as np
+
+        return np.dtype("<u2") if self.index.dtype == "uint16" else np.dtype("<u4")
+
+    def _fetch(self, info: ShardInfo, path: Path) -> None:
+        import fsspec
+
+        remote = self.url.rstrip("/") + "/" + info.file
+        self._evict(incoming=info.bytes)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        h, size = hashlib.sha256(), 0
+        try:
+            with fsspec.open(remote, "rb") as src, open(tmp, "wb") as dst:
+                while block := src.read(1 << 22):
+                    h.update(block)
+                    size += len(block)
+                    dst.write(block)
+            if size != info.bytes or h.hexdigest() != info.sha256:
+                raise ShardError(f"shard {remote} is {size:,} bytes with SHA-256 {h.hexdigest()[:16]}... but the "
+                                 f"index says {info.bytes:,} bytes, {info.sha256[:16]}...: the remote copy is corrupt "
+                                 "or truncated; re-upload it or re-run `mpt prep`")
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def _evict(self, incoming: int) -> None:
+        if self.limit is None:
+            return
+        files = []
+        for p in self.root.rglob("*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # removed by another process while we listed
+            if p.is_file():
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total + incoming <= self.limit:
+                break
+            if p.name.endswith(".tmp"):
+                continue  # another process's download in flight
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            total -= size
+            for i, s in list(self._open.items()):
+                if Path(s.path) == p:
+                    del self._open[i]
+                    self._verified.discard(i)

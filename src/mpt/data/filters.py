@@ -1,0 +1,92 @@
+"""Document quality filters: the mC4 rules of the MPT-7B release, and a generic length filter.
+
+The MPT-7B appendix states the mC4 rules as: the most common character is alphabetic; at least
+92 % of characters are alphanumeric; if a document has more than 500 words its most common word
+is at most 7.5 % of the words, else at most 30 %; and 200 <= words <= 50,000.
+
+Definitions we use (the appendix does not spell them out):
+- "characters" are the non-whitespace characters (counting spaces would make the space the most
+  common character of nearly every English text, and the rule would reject everything);
+- "words" are whitespace-separated tokens; the most-common-word rule compares them lowercased.
+
+All bounds are inclusive as stated. Every rule is off unless switched on: ``FilterConfig.mc4()``
+switches on all four with the MPT-7B values (``mpt prep --mc4``), and each can be changed or
+turned off on its own (``None`` / ``False``). The generic filter keeps documents with
+``min_chars <= len(text) <= max_chars`` (both off by default).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass
+class FilterConfig:
+    most_common_char_alpha: bool = False
+    min_alnum_ratio: float | None = None          # mC4: 0.92
+    max_common_word_ratio_long: float | None = None   # mC4: 0.075, for documents with > long_doc_words words
+    max_common_word_ratio_short: float | None = None  # mC4: 0.30, otherwise
+    long_doc_words: int = 500
+    min_words: int | None = None                  # mC4: 200
+    max_words: int | None = None                  # mC4: 50,000
+    min_chars: int | None = None
+    max_chars: int | None = None
+
+    @classmethod
+    def mc4(cls, **overrides) -> FilterConfig:
+        return cls(**{**dict(most_common_char_alpha=True, min_alnum_ratio=0.92, max_common_word_ratio_long=0.075,
+                             max_common_word_ratio_short=0.30, min_words=200, max_words=50_000), **overrides})
+
+    def validate(self) -> None:
+        for name in ("min_alnum_ratio", "max_common_word_ratio_long", "max_common_word_ratio_short"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"filter {name}={value} must be a fraction between 0 and 1")
+        for lo, hi in (("min_words", "max_words"), ("min_chars", "max_chars")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            for name, v in ((lo, a), (hi, b)):
+                if v is not None and v < 0:
+                    raise ValueError(f"filter {name}={v} must be >= 0")
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"filter {lo}={a} is larger than {hi}={b}; no document could pass")
+
+    @property
+    def active(self) -> bool:
+        return any(v not in (None, False) for k, v in vars(self).items() if k != "long_doc_words")
+
+
+# The rule names below are the keys of the "dropped by filter" counts in the prep summary.
+def first_failed_rule(text: str, cfg: FilterConfig) -> str | None:
+    """The name of the first rule ``text`` fails, or None when it passes all active rules."""
+    n_chars = len(text)
+    if cfg.min_chars is not None and n_chars < cfg.min_chars:
+        return "min_chars"
+    if cfg.max_chars is not None and n_chars > cfg.max_chars:
+        return "max_chars"
+    if cfg.most_common_char_alpha or cfg.min_alnum_ratio is not None:
+        chars = Counter(text)
+        for ws in [c for c in chars if c.isspace()]:
+            del chars[ws]
+        total = sum(chars.values())
+        if cfg.most_common_char_alpha:
+            if total == 0 or not chars.most_common(1)[0][0].isalpha():
+                return "most_common_char_alpha"
+        if cfg.min_alnum_ratio is not None:
+            alnum = sum(n for c, n in chars.items() if c.isalnum())
+            if total == 0 or alnum / total < cfg.min_alnum_ratio:
+                return "min_alnum_ratio"
+    needs_words = (cfg.min_words, cfg.max_words, cfg.max_common_word_ratio_long, cfg.max_common_word_ratio_short)
+    if any(v is not None for v in needs_words):
+        words = text.lower().split()
+        n_words = len(words)
+        if cfg.min_words is not None and n_words < cfg.min_words:
+            return "min_words"
+        if cfg.max_words is not None and n_words > cfg.max_words:
+            return "max_words"
+        limit = cfg.max_common_word_ratio_long if n_words > cfg.long_doc_words else cfg.max_common_word_ratio_short
+        if limit is not None and n_words > 0:
+            top = Counter(words).most_common(1)[0][1]
+            if top / n_words > limit:
+                return "max_common_word_ratio"
+    return None

@@ -1,0 +1,194 @@
+"""Read documents from jsonl / json / txt / parquet files, folders and globs.
+
+Every document carries the file and line (or row) it came from, so that any later error can
+name them. Bad input is an error that says where and what to do, unless the caller asks to skip
+bad records, in which case each skip is counted in ``ReadStats``.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUFFIXES = (".jsonl", ".json", ".txt", ".parquet", ".jsonl.gz", ".json.gz", ".txt.gz")
+
+
+class DataInputError(ValueError):
+    """Bad input data: the message names the file, the line, the field and what to do."""
+
+
+@dataclass
+class Document:
+    text: str
+    source: str      # file path
+    line: int        # 1-based line (jsonl), row (parquet, json array) or 1 (txt)
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    records: int = 0
+    bad_json: int = 0
+    missing_field: int = 0
+    invalid_utf8: int = 0          # decoded with U+FFFD replacements and kept
+    bad_examples: list[str] = field(default_factory=list)   # the first few skipped records, for the summary
+
+    def note_bad(self, where: str) -> None:
+        if len(self.bad_examples) < 10:
+            self.bad_examples.append(where)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (searched recursively for known suffixes) and globs, in a stable sorted order."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            if not item.endswith(SUFFIXES):
+                raise DataInputError(f"{item}: unknown file type; expected one of {', '.join(SUFFIXES)}")
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            if not found:
+                raise DataInputError(f"{item}: folder holds no {', '.join(SUFFIXES)} files")
+            files.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                           if os.path.isfile(p) and p.endswith(SUFFIXES))
+            if not found:
+                raise DataInputError(f"{item}: the glob matches no {', '.join(SUFFIXES)} files")
+            files.extend(found)
+        else:
+            raise FileNotFoundError(f"{item}: no such file, folder or glob match")
+    return files
+
+
+def _decode(raw: bytes, where: str, stats: ReadStats) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.invalid_utf8 += 1
+        stats.note_bad(f"{where}: invalid UTF-8 (kept with U+FFFD replacement characters)")
+        return raw.decode("utf-8", errors="replace")
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _field_text(record: object, text_field: str, where: str, stats: ReadStats, skip_bad: bool) -> str | None:
+    if not isinstance(record, dict) or text_field not in record:
+        available = ", ".join(map(repr, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+        if skip_bad:
+            stats.missing_field += 1
+            stats.note_bad(f"{where}: no field {text_field!r}")
+            return None
+        raise DataInputError(f"{where}: no field {text_field!r}; the record has {available or 'no fields'}. "
+                             f"Pass --text-field NAME to pick the field (or --skip-bad to skip such records)")
+    value = record[text_field]
+    if not isinstance(value, str):
+        if skip_bad:
+            stats.missing_field += 1
+            stats.note_bad(f"{where}: field {text_field!r} is {type(value).__name__}")
+            return None
+        raise DataInputError(f"{where}: field {text_field!r} is a {type(value).__name__} ({str(value)[:60]!r}), "
+                             "not a string; pick another --text-field (or --skip-bad to skip such records)")
+    return value
+
+
+def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
+    with _open_bytes(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue  # blank lines separate nothing in jsonl; not a record
+            stats.records += 1
+            where = f"{path}:{lineno}"
+            line = _decode(raw, where, stats)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if skip_bad:
+                    stats.bad_json += 1
+                    stats.note_bad(f"{where}: malformed JSON ({err.msg})")
+                    continue
+                raise DataInputError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix or remove "
+                                     "the line, or pass --skip-bad to skip and count such lines") from err
+            text = _field_text(record, text_field, where, stats, skip_bad)
+            if text is not None:
+                yield Document(text, str(path), lineno)
+
+
+def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
+    with _open_bytes(path) as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"["):
+        yield from _read_jsonl(path, text_field, stats, skip_bad)  # a .json file of one object per line
+        return
+    with _open_bytes(path) as f:
+        raw = f.read()
+    try:
+        records = json.loads(_decode(raw, str(path), stats))
+    except json.JSONDecodeError as err:
+        raise DataInputError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno}); "
+                             "fix the file") from err
+    for i, record in enumerate(records, start=1):
+        stats.records += 1
+        text = _field_text(record, text_field, f"{path} (array element {i})", stats, skip_bad)
+        if text is not None:
+            yield Document(text, str(path), i)
+
+
+def _read_txt(path: Path, stats: ReadStats) -> Iterator[Document]:
+    with _open_bytes(path) as f:
+        raw = f.read()
+    stats.records += 1
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is an encoding marker, not text
+    yield Document(_decode(raw, str(path), stats), str(path), 1)
+
+
+def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise DataInputError(f"{path}: no column {text_field!r}; the file has {', '.join(map(repr, names))}. "
+                             "Pass --text-field NAME to pick the column")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            stats.records += 1
+            if not isinstance(value, str):
+                if skip_bad:
+                    stats.missing_field += 1
+                    stats.note_bad(f"{path} row {row}: column {text_field!r} is {type(value).__name__}")
+                    continue
+                raise DataInputError(f"{path} row {row}: column {text_field!r} is {value!r}, not a string; "
+                                     "pass --skip-bad to skip and count such rows")
+            yield Document(value, str(path), row)
+
+
+def read_documents(files: list[Path], text_field: str = "text", *, skip_bad: bool = False,
+                   stats: ReadStats | None = None) -> Iterator[Document]:
+    """Yield every document of ``files`` in order; counts go to ``stats``."""
+    stats = stats if stats is not None else ReadStats()
+    for path in files:
+        stats.files += 1
+        name = path.name.removesuffix(".gz")
+        if name.endswith(".jsonl"):
+            yield from _read_jsonl(path, text_field, stats, skip_bad)
+        elif name.endswith(".json"):
+            yield from _read_json(path, text_field, stats, skip_bad)
+        elif name.endswith(".txt"):
+            yield from _read_txt(path, stats)
+        elif name.endswith(".parquet"):
+            yield from _read_parquet(path, text_field, stats, skip_bad)
+        else:
+            raise DataInputError(f"{path}: unknown file type; expected one of {', '.join(SUFFIXES)}")

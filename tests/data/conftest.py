@@ -1,0 +1,25 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpt.data.shards import ShardWriter
+
+
+@pytest.fixture
+def neox(shared) -> Path:
+    path = shared / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"GPT-NeoX tokenizer not found at {path}")
+    return path
+
+
+def write_numbered_shards(out: Path, n: int, seq_len: int = 8, per_shard: int = 10, offset: int = 0) -> Path:
+    """Real shards whose sample i is [offset + i, offset + i, ...]: the first token names the sample."""
+    bytes_per_sample = seq_len * 4 + 8
+    w = ShardWriter(out, vocab_size=1 << 20, eos_id=0, mode="concat", seq_len=seq_len, tokenizer="numbers",
+                    shard_bytes=16 + 8 + per_shard * bytes_per_sample)
+    for i in range(n):
+        w.add(np.full(seq_len, offset + i, dtype=np.int64))
+    w.close()
+    return out
