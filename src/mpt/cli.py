@@ -79,6 +79,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- eval commands -----------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.run import EvalRunConfig, run_eval
+
+    run_eval(EvalRunConfig(model=args.model, tasks=args.tasks, data_dir=args.data_dir, tokenizer=args.tokenizer,
+                           gauntlet=args.gauntlet, limit=args.limit, num_fewshot=args.num_fewshot,
+                           batch_size=args.batch_size, max_seq_len=args.max_seq_len, device=args.device,
+                           dtype=args.dtype, output=args.output, markdown=args.markdown, examples=args.examples,
+                           progress=not args.no_progress))
+    return 0
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
@@ -125,6 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to save the model (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
+                       description="Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, "
+                                   "multiple_choice, schema, generation_task_with_answers) with LLM Foundry's "
+                                   "prompts and metrics; print a table and optionally write JSON, Markdown and "
+                                   "per-example JSONL. Task files are read from --data-dir; nothing is downloaded.",
+                       epilog="example: mpt eval ./my-mpt --tasks mpt7b --data-dir ../shared/data/eval --limit 100 "
+                              "--output results.json")
+    p.add_argument("model", help="our checkpoint, a Hugging Face-format MPT or any causal LM folder, or a hub name")
+    p.add_argument("--tasks", nargs="+", default=["mpt7b"],
+                   help="suite names (mpt7b), suite YAML files or bare .jsonl task files (default: mpt7b)")
+    p.add_argument("--data-dir", default=None, help="folder holding the task files named in the suite "
+                                                    "(default: $MPT_EVAL_DATA)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: the model's)")
+    p.add_argument("--gauntlet", default=None, help="gauntlet name or YAML (default: the suite's; 'none' to skip)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
+    p.add_argument("--num-fewshot", type=int, nargs="+", default=None, help="override every task's few-shot counts")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default: 64)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="context window (default: the model's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--output", default=None, help="write results (and gauntlet) as JSON here")
+    p.add_argument("--markdown", default=None, help="write a Markdown table here")
+    p.add_argument("--examples", default=None, help="write one JSON line per example (prompt, options, scores, "
+                                                    "prediction, gold) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""Run tasks on a model: the function behind ``mpt eval``, also the in-training eval hook.
+
+``evaluate(model, tokenizer, tasks, ...)`` validates every task file first, then for each task and
+few-shot count builds the prompts, scores them (:mod:`mpt.eval.runner`) and returns accuracies,
+per-category accuracies, truncation counts and, optionally, one record per example.
+
+With ``torchrun`` (``torch.distributed`` initialised, world size > 1) each rank evaluates every
+world-size-th example and the per-example results are gathered, so ranks scale linearly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .encode import Encoded, encode_prompt, needs_prefix_space
+from .runner import ScoreGroup, generate_greedy, score_groups
+from .scoring import choice_scores, cut_at_stop, pick, qa_correct
+from .suite import resolve_task_file
+from .tasks import Prompt, TaskConfig, build_prompts, load_task_records, render_prompt
+
+
+@dataclass
+class TaskResult:
+    label: str
+    num_fewshot: int
+    icl_task_type: str
+    metric: str
+    accuracy: float  # with categories: the mean of the category accuracies (LLM Foundry's gauntlet input)
+    n: int
+    micro_accuracy: float  # over all examples
+    categories: dict[str, tuple[float, int]] = field(default_factory=dict)
+    fewshot_dropped: int = 0  # examples that lost demonstrations to fit the window
+    context_cut: int = 0  # examples whose context was cut from the left
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}/{self.num_fewshot}-shot"
+
+
+@dataclass
+class EvalOutput:
+    tasks: list[TaskResult]
+    examples: list[dict]
+    seconds: float
+
+
+METRICS = {"language_modeling": "InContextLearningLMAccuracy",
+           "multiple_choice": "InContextLearningMultipleChoiceAccuracy",
+           "schema": "InContextLearningMultipleChoiceAccuracy",
+           "generation_task_with_answers": "InContextLearningGenerationExactMatchAccuracy"}
+
+
+def context_window(model) -> int:
+    cfg = model.config
+    for name in ("max_seq_len", "max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot tell the context window of {type(model).__name__}; give --max-seq-len")
+
+
+def max_answer_tokens(tokenizer, records: list[dict]) -> int:
+    """LLM Foundry's generation budget: the longest answer or alias in tokens."""
+    texts = [a for rec in records for a in [rec["answer"], *rec.get("aliases", [])]]
+    return max([1, *(len(ids) for ids in tokenizer(texts)["input_ids"])])  # one batched call: fast
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | None = None,
+             limit: int | None = None, batch_size: int = 64, max_seq_len: int | None = None,
+             keep_examples: bool = False, progress: bool = True, prefix_reuse: bool = True) -> EvalOutput:
+    """Evaluate ``model`` on ``tasks``; ``limit`` takes the first N examples of each task."""
+    from tqdm.auto import tqdm
+
+    start_all = time.perf_counter()
+    # Validate everything before the first forward pass: a bad line in the last file should not
+    # cost an hour of evaluation.
+    loaded = []
+    for task in tasks:
+        path = resolve_task_file(task, data_dir)
+        task_type, records = load_task_records(task, path)
+        loaded.append((task, path, task_type, records))
+    window = max_seq_len or context_window(model)
+    prefix_space = needs_prefix_space(tokenizer)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    rank, world = _dist()
+    was_training = model.training
+    model.eval()
+    results, examples = [], []
+    for task, path, task_type, records in loaded:
+        for k in task.num_fewshot:
+            t0 = time.perf_counter()
+            prompts = build_prompts(task, task_type, records, k, prefix_space, limit)
+            prompts = prompts[rank::world]
+            reserve = 0
+            if task_type == "generation_task_with_answers":
+                reserve = task.max_new_tokens or max_answer_tokens(tokenizer, records)
+            encoded = [encode_prompt(p, tokenizer, window, partial(_rerender, task, task_type, records, p, prefix_space),
+                                     reserve=reserve, where=f"{path}:{records[p.index]['_line']}") for p in prompts]
+            bar = tqdm(total=len(encoded), desc=f"{task.label} {k}-shot", unit="ex", disable=not progress or rank > 0,
+                       leave=False)
+            rows = _run(model, tokenizer, task, task_type, encoded, records, reserve, batch_size, pad, eos, bar,
+                        prefix_reuse)
+            bar.close()
+            rows = _gather(rows, world)
+            results.append(_summarise(task, task_type, k, rows, time.perf_counter() - t0))
+            if keep_examples:
+                examples.extend(rows)
+    model.train(was_training)
+    return EvalOutput(results, examples, time.perf_counter() - start_all)
+
+
+def _rerender(task, task_type, records, p: Prompt, prefix_space: bool, shots: list[int]) -> Prompt:
+    """The same example with fewer demonstrations (to fit the window)."""
+    return render_prompt(task, task_type, records, p.index, p.category, p.pool, shots, prefix_space)
+
+
+def _run(model, tokenizer, task: TaskConfig, task_type: str, encoded: list[Encoded], records, reserve: int,
+         batch_size: int, pad: int, eos, bar, prefix_reuse: bool) -> list[dict]:
+    rows = []
+    if task_type == "generation_task_with_answers":
+        new = generate_greedy(model, [e.contexts[0] for e in encoded], reserve, eos, pad, batch_size, bar)
+        for e, ids in zip(encoded, new, strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            correct = qa_correct(text, e.prompt.answers, task.early_stopping_criteria, task.do_normalization)
+            rows.append(_row(task, task_type, e, records, correct,
+                             generation=text, prediction=cut_at_stop(text, task.early_stopping_criteria)))
+        return rows
+    groups = []
+    for e in encoded:
+        if task_type == "schema":
+            cont = e.continuations[0]
+            groups.append(ScoreGroup([c + cont for c in e.contexts], [len(c) for c in e.contexts]))
+        else:
+            ctx = e.contexts[0]
+            groups.append(ScoreGroup([ctx + c for c in e.continuations], [len(ctx)] * len(e.continuations)))
+    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse)
+    for e, s in zip(encoded, scored, strict=True):
+        if task_type == "language_modeling":
+            rows.append(_row(task, task_type, e, records, s[0].greedy, logprobs=[s[0].logprob],
+                             n_tokens=[s[0].n_tokens], prediction=int(not s[0].greedy)))
+            continue
+        options = e.prompt.continuations if task_type == "multiple_choice" else e.prompt.contexts
+        raw = records[e.prompt.index]["choices" if task_type == "multiple_choice" else "context_options"]
+        scores = choice_scores([x.logprob for x in s], [x.n_tokens for x in s], [len(o) for o in raw],
+                               task.normalization)
+        pred = pick(scores)
+        rows.append(_row(task, task_type, e, records, pred == e.prompt.gold, logprobs=[x.logprob for x in s],
+                         n_tokens=[x.n_tokens for x in s], scores=scores, prediction=pred, options=options))
+    return rows
+
+
+def _row(task, task_type, e: Encoded, records, correct: bool, **extra) -> dict:
+    p = e.prompt
+    return {"task": task.label, "num_fewshot": len(p.fewshot) + e.fewshot_dropped, "index": p.index,
+            "line": records[p.index]["_line"], "category": p.category,
+            "prompt": p.preamble + p.contexts[p.gold if task_type == "schema" else 0],
+            "continuation": p.continuations[0] if task_type in ("language_modeling", "schema") else None,
+            "gold": p.answers if task_type == "generation_task_with_answers" else p.gold,
+            "correct": bool(correct), "fewshot_used": len(p.fewshot), "fewshot_dropped": e.fewshot_dropped,
+            "context_cut": e.context_cut, **extra}
+
+
+def _gather(rows: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return rows
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, rows)
+    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+
+
+def _summarise(task: TaskConfig, task_type: str, k: int, rows: list[dict], seconds: float) -> TaskResult:
+    n = len(rows)
+    micro = sum(r["correct"] for r in rows) / max(n, 1)
+    cats: dict[str, list[bool]] = {}
+    if task.has_categories:
+        for r in rows:
+            cats.setdefault(r["category"], []).append(r["correct"])
+    categories = {c: (sum(v) / len(v), len(v)) for c, v in sorted(cats.items())}
+    accuracy = sum(a for a, _ in categories.values()) / len(categories) if categories else micro
+    return TaskResult(task.label, k, task_type, METRICS[task_type], accuracy, n, micro, categories,
+                      fewshot_dropped=sum(r["fewshot_dropped"] > 0 for r in rows),
+                      context_cut=sum(r["context_cut"] > 0 for r in rows), seconds=seconds)
+
+
+# ---- loading a model --------------------------------------------------------------------------
+def load_model(spec: str, device: str | None = None, dtype: str | None = None):
+    """Our checkpoints and any Hugging Face-format MPT load as our class; other causal LMs via transformers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    torch_dtype = getattr(torch, dtype)
+    config = AutoConfig.from_pretrained(spec)
+    if config.model_type == "mpt":
+        from ..model.hf import load_pretrained
+
+        model = load_pretrained(spec, dtype=torch_dtype,
+                                attn_impl="torch" if not device.startswith("cuda") else None)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
+    return model.to(device).eval()
+
+
+def load_tokenizer(spec: str):
+    """A model folder (or hub name) with tokenizer files, or a ``tokenizer.json`` file."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if Path(spec).is_file() and spec.endswith(".json"):
+        tok = PreTrainedTokenizerFast(tokenizer_file=spec)
+        if tok.eos_token is None and "<|endoftext|>" in tok.get_vocab():
+            tok.eos_token = "<|endoftext|>"
+        return tok
+    return AutoTokenizer.from_pretrained(spec)

@@ -1,0 +1,87 @@
+"""``mpt eval``: load a model and suites, evaluate, print and write the results."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .tasks import EvalTaskError
+
+
+@dataclass
+class EvalRunConfig:
+    model: str
+    tasks: list[str] = field(default_factory=lambda: ["mpt7b"])  # suite names, suite YAMLs, .jsonl files
+    data_dir: str | None = None
+    tokenizer: str | None = None
+    gauntlet: str | None = None  # None: the suite's own; "none": skip
+    limit: int | None = None
+    num_fewshot: list[int] | None = None  # override every task's few-shot counts
+    batch_size: int = 64
+    max_seq_len: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    output: str | None = None  # JSON
+    markdown: str | None = None
+    examples: str | None = None  # per-example JSONL
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise EvalTaskError(f"--limit {self.limit}: give a positive number of examples per task")
+        if self.batch_size < 1:
+            raise EvalTaskError(f"--batch-size {self.batch_size}: give a positive number of sequences per forward")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise EvalTaskError(f"--max-seq-len {self.max_seq_len} is too small")
+        if self.num_fewshot is not None and any(k < 0 for k in self.num_fewshot):
+            raise EvalTaskError(f"--num-fewshot {self.num_fewshot}: counts must be >= 0")
+        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise EvalTaskError(f"--dtype {self.dtype}: use auto, float32, bfloat16 or float16")
+
+
+def run_eval(cfg: EvalRunConfig) -> dict:
+    from . import report
+    from .gauntlet import aggregate
+    from .harness import evaluate, load_model, load_tokenizer
+    from .suite import load_gauntlet, load_suite, resolve_task_file
+    from .tasks import load_task_records
+
+    cfg.validate()
+    data_dir = cfg.data_dir or os.environ.get("MPT_EVAL_DATA")
+    suites = [load_suite(s) for s in cfg.tasks]
+    tasks = [t for s in suites for t in s.tasks]
+    if cfg.num_fewshot is not None:
+        for t in tasks:
+            t.num_fewshot = list(cfg.num_fewshot)
+    for t in tasks:  # fail on a bad file before loading the model
+        load_task_records(t, resolve_task_file(t, data_dir))
+    gauntlet_name = cfg.gauntlet if cfg.gauntlet is not None else next((s.gauntlet for s in suites if s.gauntlet), None)
+    gauntlet_cfg = load_gauntlet(gauntlet_name) if gauntlet_name and gauntlet_name != "none" else None
+
+    model = load_model(cfg.model, cfg.device, cfg.dtype)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    out = evaluate(model, tokenizer, tasks, data_dir=data_dir, limit=cfg.limit, batch_size=cfg.batch_size,
+                   max_seq_len=cfg.max_seq_len, keep_examples=cfg.examples is not None, progress=cfg.progress)
+    g = aggregate({t.key: t.accuracy for t in out.tasks}, gauntlet_cfg) if gauntlet_cfg else None
+    print(report.table(out, g))
+    n = sum(t.n for t in out.tasks)
+    print(f"{n} examples in {out.seconds:.1f} s ({n / max(out.seconds, 1e-9):.1f} examples/s) on "
+          f"{next(model.parameters()).device} {next(model.parameters()).dtype}")
+    if g is not None:
+        for name, cats in g.averages_missing.items():
+            print(f"{name}: no score for {', '.join(cats)} (no task data for them)")
+    meta = {"model": cfg.model, "tasks": cfg.tasks, "limit": cfg.limit, "gauntlet": gauntlet_name,
+            "device": str(next(model.parameters()).device), "dtype": str(next(model.parameters()).dtype)}
+    data = report.to_json(out, g, meta)
+    if cfg.output:
+        report.write_json(cfg.output, data)
+        print(f"wrote {cfg.output}")
+    if cfg.markdown:
+        from pathlib import Path
+
+        Path(cfg.markdown).write_text(report.markdown(out, g, title=f"{cfg.model}"), encoding="utf-8")
+        print(f"wrote {cfg.markdown}")
+    if cfg.examples:
+        report.write_examples(cfg.examples, out.examples)
+        print(f"wrote {cfg.examples} ({len(out.examples)} examples)")
+    return data

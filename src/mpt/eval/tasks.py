@@ -1,0 +1,295 @@
+"""In-context-learning task files (LLM Foundry's ICL jsonl format) and their prompts.
+
+Reading and validating a file, inferring its task type from its fields, drawing few-shot
+demonstrations and building the prompt strings -- all as LLM Foundry builds them (commit
+8c8dd48 of ``in_context_learning_evaluation.py``), so that a score here means the same as a
+score there. The four task types and their fields are documented in ``data/eval/README.md``.
+
+Nothing here tokenizes or runs a model; :mod:`mpt.eval.encode` turns a :class:`Prompt` into ids.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASK_TYPES = ("language_modeling", "multiple_choice", "schema", "generation_task_with_answers")
+NORMALIZATIONS = ("token", "none", "char")
+
+# Fields each task type needs, with their JSON types.
+REQUIRED_FIELDS: dict[str, dict[str, type]] = {
+    "language_modeling": {"context": str, "continuation": str},
+    "multiple_choice": {"query": str, "choices": list, "gold": int},
+    "schema": {"context_options": list, "continuation": str, "gold": int},
+    "generation_task_with_answers": {"context": str, "answer": str},
+}
+
+
+class EvalTaskError(ValueError):
+    """A task file or task setting is wrong; the message names where and what to do."""
+
+
+@dataclass
+class TaskConfig:
+    """One task of a suite: a jsonl file and how to prompt for it (LLM Foundry's task fields)."""
+
+    label: str
+    file: str
+    icl_task_type: str | None = None  # None: inferred from the first record's fields
+    num_fewshot: list[int] = field(default_factory=lambda: [0])
+    continuation_delimiter: str = " "
+    example_delimiter: str = "\n"
+    prelimiter: str = ""
+    prompt_string: str = ""
+    fewshot_random_seed: int = 1234
+    has_categories: bool = False
+    strip_dataset: bool = True
+    # multiple_choice / schema: how the choice log-likelihoods are compared. LLM Foundry picks
+    # the lowest per-token perplexity ("token"); lm-eval's acc sums ("none"), acc_norm divides by
+    # the choice's length in characters ("char").
+    normalization: str = "token"
+    # generation_task_with_answers
+    do_normalization: bool = True
+    early_stopping_criteria: list[str] = field(default_factory=list)
+    max_new_tokens: int | None = None  # None: the longest answer/alias in tokens, as LLM Foundry does
+
+    def validate(self, where: str = "task") -> None:
+        def bad(name: str, value, allowed: str) -> EvalTaskError:
+            return EvalTaskError(f"{where} {self.label!r}: {name}={value!r} is not valid; {allowed}")
+
+        if not self.label or not isinstance(self.label, str):
+            raise bad("label", self.label, "give a non-empty name")
+        if self.icl_task_type is not None and self.icl_task_type not in TASK_TYPES:
+            raise bad("icl_task_type", self.icl_task_type, f"use one of {', '.join(TASK_TYPES)}")
+        if isinstance(self.num_fewshot, int):
+            self.num_fewshot = [self.num_fewshot]
+        if not self.num_fewshot or not all(isinstance(k, int) and k >= 0 for k in self.num_fewshot):
+            raise bad("num_fewshot", self.num_fewshot, "give a list of integers >= 0, e.g. [0] or [3, 25]")
+        if self.normalization not in NORMALIZATIONS:
+            raise bad("normalization", self.normalization, f"use one of {', '.join(NORMALIZATIONS)}")
+        for name in ("continuation_delimiter", "example_delimiter", "prelimiter", "prompt_string"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, getattr(self, name), "give a string")
+        if not isinstance(self.early_stopping_criteria, list) or not all(
+                isinstance(s, str) and s for s in self.early_stopping_criteria):
+            raise bad("early_stopping_criteria", self.early_stopping_criteria, "give a list of non-empty strings")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise bad("max_new_tokens", self.max_new_tokens, "give an integer >= 1 or leave it out")
+
+
+@dataclass
+class Prompt:
+    """One example, rendered: what the model reads and what is scored."""
+
+    index: int  # 0-based record number in the file (line number - 1)
+    category: str | None
+    preamble: str  # prompt_string + few-shot demonstrations (tokenized on its own, as LLM Foundry does)
+    contexts: list[str]  # one context; schema: one per context option
+    continuations: list[str]  # scored texts: multiple_choice one per choice; LM / schema one; QA none
+    gold: int  # index into continuations (multiple_choice) or contexts (schema); 0 otherwise
+    answers: list[str]  # generation_task_with_answers: the answer and its aliases
+    fewshot: list[int]  # indices (within the few-shot pool) of the demonstrations, in prompt order
+    pool: list[int]  # record indices of this example's few-shot pool (its category, or the whole file)
+
+
+# ---- reading and validating ------------------------------------------------------------------
+def read_records(path: str | Path) -> list[dict]:
+    """Parse a jsonl file; a bad line is an error naming the file and line.
+
+    Lines are split on "\\n" only: str.splitlines() would also split on U+0085 / U+2028, which
+    occur inside strings in triviaqa.jsonl.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist (give the folder holding the task files "
+                                "with --data-dir, or a full path)")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise EvalTaskError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); each line must "
+                                "be one JSON object") from None
+        if not isinstance(rec, dict):
+            raise EvalTaskError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        rec["_line"] = n
+        records.append(rec)
+    if not records:
+        raise EvalTaskError(f"{path}: the file has no records")
+    return records
+
+
+def infer_task_type(record: dict, path: str | Path) -> str:
+    """The task type a record's fields imply (a bare file needs no settings)."""
+    keys = set(record)
+    if {"query", "choices", "gold"} <= keys:
+        return "multiple_choice"
+    if {"context_options", "continuation", "gold"} <= keys:
+        return "schema"
+    if {"context", "answer"} <= keys:
+        return "generation_task_with_answers"
+    if {"context", "continuation"} <= keys:
+        return "language_modeling"
+    fields = ", ".join(sorted(k for k in keys if k != "_line"))
+    raise EvalTaskError(
+        f"{path}:{record.get('_line', 1)}: cannot tell the task type from the fields ({fields}); expected "
+        "context+continuation (language_modeling), query+choices+gold (multiple_choice), "
+        "context_options+continuation+gold (schema) or context+answer (generation_task_with_answers), "
+        "or set icl_task_type in the suite")
+
+
+def validate_records(records: list[dict], task_type: str, path: str | Path, has_categories: bool = False) -> None:
+    """Every record has the fields its type needs, with the right types and a gold index in range."""
+    for rec in records:
+        where = f"{path}:{rec['_line']}"
+        for name, kind in REQUIRED_FIELDS[task_type].items():
+            if name not in rec:
+                raise EvalTaskError(f"{where}: field {name!r} is missing (a {task_type} record needs "
+                                    f"{', '.join(REQUIRED_FIELDS[task_type])})")
+            value = rec[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise EvalTaskError(f"{where}: field {name!r} should be {kind.__name__}, got "
+                                    f"{type(value).__name__} {value!r:.80}")
+        options = rec.get("choices") if task_type == "multiple_choice" else rec.get("context_options")
+        if options is not None:
+            name = "choices" if task_type == "multiple_choice" else "context_options"
+            if not options:
+                raise EvalTaskError(f"{where}: field {name!r} is empty; give at least two options")
+            if not all(isinstance(o, str) for o in options):
+                raise EvalTaskError(f"{where}: field {name!r} must hold strings, got {options!r:.120}")
+            if not 0 <= rec["gold"] < len(options):
+                raise EvalTaskError(f"{where}: field 'gold' = {rec['gold']} is out of range for {len(options)} "
+                                    f"{name} (use an index from 0 to {len(options) - 1})")
+        if task_type == "generation_task_with_answers" and not (
+                isinstance(rec.get("aliases", []), list) and all(isinstance(a, str) for a in rec.get("aliases", []))):
+            raise EvalTaskError(f"{where}: field 'aliases' must be a list of strings, got {rec['aliases']!r:.120}")
+        if has_categories and not isinstance(rec.get("category"), str):
+            raise EvalTaskError(f"{where}: field 'category' is missing or not a string (has_categories is set "
+                                f"for this task); got {rec.get('category')!r}")
+
+
+def load_task_records(task: TaskConfig, path: str | Path) -> tuple[str, list[dict]]:
+    """Read, type and validate a task file; returns (task type, stripped records)."""
+    records = read_records(path)
+    task_type = task.icl_task_type or infer_task_type(records[0], path)
+    validate_records(records, task_type, path, task.has_categories)
+    if task.strip_dataset:
+        # LLM Foundry strips top-level strings only; list elements (choices, aliases) are kept as is.
+        records = [{k: v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in records]
+    return task_type, records
+
+
+# ---- few-shot sampling and prompt strings --------------------------------------------------
+def sample_fewshot(pool_size: int, num_fewshot: int, example: int, rng: random.Random) -> list[int]:
+    """Demonstration indices for ``example``: never the example itself, reproducible from the seed.
+
+    The same draws as LLM Foundry's ``get_fewshot_sample_idxs`` (sample without replacement; if
+    the example was drawn, drop it and draw a replacement), and the demonstrations are taken in
+    the iteration order of the resulting Python set, as LLM Foundry does, so prompts match.
+    """
+    k = min(pool_size - 1, num_fewshot)
+    picked = set(rng.sample(range(pool_size), k))
+    if example in picked:
+        picked.remove(example)
+        if len(picked) >= pool_size - 1:
+            return list(picked)
+        replacement = rng.choice(range(pool_size))
+        while replacement in picked or replacement == example:
+            replacement = rng.choice(range(pool_size))
+        picked.add(replacement)
+    return list(picked)
+
+
+def _prefix_space(text: str, needed: bool) -> str:
+    # GPT-style BPE encodes " word" as one token: the scored answer gets the space the
+    # delimiter's rstrip removed from the context.
+    return f" {text}" if needed and not text.startswith(" ") else text
+
+
+def _demonstration(task: TaskConfig, task_type: str, rec: dict, preceding: str) -> str:
+    """One solved example for the preamble (its answer carries no added prefix space)."""
+    delim = task.example_delimiter if preceding else ""
+    if task_type == "schema":
+        return (f"{task.prelimiter}{delim}{rec['context_options'][rec['gold']]}"
+                f"{task.continuation_delimiter}{rec['continuation']}")
+    if task_type == "multiple_choice":
+        text, answer = rec["query"], rec["choices"][rec["gold"]]
+    elif task_type == "language_modeling":
+        text, answer = rec["context"], rec["continuation"]
+    else:
+        text, answer = rec["context"], rec["answer"]
+    return f"{delim}{task.prelimiter}{text}{task.continuation_delimiter}{answer}"
+
+
+def render_preamble(task: TaskConfig, task_type: str, records: list[dict], pool: list[int],
+                    fewshot: list[int]) -> str:
+    """The prompt string followed by the demonstrations ``pool[i]`` for ``i`` in ``fewshot``."""
+    text = task.prompt_string
+    for i in fewshot:
+        text += _demonstration(task, task_type, records[pool[i]], text)
+    return text
+
+
+def render_contexts(task: TaskConfig, task_type: str, rec: dict, preamble: str) -> list[str]:
+    """The example's own context(s), placed after the preamble."""
+    if task_type == "schema":
+        if preamble:
+            delim = task.continuation_delimiter.rstrip() if task.strip_dataset else task.continuation_delimiter
+            return [f"{task.prelimiter}{task.example_delimiter}{c}{delim}" for c in rec["context_options"]]
+        return [f"{task.prelimiter}{c}" for c in rec["context_options"]]
+    text = rec["query"] if task_type == "multiple_choice" else rec["context"]
+    ctx = f"{task.example_delimiter if preamble else ''}{task.prelimiter}{text}{task.continuation_delimiter}"
+    # A context ending in a space makes models degenerate; the scored answer gets the space instead.
+    return [ctx.rstrip() if task.strip_dataset else ctx]
+
+
+def render_continuations(task_type: str, rec: dict, prefix_space: bool) -> list[str]:
+    if task_type == "multiple_choice":
+        return [_prefix_space(c, prefix_space) for c in rec["choices"]]
+    if task_type in ("language_modeling", "schema"):
+        return [_prefix_space(rec["continuation"], prefix_space)]
+    return []
+
+
+def render_prompt(task: TaskConfig, task_type: str, records: list[dict], i: int, category: str | None,
+                  pool: list[int], shots: list[int], prefix_space: bool) -> Prompt:
+    """Record ``i`` with the demonstrations ``shots`` (indices into ``pool``, a list of record indices)."""
+    rec = records[i]
+    preamble = render_preamble(task, task_type, records, pool, shots)
+    answers = sorted({rec["answer"], *rec.get("aliases", [])}) if task_type == "generation_task_with_answers" else []
+    return Prompt(index=i, category=category, preamble=preamble,
+                  contexts=render_contexts(task, task_type, rec, preamble),
+                  continuations=render_continuations(task_type, rec, prefix_space),
+                  gold=rec.get("gold", 0), answers=answers, fewshot=list(shots), pool=pool)
+
+
+def build_prompts(task: TaskConfig, task_type: str, records: list[dict], num_fewshot: int,
+                  prefix_space: bool, limit: int | None = None) -> list[Prompt]:
+    """Prompts for the first ``limit`` records (all by default).
+
+    The few-shot pool is the whole file, or the example's category when ``has_categories``; the
+    random draws run over every record of the pool in file order, so an example's prompt does not
+    depend on ``limit``.
+    """
+    if task.has_categories:
+        pools: dict[str | None, list[int]] = {}
+        for i, rec in enumerate(records):
+            pools.setdefault(rec["category"], []).append(i)
+    else:
+        pools = {None: list(range(len(records)))}
+    wanted = set(range(len(records) if limit is None else min(limit, len(records))))
+    prompts: dict[int, Prompt] = {}
+    for category, members in sorted(pools.items(), key=lambda kv: str(kv[0])):
+        if not wanted.intersection(members):
+            continue
+        rng = random.Random(task.fewshot_random_seed)
+        for pos, i in enumerate(members):
+            shots = sample_fewshot(len(members), num_fewshot, pos, rng) if num_fewshot > 0 else []
+            if i not in wanted:
+                continue
+            prompts[i] = render_prompt(task, task_type, records, i, category, members, shots, prefix_space)
+    return [prompts[i] for i in sorted(prompts)]
