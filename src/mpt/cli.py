@@ -79,6 +79,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- data commands -----------------------------------------------------------------------
+def cmd_prep(args: argparse.Namespace) -> int:
+    from .data.dedup import DedupConfig
+    from .data.filters import FilterConfig
+    from .data.prep import PrepConfig, prep
+
+    filters = FilterConfig.mc4() if args.mc4 else FilterConfig()
+    filters.min_chars, filters.max_chars = args.min_chars, args.max_chars
+    for name in ("min_words", "max_words"):
+        if getattr(args, name) is not None:
+            setattr(filters, name, getattr(args, name))
+    cfg = PrepConfig(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, text_field=args.text_field,
+                     mode=args.mode, seq_len=args.seq_len, vocab_size=args.vocab_size, eos_token=args.eos_token,
+                     shard_bytes=int(args.shard_mb * (1 << 20)), skip_bad=args.skip_bad, filters=filters,
+                     dedup=DedupConfig(exact=not args.no_exact_dedup, near=args.near_dedup,
+                                       threshold=args.near_dedup_threshold))
+    summary = prep(cfg)
+    print("\n".join(summary.lines()))
+    print(f"shards, index.json and summary.json are in {args.out}")
+    return 0
+
+
 # ---- eval commands -----------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.run import EvalRunConfig, run_eval
@@ -137,6 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to save the model (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("prep", help="clean, deduplicate, tokenize and shard text for training",
+                       description="Read jsonl / json / txt / parquet files (also .gz), folders and globs; drop "
+                                   "empty documents, apply the quality filters asked for, remove exact (default) "
+                                   "and near duplicates; tokenize; join documents with EOS and cut them into "
+                                   "--seq-len samples (--mode concat) or keep one document per sample (--mode "
+                                   "docs); write checksummed shards, index.json and summary.json to --out. "
+                                   "Every dropped record is counted in the summary.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs (quote globs)")
+    p.add_argument("--out", required=True, help="output folder (must not already hold shards)")
+    p.add_argument("--tokenizer", default="EleutherAI/gpt-neox-20b",
+                   help="tokenizer.json file, folder holding one, or hub name (default: EleutherAI/gpt-neox-20b, "
+                        "downloads when online)")
+    p.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text (default: text)")
+    p.add_argument("--mode", choices=["concat", "docs"], default="concat",
+                   help="concat: EOS-joined documents packed into --seq-len samples (default); docs: one per sample")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sample in concat mode (default: 2048)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="declared vocabulary; a token id at or above it is an error (default: the tokenizer's)")
+    p.add_argument("--eos-token", default=None, help="token appended to each document (default: <|endoftext|> or </s>)")
+    p.add_argument("--shard-mb", type=float, default=64, help="shard size in MiB (default: 64)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) malformed JSON lines and records without the text field instead of stopping")
+    p.add_argument("--mc4", action="store_true",
+                   help="the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, "
+                        "most common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000")
+    p.add_argument("--min-words", type=int, default=None, help="override the minimum word count (mC4: 200)")
+    p.add_argument("--max-words", type=int, default=None, help="override the maximum word count (mC4: 50,000)")
+    p.add_argument("--min-chars", type=int, default=None, help="drop documents shorter than this (off by default)")
+    p.add_argument("--max-chars", type=int, default=None, help="drop documents longer than this (off by default)")
+    p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates (removed by default)")
+    p.add_argument("--near-dedup", action="store_true", help="also remove near duplicates (MinHash LSH)")
+    p.add_argument("--near-dedup-threshold", type=float, default=0.8,
+                   help="estimated Jaccard similarity of word 5-grams above which a document is a near "
+                        "duplicate (default: 0.8)")
+    p.set_defaults(func=cmd_prep)
 
     p = sub.add_parser("eval", help="in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
                        description="Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, "

@@ -154,7 +154,7 @@ class ShardWriter:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         if (self.out / INDEX_FILE).exists() or any(self.out.glob("shard-*.bin")):
-            raise FileExistsError(f"{self.out} already holds shards; choose an empty --out folder or delete it")
+            raise ValueError(f"{self.out} already holds shards; choose an empty --out folder or delete it")
         self.dtype = token_dtype(vocab_size)
         self.index = ShardIndex(dtype=self.dtype.name, vocab_size=vocab_size, eos_id=eos_id, mode=mode,
                                 seq_len=seq_len, tokenizer=tokenizer)

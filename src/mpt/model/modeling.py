@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .attention import alibi_slopes, attend, prepare
 from .config import MPTConfig
+from .loss import linear_cross_entropy
 from .norm import LayerNorm
 
 # transformers renamed `past_key_values` to `cache` in its 5.x outputs; fill whichever exists.
@@ -249,12 +250,18 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                                cache=cache if cache is not None else past_key_values,
                                inputs_embeds=inputs_embeds, use_cache=use_cache)
         hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.logits(hidden)
-        loss = None
+        loss = logits = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            # Predict token t+1 at position t: shift the labels, not the (large) logits.
+            targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1).flatten()
+        if labels is not None and self.training and torch.is_grad_enabled():
+            # Training: never materialise the (tokens x vocab) logits; see loss.py.
+            weight = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
+            loss = linear_cross_entropy(hidden.flatten(0, 1), weight, targets, self.config.resolved_logit_scale)
+        else:
+            logits = self.logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            if labels is not None:
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
 
     @classmethod
