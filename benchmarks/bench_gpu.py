@@ -55,7 +55,7 @@ def bench_train(peak: float, batch: int, iters: int) -> list[dict]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         fwd = torch.compile(model) if compile_ else model
 
-        def step():
+        def step(fwd=fwd, opt=opt):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = fwd(input_ids=ids, labels=ids).loss
             loss.backward()
@@ -70,7 +70,7 @@ def bench_train(peak: float, batch: int, iters: int) -> list[dict]:
         except torch.OutOfMemoryError:
             rows.append({"bench": f"MPT-1B train b{batch} s{seq} bf16", "impl": label, "tok_s": None, "mfu": None,
                          "note": "out of memory"})
-        del model, opt, fwd
+        del model, opt, fwd, step
         torch.cuda.empty_cache()
     return rows
 

@@ -23,7 +23,8 @@ import time
 import torch
 from transformers import MptForCausalLM
 
-from mpt import MPTConfig, MPTForCausalLM as OurMPT
+from mpt import MPTConfig
+from mpt import MPTForCausalLM as OurMPT
 from mpt.infer import generate_ids
 
 
@@ -93,13 +94,13 @@ def main() -> None:
     for prompt_len in (32, 512):
         prompt = torch.randint(0, 50277, (1, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
 
-        def run_theirs():
+        def run_theirs(prompt=prompt):
             with torch.inference_mode():
                 return theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                        min_new_tokens=new, do_sample=False, pad_token_id=0)
 
         t_theirs, out_theirs = time_generate(run_theirs, args.repeats)
-        t_ours, out_ours = time_generate(lambda: generate_ids(ours, prompt, max_new_tokens=new), args.repeats)
+        t_ours, out_ours = time_generate(lambda p=prompt: generate_ids(ours, p, max_new_tokens=new), args.repeats)
         same = bool(torch.equal(out_ours, out_theirs))
         name = f"greedy generate (prompt {prompt_len}, {new} new)"
         results[name] = {"ours_tok_s": new / t_ours, "transformers_tok_s": new / t_theirs,
@@ -107,7 +108,7 @@ def main() -> None:
         rows.append((name, f"{new / t_ours:,.0f}", f"{new / t_theirs:,.0f}", f"{t_theirs / t_ours:.2f}x",
                      "yes" if same else "NO"))
 
-    header = ("benchmark (CPU, %d threads)" % args.threads, "ours tok/s", "transformers tok/s", "ratio",
+    header = (f"benchmark (CPU, {args.threads} threads)", "ours tok/s", "transformers tok/s", "ratio",
               "same tokens")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, tuple("-" * w for w in widths), *rows]:
