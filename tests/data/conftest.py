@@ -16,10 +16,10 @@ def neox(shared) -> Path:
 
 def write_numbered_shards(out: Path, n: int, seq_len: int = 8, per_shard: int = 10, offset: int = 0) -> Path:
     """Real shards whose sample i is [offset + i, offset + i, ...]: the first token names the sample."""
-    bytes_per_sample = seq_len * 4 + 8
     w = ShardWriter(out, vocab_size=1 << 20, eos_id=0, mode="concat", seq_len=seq_len, tokenizer="numbers",
-                    shard_bytes=16 + 8 + per_shard * bytes_per_sample)
+                    shard_bytes=16 + 8 * (per_shard + 1) + per_shard * seq_len * 4)
     for i in range(n):
         w.add(np.full(seq_len, offset + i, dtype=np.int64))
-    w.close()
+    index = w.close()
+    assert [s.samples for s in index.shards[:-1]] == [per_shard] * (len(index.shards) - 1)
     return out

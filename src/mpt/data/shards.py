@@ -163,11 +163,12 @@ class ShardWriter:
         self._pending_tokens = 0
 
     def add(self, sample: np.ndarray) -> None:
+        """Shards stay within ``shard_bytes`` unless one sample alone is bigger (then it gets a shard of its own)."""
+        grown = HEADER_BYTES + 8 * (len(self._pending) + 2) + (self._pending_tokens + len(sample)) * self.dtype.itemsize
+        if self._pending and grown > self.shard_bytes:
+            self._flush()
         self._pending.append(np.asarray(sample, dtype=self.dtype))
         self._pending_tokens += len(sample)
-        size = HEADER_BYTES + 8 * (len(self._pending) + 1) + self._pending_tokens * self.dtype.itemsize
-        if size >= self.shard_bytes:
-            self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
