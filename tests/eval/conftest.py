@@ -1,0 +1,67 @@
+"""Tiny models (random, seeded) saved in Hugging Face format, with the GPT-NeoX tokenizer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SHARED
+
+TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+EVAL_DATA = SHARED / "data" / "eval"
+
+
+def neox_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    if not TOKENIZER.is_file():
+        pytest.skip(f"GPT-NeoX tokenizer not found at {TOKENIZER} (set MPT_SHARED to the shared folder)")
+    return PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER), eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return neox_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def eval_data() -> Path:
+    if not EVAL_DATA.is_dir():
+        pytest.skip(f"eval task files not found at {EVAL_DATA} (set MPT_SHARED to the shared folder)")
+    return EVAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_mpt_dir(tmp_path_factory):
+    """A 4-layer MPT with the GPT-NeoX vocabulary, saved with its tokenizer."""
+    from mpt import MPTConfig, MPTForCausalLM
+    from mpt.model.hf import save_pretrained
+
+    tok = neox_tokenizer()
+    torch.manual_seed(0)
+    cfg = MPTConfig(d_model=64, n_heads=4, n_layers=2, max_seq_len=2048, vocab_size=50432)
+    path = tmp_path_factory.mktemp("tiny-mpt")
+    save_pretrained(MPTForCausalLM(cfg), path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A non-MPT causal LM (GPT-2 architecture, absolute positions) with the same tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = neox_tokenizer()
+    torch.manual_seed(1)
+    cfg = GPT2Config(n_embd=64, n_head=4, n_layer=2, n_positions=1024, vocab_size=50432,
+                     bos_token_id=0, eos_token_id=0)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
