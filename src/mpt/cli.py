@@ -101,6 +101,19 @@ def cmd_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .data.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    hf = train_tokenizer(TokenizerTrainConfig(inputs=args.inputs, out=args.out, vocab_size=args.vocab_size,
+                                              min_frequency=args.min_frequency, text_field=args.text_field,
+                                              skip_bad=args.skip_bad))
+    st = hf.stats
+    print(f"trained a byte-level BPE tokenizer with {len(hf):,} tokens on {st.records:,} records from {st.files} "
+          f"files ({st.bad_json + st.missing_field:,} bad records skipped); saved to {args.out} "
+          f"(EOS <|endoftext|>={hf.eos_token_id}, PAD <|padding|>={hf.pad_token_id}, ChatML chat template)")
+    return 0
+
+
 # ---- eval commands -----------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.run import EvalRunConfig, run_eval
@@ -222,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "prediction, gold) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("tokenizer", help="tokenizer tools (train)",
+                       description="Tokenizer tools. `mpt tokenizer train --help` for training one.")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+    p = tsub.add_parser("train", help="train a byte-level BPE tokenizer on a corpus (Hugging Face format)",
+                        description="Train a byte-level BPE tokenizer (GPT-NeoX style: NFC, no prefix space) with "
+                                    "`tokenizers` on jsonl / json / txt / parquet files, folders or globs, and save "
+                                    "it with transformers' save_pretrained: tokenizer.json, EOS <|endoftext|>, PAD "
+                                    "<|padding|>, ChatML <|im_start|>/<|im_end|> and a ChatML chat template.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs (quote globs)")
+    p.add_argument("--out", required=True, help="folder to save the tokenizer in")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size incl. special tokens (default: 8192)")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merge (default: 2)")
+    p.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text (default: text)")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed records instead of stopping")
+    p.set_defaults(func=cmd_tokenizer_train)
     return parser
 
 

@@ -3,6 +3,7 @@
 import json
 import time
 
+import pytest
 import torch
 from transformers import MptForCausalLM
 
@@ -86,3 +87,18 @@ def test_convert_mosaicml_layout_for_plain_transformers(shared, tmp_path):
     with torch.no_grad():
         assert (converted(ids).logits - original(ids).logits).abs().max() <= 1e-5
 
+
+
+def test_attn_impl_override_reads_a_checkpoint_saved_with_another_backend(shared, tmp_path):
+    from mpt import MPTConfigError
+    from mpt.model.hf import load_pretrained
+
+    _write_mosaicml_fixture(shared, tmp_path / "mpt")
+    cfg_path = tmp_path / "mpt" / "config.json"
+    fields = json.loads(cfg_path.read_text())
+    fields["attn_config"]["attn_impl"] = "triton"  # as some of MosaicML's configs say
+    cfg_path.write_text(json.dumps(fields))
+    with pytest.raises(MPTConfigError, match="attn_impl='torch'"):
+        MPTForCausalLM.from_pretrained(tmp_path / "mpt")
+    model = load_pretrained(tmp_path / "mpt", attn_impl="torch")
+    assert model.config.attn_config["attn_impl"] == "torch"

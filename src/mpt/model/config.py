@@ -159,7 +159,9 @@ class MPTConfig(PretrainedConfig):
                        f"unknown key; known keys: {', '.join(ATTN_CONFIG_DEFAULTS)}")
         ac = self.attn_config
         if ac["attn_impl"] not in ATTN_IMPLS:
-            raise _bad("attn_config.attn_impl", ac["attn_impl"], f"allowed: {', '.join(ATTN_IMPLS)}")
+            raise _bad("attn_config.attn_impl", ac["attn_impl"],
+                       f"allowed: {', '.join(ATTN_IMPLS)} (to read a checkpoint saved with another value: "
+                       "load_pretrained(path, attn_impl='torch') or `mpt convert --attn-impl torch`)")
         if ac["attn_impl"] == "flash" and importlib.util.find_spec("flash_attn") is None:
             raise _bad("attn_config.attn_impl", "flash",
                        "flash-attn is not installed; `pip install flash-attn>=2.4` on a CUDA machine, "

@@ -23,12 +23,12 @@ def load_pretrained(src: str | Path, dtype: torch.dtype | None = None, attn_impl
                     **kwargs) -> MPTForCausalLM:
     """A local directory or, when online, a hub name (e.g. ``mosaicml/mpt-7b``)."""
     if attn_impl is not None:
+        # Override before validation: a config saying `flash` or `triton` must load on a CPU machine.
         from .config import MPTConfig
 
-        config = MPTConfig.from_pretrained(str(src), **{k: v for k, v in kwargs.items() if k == "revision"})
-        config.attn_config["attn_impl"] = attn_impl
-        config.validate()
-        kwargs["config"] = config
+        fields, _ = MPTConfig.get_config_dict(str(src), **{k: v for k, v in kwargs.items() if k == "revision"})
+        fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl}
+        kwargs["config"] = MPTConfig.from_dict(fields)
     return MPTForCausalLM.from_pretrained(str(src), dtype=dtype, **kwargs)
 
 

@@ -103,7 +103,8 @@ class MPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = False
     _no_split_modules = ["MPTBlock"]
-    _keys_to_ignore_on_load_unexpected = None
+    # Old transformers .bin files of tied models also hold the tied `lm_head.weight` copy.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.weight$"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -246,6 +247,9 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                 past_key_values=None, cache=None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        """transformers' causal-LM forward. ``cache`` (or ``past_key_values``) is a :class:`KVCache` or
+        any transformers cache. With ``labels`` in training mode the loss is computed fused with the
+        output projection (loss.py) and ``logits`` is None: the logits are never materialised."""
         out = self.transformer(input_ids, attention_mask=attention_mask,
                                cache=cache if cache is not None else past_key_values,
                                inputs_embeds=inputs_embeds, use_cache=use_cache)

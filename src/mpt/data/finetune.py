@@ -1,0 +1,210 @@
+"""Finetuning data: instruction pairs and ChatML chats, tokenized with a loss mask.
+
+Formats (one JSON object per line):
+
+- ``{"prompt": ..., "response": ...}``: the prompt and the response are tokenized separately and
+  joined, EOS appended; loss on the response tokens and the EOS only.
+- ``{"messages": [{"role": ..., "content": ...}, ...]}``: rendered in ChatML
+  (``<|im_start|>role\\ncontent<|im_end|>\\n``) and tokenized as one string, exactly what
+  ``tokenizer.apply_chat_template(messages, tokenize=True)`` gives with :data:`CHATML_TEMPLATE`;
+  loss on each assistant turn's content and its ``<|im_end|>``, not on the role header or the
+  newline after it. The mask is found from token character offsets, so it needs no special tokens.
+
+Over-long examples follow ``FinetuneConfig.truncation``: ``"truncate"`` keeps the first
+``max_seq_len`` tokens (an example left with no trained token is dropped), ``"drop"`` drops it,
+``"error"`` stops. Truncated and dropped examples are counted in ``FinetuneStats``.
+
+Batches are padded (:func:`pad_collate`) or, with :func:`pack_examples`, several examples share
+one row; each token then carries a ``sequence_id`` and :func:`packed_attention_mask` gives the
+block-diagonal causal mask that keeps attention inside an example. The first token of every
+packed example is never a label, so no loss crosses an example boundary.
+
+Long-context samples (e.g. 65,536 tokens) are pretraining-style: ``mpt prep --seq-len 65536``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .readers import DataInputError
+
+IGNORE = -100
+# ChatML; the {% generation %} markers let transformers' return_assistant_tokens_mask find the trained part too
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class FinetuneConfig:
+    max_seq_len: int = 2048
+    truncation: str = "truncate"    # "truncate" | "drop" | "error"
+
+    def validate(self) -> None:
+        if self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len={self.max_seq_len} must be >= 2")
+        if self.truncation not in ("truncate", "drop", "error"):
+            raise ValueError(f"truncation={self.truncation!r}; expected 'truncate', 'drop' or 'error'")
+
+
+@dataclass
+class FinetuneStats:
+    examples: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0        # truncation="drop", or nothing left to train on after truncation
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]                # IGNORE where no loss
+
+
+def render_chatml(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The ChatML text and the character spans that carry loss (assistant content + ``<|im_end|>``)."""
+    parts, spans, pos = [], [], 0
+    for m in messages:
+        header = f"<|im_start|>{m['role']}\n"
+        body = f"{m['content']}<|im_end|>"
+        if m["role"] == "assistant":
+            spans.append((pos + len(header), pos + len(header) + len(body)))
+        piece = header + body + "\n"
+        parts.append(piece)
+        pos += len(piece)
+    return "".join(parts), spans
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> Example:
+    """``tokenizer`` is a ``tokenizers.Tokenizer``; ids equal ``apply_chat_template`` with CHATML_TEMPLATE."""
+    text, spans = render_chatml(messages)
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    labels = []
+    for tid, (start, end) in zip(enc.ids, enc.offsets, strict=True):
+        # a token is trained when it lies in a trained span; offsets may be trimmed of spaces, so use its start
+        trained = any(a <= start < b or (start == end and a < start <= b) for a, b in spans)
+        labels.append(tid if trained else IGNORE)
+    return Example(list(enc.ids), labels)
+
+
+def encode_prompt_response(tokenizer, prompt: str, response: str, eos_id: int) -> Example:
+    p = tokenizer.encode(prompt, add_special_tokens=False).ids
+    r = tokenizer.encode(response, add_special_tokens=False).ids + [eos_id]
+    return Example(list(p) + r, [IGNORE] * len(p) + r)
+
+
+def _check_record(record: object, where: str) -> str:
+    if isinstance(record, dict) and "messages" in record:
+        msgs = record["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataInputError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+        for i, m in enumerate(msgs):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise DataInputError(f"{where}: messages[{i}] = {str(m)[:80]!r} needs string fields 'role' and "
+                                     "'content'")
+        return "chat"
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        return "prompt_response"
+    fields = ", ".join(map(repr, record)) if isinstance(record, dict) else type(record).__name__
+    raise DataInputError(f"{where}: expected string fields 'prompt' and 'response', or a 'messages' list; the "
+                         f"record has {fields}. Convert the file to one of these two formats")
+
+
+def load_finetune(path: str | Path, tokenizer, eos_id: int, cfg: FinetuneConfig | None = None
+                  ) -> tuple[list[Example], FinetuneStats]:
+    """Tokenize a jsonl file of prompt/response or chat records; over-long ones follow ``cfg.truncation``."""
+    cfg = cfg or FinetuneConfig()
+    cfg.validate()
+    stats, out = FinetuneStats(), []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataInputError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix the line"
+                                     ) from err
+            stats.examples += 1
+            if _check_record(record, where) == "chat":
+                ex = encode_chat(tokenizer, record["messages"])
+            else:
+                ex = encode_prompt_response(tokenizer, record["prompt"], record["response"], eos_id)
+            if len(ex.input_ids) > cfg.max_seq_len:
+                if cfg.truncation == "error":
+                    raise DataInputError(f"{where}: {len(ex.input_ids)} tokens is more than max_seq_len="
+                                         f"{cfg.max_seq_len}; raise it or choose truncation 'truncate' or 'drop'")
+                if cfg.truncation == "drop":
+                    stats.dropped_too_long += 1
+                    continue
+                ex = Example(ex.input_ids[:cfg.max_seq_len], ex.labels[:cfg.max_seq_len])
+                if all(label == IGNORE for label in ex.labels):
+                    stats.dropped_too_long += 1   # the prompt alone filled the window: nothing to learn
+                    continue
+                stats.truncated += 1
+            stats.kept += 1
+            out.append(ex)
+    return out, stats
+
+
+def pad_collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, labels (IGNORE on padding), attention_mask."""
+    n = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, :len(e.labels)] = torch.tensor(e.labels)
+        mask[i, :len(e.input_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def pack_examples(examples: list[Example], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack examples in order into rows of ``seq_len`` (next-fit); ``sequence_id`` is -1 on padding.
+
+    An example longer than ``seq_len`` is an error: truncate first with ``load_finetune``.
+    """
+    rows: list[list[Example]] = [[]]
+    used = 0
+    for i, e in enumerate(examples):
+        if len(e.input_ids) > seq_len:
+            raise ValueError(f"example {i} has {len(e.input_ids)} tokens, more than seq_len={seq_len}; "
+                             "load it with FinetuneConfig(max_seq_len=seq_len) so it is truncated or dropped")
+        if used + len(e.input_ids) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(e)
+        used += len(e.input_ids)
+    ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), seq_len), IGNORE, dtype=torch.long)
+    seq_id = torch.full((len(rows), seq_len), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        pos = 0
+        for k, e in enumerate(row):
+            n = len(e.input_ids)
+            ids[r, pos:pos + n] = torch.tensor(e.input_ids)
+            labels[r, pos:pos + n] = torch.tensor(e.labels)
+            labels[r, pos] = IGNORE      # predicting it would use the previous example's last token
+            seq_id[r, pos:pos + n] = k
+            pos += n
+    return {"input_ids": ids, "labels": labels, "sequence_id": seq_id}
+
+
+def packed_attention_mask(sequence_id: torch.Tensor) -> torch.Tensor:
+    """[B, T, T] boolean: query t may attend key s when s <= t and both belong to the same example."""
+    same = sequence_id[:, :, None] == sequence_id[:, None, :]
+    causal = torch.ones(sequence_id.shape[1], sequence_id.shape[1], dtype=torch.bool,
+                        device=sequence_id.device).tril()
+    return same & causal & (sequence_id[:, :, None] >= 0)
