@@ -1,0 +1,125 @@
+"""lm-evaluation-harness integration (optional extra: ``pip install -e ".[eval]"``).
+
+* ``--model mpt``: an lm-eval model that loads our checkpoints (and any Hugging Face-format MPT)
+  with our class, on lm-eval's own Hugging Face code path for everything else. lm-eval has no
+  plugin discovery, so run it through this module, which registers the model first::
+
+      python -m mpt.eval.lm_eval_adapter --model mpt --model_args pretrained=DIR --tasks piqa
+
+  (any ``lm_eval`` command line works after ``python -m mpt.eval.lm_eval_adapter``).
+* :func:`export_task`: one of our tasks, with our prompts already rendered, as a local lm-eval
+  task (``dataset_path: json``), so lm-eval scores exactly the strings we score. That is how
+  our per-example predictions are checked against lm-eval's (``tests/eval/test_lm_eval_parity.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .encode import needs_prefix_space
+from .suite import resolve_task_file
+from .tasks import TaskConfig, build_prompts, load_task_records
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register ``mpt`` with lm-eval's model registry (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.huggingface import HFLM
+
+    from .harness import context_window, load_model, load_tokenizer
+
+    @register_model("mpt")
+    class MPTLM(HFLM):
+        """lm-eval's HFLM around a model loaded by ``mpt.eval.load_model`` (our MPT class for MPT folders)."""
+
+        def __init__(self, pretrained: str, tokenizer: str | None = None, device: str | None = None,
+                     dtype: str | None = None, max_length: int | None = None, **kwargs) -> None:
+            model = load_model(pretrained, device=device, dtype=None if dtype in (None, "auto") else str(dtype))
+            kwargs.pop("backend", None)
+            super().__init__(pretrained=model, tokenizer=load_tokenizer(tokenizer or pretrained), backend="causal",
+                             max_length=max_length or context_window(model), **kwargs)
+
+    _REGISTERED = True
+
+
+def export_task(task: TaskConfig, num_fewshot: int, tokenizer, out_dir: str | Path, data_dir=None,
+                limit: int | None = None, max_new_tokens: int | None = None) -> str:
+    """Write our rendered prompts for ``task`` as an lm-eval task in ``out_dir``; return its name.
+
+    The docs carry the full prompt (demonstrations included), so lm-eval runs it 0-shot. The
+    scored text is our continuation minus its prefix space, which lm-eval's ``target_delimiter``
+    puts back.
+    """
+    from .harness import max_answer_tokens
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = resolve_task_file(task, data_dir)
+    task_type, records = load_task_records(task, path)
+    prompts = build_prompts(task, task_type, records, num_fewshot, needs_prefix_space(tokenizer), limit)
+    name = f"mpt_{task.label}_{num_fewshot}shot"
+    docs = []
+    for p in prompts:
+        doc: dict = {"index": p.index}
+        if task_type == "multiple_choice":
+            doc.update(prompt=p.preamble + p.contexts[0], choices=[_unspace(c) for c in p.continuations], gold=p.gold)
+        elif task_type == "schema":
+            doc.update(contexts=[p.preamble + c for c in p.contexts], continuation=_unspace(p.continuations[0]),
+                       gold=p.gold)
+        elif task_type == "language_modeling":
+            # lm-eval's loglikelihood requests take the target as is (no target_delimiter)
+            doc.update(prompt=p.preamble + p.contexts[0], continuation=p.continuations[0])
+        else:
+            doc.update(prompt=p.preamble + p.contexts[0], answer=p.answers[0])
+        docs.append(doc)
+    data = out_dir / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    spec: dict = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+                  "test_split": "test", "num_fewshot": 0, "target_delimiter": " "}
+    if task_type == "multiple_choice":
+        spec.update(output_type="multiple_choice", doc_to_text="prompt", doc_to_choice="choices", doc_to_target="gold",
+                    metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
+    elif task_type == "schema":
+        # doc_to_text giving an int is lm-eval's "multiple inputs" mode: the options are contexts
+        spec.update(output_type="multiple_choice", doc_to_text="gold", doc_to_choice="contexts",
+                    doc_to_target="continuation", metric_list=[{"metric": "acc"}])
+    elif task_type == "language_modeling":
+        spec.update(output_type="loglikelihood", doc_to_text="prompt", doc_to_target="continuation",
+                    metric_list=[{"metric": "acc"}])
+    else:
+        budget = max_new_tokens or task.max_new_tokens or max_answer_tokens(tokenizer, records)
+        spec.update(output_type="generate_until", doc_to_text="prompt", doc_to_target="answer",
+                    generation_kwargs={"until": list(task.early_stopping_criteria) or [tokenizer.eos_token],
+                                       "max_gen_toks": budget, "do_sample": False},
+                    metric_list=[{"metric": "exact_match"}])
+    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return name
+
+
+def _unspace(text: str) -> str:
+    # lm-eval's target_delimiter " " restores the prefix space our prompt rule added
+    if not text.startswith(" "):
+        raise ValueError(f"continuation {text!r} has no prefix space to hand to lm-eval's target_delimiter "
+                         "(a tokenizer without the prefix-space rule); export is for GPT-style BPE tokenizers")
+    return text[1:]
+
+
+def main() -> None:
+    register()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
