@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,19 +132,21 @@ class Shard:
         self.path = str(path)
         with open(path, "rb") as f:
             header = f.read(HEADER_BYTES)
-        if len(header) < HEADER_BYTES or header[:8] != MAGIC:
-            raise ShardError(f"{path} is not an mpt shard (bad magic); re-run `mpt prep`")
+            if len(header) < HEADER_BYTES or header[:8] != MAGIC:
+                raise ShardError(f"{path} is not an mpt shard (bad magic); re-run `mpt prep`")
+            # a plain mmap + frombuffer: np.memmap's per-slice bookkeeping costs more than the copy we make
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         n = int(np.frombuffer(header[8:], dtype="<u8")[0])
-        self.offsets = np.memmap(path, dtype="<u8", mode="r", offset=HEADER_BYTES, shape=(n + 1,))
-        self.tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES + 8 * (n + 1),
-                                shape=(int(self.offsets[-1]),))
+        self.offsets = np.frombuffer(self._mm, dtype="<u8", count=n + 1, offset=HEADER_BYTES)
+        self._starts = self.offsets.tolist()   # Python ints: indexing them is the hot path of the loader
+        self.tokens = np.frombuffer(self._mm, dtype=dtype, count=self._starts[-1], offset=HEADER_BYTES + 8 * (n + 1))
         self.num_samples = n
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.tokens[self._starts[i]:self._starts[i + 1]]
 
 
 class ShardWriter:

@@ -28,6 +28,7 @@ No shared memory and no lock files: each process computes the order itself.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from dataclasses import dataclass, field
@@ -96,11 +97,11 @@ def _largest_remainder(weights: list[float], total: int) -> np.ndarray:
 class _SourceState:
     store: ShardStore
     num_samples: int
-    shard_starts: np.ndarray         # first global sample id of each shard
+    shard_starts: list[int]          # first global sample id of each shard
     # caches of the last computed pieces of the order (the order itself is never materialised)
     shard_perm_key: tuple = ()
-    shard_perm: np.ndarray | None = None
-    perm_starts: np.ndarray | None = None
+    shard_perm: list[int] | None = None
+    perm_starts: list[int] | None = None
     block_key: tuple = ()
     block_perm: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
@@ -190,8 +191,9 @@ class StreamingDataset(IterableDataset):
         key = (epoch, pass_)
         if st.shard_perm_key != key:
             counts = np.array([sh.samples for sh in self.indexes[s].shards])
-            st.shard_perm = self._rng(2, s, epoch, pass_).permutation(len(counts))
-            st.perm_starts = np.concatenate([[0], np.cumsum(counts[st.shard_perm])])
+            perm = self._rng(2, s, epoch, pass_).permutation(len(counts))
+            st.shard_perm = perm.tolist()
+            st.perm_starts = np.concatenate([[0], np.cumsum(counts[perm])]).tolist()
             st.shard_perm_key = key
         sb = self.cfg.shuffle_block
         block, j = divmod(k, sb)
@@ -201,9 +203,8 @@ class StreamingDataset(IterableDataset):
             st.block_perm = self._rng(3, s, epoch, pass_, block).permutation(size)
             st.block_key = bkey
         q = block * sb + int(st.block_perm[j])          # position in the shard-permuted sequence
-        p = int(np.searchsorted(st.perm_starts, q, side="right")) - 1
-        shard = int(st.shard_perm[p])
-        return int(st.shard_starts[shard]) + (q - int(st.perm_starts[p]))
+        p = bisect.bisect_right(st.perm_starts, q) - 1
+        return st.shard_starts[st.shard_perm[p]] + (q - st.perm_starts[p])
 
     def locate(self, epoch: int, position: int) -> tuple[int, int]:
         """(source, global sample id in that source) at ``position`` of ``epoch``: the whole order, one entry."""
@@ -221,14 +222,14 @@ class StreamingDataset(IterableDataset):
             for src, idx in zip(self.cfg.sources, self.indexes, strict=True):
                 store = ShardStore(src.url, idx, cache_dir=self.cfg.cache_dir,
                                    limit_bytes=self.cfg.cache_limit_bytes, verify=self.cfg.verify)
-                starts = np.concatenate([[0], np.cumsum([sh.samples for sh in idx.shards])])[:-1]
+                starts = np.concatenate([[0], np.cumsum([sh.samples for sh in idx.shards])])[:-1].tolist()
                 self._sources.append(_SourceState(store, idx.num_samples, starts))
         return self._sources
 
     def sample(self, s: int, sample_id: int) -> np.ndarray:
         st = self._open_sources()[s]
-        shard = int(np.searchsorted(st.shard_starts, sample_id, side="right")) - 1
-        return st.store.shard(shard)[sample_id - int(st.shard_starts[shard])]
+        shard = bisect.bisect_right(st.shard_starts, sample_id) - 1
+        return st.store.shard(shard)[sample_id - st.shard_starts[shard]]
 
     def rank_positions(self) -> np.ndarray:
         """The epoch positions this rank reads from ``sample_in_epoch`` on (before splitting over workers)."""
