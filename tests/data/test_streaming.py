@@ -169,3 +169,16 @@ def test_bad_config_is_rejected_before_work(data):
         make(data / "nope")
     with pytest.raises(ValueError, match="persistent_workers"):
         StreamingDataLoader(make(data), num_workers=1, persistent_workers=True)
+
+
+def test_whole_document_shards_batch_as_lists(tmp_path):
+    from mpt.data.shards import ShardWriter
+
+    w = ShardWriter(tmp_path / "docs", vocab_size=100, eos_id=0, mode="docs", seq_len=None, tokenizer="t")
+    for n in range(1, 8):
+        w.add(np.full(n, n))
+    w.close()
+    batches = list(StreamingDataLoader(make(tmp_path / "docs", batch_size=3), num_workers=2))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert sorted(len(t) for b in batches for t in b) == list(range(1, 8))
+    assert all(t.tolist() == [len(t)] * len(t) for b in batches for t in b)

@@ -283,7 +283,8 @@ class StreamingDataLoader(DataLoader):
     """A DataLoader that counts what it delivered, so ``state_dict()`` is exact mid-epoch.
 
     Each ``iter()`` is the rest of the current epoch; when it runs to the end the next ``iter()``
-    starts the next epoch.
+    starts the next epoch. Batches are ``[batch_size, seq_len]`` tensors, or lists of tensors for
+    shards of whole documents (``mpt prep --mode docs``) unless you pass a ``collate_fn``.
     """
 
     def __init__(self, dataset: StreamingDataset, **kwargs):
@@ -293,6 +294,8 @@ class StreamingDataLoader(DataLoader):
         if kwargs.setdefault("batch_size", dataset.batch_size) != dataset.batch_size:
             raise ValueError(f"batch_size={kwargs['batch_size']} differs from the dataset's "
                              f"batch_size={dataset.batch_size}; workers hand out whole batches of the latter")
+        if dataset.seq_len is None:
+            kwargs.setdefault("collate_fn", list)   # whole documents differ in length: a list of tensors per batch
         super().__init__(dataset, **kwargs)
         self._consumed = 0
 
