@@ -126,6 +126,111 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- training commands -------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_recipe, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        import yaml
+
+        from .config import to_dict
+
+        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        print(f"recipe {args.recipe} is valid")
+        return 0
+    result = train(recipe)
+    return 143 if result.interrupted else 0
+
+
+# ---- inference commands ------------------------------------------------------------------
+def _load_llm(args: argparse.Namespace):
+    from .infer import load
+
+    return load(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None and args.file is not None:
+        raise ValueError("give the prompt as an argument or with --file, not both")
+    if args.prompt is not None:
+        text = args.prompt
+    elif args.file not in (None, "-"):
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        if sys.stdin.isatty():
+            print("reading the prompt from stdin (end with Ctrl-D)", file=sys.stderr)
+        text = sys.stdin.read()
+    prompts = [line for line in text.splitlines() if line.strip()] if args.each_line else [text]
+    if not prompts or not any(p for p in prompts):
+        raise ValueError("the prompt is empty")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    prompts = _read_prompts(args)
+    llm = _load_llm(args)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              repetition_penalty=args.repetition_penalty, stop=args.stop or None, seed=args.seed,
+              batch_size=args.batch_size)
+    start = time.perf_counter()
+    if len(prompts) == 1 and not args.json:
+        n = 0
+        for chunk in llm.stream(prompts[0], **kw):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            n += 1
+        sys.stdout.write("\n")
+    else:
+        outs = llm.generate(prompts, **kw)
+        for p, c in zip(prompts, outs, strict=True):
+            print(json.dumps({"prompt": p, "text": c.text, "finish_reason": c.finish_reason,
+                              "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}))
+        n = sum(len(c.token_ids) for c in outs)
+    took = time.perf_counter() - start
+    print(f"[{n} tokens in {took:.2f} s, {n / took:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .infer.chat_repl import ChatConfig, run_chat
+
+    cfg = ChatConfig(system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                     seed=args.seed, context_length=args.context_length)
+    run_chat(_load_llm(args), cfg)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .infer.server import ServeConfig, serve
+
+    serve(ServeConfig(model=args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                      host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
+                      context_length=args.context_length, max_tokens=args.max_tokens,
+                      max_batch_size=args.max_batch_size, max_concurrent=args.max_concurrent, max_n=args.max_n))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "hf":
+        from .model.hf import load_pretrained, save_pretrained
+
+        ignored = save_pretrained(load_pretrained(args.src), args.dst, tokenizer_from=args.src)
+        print(f"wrote a Hugging Face-format checkpoint to {args.dst}"
+              f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
+        return 0
+    from .infer.onnx_export import OnnxExportConfig, export_onnx
+
+    files = export_onnx(OnnxExportConfig(src=args.src, dst=args.dst, prefill_only=args.prefill_only,
+                                         opset=args.opset, check=not args.no_check))
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
@@ -250,6 +355,100 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text (default: text)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed records instead of stopping")
     p.set_defaults(func=cmd_tokenizer_train)
+    p = sub.add_parser("train", help="pretrain or finetune from a YAML recipe (single process or torchrun)",
+                       description="Train from a recipe: model, data, optimizer, schedule, batch sizes, duration, "
+                                   "precision, parallelism, checkpointing, logging. The recipe is validated before "
+                                   "any work starts. Starting the same command again resumes from the latest "
+                                   "complete checkpoint (checkpoint.autoresume). Run under `torchrun "
+                                   "--nproc_per_node N` for several processes (FSDP2 by default).",
+                       epilog="example: mpt train configs/train/mpt-tiny.yaml train.max_duration=20ba "
+                              "optimizer.lr=1e-3")
+    p.add_argument("recipe", help="YAML recipe, e.g. configs/train/mpt-tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides with dotted keys, e.g. train.precision=bf16")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it resolved, and exit")
+    p.set_defaults(func=cmd_train)
+
+
+    # inference commands
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="Hugging Face-format MPT checkpoint folder (with tokenizer files) or hub name")
+        p.add_argument("--tokenizer", default=None, help="tokenizer folder or tokenizer.json (default: the model's)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+
+    def sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float, max_new: int) -> None:
+        p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"tokens to generate (default: {max_new})")
+        p.add_argument("--temperature", type=float, default=temperature,
+                       help=f"0 is greedy (default: {temperature})")
+        p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling mass (default: {top_p})")
+        p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default: 0, off)")
+        p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1)")
+        p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
+
+    p = sub.add_parser("generate", help="continue a prompt (argument, file or stdin), streamed",
+                       description="Load a model and continue the prompt, printing text as it is generated, "
+                                   "then the speed on stderr. With --each-line every line is a prompt; they "
+                                   "are generated together in one batch and printed as JSON lines.",
+                       epilog="example: mpt generate ./my-mpt 'Once upon a time' --max-new-tokens 50; "
+                              "echo 'Hello' | mpt generate ./my-mpt")
+    model_args(p)
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (default: --file, else stdin)")
+    p.add_argument("--file", default=None, help="read the prompt from this file ('-' for stdin)")
+    p.add_argument("--each-line", action="store_true", help="every non-empty line is a separate prompt")
+    p.add_argument("--json", action="store_true", help="print JSON lines (text, finish_reason, token counts)")
+    p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default: 16)")
+    sampling_args(p, temperature=0.0, top_p=1.0, max_new=128)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat (ChatML), replies streamed",
+                       description="Chat with a model in the terminal. The conversation is rendered with the "
+                                   "tokenizer's chat template (ChatML when it has none); when it no longer fits "
+                                   "the context the oldest turns are dropped, and a note says so. Type /reset "
+                                   "to start over, /exit or Ctrl-D to leave.")
+    model_args(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--context-length", type=int, default=None, help="prompt + reply tokens (default: max_seq_len)")
+    sampling_args(p, temperature=0.7, top_p=0.95, max_new=256)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web chat page",
+                       description="Serve a model over an OpenAI-compatible API (GET /v1/models, POST "
+                                   "/v1/completions, POST /v1/chat/completions, streaming with stream: true; "
+                                   "GET /health) and a chat page at /. Concurrent requests share decode steps "
+                                   "(continuous batching).",
+                       epilog="example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at "
+                              "http://127.0.0.1:8000/v1")
+    model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no key)")
+    p.add_argument("--model-name", default=None, help="model id clients send (default: the folder name)")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="prompt + max_tokens limit per request (default: the model's max_seq_len)")
+    p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens allowed (default: the context)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="sequences decoded together (default: 16)")
+    p.add_argument("--max-concurrent", type=int, default=64,
+                   help="requests in flight (running or queued); more get HTTP 429 (default: 64)")
+    p.add_argument("--max-n", type=int, default=8, help="largest n (choices per request) (default: 8)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="export a checkpoint: Hugging Face format (default) or ONNX",
+                       description="--format hf: write safetensors + config.json + tokenizer files that plain "
+                                   "transformers (and vLLM) load. --format onnx: write prefill.onnx (input_ids -> "
+                                   "logits and the key/value cache) and decode.onnx (one token per row plus the "
+                                   "cache -> logits and the grown cache), then check them with onnxruntime "
+                                   "against PyTorch. Rows of one batch must have the same length (no padding mask).")
+    p.add_argument("src", help="Hugging Face-format MPT checkpoint folder (or hub name)")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--format", choices=["hf", "onnx"], default="hf", help="output format (default: hf)")
+    p.add_argument("--prefill-only", action="store_true", help="onnx: export only prefill.onnx")
+    p.add_argument("--opset", type=int, default=18, help="onnx: opset version (default: 18)")
+    p.add_argument("--no-check", action="store_true", help="onnx: skip the onnxruntime vs PyTorch check")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

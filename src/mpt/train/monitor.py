@@ -1,0 +1,116 @@
+"""The step line, MFU, metrics files and the loss-curve PNG.
+
+MFU uses LLM Foundry's formula: training FLOPs per token = 6 * parameters + 12 * n_layers * d_model * seq_len
+(forward + backward, attention scores included), over the device's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+# Dense (not sparse) bf16 peak TFLOP/s by device-name fragment; first match wins.
+PEAK_TFLOPS = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H800", 989.0), ("GH200", 989.0),
+    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10G", 125.0),
+    ("A10", 125.0), ("V100", 125.0), ("4090", 165.0), ("3090", 71.0),
+)
+
+
+def peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    if override:
+        return override, f"peak {override:g} TFLOP/s (log.peak_tflops)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, tflops in PEAK_TFLOPS:
+            if fragment in name:
+                return tflops, f"peak {tflops:g} TFLOP/s ({name} bf16)"
+        return None, f"no peak known for {name}; set log.peak_tflops for MFU"
+    return None, "no MFU on CPU; set log.peak_tflops to report one"
+
+
+class Monitor:
+    """Rank 0 writes; other ranks only keep the step timer (for the watchdog)."""
+
+    def __init__(self, folder: str | Path, is_main: bool, flops_per_token: float, peak: float | None,
+                 peak_note: str, tensorboard: bool) -> None:
+        self.folder = Path(folder)
+        self.is_main = is_main
+        self.flops_per_token = flops_per_token
+        self.peak = peak
+        self.peak_note = peak_note
+        self.step_times: list[float] = []
+        self.losses: list[tuple[int, float]] = []
+        self.tb = None
+        if is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def step(self, step: int, total: int, metrics: dict, tokens: int, seconds: float, device: torch.device) -> str:
+        self.step_times.append(seconds)
+        tok_s = tokens / seconds if seconds > 0 else 0.0
+        tflops = tok_s * self.flops_per_token / 1e12
+        metrics = dict(metrics, step=step, tokens_per_s=tok_s, tflops=tflops, time=time.time())
+        if self.peak:
+            metrics["mfu"] = tflops / self.peak
+        if device.type == "cuda":
+            metrics["mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if "loss" in metrics and not metrics.get("skipped"):
+            self.losses.append((step, metrics["loss"]))
+        if not self.is_main:
+            return ""
+        with open(self.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self.tb.add_scalar(k, v, step)
+        parts = [f"step {step}/{total}", f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.3g}",
+                 f"grad {metrics['grad_norm']:.3g}", f"{tok_s:,.0f} tok/s", f"{tflops:.2f} TFLOP/s"]
+        if self.peak:
+            parts.append(f"MFU {100 * metrics['mfu']:.1f}% ({self.peak_note})")
+        if "mem_gib" in metrics:
+            parts.append(f"mem {metrics['mem_gib']:.1f} GiB")
+        if metrics.get("skipped"):
+            parts.append(f"SKIPPED: {metrics['skipped']}")
+        return " | ".join(parts)
+
+    def median_step_time(self) -> float | None:
+        recent = sorted(self.step_times[-20:])
+        return recent[len(recent) // 2] if recent else None
+
+    def plot(self) -> Path | None:
+        """loss_curve.png from every logged loss of this run (including earlier segments)."""
+        if not self.is_main:
+            return None
+        points = []
+        path = self.folder / "metrics.jsonl"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                m = json.loads(line)
+                if "loss" in m and not m.get("skipped"):
+                    points.append((m["step"], m["loss"]))
+        if not points:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps, losses = zip(*sorted(dict(points).items()), strict=True)
+        ax.plot(steps, losses)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        out = self.folder / "loss_curve.png"
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out

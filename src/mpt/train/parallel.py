@@ -1,0 +1,89 @@
+"""Parallelism applied from outside the model: process group, FSDP2 / DDP, activation checkpointing.
+
+The model is a plain ``nn.Module``; this file wraps it (as torchtitan does). ``fully_shard`` goes
+on every block and then on the root, so each block's parameters are gathered just before use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_choice: str) -> Dist:
+    """Join the torchrun process group if there is one; pick the device."""
+    cuda = torch.cuda.is_available()
+    if device_choice == "cuda" and not cuda:
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu (or auto)")
+    use_cuda = cuda and device_choice != "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Dist(rank, world, local_rank, device)
+
+
+def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
+                activation_checkpointing: bool) -> nn.Module:
+    """Return the module to train. ``strategy`` auto = FSDP2 when there is more than one rank."""
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        blocks = model.transformer.blocks
+        for i, block in enumerate(blocks):
+            blocks[i] = checkpoint_wrapper(block)
+    if strategy == "auto":
+        strategy = "fsdp" if world_size > 1 else "none"
+    if strategy in ("fsdp", "ddp") and world_size == 1 and not dist.is_initialized():
+        return model  # one process: nothing to shard or synchronise
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        reshard = sharding == "full"  # grad_op: keep gathered params from forward for backward
+        for block in model.transformer.blocks:
+            fully_shard(block, reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    return model
+
+
+def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return float(t.item())
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    t = torch.tensor(value, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

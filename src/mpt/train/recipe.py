@@ -1,0 +1,202 @@
+"""The training recipe: typed sections, validated before any work starts.
+
+Paths in a recipe are relative to the current directory, so the same recipe runs anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import ConfigError, apply_overrides, from_dict, load_yaml
+
+
+def _err(path: str, key: str, value, why: str) -> ConfigError:
+    return ConfigError(f"`{path + '.' if path else ''}{key}` = {value!r}: {why}")
+
+
+@dataclass
+class ModelSection:
+    preset: str | None = "mpt-tiny"      # a preset name or YAML file of MPTConfig fields
+    init_from: str | None = None         # a Hugging Face-format checkpoint to finetune from
+    fields: dict = field(default_factory=dict)  # MPTConfig fields overriding the preset
+
+    def validate(self, path: str) -> None:
+        if self.preset is None and self.init_from is None:
+            raise _err(path, "preset", None, "give a preset or init_from")
+
+
+@dataclass
+class SourceSection:
+    path: str                            # shard folder or URL written by `mpt prep`
+    proportion: float = 1.0
+
+
+@dataclass
+class DataSection:
+    kind: Literal["pretrain", "finetune"] = "pretrain"
+    sources: list[SourceSection] = field(default_factory=list)   # pretrain: token shards
+    finetune_path: str | None = None     # finetune: jsonl of {prompt, response} or {messages}
+    tokenizer: str | None = None         # finetune: tokenizer.json or folder
+    eval_sources: list[SourceSection] = field(default_factory=list)
+    num_workers: int = 0
+
+    def validate(self, path: str) -> None:
+        if self.kind == "pretrain" and not self.sources:
+            raise _err(path, "sources", [], "pretraining needs at least one shard folder (from `mpt prep`)")
+        if self.kind == "finetune" and (self.finetune_path is None or self.tokenizer is None):
+            raise _err(path, "finetune_path", self.finetune_path, "finetuning needs finetune_path and tokenizer")
+        if self.num_workers < 0:
+            raise _err(path, "num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass
+class OptimizerSection:
+    name: Literal["lion", "adamw"] = "lion"
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8                    # AdamW only
+    weight_decay: float = 0.0            # decoupled: multiplied by lr / initial lr, not by lr
+    decay_norms: bool = False
+    decay_embeddings: bool = False
+
+    def validate(self, path: str) -> None:
+        if not self.lr > 0:
+            raise _err(path, "lr", self.lr, "must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise _err(path, "betas", self.betas, "must be two numbers in [0, 1)")
+        if self.weight_decay < 0:
+            raise _err(path, "weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclass
+class SchedulerSection:
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_batches: int = 0
+    alpha_f: float = 0.1                 # final lr = alpha_f * lr
+
+    def validate(self, path: str) -> None:
+        if self.warmup_batches < 0:
+            raise _err(path, "warmup_batches", self.warmup_batches, "must be >= 0")
+        if not 0 <= self.alpha_f <= 1:
+            raise _err(path, "alpha_f", self.alpha_f, "must be in [0, 1]")
+
+
+_DURATION = re.compile(r"^\s*([0-9][0-9_.eE+]*)\s*(ba|tok|ep)\s*$")
+
+
+def parse_duration(text: str, path: str = "train.max_duration") -> tuple[int, str]:
+    """``"4800ba"`` -> (4800, "ba"); also ``"2.5e9tok"``, ``"1ep"``."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"`{path}` = {text!r}: expected a number followed by ba (batches), tok (tokens) "
+                          "or ep (epochs), e.g. 4800ba")
+    return int(float(m.group(1).replace("_", ""))), m.group(2)
+
+
+@dataclass
+class TrainSection:
+    max_duration: str = "100ba"
+    global_batch_size: int = 8           # samples per optimizer step, over all ranks
+    micro_batch_size: int | Literal["auto"] = "auto"
+    grad_clip: float = 1.0               # 0 disables
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    deterministic: bool = False
+    seed: int = 17
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def validate(self, path: str) -> None:
+        parse_duration(self.max_duration, f"{path}.max_duration")
+        if self.global_batch_size < 1:
+            raise _err(path, "global_batch_size", self.global_batch_size, "must be >= 1")
+        if self.micro_batch_size != "auto" and self.micro_batch_size < 1:
+            raise _err(path, "micro_batch_size", self.micro_batch_size, "must be >= 1 or 'auto'")
+        if self.grad_clip < 0:
+            raise _err(path, "grad_clip", self.grad_clip, "must be >= 0")
+
+
+@dataclass
+class ParallelSection:
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"   # auto: fsdp when more than one rank
+    fsdp_sharding: Literal["full", "grad_op"] = "full"           # grad_op: keep params gathered after forward
+
+
+@dataclass
+class CheckpointSection:
+    folder: str = "runs/checkpoints"
+    every_batches: int = 0               # 0: only at the end (and on SIGTERM)
+    keep: int = 2
+    autoresume: bool = True
+    export_hf: str | None = None         # write a Hugging Face checkpoint here at the end
+
+    def validate(self, path: str) -> None:
+        if self.every_batches < 0:
+            raise _err(path, "every_batches", self.every_batches, "must be >= 0")
+        if self.keep < 1:
+            raise _err(path, "keep", self.keep, "must be >= 1")
+
+
+@dataclass
+class LogSection:
+    folder: str = "runs"                 # metrics.jsonl, loss_curve.png, tensorboard/
+    every_batches: int = 1
+    tensorboard: bool = False
+    peak_tflops: float | None = None     # override the device's peak for MFU
+
+
+@dataclass
+class SpikeSection:
+    enabled: bool = True
+    window: int = 50                     # recent losses the median is taken over
+    min_history: int = 10                # no spike verdicts before this many losses
+    factor: float = 2.0                  # a loss above factor * median is a spike
+    patience: int = 3                    # consecutive bad steps before rolling back
+    rollback: bool = True                # else stop with an error
+
+    def validate(self, path: str) -> None:
+        if self.factor <= 1:
+            raise _err(path, "factor", self.factor, "must be > 1")
+        if self.window < self.min_history or self.min_history < 1:
+            raise _err(path, "window", self.window, "must be >= min_history >= 1")
+
+
+@dataclass
+class WatchdogSection:
+    enabled: bool = True
+    factor: float = 20.0                 # a step taking factor * the median step time is a hang
+    min_seconds: float = 300.0           # never fire sooner than this
+
+
+@dataclass
+class EvalSection:
+    every_batches: int = 0               # 0: no in-training eval
+    batches: int = 4
+
+
+@dataclass
+class Recipe:
+    run_name: str = "mpt"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    spike: SpikeSection = field(default_factory=SpikeSection)
+    watchdog: WatchdogSection = field(default_factory=WatchdogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def validate(self, path: str) -> None:
+        _, unit = parse_duration(self.train.max_duration)
+        if unit == "ep" and self.data.kind == "pretrain" and len(self.data.sources) > 1:
+            raise ConfigError("`train.max_duration` in epochs needs a single data source; use ba or tok")
+
+
+def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    return from_dict(Recipe, data)
