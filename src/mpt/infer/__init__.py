@@ -1,5 +1,7 @@
-"""Inference: generation loops, chat templates, the HTTP server."""
+"""Inference: generation loops, continuous batching, chat templates, the HTTP server."""
 
+from .api import LLM, Completion, StreamChunk, load
 from .generate import generate_ids
+from .sampling import SamplingParams
 
-__all__ = ["generate_ids"]
+__all__ = ["LLM", "Completion", "SamplingParams", "StreamChunk", "generate_ids", "load"]

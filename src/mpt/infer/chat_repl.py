@@ -1,0 +1,79 @@
+"""`mpt chat`: an interactive ChatML conversation in the terminal, replies streamed as they are generated."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from .api import LLM
+from .chat import END_OF_TURN, Message, fit_history, render
+
+HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
+
+
+@dataclass
+class ChatConfig:
+    system: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    context_length: int | None = None  # default: the model's max_seq_len
+
+    def validate(self, llm: LLM) -> ChatConfig:
+        self.context_length = self.context_length or llm.model.config.max_seq_len
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.context_length <= self.max_new_tokens:
+            raise ValueError(f"context_length={self.context_length} leaves no room for a prompt after "
+                             f"max_new_tokens={self.max_new_tokens}: lower --max-new-tokens")
+        return self
+
+
+def run_chat(llm: LLM, cfg: ChatConfig, read: Callable[[str], str] = input, out: TextIO = sys.stdout,
+             err: TextIO = sys.stderr) -> list[Message]:
+    """Loop until /exit or end of input; return the final history."""
+    cfg.validate(llm)
+    start = [Message("system", cfg.system)] if cfg.system else []
+    history = list(start)
+    print(HELP, file=err)
+    turn = 0
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            break
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            history = list(start)
+            print("[conversation reset]", file=err)
+            continue
+        if not line.strip():
+            continue
+        history.append(Message("user", line))
+        budget = cfg.context_length - cfg.max_new_tokens
+        history, dropped = fit_history(history, lambda t: len(llm.encode(t)), budget, llm.tokenizer)
+        if dropped:
+            print(f"[context full: dropped the {dropped} oldest message(s) to fit {budget} prompt tokens]", file=err)
+        prompt = render(history, llm.tokenizer)
+        if len(llm.encode(prompt)) > budget:
+            print(f"[your message alone is longer than the {budget} prompt tokens allowed: not sent]", file=err)
+            history.pop()
+            continue
+        out.write("assistant> ")
+        reply = []
+        seed = None if cfg.seed is None else cfg.seed + turn
+        for chunk in llm.stream(prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                                cfg.repetition_penalty, stop=[END_OF_TURN], seed=seed):
+            out.write(chunk.text)
+            out.flush()
+            reply.append(chunk.text)
+        out.write("\n")
+        history.append(Message("assistant", "".join(reply)))
+        turn += 1
+    return history

@@ -1,0 +1,55 @@
+"""Per-request sampling settings, validated before any work starts, and picking one row's token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .generate import sample_next
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in prompt or output
+    stop: list[str] = field(default_factory=list)  # generation ends before the first of these strings
+    seed: int | None = None
+
+    def validate(self) -> SamplingParams:
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad("max_new_tokens", "must be an integer >= 1")
+        if not self.temperature >= 0:
+            raise bad("temperature", "must be >= 0 (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "must be an integer >= 0 (0 is off)")
+        if not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "must be > 0 (1 is off)")
+        if not all(isinstance(s, str) for s in self.stop):
+            raise bad("stop", "must be a string or a list of strings")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise bad("seed", "must be an integer or None")
+        return self
+
+
+def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
+               generator: torch.Generator | None) -> int:
+    """One token from one row's ``(V,)`` logits. ``seen``: prompt and output ids, for the repetition penalty."""
+    logits = logits[None]
+    if params.repetition_penalty != 1.0 and seen:
+        # CTRL / transformers' rule: shrink a seen token's score towards "less likely" whatever its sign.
+        idx = torch.tensor(seen, device=logits.device).unique()[None]
+        score = logits.gather(1, idx)
+        score = torch.where(score > 0, score / params.repetition_penalty, score * params.repetition_penalty)
+        logits = logits.scatter(1, idx, score)
+    return int(sample_next(logits, params.temperature, params.top_k, params.top_p, generator)[0])

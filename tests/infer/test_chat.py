@@ -1,0 +1,56 @@
+"""ChatML rendering, history fitting and the `mpt chat` loop."""
+
+import io
+
+import pytest
+
+from mpt.infer.chat import Message, fit_history, render, render_chatml
+from mpt.infer.chat_repl import ChatConfig, run_chat
+
+CONVERSATIONS = [
+    [Message("user", "Hi!")],
+    [Message("system", "You are terse."), Message("user", "Hi!")],
+    [Message("system", "Be kind."), Message("user", "2+2?"), Message("assistant", "4"),
+     Message("user", "And\nmultiline 日本?")],
+    [Message("user", "")],
+]
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+def test_chatml_equals_apply_chat_template(llm, messages):
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    expected = llm.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+    assert render_chatml(messages) == expected == render(messages, llm.tokenizer)
+    assert llm.encode(render(messages)) == llm.tokenizer.apply_chat_template(dicts, add_generation_prompt=True,
+                                                                            return_dict=False)
+
+
+def test_bad_role_is_named():
+    with pytest.raises(ValueError, match="'robot'"):
+        render([Message("robot", "hi")])
+
+
+def test_fit_history_drops_oldest_turns_but_keeps_system_and_last():
+    msgs = [Message("system", "S")] + [Message("user" if i % 2 == 0 else "assistant", f"turn {i} " * 5)
+                                       for i in range(7)]
+    count = len  # one "token" per character
+    kept, dropped = fit_history(msgs, count, budget=len(render_chatml(msgs[:1] + msgs[-3:])))
+    assert dropped == 4 and kept == msgs[:1] + msgs[-3:]
+    kept, dropped = fit_history(msgs, count, budget=len(render_chatml(msgs[:1] + msgs[-2:])))
+    assert dropped == 6 and kept == msgs[:1] + msgs[-1:]  # never start with an assistant reply
+    kept, dropped = fit_history(msgs, count, budget=10**6)
+    assert dropped == 0 and kept == msgs
+
+
+def test_chat_loop_streams_resets_and_says_when_it_drops_turns(llm):
+    lines = iter(["Hello there, how are you today?", "Tell me more about the fox please.", "/reset",
+                  "Hi", "/exit", "never read"])
+    out, err = io.StringIO(), io.StringIO()
+    cfg = ChatConfig(system="Be brief.", max_new_tokens=12, temperature=0.0, context_length=100)
+    history = run_chat(llm, cfg, read=lambda _: next(lines), out=out, err=err)
+    assert "dropped the 2 oldest message(s)" in err.getvalue()
+    assert "[conversation reset]" in err.getvalue()
+    assert [m.role for m in history] == ["system", "user", "assistant"] and history[1].content == "Hi"
+    # the last reply is the greedy continuation of the rendered conversation
+    expected = llm.generate(render(history[:2], llm.tokenizer), max_new_tokens=12, stop=["<|im_end|>"]).text
+    assert history[2].content == expected and out.getvalue().count("assistant> ") == 3
