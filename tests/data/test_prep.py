@@ -121,3 +121,20 @@ def test_cli_prep_with_filters(neox, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["filtered"] == {"min_words": 1, "most_common_char_alpha": 1}
     assert main(["prep", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o2"), "--tokenizer", str(neox)]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_hugging_face_dataset_input(neox, tmp_path):
+    """hf:NAME goes through datasets.load_dataset(NAME, split=..., streaming=True); a local folder of
+    data files takes the same path offline."""
+    pytest.importorskip("datasets", reason="hf:NAME inputs need the `datasets` package (pip install 'mpt[hub]')")
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    pq.write_table(pa.table({"content": ["First row.", "Second row."], "id": [1, 2]}), folder / "train.parquet")
+    out = tmp_path / "o"
+    s = prep(PrepConfig(inputs=[f"hf:{folder}"], out=str(out), tokenizer=str(neox), text_field="content",
+                        mode="docs", progress=False))
+    assert (s.records_read, s.documents_written) == (2, 2)
+    tok = Tokenizer.from_file(str(neox))
+    assert all_tokens(out).tolist() == [*tok.encode("First row.").ids, 0, *tok.encode("Second row.").ids, 0]
+    with pytest.raises(DataInputError, match=r"hf:.*hfdata \(split train\): no column 'text'; the dataset has 'content', 'id'"):
+        list(read_documents(expand_inputs([f"hf:{folder}"])))

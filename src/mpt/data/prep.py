@@ -28,6 +28,7 @@ class PrepConfig:
     out: str
     tokenizer: str = DEFAULT_TOKENIZER
     text_field: str = "text"
+    hf_split: str = "train"         # for hf:NAME inputs
     mode: str = "concat"            # "concat": EOS-joined documents cut into seq_len samples; "docs": one per sample
     seq_len: int = 2048
     vocab_size: int | None = None   # declared vocabulary (e.g. the model's); default: the tokenizer's
@@ -149,7 +150,7 @@ def prep(cfg: PrepConfig) -> PrepSummary:
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="prep", unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
-    for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats):
+    for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split):
         bar.update(1)
         summary.text_chars += len(doc.text)
         if not doc.text.strip():

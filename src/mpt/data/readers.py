@@ -1,4 +1,4 @@
-"""Read documents from jsonl / json / txt / parquet files, folders and globs.
+"""Read documents from jsonl / json / txt / parquet files, folders, globs and Hugging Face datasets.
 
 Every document carries the file and line (or row) it came from, so that any later error can
 name them. A ``.txt`` file is one document, read as Python's text mode reads it (a UTF-8
@@ -45,12 +45,20 @@ class ReadStats:
             self.bad_examples.append(where)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (searched recursively for known suffixes) and globs, in a stable sorted order."""
-    files: list[Path] = []
+def expand_inputs(inputs: list[str]) -> list[Path | str]:
+    """Files, folders (searched recursively for known suffixes) and globs, in a stable sorted order.
+
+    ``hf:NAME`` or ``hf:NAME:CONFIG`` is a Hugging Face dataset (a hub name, or a local folder of
+    data files), read by ``datasets.load_dataset`` in streaming mode; it is passed through as is.
+    """
+    files: list[Path | str] = []
     for item in inputs:
         path = Path(item)
-        if path.is_file():
+        if item.startswith("hf:"):
+            if len(item) <= 3:
+                raise DataInputError(f"{item!r}: expected hf:NAME or hf:NAME:CONFIG")
+            files.append(item)
+        elif path.is_file():
             if not item.endswith(SUFFIXES):
                 raise DataInputError(f"{item}: unknown file type; expected one of {', '.join(SUFFIXES)}")
             files.append(path)
@@ -66,7 +74,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise DataInputError(f"{item}: the glob matches no {', '.join(SUFFIXES)} files")
             files.extend(found)
         else:
-            raise FileNotFoundError(f"{item}: no such file, folder or glob match")
+            raise FileNotFoundError(f"{item}: no such file, folder or glob match (a Hugging Face dataset is "
+                                    f"written hf:{item})")
     return files
 
 
@@ -178,12 +187,36 @@ def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool)
             yield Document(value, str(path), row)
 
 
-def read_documents(files: list[Path], text_field: str = "text", *, skip_bad: bool = False,
-                   stats: ReadStats | None = None) -> Iterator[Document]:
+def _read_hf(spec: str, text_field: str, split: str, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataInputError(f"{spec}: reading Hugging Face datasets needs the `datasets` package; "
+                             "pip install 'mpt[hub]'") from err
+    name, _, config = spec[3:].partition(":")
+    ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    where = f"{spec} (split {split})"
+    columns = list(ds.column_names or [])
+    if columns and text_field not in columns:
+        raise DataInputError(f"{where}: no column {text_field!r}; the dataset has {', '.join(map(repr, columns))}. "
+                             "Pass --text-field NAME to pick the column")
+    for row, record in enumerate(ds, start=1):
+        stats.records += 1
+        text = _field_text(record, text_field, f"{where} row {row}", stats, skip_bad)
+        if text is not None:
+            yield Document(text, spec, row)
+
+
+def read_documents(files: list[Path | str], text_field: str = "text", *, skip_bad: bool = False,
+                   stats: ReadStats | None = None, hf_split: str = "train") -> Iterator[Document]:
     """Yield every document of ``files`` in order; counts go to ``stats``."""
     stats = stats if stats is not None else ReadStats()
     for path in files:
         stats.files += 1
+        if isinstance(path, str) and path.startswith("hf:"):
+            yield from _read_hf(path, text_field, hf_split, stats, skip_bad)
+            continue
+        path = Path(path)
         name = path.name.removesuffix(".gz")
         if name.endswith(".jsonl"):
             yield from _read_jsonl(path, text_field, stats, skip_bad)
