@@ -91,7 +91,8 @@ def cmd_prep(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(filters, name, getattr(args, name))
     cfg = PrepConfig(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, text_field=args.text_field,
-                     mode=args.mode, seq_len=args.seq_len, vocab_size=args.vocab_size, eos_token=args.eos_token,
+                     hf_split=args.hf_split, mode=args.mode, seq_len=args.seq_len, vocab_size=args.vocab_size,
+                     eos_token=args.eos_token,
                      shard_bytes=int(args.shard_mb * (1 << 20)), skip_bad=args.skip_bad, filters=filters,
                      dedup=DedupConfig(exact=not args.no_exact_dedup, near=args.near_dedup,
                                        threshold=args.near_dedup_threshold))
@@ -284,12 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--seq-len samples (--mode concat) or keep one document per sample (--mode "
                                    "docs); write checksummed shards, index.json and summary.json to --out. "
                                    "Every dropped record is counted in the summary.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs (quote globs)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset")
     p.add_argument("--out", required=True, help="output folder (must not already hold shards)")
     p.add_argument("--tokenizer", default="EleutherAI/gpt-neox-20b",
                    help="tokenizer.json file, folder holding one, or hub name (default: EleutherAI/gpt-neox-20b, "
                         "downloads when online)")
     p.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text (default: text)")
+    p.add_argument("--hf-split", default="train", help="split of hf:NAME inputs (default: train)")
     p.add_argument("--mode", choices=["concat", "docs"], default="concat",
                    help="concat: EOS-joined documents packed into --seq-len samples (default); docs: one per sample")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sample in concat mode (default: 2048)")
