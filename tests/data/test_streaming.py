@@ -134,6 +134,11 @@ def test_memory_and_file_urls_with_bounded_cache(data, tmp_path):
     # workers share the cache without locks
     ds = make("memory://mptdata", cache_dir=str(tmp_path / "c2"), cache_limit_bytes=4 * shard_bytes)
     assert [x for b in StreamingDataLoader(ds, num_workers=2) for x in b[:, 0].tolist()] == reference
+    # a damaged cached copy is fetched again (the remote copy is fine)
+    cached = next((tmp_path / "c2").rglob("shard-*.bin"))
+    cached.write_bytes(b"garbage")
+    ds = make("memory://mptdata", cache_dir=str(tmp_path / "c2"), cache_limit_bytes=4 * shard_bytes)
+    assert [x for b in StreamingDataLoader(ds) for x in b[:, 0].tolist()] == reference
 
 
 def test_corrupt_shard_is_detected_by_checksum(data, tmp_path):

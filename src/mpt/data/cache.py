@@ -95,7 +95,11 @@ class ShardStore:
                 self._verified.add(i)
             try:
                 if self.verify and i not in self._verified:
-                    verify_shard(path, info)
+                    try:
+                        verify_shard(path, info)
+                    except ShardError:
+                        path.unlink(missing_ok=True)   # a damaged cached copy: the remote one is fetched again
+                        continue
                     self._verified.add(i)
                 os.utime(path)  # recency for LRU eviction across processes
                 return Shard(path, dtype)
