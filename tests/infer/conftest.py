@@ -55,3 +55,62 @@ def llm(checkpoint):
     from mpt import load
 
     return load(checkpoint, device="cpu")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """`create_app` served by a real uvicorn on a loopback port, in a background thread."""
+
+    def __init__(self, llm, **cfg):
+        import threading
+        import time
+
+        import uvicorn
+
+        from mpt.infer.server import ServeConfig, create_app
+
+        self.port = free_port()
+        self.app = create_app(llm, ServeConfig(model="tiny", model_name="tiny", port=self.port, **cfg))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = self.app.state.server
+
+    def client(self, key="test-key", **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60, **kw)
+
+    def wait_idle(self, timeout=15.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.state.jobs and self.state.scheduler.running == 0 and self.state.scheduler.waiting == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server(llm):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    s = RunningServer(llm, api_key="test-key", context_length=2048, max_n=4, max_concurrent=16, max_batch_size=8)
+    yield s
+    s.close()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpt.infer import SamplingParams, generate_ids
-from mpt.infer.batching import BatchEngine, Request, run
+from mpt.infer.batching import BatchEngine, Row, run
 
 PROMPTS = ["Hello world", "The quick brown fox jumps over the lazy", "MPT", "A server batches requests together:"]
 
@@ -41,7 +41,7 @@ def test_rows_join_and_leave_mid_batch(llm):
     """Two rows at a time, different lengths: rows finish at different steps and waiting ones join."""
     engine = llm.engine()
     lengths = [3, 20, 7, 15]
-    reqs = [Request(i, llm.encode(p), SamplingParams(max_new_tokens=n)) for i, (p, n) in
+    reqs = [Row(i, llm.encode(p), SamplingParams(max_new_tokens=n)) for i, (p, n) in
             enumerate(zip(PROMPTS, lengths, strict=True))]
     widths = []
     for _ in run(engine, reqs, max_rows=2):
@@ -80,7 +80,7 @@ def test_stop_string_ends_generation_and_is_not_returned(llm):
 def test_stop_token_ends_generation(llm):
     greedy = reference(llm, "Hello world", 10)
     engine = BatchEngine(llm.model, llm.decode, stop_token_ids=[greedy[4]])
-    r = Request(0, llm.encode("Hello world"), SamplingParams(max_new_tokens=10))
+    r = Row(0, llm.encode("Hello world"), SamplingParams(max_new_tokens=10))
     updates = list(run(engine, [r]))
     assert r.out_ids == greedy[:greedy.index(greedy[4]) + 1] and r.finish_reason == "stop"
     assert updates[-1].finish_reason == "stop"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .batching import BatchEngine, Request, run
+from .batching import BatchEngine, Row, run
 from .sampling import SamplingParams
 
 
@@ -84,7 +84,7 @@ class LLM:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return BatchEngine(self.model, self.decode, self.stop_token_ids, pad_token_id=pad)
 
-    def requests(self, prompts: Sequence[str | list[int]], params: SamplingParams) -> list[Request]:
+    def requests(self, prompts: Sequence[str | list[int]], params: SamplingParams) -> list[Row]:
         """One engine request per prompt; prompt ``i`` samples with seed ``seed + i``."""
         params.validate()
         out = []
@@ -93,7 +93,7 @@ class LLM:
             gen = None
             if params.seed is not None:
                 gen = torch.Generator(self.device).manual_seed(params.seed + i)
-            out.append(Request(i, ids, params, gen))
+            out.append(Row(i, ids, params, gen))
         return out
 
     def stream(self, prompts: str | Sequence[str | list[int]], max_new_tokens: int = 128,

@@ -25,8 +25,8 @@ from .text import TextStream
 
 
 @dataclass
-class Request:
-    """One sequence to continue. ``key`` identifies it in updates (e.g. (request id, choice index))."""
+class Row:
+    """One sequence to continue (a row of the batch once admitted). ``key`` identifies it in updates (e.g. (request id, choice index))."""
 
     key: Hashable
     prompt_ids: list[int]
@@ -57,7 +57,7 @@ class BatchEngine:
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
         self.max_rows = 1 if model.transformer.wpe is not None else None  # see the module docstring
-        self.rows: list[Request] = []
+        self.rows: list[Row] = []
         self.cache: KVCache | None = None
         self.mask: torch.Tensor | None = None  # (rows, L) long, 0 = padding
         self.logits: torch.Tensor | None = None  # (rows, V): scores for each row's next token
@@ -65,13 +65,13 @@ class BatchEngine:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def reset(self) -> list[Request]:
+    def reset(self) -> list[Row]:
         rows, self.rows = self.rows, []
         self.cache = self.mask = self.logits = None
         return rows
 
     @torch.inference_mode()
-    def add(self, requests: Sequence[Request]) -> None:
+    def add(self, requests: Sequence[Row]) -> None:
         """Prefill these sequences together and merge them into the running batch."""
         if not requests:
             return
@@ -123,7 +123,7 @@ class BatchEngine:
             self.logits = out.logits[:, -1]
         return updates
 
-    def _advance(self, r: Request, tok: int) -> Update:
+    def _advance(self, r: Row, tok: int) -> Update:
         r.out_ids.append(tok)
         if tok in self.stop_token_ids:
             text, r.finish_reason = r.text.flush(), "stop"
@@ -175,7 +175,7 @@ def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -
     return merged, mask
 
 
-def run(engine: BatchEngine, requests: Sequence[Request], max_rows: int = 16) -> Iterator[Update]:
+def run(engine: BatchEngine, requests: Sequence[Row], max_rows: int = 16) -> Iterator[Update]:
     """Generate for all ``requests`` with at most ``max_rows`` decoding at once; waiting ones join as rows finish."""
     waiting = list(requests)
     limit = min(max_rows, engine.max_rows or max_rows)

@@ -1,0 +1,109 @@
+"""The OpenAI API's request bodies (the part we serve), validated strictly, and its error shape.
+
+Strict: a string where a number belongs is an error, as with OpenAI, not silently converted.
+Options that would change the answer but that we do not implement (logprobs, echo, suffix,
+presence/frequency penalties, tools) are refused with a 400 rather than ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class APIError(Exception):
+    """An error the client caused (4xx) or the server hit (5xx), rendered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0  # not OpenAI's; vLLM's extension
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0  # vLLM's extension
+    n: Annotated[int, Field(ge=1)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0:
+                raise ValueError(f"{name} is not supported by this server (use repetition_penalty)")
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(_Request):
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    echo: Literal[False] = False
+    logprobs: None = None
+    suffix: None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: Literal[False] | None = None
+    tools: None = None
+
+
+def parse(model: type[BaseModel], body: bytes):
+    """Validate a JSON body; the first problem becomes a 400 naming the field."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "json_invalid":
+            raise APIError(400, f"the request body is not valid JSON: {e['msg']}", code="invalid_json") from None
+        if e["type"] == "model_type" or not e["loc"]:
+            msg = "the request body must be a JSON object" if e["type"] == "model_type" else e["msg"]
+            raise APIError(400, msg.removeprefix("Value error, ")) from None
+        loc = ".".join(str(p) for p in e["loc"])
+        raise APIError(400, f"{loc}: {e['msg']}", param=str(e["loc"][0])) from None

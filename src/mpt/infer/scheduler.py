@@ -1,0 +1,100 @@
+"""The server's decode loop: one background thread drives the BatchEngine; requests join between steps.
+
+Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and
+a callback; the thread admits waiting requests whenever the batch has room (prefilling them and
+merging them into the running batch), runs one decode step for every row, and hands each update to
+its callback. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
+before the next step. The model is only ever touched from this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Hashable, Sequence
+
+from .batching import BatchEngine, Row, Update
+
+log = logging.getLogger("mpt.serve")
+
+
+class Scheduler:
+    def __init__(self, engine: BatchEngine, max_batch_size: int = 16) -> None:
+        self.engine = engine
+        self.max_rows = min(max_batch_size, engine.max_rows or max_batch_size)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: list[Row] = []
+        self._callbacks: dict[Hashable, Callable[[Update], None]] = {}
+        self._cancelled: set[Hashable] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mpt-decode", daemon=True)
+        self.steps = 0
+
+    @property
+    def running(self) -> int:
+        return len(self.engine)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + self._inbox.qsize()
+
+    def start(self) -> Scheduler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)  # wake the thread if it is idle
+        self._thread.join(timeout=10)
+
+    def submit(self, requests: Sequence[Row], on_update: Callable[[Update], None]) -> None:
+        self._inbox.put((list(requests), on_update))
+
+    def cancel(self, keys: Sequence[Hashable]) -> None:
+        with self._lock:
+            self._cancelled.update(keys)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._take_inbox(block=not self._waiting and not len(self.engine))
+            with self._lock:
+                cancelled, self._cancelled = self._cancelled, set()
+            if cancelled:
+                self._waiting = [r for r in self._waiting if r.key not in cancelled]
+                self.engine.cancel(cancelled)
+                for key in cancelled:
+                    self._callbacks.pop(key, None)
+            joining: list[Row] = []
+            try:
+                free = self.max_rows - len(self.engine)
+                if free > 0 and self._waiting:
+                    joining, self._waiting = self._waiting[:free], self._waiting[free:]
+                    self.engine.add(joining)
+                updates = self.engine.step()
+                self.steps += 1
+            except Exception as err:  # e.g. out of memory: fail the requests in the batch, keep serving
+                log.error("decode step failed:\n%s", traceback.format_exc())
+                failed = {r.key: r for r in [*self.engine.reset(), *joining]}
+                updates = [Update(key, None, "", "error", f"{type(err).__name__}: {err}") for key in failed]
+            for u in updates:
+                callback = self._callbacks.get(u.key)
+                if callback is not None:
+                    callback(u)
+                if u.finish_reason is not None:
+                    self._callbacks.pop(u.key, None)
+
+    def _take_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:
+                    requests, callback = item
+                    for r in requests:
+                        self._callbacks[r.key] = callback
+                    self._waiting.extend(requests)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
