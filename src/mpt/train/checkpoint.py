@@ -16,6 +16,7 @@ the manifest is checked; a damaged checkpoint is reported and the next older one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,9 +31,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-# DCP warns on every single-process save/load; one process is a supported, intended use here.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
 SHAPE_FIELDS = ("d_model", "n_heads", "n_layers", "vocab_size", "expansion_ratio", "tie_word_embeddings",
                 "learned_pos_emb", "no_bias")
 
@@ -43,6 +41,14 @@ class CheckpointError(ValueError):
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns on every single-process save/load; one process is a supported, intended use here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _barrier() -> None:
@@ -102,7 +108,8 @@ def save(folder: str | Path, step: int, model, optimizer, trainer_state: dict, k
         shutil.rmtree(final, ignore_errors=True)  # a rolled-back run may save the same step again
     _barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
@@ -151,7 +158,8 @@ def load(path: Path, model, optimizer) -> tuple[dict, dict | None]:
     state = verify(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
-    dcp.load(sd, checkpoint_id=str(path))
+    with _quiet():
+        dcp.load(sd, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     rank_file = path / f"rank{_rank()}.pt"
     rng = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None
@@ -193,7 +201,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_from: str |
         model = MPTForCausalLM(config)
     model = model.to_empty(device="cpu")
     sd = {"model": model.state_dict()}
-    dcp.load(sd, checkpoint_id=str(path))
+    with _quiet():
+        dcp.load(sd, checkpoint_id=str(path))
     model.load_state_dict(sd["model"])
     save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
     return path

@@ -225,6 +225,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     say(f"MFU: {peak_note}")
     preemption = _Preemption()
     final_loss = None
+    rollbacks = 0
     bar = None
     if d.is_main:
         from tqdm.auto import tqdm
@@ -290,12 +291,14 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                     bar.write(line)
 
             if rollback:
-                if not recipe.spike.rollback or last_ckpt is None:
+                rollbacks += 1
+                if not recipe.spike.rollback or last_ckpt is None or rollbacks > recipe.spike.max_rollbacks:
                     raise RuntimeError(f"{guard.bad_in_a_row} bad steps in a row (last: {skip}); "
-                                       + ("no checkpoint to roll back to" if recipe.spike.rollback
-                                          else "spike.rollback is off"))
+                                       + ("spike.rollback is off" if not recipe.spike.rollback
+                                          else "no checkpoint to roll back to" if last_ckpt is None
+                                          else f"already rolled back {recipe.spike.max_rollbacks} times"))
                 data_state = batches.state_dict()
-                _, state, _ = ckpt.load(last_ckpt, wrapped, optimizer)
+                state, _ = ckpt.load(last_ckpt, wrapped, optimizer)
                 step, tokens = state["step"], state["tokens"]
                 guard.load_state_dict(state["guard"])
                 batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches

@@ -155,6 +155,7 @@ class SpikeSection:
     factor: float = 2.0                  # a loss above factor * median is a spike
     patience: int = 3                    # consecutive bad steps before rolling back
     rollback: bool = True                # else stop with an error
+    max_rollbacks: int = 3               # then stop: the trouble is not a passing spike
 
     def validate(self, path: str) -> None:
         if self.factor <= 1:

@@ -1,0 +1,189 @@
+"""Real processes: SIGKILL and SIGTERM mid-run, torchrun with 2 ranks, resharded resume.
+
+Every run here is `mpt train` in a subprocess, exactly as a user (or a supervisor) starts it.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mpt.train.checkpoint import complete_checkpoints, export_hf
+
+from .helpers import make_shards, recipe_dict
+
+TOTAL = 16
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def _mpt():
+    exe = shutil.which("mpt")
+    assert exe, "the `mpt` console script is not installed"
+    return exe
+
+
+def _recipe(tmp, data, name, **sections):
+    run = tmp / name
+    sections.setdefault("train", {})
+    sections["train"] = {"max_duration": f"{TOTAL}ba", **sections["train"]}
+    d = recipe_dict(run, data, **sections)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path, run
+
+
+def _start(recipe, nproc=1):
+    if nproc == 1:
+        cmd = [_mpt(), "train", str(recipe)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(random.Random(str(recipe)).randint(20000, 40000)), "-m", "mpt.cli", "train", str(recipe)]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=240):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _final_weights(tmp, run):
+    out = tmp / f"export-{run.name}"
+    export_hf(complete_checkpoints(run / "ckpt")[-1], out)
+    return load_file(out / "model.safetensors")
+
+
+def _logged_steps(run):
+    path = run / "log" / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _losses(run):
+    by_step = {}
+    for line in (run / "log" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        by_step[m["step"]] = m["loss"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("data") / "shards", samples=96)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shards):
+    """The uninterrupted single-process run every recovery must reproduce bit for bit."""
+    tmp = tmp_path_factory.mktemp("reference")
+    recipe, run = _recipe(tmp, shards, "ref")
+    code, out = _finish(_start(recipe))
+    assert code == 0, out
+    return _final_weights(tmp, run), _losses(run)
+
+
+def _assert_bit_identical(weights, reference_weights):
+    assert weights.keys() == reference_weights.keys()
+    for name, w in weights.items():
+        assert torch.equal(w, reference_weights[name]), f"{name} differs from the uninterrupted run"
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, shards, reference):
+    recipe, run = _recipe(tmp_path, shards, "killed")
+    kill_after = random.Random(0).randint(5, TOTAL - 3)
+    proc = _start(recipe)
+    deadline = time.time() + 120
+    while _logged_steps(run) < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _logged_steps(run) < TOTAL
+    code, out = _finish(_start(recipe))
+    assert code == 0, out
+    assert "resumed from" in out
+    _assert_bit_identical(_final_weights(tmp_path, run), reference[0])
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(tmp_path, shards, reference):
+    # A larger model makes each save last long enough to be caught in the act.
+    recipe, run = _recipe(tmp_path, shards, "killed-in-save",
+                          model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
+                                            "max_seq_len": 32}},
+                          checkpoint={"every_batches": 2})
+    ckpt_dir = run / "ckpt"
+    caught = None
+    for _attempt in range(8):  # each attempt resumes the run; stop once a kill lands inside a save
+        proc = _start(recipe)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            tmp_dirs = [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")] if ckpt_dir.is_dir() else []
+            if tmp_dirs and complete_checkpoints(ckpt_dir):
+                proc.kill()
+                break
+        proc.wait()
+        leftovers = [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")] if ckpt_dir.is_dir() else []
+        if leftovers and proc.returncode == -signal.SIGKILL:
+            caught = leftovers[0]
+            break
+    assert caught, "never killed the run in the middle of a save"
+    code, out = _finish(_start(recipe))
+    assert code == 0, out
+    assert not any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir())
+    # the same recipe without interruption
+    ref_recipe, ref_run = _recipe(tmp_path, shards, "in-save-reference",
+                                  model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
+                                                    "max_seq_len": 32}},
+                                  checkpoint={"every_batches": 2})
+    code, out = _finish(_start(ref_recipe))
+    assert code == 0, out
+    _assert_bit_identical(_final_weights(tmp_path, run), _final_weights(tmp_path, ref_run))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_bit_identical(tmp_path, shards, reference):
+    recipe, run = _recipe(tmp_path, shards, "preempted", checkpoint={"every_batches": 0})
+    proc = _start(recipe)
+    deadline = time.time() + 120
+    while _logged_steps(run) < 6 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 143, out
+    assert "SIGTERM: saved" in out
+    saved = complete_checkpoints(run / "ckpt")
+    assert len(saved) == 1 and 6 <= int(saved[0].name.split("-")[1]) < TOTAL
+    code, out = _finish(_start(recipe))
+    assert code == 0, out
+    _assert_bit_identical(_final_weights(tmp_path, run), reference[0])
+
+
+def test_two_ranks_fsdp_match_one_process_and_resume_on_one_rank(tmp_path, shards, reference):
+    # Two processes over gloo, FSDP2, stopped after 8 of 16 steps (checkpoint every 4) ...
+    recipe, run = _recipe(tmp_path, shards, "fsdp", parallel={"strategy": "fsdp"}, checkpoint={"every_batches": 4})
+    proc = _start(recipe, nproc=2)
+    deadline = time.time() + 180
+    while _logged_steps(run) < 9 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    two_rank_losses = _losses(run)[:8]
+    assert len(two_rank_losses) == 8
+    # ... give the same loss curve as one process (same global batches, float tolerance) ...
+    assert two_rank_losses == pytest.approx(reference[1][:8], rel=1e-4)
+    assert len(list(complete_checkpoints(run / "ckpt")[-1].glob("rank*.pt"))) == 2
+    # ... and the sharded checkpoint resumes in a single process (DCP reshards on load).
+    code, out = _finish(_start(recipe, nproc=1))
+    assert code == 0, out
+    assert "resumed from" in out
+    assert _losses(run) == pytest.approx(reference[1], rel=1e-4)
+    final = _final_weights(tmp_path, run)
+    for name, w in final.items():
+        assert torch.allclose(w, reference[0][name], atol=1e-4), name
