@@ -92,7 +92,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
             setattr(filters, name, getattr(args, name))
     cfg = PrepConfig(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, text_field=args.text_field,
                      hf_split=args.hf_split, mode=args.mode, seq_len=args.seq_len, vocab_size=args.vocab_size,
-                     eos_token=args.eos_token,
+                     eos_token=args.eos_token, workers=args.workers,
                      shard_bytes=int(args.shard_mb * (1 << 20)), skip_bad=args.skip_bad, filters=filters,
                      dedup=DedupConfig(exact=not args.no_exact_dedup, near=args.near_dedup,
                                        threshold=args.near_dedup_threshold))
@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-chars", type=int, default=None, help="drop documents shorter than this (off by default)")
     p.add_argument("--max-chars", type=int, default=None, help="drop documents longer than this (off by default)")
     p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates (removed by default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the filters and near-dedup fingerprints (default: all cores; the "
+                        "tokenizer always uses all cores)")
     p.add_argument("--near-dedup", action="store_true", help="also remove near duplicates (MinHash LSH)")
     p.add_argument("--near-dedup-threshold", type=float, default=0.8,
                    help="estimated Jaccard similarity of word 5-grams above which a document is a near "

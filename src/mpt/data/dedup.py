@@ -44,8 +44,25 @@ class DedupConfig:
             raise ValueError(f"dedup ngram={self.ngram} must be >= 1")
 
 
+def fingerprint(text: str, cfg: DedupConfig) -> tuple[bytes | None, np.ndarray | None]:
+    """The pure, per-document part of dedup (exact digest, MinHash values); safe to run in worker processes."""
+    norm = normalise(text)
+    digest = hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest() if cfg.exact else None
+    if not cfg.near:
+        return digest, None
+    from datasketch import MinHash
+
+    words = norm.split(" ")
+    n = cfg.ngram
+    shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+    m.update_batch([sh.encode("utf-8") for sh in shingles])
+    return digest, m.hashvalues
+
+
 class Deduplicator:
-    """Call ``check(text)`` once per document in order; it says whether (and how) it is a duplicate."""
+    """Call ``check(text)`` (or ``check_fingerprint``) once per document in order; it says whether
+    (and how) the document duplicates an earlier kept one, and remembers it when it does not."""
 
     def __init__(self, cfg: DedupConfig):
         cfg.validate()
@@ -54,38 +71,32 @@ class Deduplicator:
         self.exact_removed = 0
         self.near_removed = 0
         if cfg.near:
-            from datasketch import MinHashLSH
+            from datasketch import MinHash, MinHashLSH
 
             self._lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+            self._scheme = MinHash(num_perm=cfg.num_perm, seed=cfg.seed).scheme
             self._signatures: list[np.ndarray] = []
 
-    def _minhash(self, norm: str):
-        from datasketch import MinHash
-
-        words = norm.split(" ")
-        n = self.cfg.ngram
-        shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
-        m = MinHash(num_perm=self.cfg.num_perm, seed=self.cfg.seed)
-        m.update_batch([s.encode("utf-8") for s in shingles])
-        return m
-
     def check(self, text: str) -> str | None:
-        """``"exact"`` or ``"near"`` when ``text`` duplicates an earlier kept document, else None (and remember it)."""
-        norm = normalise(text)
-        if self.cfg.exact:
-            digest = hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
-            if digest in self._seen:
-                self.exact_removed += 1
-                return "exact"
+        return self.check_fingerprint(fingerprint(text, self.cfg))
+
+    def check_fingerprint(self, fp: tuple[bytes | None, np.ndarray | None]) -> str | None:
+        """``"exact"`` or ``"near"`` for a duplicate, else None (and the document is remembered)."""
+        digest, hashvalues = fp
+        if self.cfg.exact and digest in self._seen:
+            self.exact_removed += 1
+            return "exact"
         if self.cfg.near:
-            m = self._minhash(norm)
+            from datasketch import LeanMinHash
+
+            m = LeanMinHash(seed=self.cfg.seed, hashvalues=hashvalues, scheme=self._scheme)
+            signature = np.asarray(hashvalues).astype(np.uint32)
             for key in self._lsh.query(m):
-                if np.mean(self._signatures[key] == m.hashvalues.astype(np.uint32)) >= self.cfg.threshold:
+                if np.mean(self._signatures[key] == signature) >= self.cfg.threshold:
                     self.near_removed += 1
                     return "near"
-            key = len(self._signatures)
-            self._signatures.append(m.hashvalues.astype(np.uint32))
-            self._lsh.insert(key, m)
+            self._lsh.insert(len(self._signatures), m)
+            self._signatures.append(signature)
         if self.cfg.exact:
             self._seen.add(digest)
         return None

@@ -7,7 +7,10 @@ in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dedup import DedupConfig, Deduplicator
+from .dedup import DedupConfig, Deduplicator, fingerprint
 from .filters import FilterConfig, first_failed_rule
 from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
 from .shards import ShardWriter
@@ -36,6 +39,7 @@ class PrepConfig:
     shard_bytes: int = 1 << 26
     skip_bad: bool = False
     batch_docs: int = 1024
+    workers: int | None = None      # processes for filters and dedup fingerprints; default: all cores
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     progress: bool = True
@@ -53,6 +57,8 @@ class PrepConfig:
             raise ValueError(f"shard_bytes={self.shard_bytes} is too small; use at least 1024 (default 64 MiB)")
         if self.batch_docs < 1:
             raise ValueError(f"batch_docs={self.batch_docs} must be >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1")
         self.filters.validate()
         self.dedup.validate()
 
@@ -118,10 +124,35 @@ class _Packer:
         self.carry = stream[n * self.cfg.seq_len:]
 
 
+def _analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None]:
+    """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint)."""
+    if not text.strip():
+        return "empty", None
+    rule = first_failed_rule(text, filters) if filters.active else None
+    if rule is not None:
+        return rule, None
+    return None, fingerprint(text, dedup) if (dedup.exact or dedup.near) else None
+
+
 def prep(cfg: PrepConfig) -> PrepSummary:
     """Run the whole pipeline; returns (and writes to ``out/summary.json``) the summary."""
     cfg.validate()
     files = expand_inputs(cfg.inputs)        # fail on a missing input before loading anything
+    workers = cfg.workers or os.cpu_count() or 1
+    pool = None
+    if workers > 1 and (cfg.filters.active or cfg.dedup.near):
+        # started before the tokenizer exists, so forking copies no tokenizer threads; the tokenizer
+        # itself uses every core through its own (Rust) thread pool
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers)
+    try:
+        return _prep(cfg, files, pool, workers)
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
     tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
@@ -131,9 +162,11 @@ def prep(cfg: PrepConfig) -> PrepSummary:
                          shard_bytes=cfg.shard_bytes)
     packer = _Packer(writer, cfg, tok.eos_id)
     dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
+    analyse = functools.partial(_analyse, filters=cfg.filters, dedup=cfg.dedup)
     stats, filtered, summary = ReadStats(), Counter(), PrepSummary()
     start = time.perf_counter()
     batch: list[Document] = []
+    window: list[Document] = []
 
     def flush() -> None:
         encs = tok.tokenizer.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
@@ -147,25 +180,36 @@ def prep(cfg: PrepConfig) -> PrepSummary:
         packer.add(ids)
         batch.clear()
 
+    def process_window() -> None:
+        texts = [d.text for d in window]
+        if pool is not None:
+            verdicts = pool.map(analyse, texts, chunksize=max(1, len(texts) // (4 * workers)))
+        else:
+            verdicts = [analyse(t) for t in texts]
+        for doc, (dropped, fp) in zip(window, verdicts, strict=True):
+            if dropped == "empty":
+                summary.empty_dropped += 1
+            elif dropped is not None:
+                filtered[dropped] += 1
+            elif dedup is None or dedup.check_fingerprint(fp) is None:
+                batch.append(doc)
+                if len(batch) >= cfg.batch_docs:
+                    flush()
+        window.clear()
+
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="prep", unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
+    # documents go through in windows, so memory stays bounded however large the input
     for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split):
-        bar.update(1)
         summary.text_chars += len(doc.text)
-        if not doc.text.strip():
-            summary.empty_dropped += 1
-            continue
-        rule = first_failed_rule(doc.text, cfg.filters) if cfg.filters.active else None
-        if rule is not None:
-            filtered[rule] += 1
-            continue
-        if dedup is not None and dedup.check(doc.text) is not None:
-            continue
-        batch.append(doc)
-        if len(batch) >= cfg.batch_docs:
-            flush()
+        window.append(doc)
+        if len(window) >= 4 * cfg.batch_docs:
+            process_window()
+            bar.update(4 * cfg.batch_docs)
             bar.set_postfix(tokens=f"{summary.document_tokens:,}", refresh=False)
+    bar.update(len(window))
+    process_window()
     if batch:
         flush()
     bar.close()
