@@ -187,3 +187,43 @@ def test_two_ranks_fsdp_match_one_process_and_resume_on_one_rank(tmp_path, shard
     final = _final_weights(tmp_path, run)
     for name, w in final.items():
         assert torch.allclose(w, reference[0][name], atol=1e-4), name
+
+
+def _children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
+    recipe, run = _recipe(tmp_path, shards, "hang", train={"max_duration": "400ba"},
+                          watchdog={"enabled": True, "min_seconds": 3.0, "factor": 20.0},
+                          checkpoint={"every_batches": 0})
+    proc = _start(recipe, nproc=2)
+    deadline = time.time() + 120
+    while _logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [k for c in _children(proc.pid) for k in [c, *_children(c)]]
+    workers = [w for w in workers if "mpt.cli" in open(f"/proc/{w}/cmdline").read().replace("\0", " ")]
+    assert len(workers) >= 2, workers
+    frozen = workers[-1]
+    os.kill(frozen, signal.SIGSTOP)  # one rank freezes: the others wait forever in a collective
+    start = time.time()
+    try:
+        # the watchdog of every other rank fires: it prints its stacks and exits
+        while any(os.path.exists(f"/proc/{w}") and w != frozen for w in workers) and time.time() - start < 90:
+            time.sleep(0.2)
+        waited = time.time() - start
+    finally:
+        os.kill(frozen, signal.SIGKILL)
+    code, out = _finish(proc, timeout=120)
+    assert code != 0
+    assert waited < 60
+    assert "Thread" in out and "File " in out  # the hung rank's stacks were printed
