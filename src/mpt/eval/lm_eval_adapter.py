@@ -113,7 +113,36 @@ def _unspace(text: str) -> str:
     return text[1:]
 
 
+def _export_cli(argv: list[str]) -> None:
+    import argparse
+
+    from .harness import load_tokenizer
+    from .suite import load_suite
+
+    ap = argparse.ArgumentParser(prog="python -m mpt.eval.lm_eval_adapter export",
+                                 description="Write our rendered prompts for one task as a local lm-eval task.")
+    ap.add_argument("label", help="task label in the suite, e.g. piqa")
+    ap.add_argument("out_dir", help="folder for the task YAML + jsonl (give it to lm_eval --include_path)")
+    ap.add_argument("--suite", default="mpt7b")
+    ap.add_argument("--num-fewshot", type=int, default=None, help="default: the task's first count")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args(argv)
+    tasks = {t.label: t for t in load_suite(args.suite).tasks}
+    if args.label not in tasks:
+        raise SystemExit(f"no task {args.label!r} in suite {args.suite}; tasks: {', '.join(tasks)}")
+    task = tasks[args.label]
+    k = task.num_fewshot[0] if args.num_fewshot is None else args.num_fewshot
+    name = export_task(task, k, load_tokenizer(args.tokenizer), args.out_dir, args.data_dir, args.limit)
+    print(f"wrote lm-eval task {name} to {args.out_dir}")
+
+
 def main() -> None:
+    """``export ...`` writes a task; anything else is an ``lm_eval`` command line with ``mpt`` registered."""
+    if len(sys.argv) > 1 and sys.argv[1] == "export":
+        _export_cli(sys.argv[2:])
+        return
     register()
     from lm_eval.__main__ import cli_evaluate
 
