@@ -58,11 +58,14 @@ def run_eval(cfg: EvalRunConfig) -> dict:
     gauntlet_name = cfg.gauntlet if cfg.gauntlet is not None else next((s.gauntlet for s in suites if s.gauntlet), None)
     gauntlet_cfg = load_gauntlet(gauntlet_name) if gauntlet_name and gauntlet_name != "none" else None
 
-    model = load_model(cfg.model, cfg.device, cfg.dtype)
+    rank, device = _init_distributed(cfg.device)
+    model = load_model(cfg.model, device, cfg.dtype)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     out = evaluate(model, tokenizer, tasks, data_dir=data_dir, limit=cfg.limit, batch_size=cfg.batch_size,
                    max_seq_len=cfg.max_seq_len, keep_examples=cfg.examples is not None, progress=cfg.progress)
     g = aggregate({t.key: t.accuracy for t in out.tasks}, gauntlet_cfg) if gauntlet_cfg else None
+    if rank > 0:  # every rank holds the gathered results; one of them reports
+        return report.to_json(out, g)
     print(report.table(out, g))
     n = sum(t.n for t in out.tasks)
     print(f"{n} examples in {out.seconds:.1f} s ({n / max(out.seconds, 1e-9):.1f} examples/s) on "
@@ -85,3 +88,19 @@ def run_eval(cfg: EvalRunConfig) -> dict:
         report.write_examples(cfg.examples, out.examples)
         print(f"wrote {cfg.examples} ({len(out.examples)} examples)")
     return data
+
+
+def _init_distributed(device: str | None) -> tuple[int, str | None]:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; each rank uses its own GPU."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return torch.distributed.get_rank(), device
