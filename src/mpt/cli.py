@@ -121,7 +121,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run_eval(EvalRunConfig(model=args.model, tasks=args.tasks, data_dir=args.data_dir, tokenizer=args.tokenizer,
                            gauntlet=args.gauntlet, limit=args.limit, num_fewshot=args.num_fewshot,
-                           batch_size=args.batch_size, max_seq_len=args.max_seq_len, device=args.device,
+                           batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                           max_seq_len=args.max_seq_len, device=args.device,
                            dtype=args.dtype, output=args.output, markdown=args.markdown, examples=args.examples,
                            progress=not args.no_progress))
     return 0
@@ -218,8 +219,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hf":
-        from .model.hf import load_pretrained, save_pretrained
+        from pathlib import Path
 
+        from .model.hf import load_pretrained, save_pretrained
+        from .train.checkpoint import complete_checkpoints, export_hf
+
+        src = Path(args.src)
+        if (src / "trainer_state.json").is_file() or complete_checkpoints(src):  # a training checkpoint
+            used = export_hf(src, args.dst, tokenizer_from=args.tokenizer)
+            print(f"wrote a Hugging Face-format checkpoint to {args.dst} from training checkpoint {used}")
+            return 0
         ignored = save_pretrained(load_pretrained(args.src), args.dst, tokenizer_from=args.src)
         print(f"wrote a Hugging Face-format checkpoint to {args.dst}"
               f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
@@ -336,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
     p.add_argument("--num-fewshot", type=int, nargs="+", default=None, help="override every task's few-shot counts")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default: 64)")
+    p.add_argument("--max-batch-tokens", type=int, default=65536,
+                   help="padded tokens per forward pass, bounding memory for long few-shot prompts (default: 65536)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context window (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
@@ -448,9 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "logits and the key/value cache) and decode.onnx (one token per row plus the "
                                    "cache -> logits and the grown cache), then check them with onnxruntime "
                                    "against PyTorch. Rows of one batch must have the same length (no padding mask).")
-    p.add_argument("src", help="Hugging Face-format MPT checkpoint folder (or hub name)")
+    p.add_argument("src", help="Hugging Face-format MPT checkpoint folder (or hub name), or a training checkpoint "
+                               "(a step-N folder, or a checkpoint.folder: its newest complete checkpoint)")
     p.add_argument("dst", help="output folder")
     p.add_argument("--format", choices=["hf", "onnx"], default="hf", help="output format (default: hf)")
+    p.add_argument("--tokenizer", default=None,
+                   help="hf from a training checkpoint: folder whose tokenizer files to copy alongside")
     p.add_argument("--prefill-only", action="store_true", help="onnx: export only prefill.onnx")
     p.add_argument("--opset", type=int, default=18, help="onnx: opset version (default: 18)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the onnxruntime vs PyTorch check")

@@ -130,3 +130,17 @@ def test_an_interrupted_save_is_ignored_and_cleaned(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
         _run(tmp_path, tmp_path / "nowhere")
+
+
+def test_mpt_export_turns_a_training_checkpoint_into_a_transformers_folder(tmp_path):
+    from mpt.cli import main
+
+    data = make_shards(tmp_path / "data")
+    result, _ = _run(tmp_path, data, train={"max_duration": "4ba"})
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert main(["export", str(result.checkpoint), str(tmp_path / "hf2")]) == 0
+    ours = MPTForCausalLM.from_pretrained(tmp_path / "hf2").eval()
+    ids = torch.randint(0, 64, (1, 16))
+    with torch.no_grad():
+        assert (ours(ids).logits - theirs(ids).logits).abs().max() < 1e-4
