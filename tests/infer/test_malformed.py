@@ -1,0 +1,81 @@
+"""A hypothesis sweep of a few hundred malformed (and some valid) requests: never a 5xx, never a hang."""
+
+import json
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from .conftest import RunningServer  # noqa: E402
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 12),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                      max_leaves=8)
+message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "system", "assistant", "tool"]), values),
+                                 "content": st.one_of(st.text(max_size=30), values)})
+FIELDS = {
+    "model": st.one_of(st.just("tiny"), values),
+    "prompt": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=3), values),
+    "messages": st.one_of(st.lists(message, max_size=3), values),
+    "max_tokens": st.one_of(st.integers(-2, 10), st.integers(-2**40, 2**40), values),
+    "temperature": st.one_of(st.floats(-1, 3), values),
+    "top_p": st.one_of(st.floats(-0.5, 1.5), values),
+    "top_k": st.one_of(st.integers(-5, 500), values),
+    "n": st.one_of(st.integers(-1, 6), values),
+    "stream": st.one_of(st.booleans(), values),
+    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=6), values),
+    "seed": st.one_of(st.integers(-2**63, 2**63), values),
+    "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), values),
+    "repetition_penalty": st.one_of(st.floats(-1, 3), values),
+    "logprobs": values,
+}
+bodies = st.one_of(
+    st.binary(max_size=64),  # not JSON at all
+    values.map(lambda v: json.dumps(v).encode()),  # JSON, but not an object
+    st.fixed_dictionaries({}, optional=FIELDS).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries({"model": st.just("tiny")}, optional={k: v for k, v in FIELDS.items() if k != "model"}).map(
+        lambda d: json.dumps(d, allow_nan=True).encode()),
+)
+targets = st.one_of(st.sampled_from([("POST", "/v1/completions"), ("POST", "/v1/chat/completions")] * 4
+                                    + [("GET", "/v1/completions"), ("PUT", "/v1/models"), ("POST", "/v1/nope"),
+                                       ("DELETE", "/health")]))
+auth = st.sampled_from(["Bearer k", "Bearer k", "Bearer k", "", "Bearer wrong", "Basic k", "bearer k", "Bearer"])
+
+
+@pytest.fixture(scope="module")
+def small_server(llm):
+    """A server whose limits keep any valid request short (at most 8 new tokens)."""
+    s = RunningServer(llm, api_key="k", context_length=64, max_tokens=8, max_n=3)
+    yield s
+    s.close()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(target=targets, body=bodies, key=auth)
+def test_no_request_breaks_the_server(small_server, target, body, key):
+    method, path = target
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = key
+    r = httpx.request(method, small_server.url + path, content=body, headers=headers, timeout=20)
+    text = r.read().decode()
+    assert r.status_code < 500, text
+    if r.status_code >= 400:
+        error = json.loads(text)["error"]
+        assert isinstance(error["message"], str) and error["message"] and error["type"]
+    elif "text/event-stream" in r.headers.get("content-type", ""):
+        assert text.rstrip().endswith("data: [DONE]")
+
+
+def test_still_serving_after_the_sweep(small_server):
+    assert small_server.wait_idle()
+    r = small_server.client(key="k").chat.completions.create(model="tiny", messages=[{"role": "user",
+                                                                                     "content": "Hi"}])
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 8
