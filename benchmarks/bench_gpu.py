@@ -1,8 +1,8 @@
 """GPU benchmark (one CUDA device, < 8 minutes): our MPT vs transformers' MptForCausalLM.
 
-  * MPT-1B training at seq 2048, bf16 autocast: tokens/s and MFU (LLM Foundry's formula,
+  * MPT-125M, 350M and 1B training at seq 2048, bf16 autocast: tokens/s and MFU (LLM Foundry's formula,
     6 * params + 12 * n_layers * d_model * seq FLOPs per token; peak 989 TFLOP/s dense bf16 on an H100,
-    override with --peak-tflops). Ours with FlexAttention + torch.compile, and with SDPA; transformers eager.
+    override with --peak-tflops). Ours with FlexAttention + torch.compile (and SDPA for 1B); transformers eager (1B).
   * MPT-7B (random weights, bf16) batch-1 greedy decode of 128 tokens after prompts of 128 and
     1,800 tokens: tokens/s, ours vs transformers, and whether the tokens are identical.
 
@@ -36,18 +36,20 @@ def _sync_time(fn, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def bench_train(peak: float, batch: int, iters: int) -> list[dict]:
+def bench_train(peak: float, batch: int, iters: int, sizes: list[str]) -> list[dict]:
+    """Ours (FlexAttention + torch.compile, fused loss) for each preset; transformers eager on MPT-1B."""
     seq = 2048
     rows = []
-    cfg = load_model_config("mpt-1b", max_seq_len=seq)
-    flops_per_token = model_info(cfg).train_flops_per_token
     ids = torch.randint(0, 50277, (batch, seq), device="cuda")
-    for label, impl, compile_ in (("ours flex+compile", "flex", True), ("ours sdpa+compile", "torch", True),
-                                  ("transformers eager", None, False)):
+    runs = [(size, "ours flex+compile", "flex", True) for size in sizes]
+    runs += [("1b", "ours sdpa+compile", "torch", True), ("1b", "transformers eager", None, False)]
+    for size, label, impl, compile_ in runs:
+        cfg = load_model_config(f"mpt-{size}", max_seq_len=seq)
+        flops_per_token = model_info(cfg).train_flops_per_token
         torch.manual_seed(0)
         if impl is None:
-            model = MptForCausalLM(MptConfig(d_model=2048, n_heads=16, n_layers=24, max_seq_len=seq,
-                                             vocab_size=50432)).cuda()
+            model = MptForCausalLM(MptConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
+                                             max_seq_len=seq, vocab_size=cfg.vocab_size)).cuda()
         else:
             cfg.attn_config["attn_impl"] = impl
             model = MPTForCausalLM(cfg).cuda()
@@ -62,14 +64,13 @@ def bench_train(peak: float, batch: int, iters: int) -> list[dict]:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        name = f"MPT-{size} train b{batch} s{seq} bf16"
         try:
             t = _sync_time(step, warmup=3, iters=iters)
             tok_s = batch * seq / t
-            rows.append({"bench": f"MPT-1B train b{batch} s{seq} bf16", "impl": label, "tok_s": tok_s,
-                         "mfu": tok_s * flops_per_token / (peak * 1e12)})
+            rows.append({"bench": name, "impl": label, "tok_s": tok_s, "mfu": tok_s * flops_per_token / (peak * 1e12)})
         except torch.OutOfMemoryError:
-            rows.append({"bench": f"MPT-1B train b{batch} s{seq} bf16", "impl": label, "tok_s": None, "mfu": None,
-                         "note": "out of memory"})
+            rows.append({"bench": name, "impl": label, "tok_s": None, "mfu": None, "note": "out of memory"})
         del model, opt, fwd, step
         torch.cuda.empty_cache()
     return rows
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--train-sizes", default="125m,350m,1b", help="presets to time training for")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
     args = parser.parse_args()
@@ -114,7 +116,7 @@ def main() -> None:
         raise SystemExit("bench_gpu.py needs a CUDA device; benchmarks/bench_model.py runs the CPU comparison")
     rows = []
     if not args.skip_train:
-        rows += bench_train(args.peak_tflops, args.batch, args.iters)
+        rows += bench_train(args.peak_tflops, args.batch, args.iters, args.train_sizes.split(","))
     if not args.skip_decode:
         rows += bench_decode(args.new_tokens)
     print(f"{'benchmark':36} {'impl':20} {'tok/s':>10} {'MFU':>7}  same tokens")
