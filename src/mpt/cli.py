@@ -395,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
 
-    def sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float, max_new: int) -> None:
-        p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"tokens to generate (default: {max_new})")
+    def sampling_args(p: argparse.ArgumentParser, temperature: float, top_p: float, max_new: int | None) -> None:
+        p.add_argument("--max-new-tokens", type=int, default=max_new,
+                       help=f"tokens to generate (default: {max_new or '256, at most half the context'})")
         p.add_argument("--temperature", type=float, default=temperature,
                        help=f"0 is greedy (default: {temperature})")
         p.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling mass (default: {top_p})")
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--context-length", type=int, default=None, help="prompt + reply tokens (default: max_seq_len)")
-    sampling_args(p, temperature=0.7, top_p=0.95, max_new=256)
+    sampling_args(p, temperature=0.7, top_p=0.95, max_new=None)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web chat page",

@@ -16,7 +16,7 @@ HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 @dataclass
 class ChatConfig:
     system: str | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # default: 256, at most half the context
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 0
@@ -26,6 +26,8 @@ class ChatConfig:
 
     def validate(self, llm: LLM) -> ChatConfig:
         self.context_length = self.context_length or llm.model.config.max_seq_len
+        if self.max_new_tokens is None:
+            self.max_new_tokens = min(256, self.context_length // 2)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.context_length <= self.max_new_tokens:
