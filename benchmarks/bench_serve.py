@@ -83,7 +83,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32, help="requests per run (default: 32)")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default: 64)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8], help="concurrency levels (default: 1 4 8)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in the server (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in the server, 0 = torch's default (default: 1; on a busy 2-core machine "
+                         "a 2-thread pool stalls whenever another process holds a core)")
     args = ap.parse_args()
     from openai import OpenAI
 
