@@ -241,6 +241,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- the whole pipeline ------------------------------------------------------------------
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import Quickstart, QuickstartConfig
+
+    report = Quickstart(QuickstartConfig(out=args.out, size=args.size, eval_tasks=args.eval_tasks,
+                                         eval_data_dir=args.eval_data_dir, force=args.force)).run()
+    print(f"open {report}")
+    return 0
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
@@ -470,6 +480,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="onnx: opset version (default: 18)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the onnxruntime vs PyTorch check")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("quickstart", help="the whole pipeline offline in minutes, with a report",
+                       description="Offline, on any machine with Python: build a corpus from the Python standard "
+                                   "library's sources and docstrings, clean and deduplicate it, train a BPE "
+                                   "tokenizer, prep shards with a validation split, pretrain an mpt-tiny-class "
+                                   "ALiBi model and a learned-position twin (with checkpoints), measure perplexity "
+                                   "at 1x/2x/4x the training length, optionally run ICL tasks, export to Hugging "
+                                   "Face format, generate samples, and write OUT/report.md and report.html. "
+                                   "Re-running the command continues where it stopped.")
+    p.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
+    p.add_argument("--size", choices=["full", "ci"], default="full",
+                   help="full: about 10 minutes on 2 CPU cores; ci: a reduced run of a minute or two")
+    p.add_argument("--eval-tasks", nargs="+", default=None, metavar="TASK",
+                   help="ICL task files or suite names for `mpt eval` (none are needed)")
+    p.add_argument("--eval-data-dir", default=None, help="folder of the task files named by a suite")
+    p.add_argument("--force", action="store_true", help="use a non-empty --out folder that is not a quickstart run")
+    p.set_defaults(func=cmd_quickstart)
+
     return parser
 
 

@@ -58,6 +58,15 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def _fault_file():
+    """faulthandler writes to a file descriptor; a captured sys.stderr (notebooks, pytest) has none."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -241,7 +250,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                     else 4 * recipe.watchdog.min_seconds
                 # A hung step (dead rank, stuck collective) dumps every thread's stack and exits non-zero,
                 # so torchrun --max-restarts (or any supervisor) restarts the job, which then resumes.
-                faulthandler.dump_traceback_later(limit, exit=True)
+                faulthandler.dump_traceback_later(limit, exit=True, file=_fault_file())
             start = time.perf_counter()
             batch = batches.next()
             lr = o.lr * lr_multiplier(step, total, recipe.scheduler.warmup_batches, recipe.scheduler.name,

@@ -1,0 +1,43 @@
+"""`mpt quickstart --size ci` end to end: the report exists with a loss curve, perplexities and samples."""
+
+import json
+
+import pytest
+
+from mpt.cli import main
+
+
+def test_quickstart_ci_size_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--size", "ci"]) == 0
+    report = (out / "report.md").read_text()
+    assert (out / "loss_curves.png").stat().st_size > 5000 and "![loss curves](loss_curves.png)" in report
+    assert "| window | ALiBi perplexity | learned-position twin perplexity |" in report
+    assert report.count("```python") == 4  # the samples
+    assert "mpt train " in report and "mpt prep " in report  # how to redo each stage by hand
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+    ppl = json.loads((out / "evaluation.json").read_text())["perplexity"]
+    assert set(ppl["alibi"]) == set(ppl["learned_pos_emb"]) and len(ppl["alibi"]) == 3
+    # exported model loads with plain transformers
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    # running it again skips every finished stage
+    capsys.readouterr()
+    assert main(["quickstart", "--out", str(out), "--size", "ci"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("done earlier") == 7
+
+
+def test_quickstart_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["quickstart", "--out", str(tmp_path)]) == 2
+    assert "is not empty and holds no quickstart run" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("size", ["ci"])
+def test_quickstart_refuses_another_size_in_the_same_folder(tmp_path, capsys, size):
+    (tmp_path / "quickstart.json").write_text(json.dumps({"size": size}))
+    assert main(["quickstart", "--out", str(tmp_path), "--size", "full"]) == 2
+    assert "holds a quickstart of size 'ci'" in capsys.readouterr().err
