@@ -1,4 +1,4 @@
-"""Data-pipeline benchmarks (measurements, not tests): ``python -m mpt.data.bench --tokenizer PATH``.
+"""Data-pipeline benchmarks (measurements, not tests): ``python benchmarks/bench_data.py --tokenizer PATH``.
 
 1. `mpt prep` throughput against raw ``tokenizers`` ``encode_batch_fast`` on the same >= 20 MB of
    text (target: prep at >= 0.8x of raw tokenizing).
@@ -36,8 +36,8 @@ def make_corpus(source: Path, out: Path, target_bytes: int, seed: int = 0) -> in
 def main() -> None:
     from tokenizers import Tokenizer
 
-    from .prep import PrepConfig, prep
-    from .streaming import Source, StreamConfig, StreamingDataLoader, StreamingDataset
+    from mpt.data.prep import PrepConfig, prep
+    from mpt.data.streaming import Source, StreamConfig, StreamingDataLoader, StreamingDataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenizer", default="../shared/tokenizers/gpt-neox-20b/tokenizer.json")
@@ -76,6 +76,8 @@ def main() -> None:
     print(f"mpt prep (read, exact dedup, tokenize, pack, write, checksum), best of {args.repeats}: {took:.2f} s, "
           f"{size / 1e6 / took:.2f} MB/s; ratio to raw tokenizing {raw / took:.2f}x (target >= 0.8x)")
 
+    results = {"prep_vs_raw_tokenizers": {"raw_mb_s": size / 1e6 / raw, "prep_mb_s": size / 1e6 / took,
+                                          "ratio": raw / took, "target": 0.8}}
     for workers in (0, 2):
         ds = StreamingDataset(StreamConfig(sources=[Source(str(tmp / "shards0"))], batch_size=64,
                                            epoch_size=50_000))   # the source repeats, reshuffled
@@ -86,6 +88,8 @@ def main() -> None:
         took = time.perf_counter() - start
         print(f"loader, 2,048-token samples (int64 tensors), batch 64, {workers} workers: {n / took:,.0f} samples/s "
               f"({n:,} samples, worker start-up included; target >= 50,000)")
+        results[f"loader_{workers}_workers"] = {"samples_s": n / took, "target": 50_000}
+    print(json.dumps({"bench": "data", "corpus_mb": size / 1e6, "results": results}))
 
 
 if __name__ == "__main__":
