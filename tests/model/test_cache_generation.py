@@ -93,3 +93,14 @@ def test_learned_position_embeddings_refuse_to_extrapolate():
     assert model.transformer.wpe is not None
     with pytest.raises(ValueError, match="max_seq_len=24.*learned_pos_emb"):
         model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_learned_positions_follow_left_padding():
+    model = _model(seed=5, learned_pos_emb=True, attn_config={"alibi": False})
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(2, 97, (1, 9), generator=g), torch.randint(2, 97, (1, 5), generator=g)
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 4, dtype=torch.long), b], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    out = generate_ids(model, batch, max_new_tokens=8, attention_mask=mask)
+    assert torch.equal(out[1, 9:], generate_ids(model, b, 8)[0, 5:])

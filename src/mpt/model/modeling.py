@@ -191,17 +191,6 @@ class MPTModel(MPTPreTrainedModel):
             cache = KVCache(self.config.n_layers)
         past = cache.get_seq_length() if cache is not None else 0
 
-        if self.wpe is not None:
-            if past + T > self.config.max_seq_len:
-                raise ValueError(
-                    f"sequence length {past + T} exceeds max_seq_len={self.config.max_seq_len}: this model uses "
-                    "learned position embeddings (learned_pos_emb), which cannot extrapolate; ALiBi models can")
-            x = x + self.wpe(torch.arange(past, past + T, device=x.device))[None]
-        frac = self.config.embedding_fraction
-        if frac < 1:  # scale the embedding's gradient, not its value
-            x = x * frac + x.detach() * (1 - frac)
-        x = self.emb_drop(x)
-
         key_mask = None
         if attention_mask is not None:
             key_mask = attention_mask.bool()
@@ -210,6 +199,22 @@ class MPTModel(MPTPreTrainedModel):
             if key_mask.shape[1] != past + T:
                 raise ValueError(f"attention_mask has {attention_mask.shape[1]} positions; expected {past + T} "
                                  f"(cached {past} + new {T})")
+
+        if self.wpe is not None:
+            if past + T > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence length {past + T} exceeds max_seq_len={self.config.max_seq_len}: this model uses "
+                    "learned position embeddings (learned_pos_emb), which cannot extrapolate; ALiBi models can")
+            if key_mask is None:
+                positions = torch.arange(past, past + T, device=x.device)[None]
+            else:  # left padding: each row's first real token is position 0 (as MosaicML's code does)
+                positions = (key_mask.long().cumsum(1) - 1).clamp(min=0)[:, past:]
+            x = x + self.wpe(positions)
+        frac = self.config.embedding_fraction
+        if frac < 1:  # scale the embedding's gradient, not its value
+            x = x * frac + x.detach() * (1 - frac)
+        x = self.emb_drop(x)
+
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         attn_inputs = prepare(self.config.attn_config["attn_impl"], B, T, past + T, self.alibi_slopes(x.device),
                               key_mask, dtype, x.device)
