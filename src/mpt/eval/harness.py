@@ -79,8 +79,12 @@ def _dist() -> tuple[int, int]:
 
 def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | None = None,
              limit: int | None = None, batch_size: int = 64, max_seq_len: int | None = None,
-             keep_examples: bool = False, progress: bool = True, prefix_reuse: bool = True) -> EvalOutput:
-    """Evaluate ``model`` on ``tasks``; ``limit`` takes the first N examples of each task."""
+             keep_examples: bool = False, progress: bool = True, prefix_reuse: bool = True,
+             max_batch_tokens: int = 65536) -> EvalOutput:
+    """Evaluate ``model`` on ``tasks``; ``limit`` takes the first N examples of each task.
+
+    ``batch_size`` caps the sequences per forward pass and ``max_batch_tokens`` their padded tokens.
+    """
     from tqdm.auto import tqdm
 
     start_all = time.perf_counter()
@@ -112,7 +116,7 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
             bar = tqdm(total=len(encoded), desc=f"{task.label} {k}-shot", unit="ex", disable=not progress or rank > 0,
                        leave=False)
             rows = _run(model, tokenizer, task, task_type, encoded, records, reserve, batch_size, pad, eos, bar,
-                        prefix_reuse)
+                        prefix_reuse, max_batch_tokens)
             bar.close()
             rows = _gather(rows, world)
             results.append(_summarise(task, task_type, k, rows, time.perf_counter() - t0))
@@ -128,7 +132,7 @@ def _rerender(task, task_type, records, p: Prompt, prefix_space: bool, shots: li
 
 
 def _run(model, tokenizer, task: TaskConfig, task_type: str, encoded: list[Encoded], records, reserve: int,
-         batch_size: int, pad: int, eos, bar, prefix_reuse: bool) -> list[dict]:
+         batch_size: int, pad: int, eos, bar, prefix_reuse: bool, max_tokens: int) -> list[dict]:
     rows = []
     if task_type == "generation_task_with_answers":
         new = generate_greedy(model, [e.contexts[0] for e in encoded], reserve, eos, pad, batch_size, bar)
@@ -146,7 +150,7 @@ def _run(model, tokenizer, task: TaskConfig, task_type: str, encoded: list[Encod
         else:
             ctx = e.contexts[0]
             groups.append(ScoreGroup([ctx + c for c in e.continuations], [len(ctx)] * len(e.continuations)))
-    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse)
+    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse, max_tokens)
     for e, s in zip(encoded, scored, strict=True):
         if task_type == "language_modeling":
             rows.append(_row(task, task_type, e, records, s[0].greedy, logprobs=[s[0].logprob],
@@ -206,10 +210,16 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None):
     torch_dtype = getattr(torch, dtype)
     config = AutoConfig.from_pretrained(spec)
     if config.model_type == "mpt":
+        import importlib.util
+
         from ..model.hf import load_pretrained
 
-        model = load_pretrained(spec, dtype=torch_dtype,
-                                attn_impl="torch" if not device.startswith("cuda") else None)
+        # A checkpoint saved with attn_impl "flash" still loads where flash-attn is missing (CPU,
+        # or a GPU without it): the torch path gives the same numbers.
+        ac = getattr(config, "attn_config", None)
+        impl = ac.get("attn_impl") if isinstance(ac, dict) else getattr(ac, "attn_impl", None)
+        usable = device.startswith("cuda") and (impl != "flash" or importlib.util.find_spec("flash_attn") is not None)
+        model = load_pretrained(spec, dtype=torch_dtype, attn_impl=None if usable else "torch")
     else:
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
     return model.to(device).eval()

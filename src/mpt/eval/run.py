@@ -18,6 +18,7 @@ class EvalRunConfig:
     limit: int | None = None
     num_fewshot: list[int] | None = None  # override every task's few-shot counts
     batch_size: int = 64
+    max_batch_tokens: int = 65536
     max_seq_len: int | None = None
     device: str | None = None
     dtype: str | None = None
@@ -29,6 +30,8 @@ class EvalRunConfig:
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise EvalTaskError(f"--limit {self.limit}: give a positive number of examples per task")
+        if self.max_batch_tokens < 1:
+            raise EvalTaskError(f"--max-batch-tokens {self.max_batch_tokens}: give a positive number")
         if self.batch_size < 1:
             raise EvalTaskError(f"--batch-size {self.batch_size}: give a positive number of sequences per forward")
         if self.max_seq_len is not None and self.max_seq_len < 8:
@@ -62,7 +65,8 @@ def run_eval(cfg: EvalRunConfig) -> dict:
     model = load_model(cfg.model, device, cfg.dtype)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     out = evaluate(model, tokenizer, tasks, data_dir=data_dir, limit=cfg.limit, batch_size=cfg.batch_size,
-                   max_seq_len=cfg.max_seq_len, keep_examples=cfg.examples is not None, progress=cfg.progress)
+                   max_seq_len=cfg.max_seq_len, keep_examples=cfg.examples is not None, progress=cfg.progress,
+                   max_batch_tokens=cfg.max_batch_tokens)
     g = aggregate({t.key: t.accuracy for t in out.tasks}, gauntlet_cfg) if gauntlet_cfg else None
     if rank > 0:  # every rank holds the gathered results; one of them reports
         return report.to_json(out, g)

@@ -54,11 +54,15 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def _batches(order: list[int], sizes: list[int], max_rows: int) -> list[list[int]]:
-    """Consecutive groups whose rows add up to at most ``max_rows`` (a group is never split)."""
+def _batches(order: list[int], sizes: list[int], lengths: list[int], max_rows: int,
+             max_tokens: int) -> list[list[int]]:
+    """Consecutive groups (longest first) within ``max_rows`` sequences and ``max_tokens`` padded
+    tokens per forward; a group is never split. The token budget bounds the replicated KV cache
+    when demonstrations make prompts long (25-shot ARC)."""
     out, cur, rows = [], [], 0
     for g in order:
-        if cur and rows + sizes[g] > max_rows:
+        longest = lengths[cur[0]] if cur else lengths[g]
+        if cur and (rows + sizes[g] > max_rows or (rows + sizes[g]) * longest > max_tokens):
             out.append(cur)
             cur, rows = [], 0
         cur.append(g)
@@ -68,31 +72,41 @@ def _batches(order: list[int], sizes: list[int], max_rows: int) -> list[list[int
     return out
 
 
-def _score_rows(logits: torch.Tensor, targets: torch.Tensor, row_of_token: torch.Tensor, n_rows: int):
+def _score_rows(features: torch.Tensor, targets: torch.Tensor, row_of_token: torch.Tensor, n_rows: int,
+                head=None, chunk: int = 128):
     """Per row: summed log-probabilities of ``targets`` and whether each was the argmax.
 
-    The fused cross-entropy gives -log p(target) without writing a (tokens, vocab) log-softmax
-    matrix, which at a small model's size is a large share of the time. A target whose logit
-    equals the row maximum counts as greedy.
+    ``features`` are logits, or hidden states when ``head`` maps them to logits. Chunks of 128
+    positions keep each (chunk, vocab) block in cache (~25% faster than one big block on CPU),
+    and the fused cross-entropy gives -log p(target) without a log-softmax matrix. A target whose
+    logit equals the row maximum counts as greedy.
     """
-    logits = logits.float()
-    tok_lp = -F.cross_entropy(logits, targets, reduction="none")
-    hit = (logits.gather(-1, targets[:, None]).squeeze(-1) >= logits.amax(dim=-1)).float()
-    lp = torch.zeros(n_rows, dtype=torch.float64, device=logits.device).index_add_(0, row_of_token, tok_lp.double())
-    misses = torch.zeros(n_rows, device=logits.device).index_add_(0, row_of_token, 1 - hit)
-    count = torch.zeros(n_rows, device=logits.device).index_add_(0, row_of_token, torch.ones_like(hit))
+    lps, hits = [], []
+    for f, t in zip(features.split(chunk), targets.split(chunk), strict=True):
+        logits = (head(f) if head is not None else f).float()
+        lps.append(-F.cross_entropy(logits, t, reduction="none"))
+        hits.append(logits.gather(-1, t[:, None]).squeeze(-1) >= logits.amax(dim=-1))
+    tok_lp, hit = torch.cat(lps), torch.cat(hits).float()
+    device = tok_lp.device
+    lp = torch.zeros(n_rows, dtype=torch.float64, device=device).index_add_(0, row_of_token, tok_lp.double())
+    misses = torch.zeros(n_rows, device=device).index_add_(0, row_of_token, 1 - hit)
+    count = torch.zeros(n_rows, device=device).index_add_(0, row_of_token, torch.ones_like(hit))
     return lp.tolist(), (misses == 0).tolist(), count.long().tolist()
 
 
 @torch.inference_mode()
 def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: int = 0,
-                 progress=None, prefix_reuse: bool = True) -> list[list[SeqScore]]:
-    """Log-likelihood of every sequence's scored part; ``batch_size`` counts sequences per forward."""
+                 progress=None, prefix_reuse: bool = True, max_tokens: int = 65536) -> list[list[SeqScore]]:
+    """Log-likelihood of every sequence's scored part.
+
+    ``batch_size`` counts sequences per forward, ``max_tokens`` their padded tokens.
+    """
     results: list[list[SeqScore] | None] = [None] * len(groups)
-    order = sorted(range(len(groups)), key=lambda g: -max(len(s) for s in groups[g].seqs))
+    lengths = [max(len(s) for s in g.seqs) for g in groups]
+    order = sorted(range(len(groups)), key=lambda g: -lengths[g])
     sizes = [len(g.seqs) for g in groups]
     fast = prefix_reuse and _is_ours(model)
-    for batch in _batches(order, sizes, max(batch_size, max(sizes, default=1))):
+    for batch in _batches(order, sizes, lengths, max(batch_size, max(sizes, default=1)), max_tokens):
         scored = _score_batch_cached(model, [groups[g] for g in batch], pad_id) if fast else \
             _score_batch_plain(model, [groups[g] for g in batch], pad_id)
         for g, res in zip(batch, scored, strict=True):
@@ -162,8 +176,8 @@ def _score_batch_cached(model, groups: list[ScoreGroup], pad_id: int) -> list[li
     hidden = model.transformer(ids, attention_mask=key_mask, cache=cache if p_max else None,
                                use_cache=p_max > 0).last_hidden_state
     r_idx, c_idx, targets, row_of = _gather_plan(rows, starts, [0] * len(rows), device)
-    logits = model.logits(hidden[r_idx, c_idx])
-    return _regroup(_score_rows(logits, targets, row_of, len(rows)), group_of_row, len(groups))
+    scored = _score_rows(hidden[r_idx, c_idx], targets, row_of, len(rows), head=model.logits)
+    return _regroup(scored, group_of_row, len(groups))
 
 
 def _score_batch_plain(model, groups: list[ScoreGroup], pad_id: int) -> list[list[SeqScore]]:
