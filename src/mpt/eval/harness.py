@@ -150,7 +150,8 @@ def _run(model, tokenizer, task: TaskConfig, task_type: str, encoded: list[Encod
         else:
             ctx = e.contexts[0]
             groups.append(ScoreGroup([ctx + c for c in e.continuations], [len(ctx)] * len(e.continuations)))
-    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse, max_tokens)
+    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse, max_tokens,
+                          greedy=task_type == "language_modeling")
     for e, s in zip(encoded, scored, strict=True):
         if task_type == "language_modeling":
             rows.append(_row(task, task_type, e, records, s[0].greedy, logprobs=[s[0].logprob],
