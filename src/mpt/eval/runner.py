@@ -44,6 +44,11 @@ def _is_ours(model) -> bool:
     return isinstance(model, MPTForCausalLM)
 
 
+def _prefix_reuse_exact(model) -> bool:
+    """Left-padded prefixes are exact for ALiBi (distances only); other MPTs take the plain path."""
+    return _is_ours(model) and bool(model.config.attn_config.get("alibi")) and not model.config.learned_pos_emb
+
+
 def _common_prefix(seqs: list[list[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
@@ -110,7 +115,7 @@ def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: 
     lengths = [max(len(s) for s in g.seqs) for g in groups]
     order = sorted(range(len(groups)), key=lambda g: -lengths[g])
     sizes = [len(g.seqs) for g in groups]
-    fast = prefix_reuse and _is_ours(model)
+    fast = prefix_reuse and _prefix_reuse_exact(model)
     for batch in _batches(order, sizes, lengths, max(batch_size, max(sizes, default=1)), max_tokens):
         scored = _score_batch_cached(model, [groups[g] for g in batch], pad_id, greedy) if fast else \
             _score_batch_plain(model, [groups[g] for g in batch], pad_id, greedy)
@@ -125,19 +130,18 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _gather_plan(rows: list[list[int]], starts: list[int], offsets: list[int], device):
-    """Positions (row, column) whose hidden state predicts a scored token, and those tokens."""
-    r_idx, c_idx, targets, row_of = [], [], [], []
-    for r, (seq, start, off) in enumerate(zip(rows, starts, offsets, strict=True)):
-        # token at sequence position p is predicted from position p-1; ``off`` maps a sequence
-        # position to a column of the tensor that was run.
-        for p in range(start, len(seq)):
-            r_idx.append(r)
-            c_idx.append(p - 1 - off)
-            targets.append(seq[p])
-            row_of.append(r)
+def _gather_plan(rows: list[list[int]], starts: list[int], device):
+    """(row, column) of the positions whose output predicts a scored token, and those tokens.
+
+    The token at column p is predicted from column p - 1.
+    """
+    r_idx, c_idx, targets = [], [], []
+    for r, (seq, start) in enumerate(zip(rows, starts, strict=True)):
+        r_idx += [r] * (len(seq) - start)
+        c_idx += range(start - 1, len(seq) - 1)
+        targets += seq[start:]
     t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return t(r_idx), t(c_idx), t(targets), t(row_of)
+    return t(r_idx), t(c_idx), t(targets)
 
 
 def _score_batch_cached(model, groups: list[ScoreGroup], pad_id: int, greedy: bool) -> list[list[SeqScore]]:
@@ -180,8 +184,8 @@ def _score_batch_cached(model, groups: list[ScoreGroup], pad_id: int, greedy: bo
         key_mask = torch.cat([key_mask, key_mask.new_ones(len(rows), s_max)], dim=1)
     hidden = model.transformer(ids, attention_mask=key_mask, cache=cache if p_max else None,
                                use_cache=p_max > 0).last_hidden_state
-    r_idx, c_idx, targets, row_of = _gather_plan(rows, starts, [0] * len(rows), device)
-    scored = _score_rows(hidden[r_idx, c_idx], targets, row_of, len(rows), head=model.logits, greedy=greedy)
+    r_idx, c_idx, targets = _gather_plan(rows, starts, device)
+    scored = _score_rows(hidden[r_idx, c_idx], targets, r_idx, len(rows), head=model.logits, greedy=greedy)
     return _regroup(scored, group_of_row, len(groups))
 
 
@@ -197,8 +201,8 @@ def _score_batch_plain(model, groups: list[ScoreGroup], pad_id: int, greedy: boo
         ids[r, :len(row)] = torch.tensor(row, device=device)
         mask[r, :len(row)] = 1
     logits = model(input_ids=ids, attention_mask=mask).logits
-    r_idx, c_idx, targets, row_of = _gather_plan(rows, starts, [0] * len(rows), device)
-    return _regroup(_score_rows(logits[r_idx, c_idx], targets, row_of, len(rows), greedy=greedy), group_of_row,
+    r_idx, c_idx, targets = _gather_plan(rows, starts, device)
+    return _regroup(_score_rows(logits[r_idx, c_idx], targets, r_idx, len(rows), greedy=greedy), group_of_row,
                     len(groups))
 
 
