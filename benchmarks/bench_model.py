@@ -39,36 +39,42 @@ def build_pair(max_seq_len: int, seed: int = 0):
     return ours, theirs
 
 
-def time_train(model, ids: torch.Tensor, steps: int, bf16: bool) -> float:
-    """Median seconds per optimizer step after one warm-up step."""
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
+def time_train_pair(models, ids: torch.Tensor, steps: int, bf16: bool) -> list[float]:
+    """Median seconds per optimizer step of each model, their steps interleaved (A B A B ...) so that both
+    see the same machine load; one warm-up step each."""
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
+    times: list[list[float]] = [[] for _ in models]
     for step in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, (model, opt) in enumerate(zip(models, opts, strict=True)):
+            model.train()
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step:
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
-def time_generate(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]), out
+def time_generate_pair(fns, repeats: int):
+    """Median seconds of each generation function, runs interleaved, after one warm-up run each."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs = [None] * len(fns)
+    for r in range(repeats + 1):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            if r:
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed training steps per configuration")
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per configuration")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per prompt length")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,8 +85,7 @@ def main() -> None:
     for bf16 in (False, True):
         ours, theirs = build_pair(max_seq_len=seq)
         ids = torch.randint(0, 50277, (batch, seq), generator=torch.Generator().manual_seed(0))
-        t_theirs = time_train(theirs, ids, args.steps, bf16)
-        t_ours = time_train(ours, ids, args.steps, bf16)
+        t_theirs, t_ours = time_train_pair([theirs, ours], ids, args.steps, bf16)
         name = f"train step {'bf16' if bf16 else 'fp32'} (b{batch} s{seq})"
         tok = batch * seq
         results[name] = {"ours_tok_s": tok / t_ours, "transformers_tok_s": tok / t_theirs,
@@ -99,8 +104,8 @@ def main() -> None:
                 return theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                        min_new_tokens=new, do_sample=False, pad_token_id=0)
 
-        t_theirs, out_theirs = time_generate(run_theirs, args.repeats)
-        t_ours, out_ours = time_generate(lambda p=prompt: generate_ids(ours, p, max_new_tokens=new), args.repeats)
+        (t_theirs, t_ours), (out_theirs, out_ours) = time_generate_pair(
+            [run_theirs, lambda p=prompt: generate_ids(ours, p, max_new_tokens=new)], args.repeats)
         same = bool(torch.equal(out_ours, out_theirs))
         name = f"greedy generate (prompt {prompt_len}, {new} new)"
         results[name] = {"ours_tok_s": new / t_ours, "transformers_tok_s": new / t_theirs,
