@@ -40,4 +40,22 @@ def test_quickstart_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 def test_quickstart_refuses_another_size_in_the_same_folder(tmp_path, capsys, size):
     (tmp_path / "quickstart.json").write_text(json.dumps({"size": size}))
     assert main(["quickstart", "--out", str(tmp_path), "--size", "full"]) == 2
-    assert "holds a quickstart of size 'ci'" in capsys.readouterr().err
+    assert "holds a quickstart with size='ci'" in capsys.readouterr().err
+
+
+def test_quickstart_with_given_data_and_tokenizer(tmp_path, shared):
+    """--data and --tokenizer (hub names when online) take the same code path as these local files."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for line in (shared / "data" / "pretrain" / "arxiv_sample.jsonl").read_text().splitlines()[:10]:
+        text = json.loads(line)["text"]
+        for i in range(0, min(len(text), 40_000), 4000):
+            (docs / f"part{len(list(docs.iterdir())):03d}.txt").write_text(text[i:i + 4000])
+    tok = shared / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--size", "ci", "--data", str(docs), "--tokenizer", str(tok)]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["vocab_size"] == 50304  # 50,277 tokens padded to a multiple of 128
+    assert (out / "model" / "tokenizer.json").is_file()
+    lines = (out / "corpus" / "train.jsonl").read_text().splitlines()
+    assert all(json.loads(x)["source"].startswith(str(docs)) for x in lines)

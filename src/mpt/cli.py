@@ -246,7 +246,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import Quickstart, QuickstartConfig
 
     report = Quickstart(QuickstartConfig(out=args.out, size=args.size, eval_tasks=args.eval_tasks,
-                                         eval_data_dir=args.eval_data_dir, force=args.force)).run()
+                                         eval_data_dir=args.eval_data_dir, data=args.data,
+                                         tokenizer=args.tokenizer, force=args.force)).run()
     print(f"open {report}")
     return 0
 
@@ -494,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tasks", nargs="+", default=None, metavar="TASK",
                    help="ICL task files or suite names for `mpt eval` (none are needed)")
     p.add_argument("--eval-data-dir", default=None, help="folder of the task files named by a suite")
+    p.add_argument("--data", nargs="+", default=None, metavar="INPUT",
+                   help="corpus instead of the standard library: files, folders, globs or hf:NAME (as `mpt prep`)")
+    p.add_argument("--tokenizer", default=None,
+                   help="use this tokenizer (tokenizer.json, folder or hub name) instead of training one")
     p.add_argument("--force", action="store_true", help="use a non-empty --out folder that is not a quickstart run")
     p.set_defaults(func=cmd_quickstart)
 

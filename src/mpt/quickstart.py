@@ -33,6 +33,8 @@ class QuickstartConfig:
     size: str = "full"                    # "full" (about 10 minutes on 2 cores) or "ci" (about 2)
     eval_tasks: list[str] | None = None   # ICL task files or suite names for `mpt eval`
     eval_data_dir: str | None = None
+    data: list[str] | None = None         # corpus files / folders / globs / hf:NAME instead of the stdlib
+    tokenizer: str | None = None          # a tokenizer.json, folder or hub name instead of training one
     force: bool = False
     seed: int = 17
 
@@ -70,11 +72,14 @@ class Quickstart:
                                  "or pass --force to use it anyway")
         if marker.is_file():
             saved = json.loads(marker.read_text())
-            if saved.get("size") != self.cfg.size:
-                raise ValueError(f"{self.dir} holds a quickstart of size {saved.get('size')!r}, not "
-                                 f"{self.cfg.size!r}; use another --out or the same --size")
+            mine = {"size": self.cfg.size, "data": self.cfg.data, "tokenizer": self.cfg.tokenizer}
+            for key, value in mine.items():
+                if saved.get(key) != value:
+                    raise ValueError(f"{self.dir} holds a quickstart with {key}={saved.get(key)!r}, not {value!r}; "
+                                     f"use another --out or the same --{key}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"size": self.cfg.size, "seed": self.cfg.seed}))
+        marker.write_text(json.dumps({"size": self.cfg.size, "seed": self.cfg.seed, "data": self.cfg.data,
+                                      "tokenizer": self.cfg.tokenizer}))
         (self.dir / ".stages").mkdir(exist_ok=True)
 
     def _stage(self, number: int, name: str, fn) -> None:
@@ -93,6 +98,8 @@ class Quickstart:
     # ---- stages ---------------------------------------------------------------------------------
     def corpus(self) -> None:
         """The standard library's .py files (code) and their docstrings (prose), split train / validation."""
+        if self.cfg.data:
+            return self._corpus_from_data()
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
         if self.size["files"]:
@@ -115,11 +122,37 @@ class Quickstart:
         self.log(f"      {len(files)} files from {stdlib}: {n['train']} training and {n['validation']} validation "
                  "documents (code and docstrings)")
 
+    def _corpus_from_data(self) -> None:
+        """--data: the user's documents (``mpt prep`` inputs), every 10th held out for validation."""
+        from .data.readers import expand_inputs, read_documents
+
+        inputs = [i if i.startswith("hf:") else str(p) for i in self.cfg.data
+                  for p in ([i] if i.startswith("hf:") else expand_inputs([i]))]
+        folder = self.dir / "corpus"
+        folder.mkdir(exist_ok=True)
+        n = {"train": 0, "validation": 0}
+        with open(folder / "train.jsonl", "w") as train, open(folder / "validation.jsonl", "w") as val:
+            for i, doc in enumerate(read_documents(inputs)):
+                split = "validation" if i % 10 == 9 else "train"
+                (val if split == "validation" else train).write(json.dumps({"text": doc.text, "source": doc.source})
+                                                                + "\n")
+                n[split] += 1
+        self.log(f"      {sum(n.values())} documents from {', '.join(self.cfg.data)}: {n['train']} training and "
+                 f"{n['validation']} validation")
+
     def tokenizer(self) -> None:
         from .data.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
         out = self.dir / "tokenizer"
         shutil.rmtree(out, ignore_errors=True)
+        if self.cfg.tokenizer:  # a given tokenizer, saved in Hugging Face format beside the model
+            from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+            path = Path(self.cfg.tokenizer)
+            tok = (PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>") if path.is_file()
+                   else AutoTokenizer.from_pretrained(self.cfg.tokenizer))
+            tok.save_pretrained(out)
+            return
         train_tokenizer(TokenizerTrainConfig(inputs=[str(self.dir / "corpus" / "train.jsonl")], out=str(out),
                                              vocab_size=self.size["vocab"], progress=False))
 
@@ -142,7 +175,7 @@ class Quickstart:
         s = self.size
         recipe = {
             "run_name": name,
-            "model": {"preset": "mpt-tiny", "fields": {**MODEL_FIELDS, "vocab_size": s["vocab"],
+            "model": {"preset": "mpt-tiny", "fields": {**MODEL_FIELDS, "vocab_size": self.vocab_size(),
                                                        "max_seq_len": s["seq"], **fields}},
             "data": {"kind": "pretrain", "sources": [{"path": str(self.dir / "shards" / "train")}]},
             "optimizer": {"name": "lion", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 1e-4},
@@ -156,6 +189,14 @@ class Quickstart:
         path = self.dir / f"train-{name}.yaml"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         return path
+
+    def vocab_size(self) -> int:
+        """The trained tokenizer's size, or a given tokenizer's padded to a multiple of 128 (as MPT's 50,432)."""
+        if not self.cfg.tokenizer:
+            return self.size["vocab"]
+        from .data.tokenize import load_tokenizer
+
+        return -(-load_tokenizer(str(self.dir / "tokenizer")).vocab_size // 128) * 128
 
     def pretrain(self) -> None:
         from .train import load_recipe, train
@@ -239,7 +280,8 @@ class Quickstart:
         cmds = {
             "corpus": [f"(Python) mpt.quickstart.Quickstart.corpus: the standard library's .py files and their "
                        f"docstrings -> {d}/corpus/train.jsonl, validation.jsonl"],
-            "tokenizer": [f"mpt tokenizer train {d}/corpus/train.jsonl --out {d}/tokenizer --vocab-size {s['vocab']}"],
+            "tokenizer": [f"(given: {self.cfg.tokenizer}, saved to {d}/tokenizer)" if self.cfg.tokenizer else
+                          f"mpt tokenizer train {d}/corpus/train.jsonl --out {d}/tokenizer --vocab-size {s['vocab']}"],
             "shards": [f"mpt prep {d}/corpus/{split}.jsonl --tokenizer {d}/tokenizer --seq-len {n} --min-chars 200 "
                        f"--out {d}/shards/{split}" for split, n in (("train", s["seq"]), ("validation", 4 * s["seq"]))],
             "pretrain": [f"mpt train {d}/train-alibi.yaml", f"mpt train {d}/train-learned_pos_emb.yaml"],
