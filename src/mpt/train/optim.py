@@ -26,13 +26,20 @@ def _decay(p: torch.Tensor, group: dict) -> None:
         p.mul_(1 - wd * group["lr"] / group["initial_lr"])
 
 
-class DecoupledLion(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ValueError(f"Lion lr={lr} must be > 0")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+class _Decoupled(torch.optim.Optimizer):
+    """Remembers each group's initial lr: decoupled weight decay is scaled by lr / initial_lr."""
+
+    def __init__(self, params, defaults: dict) -> None:
+        if not defaults["lr"] > 0:
+            raise ValueError(f"{type(self).__name__} lr={defaults['lr']} must be > 0")
+        super().__init__(params, defaults)
         for group in self.param_groups:
             group.setdefault("initial_lr", group["lr"])
+
+
+class DecoupledLion(_Decoupled):
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -52,14 +59,10 @@ class DecoupledLion(torch.optim.Optimizer):
         return loss
 
 
-class DecoupledAdamW(torch.optim.Optimizer):
+class DecoupledAdamW(_Decoupled):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ValueError(f"AdamW lr={lr} must be > 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        for group in self.param_groups:
-            group.setdefault("initial_lr", group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
