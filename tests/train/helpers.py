@@ -11,10 +11,10 @@ SEQ = 32
 
 
 def make_shards(folder: Path, samples: int = 64, seq_len: int = SEQ, vocab: int = VOCAB, seed: int = 0,
-                random_tokens: bool = False) -> Path:
+                random_tokens: bool = False, tokenizer: str = "synthetic") -> Path:
     """Each sample counts upward from a random start with a random stride (mod vocab): easy to learn."""
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(folder, vocab_size=vocab, eos_id=0, mode="concat", seq_len=seq_len, tokenizer="synthetic",
+    writer = ShardWriter(folder, vocab_size=vocab, eos_id=0, mode="concat", seq_len=seq_len, tokenizer=tokenizer,
                          shard_bytes=2048)
     for _ in range(samples):
         if random_tokens:

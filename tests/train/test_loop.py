@@ -23,12 +23,19 @@ def _run(tmp, data, log=None, **sections):
 
 
 def test_loss_falls_and_export_loads_in_plain_transformers(tmp_path):
-    data = make_shards(tmp_path / "data")
+    from mpt.data.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the tokenizer that made the shards travels with the exported model " * 50)
+    train_tokenizer(TokenizerTrainConfig(inputs=[str(corpus)], out=str(tmp_path / "tok"), vocab_size=300,
+                                         progress=False))
+    data = make_shards(tmp_path / "data", tokenizer=str(tmp_path / "tok"))
     result, _ = _run(tmp_path, data, train={"max_duration": "16ba"}, checkpoint={"export_hf": str(tmp_path / "hf")})
     losses = [json.loads(line)["loss"] for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 16 and sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3
     assert (tmp_path / "log" / "loss_curve.png").stat().st_size > 1000
     assert [p.name for p in complete_checkpoints(tmp_path / "ckpt")] == ["step-00000012", "step-00000016"]
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
     ours = MPTForCausalLM.from_pretrained(tmp_path / "hf").eval()
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(0, 64, (2, 32))

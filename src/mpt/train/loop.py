@@ -341,7 +341,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     exported = None
     if c_cfg.export_hf:
         if d.is_main:
-            tok = recipe.data.tokenizer if recipe.data.kind == "finetune" else None
+            # the tokenizer the data was made with travels with the model (`mpt prep` records it in the index)
+            tok = recipe.data.tokenizer if recipe.data.kind == "finetune" else batches.dataset.indexes[0].tokenizer
             ckpt.export_hf(last_ckpt, c_cfg.export_hf, tokenizer_from=_tokenizer_folder(tok))
             say(f"exported Hugging Face checkpoint to {c_cfg.export_hf}")
         exported = Path(c_cfg.export_hf)
@@ -354,10 +355,13 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
 
 def _tokenizer_folder(tokenizer: str | None) -> str | None:
+    """The local folder holding the tokenizer's files, or None (a hub name, a synthetic label)."""
     if tokenizer is None:
         return None
     path = Path(tokenizer)
-    return str(path.parent if path.is_file() else path)
+    if path.is_file():
+        return str(path.parent)
+    return str(path) if path.is_dir() else None
 
 
 @torch.no_grad()
