@@ -126,8 +126,7 @@ class Quickstart:
         """--data: the user's documents (``mpt prep`` inputs), every 10th held out for validation."""
         from .data.readers import expand_inputs, read_documents
 
-        inputs = [i if i.startswith("hf:") else str(p) for i in self.cfg.data
-                  for p in ([i] if i.startswith("hf:") else expand_inputs([i]))]
+        inputs = expand_inputs(self.cfg.data)  # files, folders, globs and hf:NAME, as `mpt prep` takes them
         folder = self.dir / "corpus"
         folder.mkdir(exist_ok=True)
         n = {"train": 0, "validation": 0}

@@ -63,16 +63,18 @@ def test_transformers_generate_works_on_our_model_past_max_seq_len():
     assert torch.equal(hf_out, generate_ids(model, prompt, max_new_tokens=30))
 
 
-def test_batched_left_padded_generation_equals_one_by_one():
-    model = _model(seed=3)
+@pytest.mark.parametrize("positions", [{}, {"learned_pos_emb": True, "attn_config": {"alibi": False}}],
+                         ids=["alibi", "learned-positions"])
+def test_batched_left_padded_generation_equals_one_by_one(positions):
+    model = _model(seed=3, **positions)
     g = torch.Generator().manual_seed(3)
     a, b = torch.randint(2, 97, (1, 9), generator=g), torch.randint(2, 97, (1, 5), generator=g)
     batch = torch.cat([a, torch.cat([torch.zeros(1, 4, dtype=torch.long), b], dim=1)])
     mask = torch.ones_like(batch)
     mask[1, :4] = 0
-    out = generate_ids(model, batch, max_new_tokens=12, attention_mask=mask)
-    assert torch.equal(out[0, 9:], generate_ids(model, a, 12)[0, 9:])
-    assert torch.equal(out[1, 9:], generate_ids(model, b, 12)[0, 5:])
+    out = generate_ids(model, batch, max_new_tokens=10, attention_mask=mask)
+    assert torch.equal(out[0, 9:], generate_ids(model, a, 10)[0, 9:])
+    assert torch.equal(out[1, 9:], generate_ids(model, b, 10)[0, 5:])  # learned positions start at row's first token
 
 
 def test_sampling_is_reproducible_with_a_seed_and_respects_eos():
@@ -94,13 +96,3 @@ def test_learned_position_embeddings_refuse_to_extrapolate():
     with pytest.raises(ValueError, match="max_seq_len=24.*learned_pos_emb"):
         model(torch.zeros(1, 25, dtype=torch.long))
 
-
-def test_learned_positions_follow_left_padding():
-    model = _model(seed=5, learned_pos_emb=True, attn_config={"alibi": False})
-    g = torch.Generator().manual_seed(5)
-    a, b = torch.randint(2, 97, (1, 9), generator=g), torch.randint(2, 97, (1, 5), generator=g)
-    batch = torch.cat([a, torch.cat([torch.zeros(1, 4, dtype=torch.long), b], dim=1)])
-    mask = torch.ones_like(batch)
-    mask[1, :4] = 0
-    out = generate_ids(model, batch, max_new_tokens=8, attention_mask=mask)
-    assert torch.equal(out[1, 9:], generate_ids(model, b, 8)[0, 5:])

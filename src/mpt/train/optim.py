@@ -36,6 +36,14 @@ class _Decoupled(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
+    def _params(self):
+        """(group, parameter, its state) for every parameter with a gradient; decay already applied."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    _decay(p, group)
+                    yield group, p, self.state[p]
+
 
 class DecoupledLion(_Decoupled):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
@@ -44,18 +52,13 @@ class DecoupledLion(_Decoupled):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
+        for group, p, state in self._params():
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                m = state["exp_avg"]
-                _decay(p, group)
-                p.add_(m.lerp(p.grad, 1 - beta1).sign_(), alpha=-group["lr"])
-                m.lerp_(p.grad, 1 - beta2)
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p)
+            m = state["exp_avg"]
+            p.add_(m.lerp(p.grad, 1 - beta1).sign_(), alpha=-group["lr"])
+            m.lerp_(p.grad, 1 - beta2)
         return loss
 
 
@@ -67,25 +70,20 @@ class DecoupledAdamW(_Decoupled):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for group in self.param_groups:
+        for group, p, state in self._params():
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = int(state["step"].item())
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                _decay(p, group)
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                step_size = group["lr"] / (1 - beta1**t)
-                denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
-                p.addcdiv_(m, denom, value=-step_size)
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = int(state["step"].item())
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(p.grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            step_size = group["lr"] / (1 - beta1**t)
+            denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+            p.addcdiv_(m, denom, value=-step_size)
         return loss
 
 
