@@ -1,12 +1,15 @@
-"""Text -> tokens -> shards -> batches. Needs no model (``mpt.data`` never imports ``mpt.model``)."""
+"""Text -> tokens -> shards -> batches. Needs no model (``mpt.data`` never imports ``mpt.model``).
 
-from .dedup import DedupConfig, Deduplicator
-from .filters import FilterConfig, first_failed_rule
-from .prep import PrepConfig, PrepSummary, prep
-from .readers import DataInputError, Document, read_documents
-from .shards import Shard, ShardError, ShardIndex, ShardWriter, read_index
-from .streaming import Source, StreamConfig, StreamingDataLoader, StreamingDataset
+Names load on first use, so ``import mpt.data`` pulls in neither torch nor transformers.
+"""
 
-__all__ = ["DataInputError", "DedupConfig", "Deduplicator", "Document", "FilterConfig", "PrepConfig", "PrepSummary",
-           "Shard", "ShardError", "ShardIndex", "ShardWriter", "Source", "StreamConfig", "StreamingDataLoader",
-           "StreamingDataset", "first_failed_rule", "prep", "read_documents", "read_index"]
+from mpt._lazy import lazy_exports
+
+_EXPORTS = {"DedupConfig": ".dedup", "Deduplicator": ".dedup", "FilterConfig": ".filters",
+            "first_failed_rule": ".filters", "PrepConfig": ".prep", "PrepSummary": ".prep", "prep": ".prep",
+            "DataInputError": ".readers", "Document": ".readers", "read_documents": ".readers",
+            "Shard": ".shards", "ShardError": ".shards", "ShardIndex": ".shards", "ShardWriter": ".shards",
+            "read_index": ".shards", "Source": ".streaming", "StreamConfig": ".streaming",
+            "StreamingDataLoader": ".streaming", "StreamingDataset": ".streaming"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,10 +6,12 @@
 This package never imports ``mpt.train`` or ``mpt.data``; training calls :func:`evaluate`.
 """
 
-from .gauntlet import GauntletResult, aggregate
-from .harness import EvalOutput, TaskResult, evaluate, load_model, load_tokenizer
-from .suite import GauntletConfig, Suite, load_gauntlet, load_suite
-from .tasks import EvalTaskError, Prompt, TaskConfig
+from mpt._lazy import lazy_exports
 
-__all__ = ["EvalOutput", "EvalTaskError", "GauntletConfig", "GauntletResult", "Prompt", "Suite", "TaskConfig",
-           "TaskResult", "aggregate", "evaluate", "load_gauntlet", "load_model", "load_suite", "load_tokenizer"]
+_EXPORTS = {"GauntletResult": ".gauntlet", "aggregate": ".gauntlet", "EvalOutput": ".harness",
+            "TaskResult": ".harness", "evaluate": ".harness", "load_model": ".harness",
+            "load_tokenizer": ".harness", "GauntletConfig": ".suite", "Suite": ".suite",
+            "load_gauntlet": ".suite", "load_suite": ".suite", "EvalTaskError": ".tasks", "Prompt": ".tasks",
+            "TaskConfig": ".tasks"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

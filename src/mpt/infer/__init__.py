@@ -1,7 +1,8 @@
 """Inference: generation loops, continuous batching, chat templates, the HTTP server."""
 
-from .api import LLM, Completion, StreamChunk, load
-from .generate import generate_ids
-from .sampling import SamplingParams
+from mpt._lazy import lazy_exports
 
-__all__ = ["LLM", "Completion", "SamplingParams", "StreamChunk", "generate_ids", "load"]
+_EXPORTS = {"LLM": ".api", "Completion": ".api", "StreamChunk": ".api", "load": ".api",
+            "generate_ids": ".generate", "SamplingParams": ".sampling"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,8 @@
 """The MPT network and its config; knows nothing of training, data or the command line."""
 
-from .cache import KVCache
-from .config import MPTConfig, MPTConfigError
-from .modeling import MPTCheckpointError, MPTForCausalLM, MPTModel
+from mpt._lazy import lazy_exports
 
-__all__ = ["KVCache", "MPTCheckpointError", "MPTConfig", "MPTConfigError", "MPTForCausalLM", "MPTModel"]
+_EXPORTS = {"KVCache": ".cache", "MPTConfig": ".config", "MPTConfigError": ".config",
+            "MPTCheckpointError": ".modeling", "MPTForCausalLM": ".modeling", "MPTModel": ".modeling"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

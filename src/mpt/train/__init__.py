@@ -1,6 +1,7 @@
 """Training: the loop, optimizers, schedules, parallelism, checkpoints, monitoring."""
 
-from .loop import TrainResult, train
-from .recipe import Recipe, load_recipe
+from mpt._lazy import lazy_exports
 
-__all__ = ["Recipe", "TrainResult", "load_recipe", "train"]
+_EXPORTS = {"TrainResult": ".loop", "train": ".loop", "Recipe": ".recipe", "load_recipe": ".recipe"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

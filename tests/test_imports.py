@@ -1,0 +1,49 @@
+"""The package imports lazily: help and data tools load no torch, transformers or model code.
+
+Checked in a fresh interpreter through ``sys.modules`` (what got imported), never by timing.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "mpt.model", "mpt.infer", "mpt.train", "mpt.eval")
+
+
+def loaded_after(code: str) -> set[str]:
+    """Run ``code`` in a new interpreter; return which of HEAVY it imported."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_import_mpt_loads_nothing_heavy():
+    assert loaded_after("import mpt") == set()
+
+
+def test_import_mpt_data_loads_no_model_inference_or_transformers():
+    assert loaded_after("import mpt.data") == set()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["train", "--help"], ["eval", "--help"],
+                                  ["tokenizer", "train", "--help"]])
+def test_help_loads_nothing_heavy(argv):
+    code = f"from mpt.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    assert loaded_after(code) == set()
+
+
+def test_names_still_import_from_the_package():
+    code = ("from mpt import KVCache, MPTConfig, MPTForCausalLM, load\n"
+            "from mpt.data import PrepConfig, StreamingDataset\n"
+            "from mpt.infer import generate_ids\n"
+            "assert callable(load) and MPTForCausalLM.__name__ == 'MPTForCausalLM'")
+    assert {"torch", "mpt.model", "mpt.infer"} <= loaded_after(code)
+
+
+def test_unknown_names_are_attribute_errors():
+    import mpt
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mpt.nope  # noqa: B018
