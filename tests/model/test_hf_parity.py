@@ -19,6 +19,8 @@ PARITY_CONFIGS = {
     "softmax-scale": dict(attn_config={"softmax_scale": 0.5}),
     "untied": dict(tie_word_embeddings=False),
     "layernorm-fp32": dict(norm_type="layernorm"),
+    # a packing-trained model: the flag only matters when sequence_id is passed, so no warning
+    "sequence-id": dict(attn_config={"attn_uses_sequence_id": True}),
 }
 
 

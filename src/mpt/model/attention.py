@@ -10,6 +10,13 @@ Backends (``attn_config.attn_impl``):
   materialised, so it is the path for long sequences and for ``torch.compile`` on GPUs.
   On CPU it runs unfused (correct, not fast); its backward needs a GPU.
 
+Packed rows (several documents in one row, ``attn_config.attn_uses_sequence_id``) carry a
+``sequence_id`` per token: a query attends only to earlier keys with the same id. ``torch`` folds
+that into its mask; ``flex`` puts it in the block mask, so blocks that lie wholly across a
+document boundary are skipped, not computed and discarded; ``flash`` falls back to ``torch``.
+ALiBi stays exact per document: its bias depends only on ``j - i``, which is the same whether a
+document sits alone or at some offset in a row.
+
 Single-token decode steps always take the ``torch`` path: with one query the bias is a single
 row, and SDPA is the fastest kernel for that shape on every device.
 
@@ -53,6 +60,7 @@ class AttentionInputs:
     slopes: torch.Tensor | None  # (H,) float32, or None without ALiBi
     key_mask: torch.Tensor | None  # (B, k_len) bool, True = attend; None = no padding
     impl: str
+    sequence_id: torch.Tensor | None = None  # (B, q_len == k_len) long; attend within equal ids only
     sdpa_mask: torch.Tensor | None = None  # additive mask for the torch path
     block_mask: object | None = None  # FlexAttention BlockMask
 
@@ -73,6 +81,9 @@ def _sdpa_mask(inp: AttentionInputs, dtype: torch.dtype, device: torch.device) -
         mask = mask.masked_fill(rel > 0, neg)
     if inp.key_mask is not None:
         mask = mask.masked_fill(~inp.key_mask[:, None, None, :], neg)
+    if inp.sequence_id is not None:
+        seq = inp.sequence_id.to(device)
+        mask = mask.masked_fill(seq[:, None, :, None] != seq[:, None, None, :], neg)
     return mask
 
 
@@ -80,26 +91,40 @@ def _flex_block_mask(inp: AttentionInputs, batch: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = inp.k_len - inp.q_len
-    key_mask = inp.key_mask
+    key_mask, seq = inp.key_mask, inp.sequence_id
 
-    if key_mask is None:
+    if key_mask is None and seq is None:
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx <= q_idx + offset
         return create_block_mask(mask_mod, None, None, inp.q_len, inp.k_len, device=device)
 
-    def padded_mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx + offset) & key_mask[b, kv_idx]
-    return create_block_mask(padded_mask_mod, batch, None, inp.q_len, inp.k_len, device=device)
+    seq = seq.to(device) if seq is not None else None
+    key_mask = key_mask.to(device) if key_mask is not None else None
+
+    # Per-row masks; create_block_mask evaluates this per block and drops the blocks where it is
+    # False everywhere (another document's keys), so packing costs no attention FLOPs.
+    def row_mask_mod(b, h, q_idx, kv_idx):
+        allowed = kv_idx <= q_idx + offset
+        if key_mask is not None:
+            allowed = allowed & key_mask[b, kv_idx]
+        if seq is not None:
+            allowed = allowed & (seq[b, q_idx] == seq[b, kv_idx])
+        return allowed
+    return create_block_mask(row_mask_mod, batch, None, inp.q_len, inp.k_len, device=device)
 
 
 def prepare(impl: str, batch: int, q_len: int, k_len: int, slopes: torch.Tensor | None,
-            key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> AttentionInputs:
-    """Precompute what the chosen backend needs, once for all layers."""
+            key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
+            sequence_id: torch.Tensor | None = None) -> AttentionInputs:
+    """Precompute what the chosen backend needs, once for all layers.
+
+    ``sequence_id`` (B, q_len) is validated by the model; it needs ``q_len == k_len`` (no cache).
+    """
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
-    if q_len == 1 or (impl == "flash" and key_mask is not None):
+    if q_len == 1 or (impl == "flash" and (key_mask is not None or sequence_id is not None)):
         impl = "torch"
-    inp = AttentionInputs(q_len, k_len, slopes, key_mask, impl)
+    inp = AttentionInputs(q_len, k_len, slopes, key_mask, impl, sequence_id)
     if impl == "torch":
         inp.sdpa_mask = _sdpa_mask(inp, dtype, device)
     elif impl == "flex":

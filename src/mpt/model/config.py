@@ -168,9 +168,10 @@ class MPTConfig(PretrainedConfig):
                        "or use 'torch' (any device) or 'flex' (PyTorch FlexAttention)")
         if ac["attn_type"] not in ATTN_TYPES:
             raise _bad("attn_config.attn_type", ac["attn_type"], f"allowed: {', '.join(ATTN_TYPES)}")
-        for flag in ("prefix_lm", "attn_uses_sequence_id"):
-            if ac[flag]:
-                raise _bad(f"attn_config.{flag}", ac[flag], "not supported; allowed: false")
+        if ac["prefix_lm"]:
+            raise _bad("attn_config.prefix_lm", ac["prefix_lm"], "not supported; allowed: false")
+        if not isinstance(ac["attn_uses_sequence_id"], bool):
+            raise _bad("attn_config.attn_uses_sequence_id", ac["attn_uses_sequence_id"], "allowed: true, false")
         if not 0 <= ac["attn_pdrop"] < 1:
             raise _bad("attn_config.attn_pdrop", ac["attn_pdrop"], "must be in [0, 1)")
         if ac["clip_qkv"] is not None and not ac["clip_qkv"] > 0:
@@ -202,7 +203,11 @@ class MPTConfig(PretrainedConfig):
 
     # ---- what transformers' own MPT ignores ---------------------------------------------
     def fields_transformers_ignores(self) -> list[str]:
-        """Settings that transformers' MptForCausalLM would silently compute differently."""
+        """Settings that transformers' MptForCausalLM would silently compute differently.
+
+        ``attn_uses_sequence_id`` is not one: it acts only when a packed ``sequence_id`` is passed
+        (training), and a single document without one computes the same everywhere.
+        """
         ac = self.attn_config
         out = []
         if ac["qk_ln"]:

@@ -35,6 +35,40 @@ def _norm(config: MPTConfig, dim: int) -> LayerNorm:
                      low_precision=config.norm_type == "low_precision_layernorm")
 
 
+def check_sequence_id(sequence_id: torch.Tensor, batch: int, seq_len: int, past: int, enabled: bool) -> None:
+    """A packed row's document ids: one per token, -1 on padding, the others non-decreasing.
+
+    Non-decreasing ids keep each document contiguous, which is what lets a document's positions
+    (and ALiBi's distances) be the same as if it were alone.
+    """
+    if not enabled:
+        raise ValueError("sequence_id was given but attn_config.attn_uses_sequence_id is false, so packed "
+                         "documents would attend to each other; set model attn_config.attn_uses_sequence_id: true")
+    if tuple(sequence_id.shape) != (batch, seq_len):
+        raise ValueError(f"sequence_id has shape {tuple(sequence_id.shape)}; expected {(batch, seq_len)}, "
+                         "one id per input token")
+    if sequence_id.dtype.is_floating_point or sequence_id.dtype == torch.bool:
+        raise ValueError(f"sequence_id has dtype {sequence_id.dtype}; expected an integer tensor")
+    if past:
+        raise ValueError(f"sequence_id cannot be used with a KV cache holding {past} tokens; it is for "
+                         "whole packed rows (training, scoring), not for incremental decoding")
+    seq = sequence_id.long()
+    bad = (seq < -1) | ((seq >= 0) & (seq < seq.cummax(dim=1).values))
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"sequence_id row {row} = {seq[row].tolist()} is invalid at position {col} "
+                         f"(value {int(seq[row, col])}): ids must be -1 (padding) or non-decreasing along a row")
+
+
+def document_positions(sequence_id: torch.Tensor) -> torch.Tensor:
+    """Each token's index inside its run of equal ids, e.g. [0, 0, 0, 1, 1, -1] -> [0, 1, 2, 0, 1, 0]."""
+    T = sequence_id.shape[1]
+    index = torch.arange(T, device=sequence_id.device).expand_as(sequence_id)
+    starts = torch.ones_like(sequence_id, dtype=torch.bool)
+    starts[:, 1:] = sequence_id[:, 1:] != sequence_id[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(dim=1).values
+
+
 class MPTAttention(nn.Module):
     def __init__(self, config: MPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -178,7 +212,9 @@ class MPTModel(MPTPreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values=None, cache=None, inputs_embeds: torch.Tensor | None = None,
-                use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+                use_cache: bool | None = None, sequence_id: torch.LongTensor | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        """``sequence_id`` (B, T): packed rows, see :func:`check_sequence_id`."""
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -190,6 +226,8 @@ class MPTModel(MPTPreTrainedModel):
 
             cache = KVCache(self.config.n_layers)
         past = cache.get_seq_length() if cache is not None else 0
+        if sequence_id is not None:
+            check_sequence_id(sequence_id, B, T, past, self.config.attn_config["attn_uses_sequence_id"])
 
         key_mask = None
         if attention_mask is not None:
@@ -205,7 +243,11 @@ class MPTModel(MPTPreTrainedModel):
                 raise ValueError(
                     f"sequence length {past + T} exceeds max_seq_len={self.config.max_seq_len}: this model uses "
                     "learned position embeddings (learned_pos_emb), which cannot extrapolate; ALiBi models can")
-            if key_mask is None:
+            # Each packed document starts at position 0, so it computes what it would alone (LLM
+            # Foundry keeps the row's positions here, which makes a packed document differ from itself).
+            if sequence_id is not None:
+                positions = document_positions(sequence_id.to(x.device))
+            elif key_mask is None:
                 positions = torch.arange(past, past + T, device=x.device)[None]
             else:  # left padding: each row's first real token is position 0 (as MosaicML's code does)
                 positions = (key_mask.long().cumsum(1) - 1).clamp(min=0)[:, past:]
@@ -217,7 +259,7 @@ class MPTModel(MPTPreTrainedModel):
 
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         attn_inputs = prepare(self.config.attn_config["attn_impl"], B, T, past + T, self.alibi_slopes(x.device),
-                              key_mask, dtype, x.device)
+                              key_mask, dtype, x.device, sequence_id)
         for block in self.blocks:
             x = block(x, attn_inputs, cache)
         x = self.norm_f(x)
@@ -251,13 +293,14 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values=None, cache=None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+                logits_to_keep: int = 0, sequence_id: torch.LongTensor | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
         """transformers' causal-LM forward. ``cache`` (or ``past_key_values``) is a :class:`KVCache` or
         any transformers cache. With ``labels`` in training mode the loss is computed fused with the
         output projection (loss.py) and ``logits`` is None: the logits are never materialised."""
         out = self.transformer(input_ids, attention_mask=attention_mask,
                                cache=cache if cache is not None else past_key_values,
-                               inputs_embeds=inputs_embeds, use_cache=use_cache)
+                               inputs_embeds=inputs_embeds, use_cache=use_cache, sequence_id=sequence_id)
         hidden = out.last_hidden_state
         loss = logits = None
         if labels is not None:
