@@ -1,26 +1,37 @@
 """Sharded, atomic, verified training checkpoints with ``torch.distributed.checkpoint`` (DCP).
 
-Layout of ``checkpoint.folder``::
+Layout of ``checkpoint.folder`` (a local folder or an fsspec URL such as ``s3://bucket/run``)::
 
-    step-00000120/           a complete checkpoint (only complete ones have this name)
+    step-00000120/           a complete checkpoint: it has trainer_state.json, written last
       .metadata, *.distcp    DCP: model + optimizer, sharded by rank, reshardable on load
-      rank0.pt, rank1.pt     per-rank RNG states
+      rank0.pt, rank1.pt     per-rank RNG states (tensors and plain lists; loaded with weights_only)
       config.json            the model config (so `mpt export` needs nothing else)
-      trainer_state.json     step, tokens, data position, guard state, and a size + SHA-256 of every file
-    step-00000130.tmp/       a save in progress, or one a crash interrupted: never read, removed later
+      trainer_state.json     the manifest: step, tokens, data position, guard state, run name, the
+                             tokenizer, and a size + SHA-256 of every other file
+    step-00000130.tmp/       (local folders) a save in progress, or one a crash interrupted
 
-A save writes into ``*.tmp`` and is renamed only after every rank finished and the manifest is
-written, so a process killed mid-save leaves the previous checkpoint complete and in use. On load
-the manifest is checked; a damaged checkpoint is reported and the next older one is used.
+A local save writes into ``*.tmp`` and is renamed after every rank finished and the manifest is
+written. Object stores have no atomic rename of a folder, so there a save writes into its final
+name and the manifest is the last object uploaded: an upload cut short leaves a folder without a
+manifest, which is never read as a checkpoint. On load the manifest is checked; a damaged checkpoint
+is reported and the next older one is used — and all ranks agree on which one before any loads it.
+
+Pruning (``keep``) only ever deletes intact checkpoints of this run that are older than the one just
+written; the newest good checkpoint, damaged ones (kept for inspection) and other runs' are never touched.
+
+Remote folders use ``universal_pathlib`` (a pathlib API over fsspec) so that the same code walks both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -33,10 +44,34 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 SHAPE_FIELDS = ("d_model", "n_heads", "n_layers", "vocab_size", "expansion_ratio", "tie_word_embeddings",
                 "learned_pos_emb", "no_bias")
+_COMPLETE_NAME = re.compile(r"^step-(\d{8})$")
 
 
 class CheckpointError(ValueError):
     pass
+
+
+def location(folder):
+    """A pathlib.Path for local folders (and file:// URLs), a UPath for any other fsspec URL."""
+    text = str(folder)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if "://" in text:
+        from upath import UPath
+
+        return UPath(text)
+    return Path(text)
+
+
+def _is_local(path) -> bool:
+    return isinstance(path, Path)
+
+
+def _remove(path) -> None:
+    if _is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
 
 
 def _rank() -> int:
@@ -56,9 +91,20 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _sha256(path: Path) -> str:
+def all_ranks_agree(ok: bool) -> bool:
+    """True only if ``ok`` on every rank: a decision that changes control flow is taken by all or none."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) == 0
+
+
+def _sha256(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -72,18 +118,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def complete_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    folder = Path(folder)
+def _step_of(path) -> int:
+    return int(_COMPLETE_NAME.match(path.name).group(1))
+
+
+def complete_checkpoints(folder) -> list:
+    """Checkpoints whose manifest was written (damaged or not), oldest first."""
+    folder = location(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")
-             and not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in folder.iterdir() if _COMPLETE_NAME.match(p.name) and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=_step_of)
 
+
+def _manifest(path) -> dict | None:
+    try:
+        return json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_checkpoints(folder, run_name: str) -> list:
+    """This run's checkpoints (by the run name in their manifest), oldest first."""
+    return [p for p in complete_checkpoints(folder) if (_manifest(p) or {}).get("run_name", run_name) == run_name]
+
+
+# ---- RNG state as tensors and plain values, so that loading it can never run code ----------------
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -91,49 +162,112 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: str | Path, step: int, model, optimizer, trainer_state: dict, keep: int) -> Path:
-    """Every rank calls this; returns the final path."""
-    folder = Path(folder)
-    final = folder / f"step-{step:08d}"
-    tmp = folder / f"step-{step:08d}.tmp"
+def _read_rng(path) -> dict:
+    with path.open("rb") as f:
+        return torch.load(io.BytesIO(f.read()), weights_only=True)
+
+
+# ---- DCP storage for local folders and URLs ------------------------------------------------------
+
+def _writer(path) -> dict:
+    if _is_local(path):
+        return {"checkpoint_id": str(path)}
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    return {"storage_writer": FsspecWriter(str(path))}
+
+
+def _reader(path) -> dict:
+    if _is_local(path):
+        return {"checkpoint_id": str(path)}
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return {"storage_reader": FsspecReader(str(path))}
+
+
+# ---- save ------------------------------------------------------------------------------------------
+
+def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) -> Path:
+    """Every rank calls this; returns the final path. ``trainer_state`` must carry ``run_name``."""
+    root = location(folder)
+    final = root / f"step-{step:08d}"
+    staging = root / f"step-{step:08d}.tmp" if _is_local(root) else final
+    run_name = trainer_state["run_name"]
     if _rank() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)  # a rolled-back run may save the same step again
+        root.mkdir(parents=True, exist_ok=True)
+        _remove(root / f"step-{step:08d}.tmp")
+        if final.exists():
+            owner = (_manifest(final) or {}).get("run_name", run_name)
+            if owner != run_name:
+                raise CheckpointError(f"{final} belongs to run {owner!r}, not {run_name!r}; point "
+                                      "checkpoint.folder at a folder of this run's own")
+            # This run's own, at a step past the one it resumed from: it failed to load (damaged) or
+            # belongs to a trajectory that was rolled back. Either way it is not the newest good one.
+            _remove(final)
     _barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(rng_state(), tmp / f"rank{_rank()}.pt")
+        dcp.save({"model": model_sd, "optim": optim_sd}, **_writer(staging))
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    (staging / f"rank{_rank()}.pt").write_bytes(buffer.getvalue())
     _barrier()
     if _rank() == 0:
-        getattr(model, "module", model).config.to_json_file(tmp / "config.json")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-        state = dict(trainer_state, files=files)
-        with open(tmp / "trainer_state.json", "w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        for old in complete_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        (staging / "config.json").write_text(getattr(model, "module", model).config.to_json_string())
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(staging.iterdir(), key=lambda p: p.name) if p.is_file()}
+        manifest = json.dumps(dict(trainer_state, files=files), indent=1)
+        if _is_local(root):
+            with open(staging / "trainer_state.json", "w") as f:
+                f.write(manifest)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(staging)
+            os.replace(staging, final)
+            _fsync_dir(root)
+        else:
+            (final / "trainer_state.json").write_text(manifest)  # last object: the checkpoint now counts
+        prune(root, final, run_name, keep)
     _barrier()
     return final
 
 
-def verify(path: Path) -> dict:
+def _intact(path) -> bool:
+    """Cheap check for pruning: every file of the manifest present with its size (no hashing)."""
+    manifest = _manifest(path)
+    if manifest is None:
+        return False
+    for name, want in manifest.get("files", {}).items():
+        p = path / name
+        if not p.is_file() or p.stat().st_size != want["bytes"]:
+            return False
+    return True
+
+
+def prune(folder, newest, run_name: str, keep: int) -> list:
+    """Delete this run's intact checkpoints older than ``newest`` beyond the ``keep - 1`` most recent."""
+    older = [p for p in run_checkpoints(folder, run_name) if _step_of(p) < _step_of(newest) and _intact(p)]
+    doomed = older[:max(0, len(older) - (keep - 1))]
+    for old in doomed:
+        _remove(old)
+    return doomed
+
+
+# ---- load ------------------------------------------------------------------------------------------
+
+def verify(path) -> dict:
     """The trainer state of a checkpoint whose files all match the manifest; CheckpointError otherwise."""
     try:
         state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: trainer_state.json unreadable ({err})") from err
     for name, want in state.get("files", {}).items():
         p = path / name
@@ -144,7 +278,7 @@ def verify(path: Path) -> dict:
     return state
 
 
-def check_same_shape(path: Path, config) -> None:
+def check_same_shape(path, config) -> None:
     saved = json.loads((path / "config.json").read_text())
     diff = [f"{k}: checkpoint {saved.get(k)!r}, recipe {getattr(config, k)!r}" for k in SHAPE_FIELDS
             if saved.get(k) != getattr(config, k)]
@@ -153,41 +287,70 @@ def check_same_shape(path: Path, config) -> None:
                               "checkpoint.folder somewhere else, or set checkpoint.autoresume=false")
 
 
-def load(path: Path, model, optimizer) -> tuple[dict, dict | None]:
-    """Load model + optimizer in place; return (trainer_state, this rank's RNG state or None)."""
+def load(path, model, optimizer) -> tuple[dict, dict | None]:
+    """Load model + optimizer in place (every rank calls this); return (trainer_state, this rank's RNG or None).
+
+    Raises on every rank alike when the DCP data cannot be read (DCP gathers the failure).
+    """
     state = verify(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optim": optim_sd}
     with _quiet():
-        dcp.load(sd, checkpoint_id=str(path))
+        dcp.load(sd, **_reader(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     rank_file = path / f"rank{_rank()}.pt"
-    rng = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None
+    rng = _read_rng(rank_file) if rank_file.is_file() else None
     return state, rng
 
 
-def load_latest(folder: str | Path, model, optimizer, log=print) -> tuple[Path, dict, dict | None] | None:
-    """The newest checkpoint that verifies and loads; damaged ones are reported and skipped."""
-    candidates = complete_checkpoints(folder)
+def load_latest(folder, model, optimizer, run_name: str, log=print) -> tuple[Path, dict, dict | None] | None:
+    """The newest of this run's checkpoints that verifies and loads on every rank; others are reported.
+
+    Each candidate is verified on every rank and the ranks agree before any of them loads it, and
+    agree again on whether the load worked, so all ranks fall back to the same older checkpoint.
+    """
+    config = getattr(model, "module", model).config
+    candidates = run_checkpoints(folder, run_name)
+    others = len(complete_checkpoints(folder)) - len(candidates)
+    if others:
+        log(f"{folder}: ignoring {others} checkpoint(s) of other runs (run_name is {run_name!r})")
     for path in reversed(candidates):
-        check_same_shape(path, getattr(model, "module", model).config)
+        problem = None
+        try:
+            verify(path)
+        except CheckpointError as err:
+            problem = err
+        if not all_ranks_agree(problem is None):
+            log(f"checkpoint {path} cannot be used: {problem or 'damaged as seen by another rank'}; "
+                "trying an older one")
+            continue
+        check_same_shape(path, config)  # the same verified file on every rank: all raise alike
         try:
             state, rng = load(path, model, optimizer)
-            return path, state, rng
-        except (CheckpointError, RuntimeError, ValueError, OSError) as err:
-            log(f"checkpoint {path} cannot be used: {err}; trying an older one")
+        except (CheckpointError, RuntimeError, ValueError, OSError, KeyError, pickle.UnpicklingError) as err:
+            problem = err
+        if not all_ranks_agree(problem is None):
+            log(f"checkpoint {path} cannot be used: {problem or 'failed to load on another rank'}; "
+                "trying an older one")
+            continue
+        return path, state, rng
     if candidates:
         raise CheckpointError(f"no usable checkpoint in {folder}: all {len(candidates)} are damaged. "
                               "Remove the folder (or set checkpoint.autoresume=false) to start over")
     return None
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_from: str | Path | None = None) -> Path:
-    """A training checkpoint -> a Hugging Face-format folder (single process, any number of saving ranks)."""
+def export_hf(checkpoint, out_dir, tokenizer_from=None) -> Path:
+    """A training checkpoint -> a Hugging Face-format folder.
+
+    One process, no process group (``no_dist``): rank 0 calls this alone at the end of training while
+    the other ranks wait, so it must not take part in any collective. The tokenizer recorded with
+    the run (``trainer_state.json``) is copied unless ``tokenizer_from`` names another.
+    """
     from ..model import MPTConfig, MPTForCausalLM
     from ..model.hf import save_pretrained
 
-    checkpoint = Path(checkpoint)
+    checkpoint = location(checkpoint)
     if (checkpoint / "trainer_state.json").is_file():
         path = checkpoint
     else:
@@ -195,14 +358,26 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_from: str |
         if not found:
             raise FileNotFoundError(f"{checkpoint} is neither a checkpoint (step-N folder) nor a folder of them")
         path = found[-1]
-    verify(path)
-    config = MPTConfig.from_json_file(path / "config.json")
+    state = verify(path)
+    config = MPTConfig.from_dict(json.loads((path / "config.json").read_text()))
     with torch.device("meta"):
         model = MPTForCausalLM(config)
     model = model.to_empty(device="cpu")
     sd = {"model": model.state_dict()}
     with _quiet():
-        dcp.load(sd, checkpoint_id=str(path))
+        dcp.load(sd, **_reader(path), no_dist=True)
     model.load_state_dict(sd["model"])
+    if tokenizer_from is None:
+        tokenizer_from = _local_tokenizer_folder(state.get("tokenizer"))
     save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
     return path
+
+
+def _local_tokenizer_folder(tokenizer: str | None) -> str | None:
+    """The local folder holding the tokenizer's files, or None (a hub name, a synthetic label)."""
+    if tokenizer is None:
+        return None
+    path = Path(tokenizer)
+    if path.is_file():
+        return str(path.parent)
+    return str(path) if path.is_dir() else None

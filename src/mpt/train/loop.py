@@ -2,20 +2,25 @@
 
 One function, :func:`train`, runs single-process or as one rank under ``torchrun``. Every piece it
 calls lives in a neighbouring file: recipe.py (typed config), data.py (batches), parallel.py
-(FSDP2 / DDP), optim.py (Lion, AdamW, schedules), checkpoint.py (DCP save / resume),
-guard.py (loss spikes), monitor.py (step line, MFU, metrics, plot).
+(FSDP2 / HSDP / DDP), optim.py (Lion, AdamW, schedules), microbatch.py (``micro_batch_size: auto``),
+checkpoint.py (DCP save / resume / export), guard.py (loss spikes), watchdog.py (hangs),
+monitor.py (step line, MFU, metrics, plot) and icl.py (evaluation during training, which calls
+``mpt.eval``).
+
+Rules every rank follows: a collective is reached by all ranks or by none; a decision that changes
+control flow (resume fallback, rollback, stop on SIGTERM) is taken from values all ranks agree on;
+what rank 0 does alone (export, plots) uses no process group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import math
 import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +33,12 @@ from ..presets import load_model_config, model_info
 from . import checkpoint as ckpt
 from .data import build_batches, count_targets
 from .guard import SpikeGuard
+from .microbatch import find_micro_batch_size
 from .monitor import Monitor, peak_tflops
 from .optim import DecoupledAdamW, DecoupledLion, lr_multiplier, param_groups
-from .parallel import all_reduce_max, all_reduce_sum, init_distributed, parallelize
+from .parallel import Dist, all_reduce_max, all_reduce_sum, init_distributed, parallelize
 from .recipe import Recipe, parse_duration
+from .watchdog import Watchdog
 
 
 @dataclass
@@ -42,6 +49,27 @@ class TrainResult:
     checkpoint: Path | None
     exported: Path | None
     interrupted: bool = False
+    icl: dict[str, float] = field(default_factory=dict)  # the last in-training ICL accuracies
+
+
+@dataclass
+class TrainState:
+    """What changes from step to step (the rest of the loop's state lives in its objects)."""
+
+    step: int = 0
+    tokens: int = 0
+    final_loss: float | None = None
+    last_ckpt: Path | None = None
+    rollbacks: int = 0
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    skipped: str | None
+    rollback: bool
+    tokens: int
 
 
 class _Preemption:
@@ -56,15 +84,6 @@ class _Preemption:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def _fault_file():
-    """faulthandler writes to a file descriptor; a captured sys.stderr (notebooks, pytest) has none."""
-    try:
-        sys.stderr.fileno()
-        return sys.stderr
-    except (AttributeError, OSError, ValueError):
-        return sys.__stderr__
 
 
 def _seed_everything(seed: int) -> None:
@@ -87,7 +106,7 @@ def _build_model(recipe: Recipe, log) -> MPTForCausalLM:
         return model
     config = load_model_config(m.preset, **m.fields)
     model = MPTForCausalLM(config)
-    log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters, fresh initialisation)")
+    log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters)")
     return model
 
 
@@ -117,30 +136,57 @@ def _no_sync(model, last: bool):
     return contextlib.nullcontext()
 
 
-def _find_micro_batch_size(fwd, model, batch, device, autocast, log) -> int:
-    """Largest power-of-two fraction of the rank batch whose forward + backward fits (CUDA only)."""
-    size = batch["input_ids"].shape[0]
-    if device.type != "cuda":
-        log(f"micro_batch_size auto: {size} (the whole rank batch; out-of-memory cannot be caught on CPU)")
-        return size
-    while True:
-        try:
-            mb = {k: v[:size].to(device) for k, v in batch.items()}
-            with autocast:
-                loss = fwd(**mb).loss
-            loss.backward()
-            fits = 1.0
-        except torch.OutOfMemoryError:
-            fits = 0.0
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        if all_reduce_max(1.0 - fits, device) == 0.0:  # every rank fits
-            log(f"micro_batch_size auto: {size}")
-            return size
-        if size == 1:
-            raise RuntimeError("micro_batch_size auto: even 1 sample does not fit in GPU memory; enable "
-                               "train.activation_checkpointing, shard with FSDP, or shorten the sequences")
-        size //= 2
+def _data_tokenizer(recipe: Recipe, batches) -> str | None:
+    """The tokenizer the data was made with (`mpt prep` records it in the index)."""
+    if recipe.data.kind == "finetune":
+        return recipe.data.tokenizer
+    return batches.dataset.indexes[0].tokenizer
+
+
+def train_step(fwd, wrapped, model, optimizer, batch: dict, micro: int, d: Dist, autocast, grad_clip: float,
+               guard: SpikeGuard) -> StepResult:
+    """Forward + backward over micro-batches, clip, let the guard decide, step the optimizer."""
+    n_global = all_reduce_sum(count_targets(batch["labels"]), d.device)
+    parts = list(_micro_batches(batch, micro))
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on device: no sync per micro-batch
+    for i, mb in enumerate(parts):
+        mb = {k: v.to(d.device, non_blocking=True) for k, v in mb.items()}
+        n = count_targets(mb["labels"])  # labels are on the host already: no device sync
+        with _no_sync(wrapped, last=i == len(parts) - 1), autocast:
+            loss = fwd(**mb).loss
+            scaled = loss * (n * d.world_size / max(n_global, 1))  # each micro-batch weighted by its targets
+        scaled.backward()
+        loss_sum += loss.detach().double() * n
+    loss_value = all_reduce_sum(loss_sum, d.device) / max(n_global, 1)
+    clip = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    # the guard decides before the optimizer can touch the weights; loss and norm are global, so
+    # every rank reaches the same verdict
+    skipped = guard.verdict(loss_value, grad_norm)
+    if skipped is None:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    rollback = guard.record(loss_value, skipped is not None)
+    return StepResult(loss_value, grad_norm, skipped, rollback, int(batch["input_ids"].numel()) * d.world_size)
+
+
+def _rollback(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, guard: SpikeGuard,
+              last_skip: str | None, say) -> None:
+    """Back to the last checkpoint after ``spike.patience`` bad steps, continuing forward in the data."""
+    spike = recipe.spike
+    state.rollbacks += 1
+    if not spike.rollback or state.last_ckpt is None or state.rollbacks > spike.max_rollbacks:
+        raise RuntimeError(f"{guard.bad_in_a_row} bad steps in a row (last: {last_skip}); "
+                           + ("spike.rollback is off" if not spike.rollback
+                              else "no checkpoint to roll back to" if state.last_ckpt is None
+                              else f"already rolled back {spike.max_rollbacks} times"))
+    data_state = batches.state_dict()
+    saved, _ = ckpt.load(state.last_ckpt, wrapped, optimizer)
+    state.step, state.tokens = saved["step"], saved["tokens"]
+    guard.load_state_dict(saved["guard"])
+    batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches
+    say(f"rolled back to {state.last_ckpt} (step {state.step}) after repeated bad steps; continuing with new data")
 
 
 def train(recipe: Recipe, log=print) -> TrainResult:
@@ -156,8 +202,9 @@ def train(recipe: Recipe, log=print) -> TrainResult:
         raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} must be divisible by the "
                          f"{d.world_size} ranks")
     rank_batch = t_cfg.global_batch_size // d.world_size
+    watchdog = Watchdog(recipe.watchdog)
 
-    # ---- model, data ----------------------------------------------------------------------
+    # ---- model, data, in-training evaluation (all validated before the first step) ----------
     model = _build_model(recipe, say)
     config = model.config
     batches = build_batches(recipe.data, rank_batch, t_cfg.seed, d.rank, d.world_size, config.max_seq_len, say)
@@ -172,6 +219,12 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     else:
         seq_len = config.max_seq_len
         config.check_tokenizer(batches.vocab_size)
+    tokenizer = _data_tokenizer(recipe, batches)
+    icl = None
+    if recipe.eval.icl.every_batches:
+        from .icl import InTrainingEval
+
+        icl = InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt._local_tokenizer_folder(tokenizer))
     total = _total_steps(recipe, batches.samples_per_epoch(), seq_len)
     say(f"training for {total} steps of {t_cfg.global_batch_size} samples x {seq_len} tokens on {d.world_size} "
         f"rank(s), device {d.device}, precision {t_cfg.precision}")
@@ -179,8 +232,9 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     # ---- parallelism, optimizer -----------------------------------------------------------
     model.to(d.device)
     model.train()
-    wrapped = parallelize(model, recipe.parallel.strategy, recipe.parallel.fsdp_sharding, d.world_size,
-                          t_cfg.activation_checkpointing)
+    p_cfg = recipe.parallel
+    wrapped = parallelize(model, p_cfg.strategy, p_cfg.fsdp_sharding, d.world_size, t_cfg.activation_checkpointing,
+                          p_cfg.replicas, d.device.type)
     o = recipe.optimizer
     groups = param_groups(model, o.weight_decay, o.decay_norms, o.decay_embeddings)
     if o.name == "lion":
@@ -191,182 +245,142 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t_cfg.precision == "bf16")
 
     # ---- micro-batch size (before resuming: the trial must not disturb restored RNG state) ------
-    probe_from = batches.state_dict()
     if t_cfg.micro_batch_size == "auto":
-        micro = _find_micro_batch_size(fwd, wrapped, batches.next(), d.device, autocast, say)
+        probe_from = batches.state_dict()
+        with watchdog.phase():
+            micro = find_micro_batch_size(fwd, wrapped, batches.next(), d.device, autocast, say)
         batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
     else:
         micro = t_cfg.micro_batch_size
 
-    # ---- resume ------------------------------------------------------------------------------
-    step, tokens = 0, 0
+    # ---- resume (all ranks agree on the checkpoint) --------------------------------------------
+    state = TrainState()
     guard = SpikeGuard(recipe.spike)
-    last_ckpt = None
+    found = None
     if c_cfg.autoresume:
-        found = ckpt.load_latest(c_cfg.folder, wrapped, optimizer, log=say)
-        if found is not None:
-            last_ckpt, state, rng = found
-            step, tokens = state["step"], state["tokens"]
-            batches.load_state_dict(state["data"])
-            guard.load_state_dict(state["guard"])
-            if rng is not None:
-                ckpt.set_rng_state(rng)
-            else:
-                say(f"{last_ckpt} was saved by {state['world_size']} ranks; this rank has no saved RNG state, "
-                    "re-seeding (dropout masks will differ from an uninterrupted run)")
-                _seed_everything(t_cfg.seed + step * 1009 + d.rank)
-            say(f"resumed from {last_ckpt} at step {step} ({tokens:,} tokens)")
+        with watchdog.phase():
+            found = ckpt.load_latest(c_cfg.folder, wrapped, optimizer, recipe.run_name, log=say)
+    if found is not None:
+        state.last_ckpt, saved, rng = found
+        state.step, state.tokens = saved["step"], saved["tokens"]
+        batches.load_state_dict(saved["data"])
+        guard.load_state_dict(saved["guard"])
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        else:
+            say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
+                "re-seeding (dropout masks will differ from an uninterrupted run)")
+            _seed_everything(t_cfg.seed + state.step * 1009 + d.rank)
+        say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
+    elif not recipe.model.init_from:
+        say("fresh initialisation (no checkpoint to resume from)")
 
-    def trainer_state() -> dict:
-        return {"step": step, "tokens": tokens, "data": batches.state_dict(), "guard": guard.state_dict(),
-                "world_size": d.world_size, "run_name": recipe.run_name}
+    def save() -> None:
+        trainer_state = {"step": state.step, "tokens": state.tokens, "data": batches.state_dict(),
+                         "guard": guard.state_dict(), "world_size": d.world_size, "run_name": recipe.run_name,
+                         "tokenizer": tokenizer}
+        with watchdog.phase():
+            state.last_ckpt = ckpt.save(c_cfg.folder, state.step, wrapped, optimizer, trainer_state, c_cfg.keep)
+            monitor.plot()
+        say(f"saved checkpoint {state.last_ckpt}")
 
-    def save() -> Path:
-        nonlocal last_ckpt
-        last_ckpt = ckpt.save(c_cfg.folder, step, wrapped, optimizer, trainer_state(), c_cfg.keep)
-        say(f"saved checkpoint {last_ckpt}")
-        return last_ckpt
-
-    # ---- monitoring and failure handling ------------------------------------------------------
+    # ---- monitoring -----------------------------------------------------------------------------
     peak, peak_note = peak_tflops(d.device, recipe.log.peak_tflops)
     flops_per_token = 6 * sum(p.numel() for p in model.parameters()) + 12 * config.n_layers * config.d_model * seq_len
     monitor = Monitor(recipe.log.folder, d.is_main, flops_per_token, peak, peak_note, recipe.log.tensorboard)
     say(f"MFU: {peak_note}")
     preemption = _Preemption()
-    final_loss = None
-    rollbacks = 0
+    last_icl: dict[str, float] = {}
     bar = None
     if d.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
     # ---- the loop ----------------------------------------------------------------------------------
     try:
-        while step < total:
-            if recipe.watchdog.enabled:
-                median = monitor.median_step_time()
-                limit = max(recipe.watchdog.min_seconds, recipe.watchdog.factor * median) if median \
-                    else 4 * recipe.watchdog.min_seconds
-                # A hung step (dead rank, stuck collective) dumps every thread's stack and exits non-zero,
-                # so torchrun --max-restarts (or any supervisor) restarts the job, which then resumes.
-                faulthandler.dump_traceback_later(limit, exit=True, file=_fault_file())
+        while state.step < total:
             start = time.perf_counter()
-            batch = batches.next()
-            lr = o.lr * lr_multiplier(step, total, recipe.scheduler.warmup_batches, recipe.scheduler.name,
-                                      recipe.scheduler.alpha_f)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            # forward + backward over micro-batches, each weighted by its share of the global targets
-            n_global = all_reduce_sum(count_targets(batch["labels"]), d.device)
-            parts = list(_micro_batches(batch, micro))
-            loss_sum = 0.0
-            for i, mb in enumerate(parts):
-                mb = {k: v.to(d.device, non_blocking=True) for k, v in mb.items()}
-                n = count_targets(mb["labels"])
-                with _no_sync(wrapped, last=i == len(parts) - 1), autocast:
-                    loss = fwd(**mb).loss
-                    scaled = loss * (n * d.world_size / max(n_global, 1))  # ranks average gradients
-                scaled.backward()
-                loss_sum += loss.detach().double().item() * n
-            loss_value = all_reduce_sum(loss_sum, d.device) / max(n_global, 1)
-            clip = t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-
-            # the guard decides before the optimizer can touch the weights
-            skip = guard.verdict(loss_value, grad_norm)
-            if skip is None:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            rollback = guard.record(loss_value, skip is not None)
-            step += 1
-            tokens += int(batch["input_ids"].numel()) * d.world_size
-            if skip is None:
-                final_loss = loss_value
+            with watchdog.covering(watchdog.step_limit(monitor.median_step_time())):
+                batch = batches.next()
+                lr = o.lr * lr_multiplier(state.step, total, recipe.scheduler.warmup_batches, recipe.scheduler.name,
+                                          recipe.scheduler.alpha_f)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                result = train_step(fwd, wrapped, model, optimizer, batch, micro, d, autocast, t_cfg.grad_clip,
+                                    guard)
+                stop = all_reduce_max(float(preemption.requested), d.device) > 0
+            state.step += 1
+            state.tokens += result.tokens
+            if result.skipped is None:
+                state.final_loss = result.loss
             else:
-                say(f"step {step}: skipped ({skip})")
-            if recipe.watchdog.enabled:
-                faulthandler.cancel_dump_traceback_later()
-
-            seconds = time.perf_counter() - start
-            line = monitor.step(step, total, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                                              "skipped": skip or ""},
-                                int(batch["input_ids"].numel()) * d.world_size, seconds, d.device)
+                say(f"step {state.step}: skipped ({result.skipped})")
+            line = monitor.step(state.step, total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                                                    "skipped": result.skipped or ""},
+                                result.tokens, time.perf_counter() - start, d.device)
             if bar is not None:
                 bar.update(1)
-                if step % recipe.log.every_batches == 0 or step == total:
+                if state.step % recipe.log.every_batches == 0 or state.step == total:
                     bar.write(line)
 
-            if rollback:
-                rollbacks += 1
-                if not recipe.spike.rollback or last_ckpt is None or rollbacks > recipe.spike.max_rollbacks:
-                    raise RuntimeError(f"{guard.bad_in_a_row} bad steps in a row (last: {skip}); "
-                                       + ("spike.rollback is off" if not recipe.spike.rollback
-                                          else "no checkpoint to roll back to" if last_ckpt is None
-                                          else f"already rolled back {recipe.spike.max_rollbacks} times"))
-                data_state = batches.state_dict()
-                state, _ = ckpt.load(last_ckpt, wrapped, optimizer)
-                step, tokens = state["step"], state["tokens"]
-                guard.load_state_dict(state["guard"])
-                batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches
-                say(f"rolled back to {last_ckpt} (step {step}) after repeated bad steps; continuing with new data")
+            if result.rollback:
+                with watchdog.phase():
+                    _rollback(recipe, state, wrapped, optimizer, batches, guard, result.skipped, say)
                 if bar is not None:
-                    bar.n = step
+                    bar.n = state.step
                 continue
 
-            if recipe.eval.every_batches and step % recipe.eval.every_batches == 0 and recipe.data.eval_sources:
-                val = evaluate(wrapped, recipe, d, autocast)
-                say(f"step {step}: validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.2f})")
-                monitor.step(step, total, {"val_loss": val, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                                           "skipped": "eval"}, 0, 1.0, d.device)
+            evaluated = {}
+            if recipe.eval.every_batches and state.step % recipe.eval.every_batches == 0 and recipe.data.eval_sources:
+                with watchdog.phase():
+                    evaluated["val_loss"] = validation_loss(wrapped, recipe, d, autocast)
+                say(f"step {state.step}: validation loss {evaluated['val_loss']:.4f} "
+                    f"(perplexity {math.exp(min(evaluated['val_loss'], 50)):.2f})")
+            if icl is not None and icl.due(state.step):
+                with watchdog.phase():
+                    last_icl = icl.run(model, p_cfg.fsdp_sharding == "full")
+                evaluated.update(last_icl)
+                say(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last_icl.items()))
+            if evaluated:
+                monitor.record(state.step, evaluated)
 
-            stop = all_reduce_max(float(preemption.requested), d.device) > 0
-            if stop or (c_cfg.every_batches and step % c_cfg.every_batches == 0) or step == total:
+            if stop or (c_cfg.every_batches and state.step % c_cfg.every_batches == 0) or state.step == total:
                 save()
-                monitor.plot()
             if stop:
-                say(f"SIGTERM: saved {last_ckpt} at step {step}; exiting (start the same command to resume)")
-                return TrainResult(step, tokens, final_loss, last_ckpt, None, interrupted=True)
+                say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
+                    "resume)")
+                return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, None,
+                                   interrupted=True, icl=last_icl)
     finally:
-        faulthandler.cancel_dump_traceback_later()
         preemption.restore()
         if bar is not None:
             bar.close()
 
     # ---- the end ------------------------------------------------------------------------------------
-    if last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}"):
+    if state.last_ckpt is None or not state.last_ckpt.name.endswith(f"{state.step:08d}"):
         save()
     exported = None
     if c_cfg.export_hf:
-        if d.is_main:
-            # the tokenizer the data was made with travels with the model (`mpt prep` records it in the index)
-            tok = recipe.data.tokenizer if recipe.data.kind == "finetune" else batches.dataset.indexes[0].tokenizer
-            ckpt.export_hf(last_ckpt, c_cfg.export_hf, tokenizer_from=_tokenizer_folder(tok))
-            say(f"exported Hugging Face checkpoint to {c_cfg.export_hf}")
+        with watchdog.phase():
+            if d.is_main:  # alone, with no process group: the other ranks wait at the barrier below
+                ckpt.export_hf(state.last_ckpt, c_cfg.export_hf)
+                say(f"exported Hugging Face checkpoint to {c_cfg.export_hf}")
+            if dist.is_initialized():
+                dist.barrier()
         exported = Path(c_cfg.export_hf)
-        if dist.is_initialized():
-            dist.barrier()
     plot = monitor.plot()
     if plot:
         say(f"loss curve: {plot}")
-    return TrainResult(step, tokens, final_loss, last_ckpt, exported)
-
-
-def _tokenizer_folder(tokenizer: str | None) -> str | None:
-    """The local folder holding the tokenizer's files, or None (a hub name, a synthetic label)."""
-    if tokenizer is None:
-        return None
-    path = Path(tokenizer)
-    if path.is_file():
-        return str(path.parent)
-    return str(path) if path.is_dir() else None
+    return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, exported, icl=last_icl)
 
 
 @torch.no_grad()
-def evaluate(model, recipe: Recipe, d, autocast) -> float:
-    """Mean next-token loss on the first ``eval.batches`` batches of the eval sources (same every time)."""
+def validation_loss(model, recipe: Recipe, d: Dist, autocast) -> float:
+    """Mean next-token loss on the first ``eval.batches`` batches of the eval sources (same every time).
+
+    Every rank runs the same number of batches, so FSDP's per-forward collectives line up.
+    """
     from .data import PretrainBatches
 
     batches = PretrainBatches(recipe.data.eval_sources, max(1, recipe.train.global_batch_size // d.world_size),

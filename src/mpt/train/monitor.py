@@ -85,30 +85,67 @@ class Monitor:
         recent = sorted(self.step_times[-20:])
         return recent[len(recent) // 2] if recent else None
 
-    def plot(self) -> Path | None:
-        """loss_curve.png from every logged loss of this run (including earlier segments)."""
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        """Evaluation results (validation loss, ICL accuracies) beside the step metrics."""
         if not self.is_main:
-            return None
-        points = []
+            return
+        with open(self.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(dict(metrics, step=step, time=time.time())) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def _read_metrics(self) -> list[dict]:
+        """Every intact line of metrics.jsonl; a line torn by a killed process is passed over."""
         path = self.folder / "metrics.jsonl"
+        rows = []
         if path.is_file():
             for line in path.read_text().splitlines():
-                m = json.loads(line)
-                if "loss" in m and not m.get("skipped"):
-                    points.append((m["step"], m["loss"]))
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "step" in row:
+                    rows.append(row)
+        return rows
+
+    def plot(self) -> Path | None:
+        """loss_curve.png from every logged loss of this run (earlier segments too), ICL accuracies beside."""
+        if not self.is_main:
+            return None
+        rows = self._read_metrics()
+        points = [(m["step"], m["loss"]) for m in rows if "loss" in m and not m.get("skipped")]
         if not points:
             return None
+        evals: dict[str, dict[int, float]] = {}
+        for m in rows:
+            for k, v in m.items():
+                if k == "val_loss" or k.startswith("icl/"):
+                    evals.setdefault(k, {})[m["step"]] = v
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4))
+        accuracies = {k: v for k, v in evals.items() if k.startswith("icl/")}
+        fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(12 if accuracies else 7, 4), squeeze=False)
+        ax = axes[0][0]
         steps, losses = zip(*sorted(dict(points).items()), strict=True)
-        ax.plot(steps, losses)
+        ax.plot(steps, losses, label="training loss")
+        if "val_loss" in evals:
+            ax.plot(*zip(*sorted(evals["val_loss"].items()), strict=True), "o-", label="validation loss")
+            ax.legend()
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
+        if accuracies:
+            ax = axes[0][1]
+            for name, values in sorted(accuracies.items()):
+                ax.plot(*zip(*sorted(values.items()), strict=True), "o-", label=name.removeprefix("icl/"))
+            ax.set_xlabel("step")
+            ax.set_ylabel("ICL accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
         out = self.folder / "loss_curve.png"
         fig.tight_layout()
         fig.savefig(out, dpi=100)

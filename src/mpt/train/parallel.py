@@ -48,7 +48,7 @@ def init_distributed(device_choice: str) -> Dist:
 
 
 def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
-                activation_checkpointing: bool) -> nn.Module:
+                activation_checkpointing: bool, replicas: int = 1, device_type: str = "cpu") -> nn.Module:
     """Return the module to train. ``strategy`` auto = FSDP2 when there is more than one rank."""
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -58,15 +58,24 @@ def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
             blocks[i] = checkpoint_wrapper(block)
     if strategy == "auto":
         strategy = "fsdp" if world_size > 1 else "none"
-    if strategy in ("fsdp", "ddp") and world_size == 1 and not dist.is_initialized():
+    if strategy in ("fsdp", "hsdp", "ddp") and world_size == 1 and not dist.is_initialized():
         return model  # one process: nothing to shard or synchronise
-    if strategy == "fsdp":
+    if strategy in ("fsdp", "hsdp"):
         from torch.distributed.fsdp import fully_shard
 
+        mesh = None
+        if strategy == "hsdp":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            if world_size % replicas:
+                raise ValueError(f"parallel.replicas={replicas} must divide the {world_size} ranks (hsdp shards "
+                                 "within each replica group)")
+            mesh = init_device_mesh(device_type, (replicas, world_size // replicas),
+                                    mesh_dim_names=("replicate", "shard"))
         reshard = sharding == "full"  # grad_op: keep gathered params from forward for backward
         for block in model.transformer.blocks:
-            fully_shard(block, reshard_after_forward=reshard)
-        fully_shard(model, reshard_after_forward=reshard)
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
         return model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
@@ -76,6 +85,7 @@ def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
 
 
 def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
+    """The sum over ranks, as a Python float: the one host synchronisation of whatever it reduces."""
     t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
     if dist.is_initialized():
         dist.all_reduce(t)

@@ -41,8 +41,16 @@ class DataSection:
     tokenizer: str | None = None         # finetune: tokenizer.json or folder
     eval_sources: list[SourceSection] = field(default_factory=list)
     num_workers: int = 0
+    # finetune: several examples per max_seq_len row, kept apart by document masking (the model
+    # needs attn_config.attn_uses_sequence_id: true); the loss is the same as padding gives
+    packing: bool = False
+    # finetune, examples over max_seq_len: truncate | drop | error; default truncate, error when packing
+    truncation: Literal["truncate", "drop", "error"] | None = None
 
     def validate(self, path: str) -> None:
+        if self.kind == "pretrain" and self.packing:
+            raise _err(path, "packing", True, "packs finetuning examples; pretraining shards from `mpt prep` are "
+                       "already full rows")
         if self.kind == "pretrain" and not self.sources:
             raise _err(path, "sources", [], "pretraining needs at least one shard folder (from `mpt prep`)")
         if self.kind == "finetune" and (self.finetune_path is None or self.tokenizer is None):
@@ -120,8 +128,15 @@ class TrainSection:
 
 @dataclass
 class ParallelSection:
-    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"   # auto: fsdp when more than one rank
+    # auto: fsdp when more than one rank. hsdp: FSDP2 on a 2-D mesh, parameters sharded within each
+    # group of world_size / replicas ranks (e.g. one node) and replicated across the groups.
+    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
     fsdp_sharding: Literal["full", "grad_op"] = "full"           # grad_op: keep params gathered after forward
+    replicas: int = 2                                            # hsdp only: how many replica groups
+
+    def validate(self, path: str) -> None:
+        if self.replicas < 1:
+            raise _err(path, "replicas", self.replicas, "must be >= 1")
 
 
 @dataclass
@@ -169,12 +184,41 @@ class WatchdogSection:
     enabled: bool = True
     factor: float = 20.0                 # a step taking factor * the median step time is a hang
     min_seconds: float = 300.0           # never fire sooner than this
+    phase_seconds: float = 1800.0        # limit for each evaluation, save, rollback and the export
+
+    def validate(self, path: str) -> None:
+        if self.min_seconds <= 0 or self.phase_seconds <= 0 or self.factor <= 1:
+            raise _err(path, "min_seconds", (self.min_seconds, self.phase_seconds, self.factor),
+                       "min_seconds and phase_seconds must be > 0 and factor > 1")
+
+
+@dataclass
+class ICLSection:
+    """In-context-learning tasks run on the live model during training (``mpt eval``'s harness)."""
+
+    tasks: list[str] = field(default_factory=list)  # suite names, suite YAMLs or task .jsonl files
+    every_batches: int = 0               # 0: never
+    limit: int | None = 200              # first N examples of each task
+    data_dir: str | None = None          # where suites' task files live (default: $MPT_EVAL_DATA)
+    tokenizer: str | None = None         # default: the tokenizer recorded with the data
+    batch_size: int = 16
+
+    def validate(self, path: str) -> None:
+        if self.every_batches < 0:
+            raise _err(path, "every_batches", self.every_batches, "must be >= 0")
+        if self.every_batches and not self.tasks:
+            raise _err(path, "tasks", self.tasks, "give suite names or task files to evaluate")
+        if self.limit is not None and self.limit < 1:
+            raise _err(path, "limit", self.limit, "must be >= 1 (or null for every example)")
+        if self.batch_size < 1:
+            raise _err(path, "batch_size", self.batch_size, "must be >= 1")
 
 
 @dataclass
 class EvalSection:
-    every_batches: int = 0               # 0: no in-training eval
+    every_batches: int = 0               # validation loss every N batches; 0: never
     batches: int = 4
+    icl: ICLSection = field(default_factory=ICLSection)
 
 
 @dataclass
