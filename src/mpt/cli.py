@@ -32,13 +32,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import torch
+    from .model.hf import convert
 
-    from .model.hf import load_pretrained, save_pretrained
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_pretrained(args.src, dtype=dtype, attn_impl=args.attn_impl)
-    ignored = save_pretrained(model, args.dst, tokenizer_from=args.src)
+    model, ignored = convert(args.src, args.dst, dtype=args.dtype, attn_impl=args.attn_impl)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.dst}: {n / 1e6:,.1f}M parameters, model_type 'mpt' (loads with transformers' "
           f"AutoModelForCausalLM){'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
@@ -221,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hf":
         from pathlib import Path
 
-        from .model.hf import load_pretrained, save_pretrained
+        from .model.hf import convert
         from .train.checkpoint import complete_checkpoints, export_hf
 
         src = Path(args.src)
@@ -229,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             used = export_hf(src, args.dst, tokenizer_from=args.tokenizer)
             print(f"wrote a Hugging Face-format checkpoint to {args.dst} from training checkpoint {used}")
             return 0
-        ignored = save_pretrained(load_pretrained(args.src), args.dst, tokenizer_from=args.src)
+        _, ignored = convert(args.src, args.dst)
         print(f"wrote a Hugging Face-format checkpoint to {args.dst}"
               f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
         return 0
@@ -361,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None, help="context window (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+                   help="weights dtype; auto: as saved (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--output", default=None, help="write results (and gauntlet) as JSON here")
     p.add_argument("--markdown", default=None, help="write a Markdown table here")
     p.add_argument("--examples", default=None, help="write one JSON line per example (prompt, options, scores, "

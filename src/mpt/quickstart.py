@@ -145,12 +145,9 @@ class Quickstart:
         out = self.dir / "tokenizer"
         shutil.rmtree(out, ignore_errors=True)
         if self.cfg.tokenizer:  # a given tokenizer, saved in Hugging Face format beside the model
-            from transformers import AutoTokenizer, PreTrainedTokenizerFast
+            from .data.tokenize import load_tokenizer
 
-            path = Path(self.cfg.tokenizer)
-            tok = (PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>") if path.is_file()
-                   else AutoTokenizer.from_pretrained(self.cfg.tokenizer))
-            tok.save_pretrained(out)
+            load_tokenizer(self.cfg.tokenizer).save_pretrained(out)
             return
         train_tokenizer(TokenizerTrainConfig(inputs=[str(self.dir / "corpus" / "train.jsonl")], out=str(out),
                                              vocab_size=self.size["vocab"], progress=False))
@@ -195,7 +192,7 @@ class Quickstart:
             return self.size["vocab"]
         from .data.tokenize import load_tokenizer
 
-        return -(-load_tokenizer(str(self.dir / "tokenizer")).vocab_size // 128) * 128
+        return -(-len(load_tokenizer(self.dir / "tokenizer")) // 128) * 128
 
     def pretrain(self) -> None:
         from .train import load_recipe, train
@@ -231,9 +228,9 @@ class Quickstart:
         import torch
 
         from .data.shards import Shard, read_index, verify_shard
-        from .model import MPTForCausalLM
+        from .model.load import load_model
 
-        model = MPTForCausalLM.from_pretrained(model_dir).eval()
+        model = load_model(model_dir, device="cpu", dtype="float32")
         folder = self.dir / "shards" / "validation"
         index = read_index(folder)
         samples = []
@@ -259,11 +256,12 @@ class Quickstart:
         return out
 
     def export(self) -> None:
+        from .model.hf import copy_tokenizer_files
+
         out = self.dir / "model"
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(self.dir / "runs" / "alibi" / "hf", out)
-        for f in (self.dir / "tokenizer").iterdir():
-            shutil.copy2(f, out / f.name)
+        copy_tokenizer_files(self.dir / "tokenizer", out, overwrite=True)
 
     def samples(self) -> None:
         from .infer import load

@@ -22,7 +22,7 @@ from .dedup import DedupConfig, Deduplicator, fingerprint
 from .filters import FilterConfig, first_failed_rule
 from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
 from .shards import ShardWriter
-from .tokenize import DEFAULT_TOKENIZER, load_tokenizer
+from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
 
 
 @dataclass
@@ -153,7 +153,7 @@ def prep(cfg: PrepConfig) -> PrepSummary:
 
 
 def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
-    tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
+    tok = load_token_encoder(cfg.tokenizer, cfg.eos_token)
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
         raise ValueError(f"the tokenizer's EOS id {tok.eos_id} is outside the declared vocab_size={vocab}")

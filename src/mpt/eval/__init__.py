@@ -3,14 +3,15 @@
     from mpt.eval import evaluate, load_suite
     out = evaluate(model, tokenizer, load_suite("mpt7b").tasks, data_dir="../shared/data/eval", limit=50)
 
-This package never imports ``mpt.train`` or ``mpt.data``; training calls :func:`evaluate`.
+This package never imports ``mpt.train`` (training calls :func:`evaluate`); models and tokenizers load
+through ``mpt.model.load.load_model`` and ``mpt.data.tokenize.load_tokenizer``, as everywhere.
 """
 
 from mpt._lazy import lazy_exports
 
 _EXPORTS = {"GauntletResult": ".gauntlet", "aggregate": ".gauntlet", "EvalOutput": ".harness",
-            "TaskResult": ".harness", "evaluate": ".harness", "load_model": ".harness",
-            "load_tokenizer": ".harness", "GauntletConfig": ".suite", "Suite": ".suite",
+            "TaskResult": ".harness", "evaluate": ".harness", "load_model": "mpt.model.load",
+            "load_tokenizer": "mpt.data.tokenize", "GauntletConfig": ".suite", "Suite": ".suite",
             "load_gauntlet": ".suite", "load_suite": ".suite", "EvalTaskError": ".tasks", "Prompt": ".tasks",
             "TaskConfig": ".tasks"}
 __all__ = sorted(_EXPORTS)

@@ -35,11 +35,13 @@ def register() -> None:
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
 
-    from .harness import context_window, load_model, load_tokenizer
+    from ..data.tokenize import load_tokenizer
+    from ..model.load import load_model
+    from .harness import context_window
 
     @register_model("mpt")
     class MPTLM(HFLM):
-        """lm-eval's HFLM around a model loaded by ``mpt.eval.load_model`` (our MPT class for MPT folders)."""
+        """lm-eval's HFLM around a model loaded by ``mpt.model.load.load_model`` (our MPT class for MPT folders)."""
 
         def __init__(self, pretrained: str, tokenizer: str | None = None, device: str | None = None,
                      dtype: str | None = None, max_length: int | None = None, **kwargs) -> None:
@@ -116,7 +118,7 @@ def _unspace(text: str) -> str:
 def _export_cli(argv: list[str]) -> None:
     import argparse
 
-    from .harness import load_tokenizer
+    from ..data.tokenize import load_tokenizer
     from .suite import load_suite
 
     ap = argparse.ArgumentParser(prog="python -m mpt.eval.lm_eval_adapter export",

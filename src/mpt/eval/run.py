@@ -43,9 +43,11 @@ class EvalRunConfig:
 
 
 def run_eval(cfg: EvalRunConfig) -> dict:
+    from ..data.tokenize import load_tokenizer
+    from ..model.load import load_model
     from . import report
     from .gauntlet import aggregate
-    from .harness import evaluate, load_model, load_tokenizer
+    from .harness import evaluate
     from .suite import load_gauntlet, load_suite, resolve_task_file
     from .tasks import load_task_records
 

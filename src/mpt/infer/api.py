@@ -32,19 +32,6 @@ class StreamChunk:
     finish_reason: str | None
 
 
-def load_tokenizer(src: str | Path):
-    """A tokenizer folder (or a checkpoint folder holding one), a tokenizer.json file, or a hub name."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    src = Path(src) if Path(src).exists() else src
-    if isinstance(src, Path) and src.is_file():
-        return PreTrainedTokenizerFast(tokenizer_file=str(src), eos_token="<|endoftext|>")
-    if isinstance(src, Path) and not (src / "tokenizer.json").is_file() and not (src / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"no tokenizer in {src} (no tokenizer.json / tokenizer_config.json): pass "
-                                "tokenizer=PATH (a tokenizer.json file or folder)")
-    return AutoTokenizer.from_pretrained(str(src))
-
-
 def stop_token_ids(tokenizer) -> list[int]:
     """EOS, and ChatML's end-of-turn token when the vocabulary has it as one token."""
     ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
@@ -128,20 +115,15 @@ def load(path: str | Path, tokenizer: str | Path | None = None, device: str | No
          dtype: str | torch.dtype | None = None, attn_impl: str | None = None) -> LLM:
     """Load a Hugging Face-format MPT checkpoint (a folder or, when online, a hub name) and its tokenizer.
 
-    ``device`` defaults to CUDA when available; ``dtype`` to bfloat16 on GPU and float32 on CPU.
+    Defaults and fallbacks are :func:`mpt.model.load.load_model`'s: CUDA when available, bfloat16 on
+    GPU and float32 on CPU.
     """
-    from ..model.hf import load_pretrained
+    from ..data.tokenize import load_tokenizer
+    from ..model import MPTForCausalLM
+    from ..model.load import load_model
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise ValueError(f"dtype={dtype!r} is invalid: use float32, bfloat16, float16 or float64")
-        dtype = getattr(torch, dtype)
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    if attn_impl is None and not str(device).startswith("cuda"):
-        attn_impl = "torch"  # a checkpoint saved with flash/triton still runs on CPU
-    if Path(str(path)).exists() and not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face-format checkpoint "
-                                "(convert one with `mpt convert SRC DST`)")
-    model = load_pretrained(path, dtype=dtype, attn_impl=attn_impl).to(device)
+    model = load_model(path, device=device, dtype=dtype, attn_impl=attn_impl)
+    if not isinstance(model, MPTForCausalLM):
+        raise ValueError(f"{path} is a {model.config.model_type!r} model; generation runs MPT checkpoints "
+                         "(`mpt eval` takes any causal LM)")
     return LLM(model, load_tokenizer(tokenizer or path))

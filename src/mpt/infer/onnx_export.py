@@ -74,12 +74,13 @@ class Decode(nn.Module):
 
 def export_onnx(cfg: OnnxExportConfig) -> list[Path]:
     """Write the graph(s) and tokenizer files to ``cfg.dst``; return the graph paths."""
-    from ..model.hf import TOKENIZER_FILES, load_pretrained
+    from ..model.hf import copy_tokenizer_files
+    from ..model.load import load_model
 
     cfg.validate()
     # torch.onnx logs a warning per missing torchvision op it could register: noise for a language model.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    model = load_pretrained(cfg.src, dtype=torch.float32, attn_impl="torch").eval()
+    model = load_model(cfg.src, device="cpu", dtype=torch.float32, attn_impl="torch")
     dst = Path(cfg.dst)
     dst.mkdir(parents=True, exist_ok=True)
     c = model.config
@@ -102,10 +103,7 @@ def export_onnx(cfg: OnnxExportConfig) -> list[Path]:
                               dynamic_shapes={"input_ids": {0: batch},
                                               "past_keys": {1: batch, 3: past}, "past_values": {1: batch, 3: past}},
                               opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False)
-    src = Path(cfg.src)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            (dst / name).write_bytes((src / name).read_bytes())
+    copy_tokenizer_files(cfg.src, dst, overwrite=True)
     if cfg.check:
         err = check_onnx(model, dst, prefill_only=cfg.prefill_only)
         print(f"onnxruntime vs PyTorch: max |logit difference| {err:.2e}")

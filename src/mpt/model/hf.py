@@ -3,7 +3,8 @@
 Reads all three layouts that exist in the wild -- ours, transformers' ``MptForCausalLM`` and
 MosaicML's original (``auto_map`` remote code, ``.bin`` shards with an index) -- since they share
 tensor names. Writes safetensors + ``config.json`` with ``model_type: "mpt"``, which plain
-``transformers.AutoModelForCausalLM`` loads with its own MPT class.
+``transformers.AutoModelForCausalLM`` loads with its own MPT class. Loading for use goes through
+:func:`mpt.model.load.load_model`.
 """
 
 from __future__ import annotations
@@ -13,23 +14,33 @@ from pathlib import Path
 
 import torch
 
+from .config import ATTN_IMPLS
+from .load import default_device, load_model, read_config_dict, usable_attn_impl
 from .modeling import MPTForCausalLM
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
-def load_pretrained(src: str | Path, dtype: torch.dtype | None = None, attn_impl: str | None = None,
-                    **kwargs) -> MPTForCausalLM:
-    """A local directory or, when online, a hub name (e.g. ``mosaicml/mpt-7b``)."""
-    if attn_impl is not None:
-        # Override before validation: a config saying `flash` or `triton` must load on a CPU machine.
-        from .config import MPTConfig
+def load_pretrained(src: str | Path, dtype: torch.dtype | None = None, attn_impl: str | None = None) -> MPTForCausalLM:
+    """For callers that place the model themselves (training's ``init_from``): weights on the CPU in
+    ``dtype`` (default: as saved), attention chosen for this machine's default device."""
+    if attn_impl is None:
+        saved = (read_config_dict(src).get("attn_config") or {}).get("attn_impl")
+        attn_impl = usable_attn_impl(saved, default_device())
+    return load_model(src, device="cpu", dtype=dtype or "auto", attn_impl=attn_impl)
 
-        fields, _ = MPTConfig.get_config_dict(str(src), **{k: v for k, v in kwargs.items() if k == "revision"})
-        fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl}
-        kwargs["config"] = MPTConfig.from_dict(fields)
-    return MPTForCausalLM.from_pretrained(str(src), dtype=dtype, **kwargs)
+
+def copy_tokenizer_files(src: str | Path | None, dst: str | Path, overwrite: bool = False) -> list[str]:
+    """Copy the tokenizer files a folder holds (a tokenizer.json file: that file); return their names."""
+    if src is None or not Path(src).exists():
+        return []
+    src, dst = Path(src), Path(dst)
+    files = [src] if src.is_file() else [src / n for n in TOKENIZER_FILES if (src / n).is_file()]
+    for f in files:
+        if overwrite or not (dst / f.name).exists():
+            shutil.copy2(f, dst / f.name)
+    return [f.name for f in files]
 
 
 def save_pretrained(model: MPTForCausalLM, dst: str | Path, tokenizer_from: str | Path | None = None) -> list[str]:
@@ -38,8 +49,18 @@ def save_pretrained(model: MPTForCausalLM, dst: str | Path, tokenizer_from: str 
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, safe_serialization=True)
-    if tokenizer_from is not None and Path(tokenizer_from).is_dir():
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_from) / name).is_file() and not (dst / name).exists():
-                shutil.copy2(Path(tokenizer_from) / name, dst / name)
+    copy_tokenizer_files(tokenizer_from, dst)
     return ignored
+
+
+def convert(src: str | Path, dst: str | Path, dtype: str | None = None,
+            attn_impl: str | None = None) -> tuple[MPTForCausalLM, list[str]]:
+    """Any MPT checkpoint -> ours, tokenizer files alongside; ``attn_impl`` kept unless given.
+
+    Returns the model and the config fields transformers would ignore.
+    """
+    model = load_model(src, device="cpu", dtype=dtype or "auto", attn_impl=attn_impl)
+    saved = (read_config_dict(src).get("attn_config") or {}).get("attn_impl")
+    if attn_impl is None and saved in ATTN_IMPLS:  # load_model picked a path for this machine; keep the file's
+        model.config.attn_config["attn_impl"] = saved
+    return model, save_pretrained(model, dst, tokenizer_from=src)

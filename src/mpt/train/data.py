@@ -12,7 +12,7 @@ import torch
 
 from ..data.finetune import IGNORE, FinetuneConfig, collate_packed, load_finetune, pad_collate, plan_packing
 from ..data.streaming import Source, StreamConfig, StreamingDataLoader, StreamingDataset
-from ..data.tokenize import load_tokenizer
+from ..data.tokenize import load_token_encoder
 from .recipe import DataSection
 
 
@@ -58,7 +58,7 @@ class FinetuneBatches:
 
     def __init__(self, path: str, tokenizer: str, max_seq_len: int, rank_batch: int, seed: int, rank: int,
                  world: int, log=print, packing: bool = False, truncation: str | None = None) -> None:
-        tok = load_tokenizer(tokenizer)
+        tok = load_token_encoder(tokenizer)
         self.vocab_size = tok.vocab_size
         self.pad_id = tok.eos_id
         # Packing exists to train on whole examples; cutting one silently would change its target,

@@ -1,0 +1,93 @@
+"""``load_model``: the one way to load a checkpoint for use; every default and fallback lives here.
+
+Training (``init_from``), evaluation, inference, export and the quickstart all call it, so a
+checkpoint behaves the same whichever command reads it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from mpt.paths import first_line, looks_local
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def default_device(device: str | torch.device | None = None) -> str:
+    return str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | None:
+    """``None``: bfloat16 on GPU, float32 elsewhere; ``"auto"``: as saved (returns ``None``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is invalid: use auto, {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def usable_attn_impl(saved: str | None, device: str) -> str:
+    """The attention path to run a checkpoint with when the caller names none.
+
+    Off CUDA every path runs as ``torch`` (the plain path gives the same numbers); on CUDA a
+    ``flash`` checkpoint falls back to ``torch`` without flash-attn, and values from other code
+    bases (the original's ``triton``) to ``torch`` too.
+    """
+    if not device.startswith("cuda") or saved not in ("flash", "flex"):
+        return "torch"
+    if saved == "flash" and importlib.util.find_spec("flash_attn") is None:
+        return "torch"
+    return saved
+
+
+def read_config_dict(path: str | Path) -> dict:
+    """``config.json`` as a dict; a missing local folder or file is a one-line FileNotFoundError."""
+    from transformers import PretrainedConfig
+
+    name = str(path)
+    if looks_local(path):
+        if not Path(name).is_dir():
+            raise FileNotFoundError(f"no such model folder: {name}")
+        if not (Path(name) / "config.json").is_file():
+            raise FileNotFoundError(f"{name} has no config.json: not a Hugging Face-format checkpoint "
+                                    "(convert one with `mpt convert SRC DST`)")
+    try:
+        fields, _ = PretrainedConfig.get_config_dict(name)
+    except OSError as err:
+        raise FileNotFoundError(f"no such model folder or hub model: {name} ({first_line(err)})") from err
+    return fields
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+               attn_impl: str | None = None):
+    """A checkpoint folder (or, online, a hub name) as a model in eval mode on ``device``.
+
+    MPT checkpoints -- ours, transformers' ``MptForCausalLM`` and MosaicML's original layout -- load
+    as :class:`~mpt.model.MPTForCausalLM`; any other causal LM (for ``mpt eval`` comparisons)
+    through transformers. ``device`` defaults to CUDA when available, ``dtype`` as
+    :func:`resolve_dtype`, ``attn_impl`` as :func:`usable_attn_impl`.
+    """
+    from .config import MPTConfig
+    from .modeling import MPTForCausalLM
+
+    device = default_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    fields = read_config_dict(path)
+    if fields.get("model_type") != "mpt":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto")
+        return model.to(device).eval()
+    saved = (fields.get("attn_config") or {}).get("attn_impl")
+    # Set before validation: a config saying `flash` must still load where flash-attn is missing.
+    fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl or usable_attn_impl(saved, device)}
+    config = MPTConfig.from_dict(fields)
+    model = MPTForCausalLM.from_pretrained(str(path), config=config, dtype=torch_dtype or "auto")
+    return model.to(device).eval()
