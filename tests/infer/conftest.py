@@ -72,13 +72,11 @@ class RunningServer:
         import threading
         import time
 
-        import uvicorn
-
-        from mpt.infer.server import ServeConfig, create_app
+        from mpt.infer.server import ServeConfig, create_app, uvicorn_server
 
         self.port = free_port()
         self.app = create_app(llm, ServeConfig(model="tiny", model_name="tiny", port=self.port, **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn_server(self.app, "127.0.0.1", self.port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -50,3 +50,29 @@ def test_neox_tokenizer_streams_unicode(shared):
     assert "".join(pieces) == TEXT
     pieces, s = stream(tok, ids, stop=["café"])
     assert "".join(pieces) == TEXT[:TEXT.index("café")]
+
+
+def first_stop(text: str, stops: list[str]) -> str:
+    """Reference: the text before the first stop string to complete (the earliest end; list order breaks ties)."""
+    for end in range(1, len(text) + 1):
+        for s in stops:
+            if s and text[:end].endswith(s):
+                return text[:end - len(s)]
+    return text
+
+
+def test_stop_strings_match_the_reference_for_any_chunking():
+    """Text arrives in random pieces (as tokens do); overlapping, repetitive stops stress the incremental matcher."""
+    rng = random.Random(1)
+    for _ in range(400):
+        alphabet = "ab" if rng.random() < 0.7 else "abc é"
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 6))) for _ in range(rng.randrange(1, 5))]
+        pieces = []
+        while len("".join(pieces)) < len(text):
+            start = len("".join(pieces))
+            pieces.append(text[start:start + rng.randrange(1, 5)])
+        s = TextStream(lambda ids, pieces=pieces: "".join(pieces[i] for i in ids), stops)
+        out = "".join(s.push(i) for i in range(len(pieces))) + s.flush()
+        assert out == first_stop(text, stops) == s.text, (text, stops, pieces)
+        assert s.stopped == any(st in text for st in stops)

@@ -14,6 +14,7 @@ one sequence at a time (``max_rows`` = 1).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ import torch
 from ..model import KVCache, MPTForCausalLM
 from .sampling import SamplingParams, pick_token
 from .text import TextStream
+
+log = logging.getLogger("mpt.serve")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Update:
     text: str
     finish_reason: str | None = None  # "stop" (EOS / stop string), "length", "error"
     error: str | None = None
+    status: int = 500  # the HTTP status an "error" update becomes (503: the server cut it while stopping)
 
 
 class BatchEngine:
@@ -90,11 +94,12 @@ class BatchEngine:
         out = self.model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, use_cache=True,
                          logits_to_keep=1)
         logits = out.logits[:, -1]
-        if not self.rows:
-            self.cache, self.mask, self.logits = cache, mask, logits
-        else:
-            self.cache, self.mask = _merge(self.cache, self.mask, cache, mask)
-            self.logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
+        # Nothing of the running batch changes until all of this succeeded: a failed prefill fails only the
+        # joining rows.
+        if self.rows:
+            cache, mask = _merge(self.cache, self.mask, cache, mask)
+            logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
+        self.cache, self.mask, self.logits = cache, mask, logits
         self.rows.extend(requests)
 
     def cancel(self, keys: set[Hashable]) -> None:
@@ -109,8 +114,13 @@ class BatchEngine:
             return []
         updates, keep, tokens = [], [], []
         for i, r in enumerate(self.rows):
-            tok = pick_token(self.logits[i], r.params, r.prompt_ids + r.out_ids, r.generator)
-            updates.append(self._advance(r, tok))
+            try:
+                tok = pick_token(self.logits[i], r.params, r.prompt_ids + r.out_ids, r.generator)
+                updates.append(self._advance(r, tok))
+            except Exception as err:  # sampling or stop matching failed for this row: it alone ends
+                log.exception("request %r failed while sampling", r.key)
+                r.finish_reason = "error"
+                updates.append(Update(r.key, None, "", "error", f"{type(err).__name__}: {err}"))
             if r.finish_reason is None:
                 keep.append(i)
                 tokens.append(tok)

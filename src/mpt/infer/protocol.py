@@ -2,7 +2,8 @@
 
 Strict: a string where a number belongs is an error, as with OpenAI, not silently converted.
 Options that would change the answer but that we do not implement (logprobs, echo, suffix,
-presence/frequency penalties, tools) are refused with a 400 rather than ignored.
+presence/frequency penalties, tools) are refused with a 400 rather than ignored. Every number has
+bounds and no float may be NaN or infinite, so no value a client sends can overflow later.
 """
 
 from __future__ import annotations
@@ -30,22 +31,29 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Stop strings are matched on the decode thread for every token: their number and length are capped
+# (OpenAI allows 4; none of its users needs a stop string longer than a paragraph).
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=0)] = 0  # not OpenAI's; vLLM's extension
-    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0  # vLLM's extension
-    n: Annotated[int, Field(ge=1)] = 1
+    top_k: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0  # not OpenAI's; vLLM's extension
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=100)] = 1.0  # vLLM's extension
+    n: Annotated[int, Field(ge=1, le=128)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    seed: Annotated[int, Field(ge=-2**63, lt=2**64)] | None = None  # what torch.Generator.manual_seed takes
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     user: str | None = None
 
     @model_validator(mode="after")

@@ -8,6 +8,10 @@ import torch
 
 from .generate import sample_next
 
+# Below this temperature the distribution is the argmax to float precision, and logits / temperature
+# overflows float32 (1e-40 made every score inf and the probabilities NaN): decode greedily instead.
+GREEDY_BELOW = 1e-3
+
 
 @dataclass
 class SamplingParams:
@@ -52,4 +56,19 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
         score = logits.gather(1, idx)
         score = torch.where(score > 0, score / params.repetition_penalty, score * params.repetition_penalty)
         logits = logits.scatter(1, idx, score)
-    return int(sample_next(logits, params.temperature, params.top_k, params.top_p, generator)[0])
+    logits = _sanitised(logits)
+    temperature = params.temperature if params.temperature >= GREEDY_BELOW else 0.0
+    return int(sample_next(logits, temperature, params.top_k, params.top_p, generator)[0])
+
+
+def _sanitised(logits: torch.Tensor) -> torch.Tensor:
+    """float32 scores with NaN as "never" and +inf as the largest float, so softmax and multinomial cannot fail.
+
+    Raises when no token has a finite score: then the model's output is broken and only this row should fail.
+    """
+    logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    top = logits.max()
+    if not torch.isfinite(top):
+        raise ValueError("the model gave no finite score for any token (NaN or -inf logits)")
+    # Shifted so the best score is 0: dividing by a small temperature can no longer overflow to +inf.
+    return logits - top

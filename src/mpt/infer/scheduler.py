@@ -32,6 +32,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mpt-decode", daemon=True)
         self.steps = 0
+        self.on_step: Callable[[int], None] | None = None  # called with the batch size after each step (metrics)
 
     @property
     def running(self) -> int:
@@ -67,24 +68,43 @@ class Scheduler:
                 self.engine.cancel(cancelled)
                 for key in cancelled:
                     self._callbacks.pop(key, None)
-            joining: list[Row] = []
+            updates = self._admit()
+            size = len(self.engine)
             try:
-                free = self.max_rows - len(self.engine)
-                if free > 0 and self._waiting:
-                    joining, self._waiting = self._waiting[:free], self._waiting[free:]
-                    self.engine.add(joining)
-                updates = self.engine.step()
+                updates += self.engine.step()
                 self.steps += 1
-            except Exception as err:  # e.g. out of memory: fail the requests in the batch, keep serving
+            except Exception as err:  # the batch's forward pass failed (e.g. out of memory): all its rows fail
                 log.error("decode step failed:\n%s", traceback.format_exc())
-                failed = {r.key: r for r in [*self.engine.reset(), *joining]}
-                updates = [Update(key, None, "", "error", f"{type(err).__name__}: {err}") for key in failed]
+                updates += [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}")
+                            for r in self.engine.reset()]
+            if size and self.on_step is not None:
+                self.on_step(size)
             for u in updates:
-                callback = self._callbacks.get(u.key)
-                if callback is not None:
-                    callback(u)
-                if u.finish_reason is not None:
-                    self._callbacks.pop(u.key, None)
+                self._deliver(u)
+
+    def _admit(self) -> list[Update]:
+        """Prefill waiting rows into free batch slots; a failed prefill fails those rows, not the batch."""
+        free = self.max_rows - len(self.engine)
+        if free <= 0 or not self._waiting:
+            return []
+        joining, self._waiting = self._waiting[:free], self._waiting[free:]
+        try:
+            self.engine.add(joining)
+        except Exception as err:
+            log.error("prefill failed:\n%s", traceback.format_exc())
+            return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
+        return []
+
+    def _deliver(self, u: Update) -> None:
+        callback = self._callbacks.get(u.key)
+        if u.finish_reason is not None:
+            self._callbacks.pop(u.key, None)
+        if callback is None:
+            return
+        try:
+            callback(u)
+        except Exception:  # one request's handler must not stop the decode thread that serves everyone
+            log.error("delivering an update to %r failed:\n%s", u.key, traceback.format_exc())
 
     def _take_inbox(self, block: bool) -> None:
         try:

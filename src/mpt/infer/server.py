@@ -5,6 +5,12 @@ Routes: ``GET /`` (chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/c
 ``data: [DONE]``). Every request becomes one engine row per choice; rows from all requests share
 decode steps on the scheduler's thread (scheduler.py, batching.py). Errors use OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``.
+
+One client cannot hurt the others: limits are checked before work (body bytes before parsing,
+characters before tokenizing, capacity before queueing; tokenizing runs off the event loop), and a
+row that fails ends only its own request. ``GET /metrics`` serves Prometheus metrics; on SIGTERM
+the server stops accepting, gives running rows ``shutdown_grace`` seconds, then cuts them with a
+final error event.
 """
 
 from __future__ import annotations
@@ -13,20 +19,23 @@ import asyncio
 import hmac
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .api import LLM
 from .batching import Row, Update
 from .chat import END_OF_TURN, Message, render
+from .guard import LOOPBACK_NAMES, ClientGone, check_local_request, read_body
+from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .sampling import SamplingParams
 from .scheduler import Scheduler
@@ -48,15 +57,28 @@ class ServeConfig:
     max_concurrent: int = 64  # requests in flight, running or waiting; more get 429
     max_n: int = 8  # choices per request (n x prompts)
     log_level: str = "info"
+    # Limits checked before any work (CLI: --max-prompt-chars, --max-body-bytes, --max-connections).
+    max_prompt_chars: int | None = None  # default: context_length x the longest token, in characters
+    max_body_bytes: int = 8 * 2**20  # larger request bodies get 413 before they are read
+    body_timeout: float = 30.0  # seconds a client may take to send its request body (then 408)
+    max_connections: int | None = None  # open connections; more get 503 from uvicorn (default: 2 x max_concurrent + 32)
+    # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
+    allow_origin: list[str] = field(default_factory=list)
+    shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
 
     def validate(self) -> ServeConfig:
         """Check what can be checked before the model is loaded."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} is invalid: use 0..65535")
-        for name in ("max_batch_size", "max_concurrent", "max_n", "context_length", "max_tokens"):
+        for name in ("max_batch_size", "max_concurrent", "max_n", "context_length", "max_tokens",
+                     "max_prompt_chars", "max_body_bytes", "max_connections"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
+        for name in ("body_timeout", "shutdown_grace"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")
+        self.allow_origin = [o.rstrip("/") for o in self.allow_origin]
         if self.api_key is None:
             self.api_key = os.environ.get("MPT_API_KEY") or None
         return self
@@ -69,7 +91,18 @@ class ServeConfig:
         if self.context_length < 2:
             raise ValueError(f"context_length={self.context_length} is invalid: must be >= 2")
         self.max_tokens = min(self.max_tokens or self.context_length, self.context_length - 1)
+        if self.max_prompt_chars is None:
+            # No prompt with more characters than this can fit in the context, whatever it says.
+            longest = max((len(t) for t in llm.tokenizer.get_vocab()), default=1)
+            self.max_prompt_chars = self.context_length * max(longest, 1)
         return self
+
+    def exposure_warning(self) -> str | None:
+        """A warning when anyone on the network can use this server: bound beyond loopback with no key."""
+        if self.api_key or self.host in LOOPBACK_NAMES:
+            return None
+        return (f"warning: serving on {self.host} without an API key: anyone who can reach this machine can use "
+                "the model; set --api-key (or $MPT_API_KEY), or bind 127.0.0.1")
 
 
 class Job:
@@ -81,12 +114,14 @@ class Job:
         self.created = int(time.time())
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Update] = asyncio.Queue()
+        self.admitted = time.monotonic()
+        self.first_token: float | None = None
         device = server.llm.device
         self.requests = []
         for p, ids in enumerate(prompts):
             for c in range(n):
                 index = p * n + c
-                gen = None if params.seed is None else torch.Generator(device).manual_seed(params.seed + index)
+                gen = None if params.seed is None else torch.Generator(device).manual_seed((params.seed + index) % 2**64)
                 self.requests.append(Row((self.id, index), ids, params, gen))
         self.unfinished = {r.key for r in self.requests}  # as the scheduler sees it
 
@@ -107,6 +142,13 @@ class Job:
                 self.server.jobs.discard(self)
         self.queue.put_nowait(u)
 
+    def cut(self, message: str) -> None:
+        """End every unfinished row now with a 503 error (the server is stopping)."""
+        keys = list(self.unfinished)
+        self.server.scheduler.cancel(keys)
+        for key in keys:
+            self._deliver(Update(key, None, "", "error", message, status=503))
+
     def cancel(self) -> None:
         """The client is gone: free its rows in the batch (they leave before the next step)."""
         if self.unfinished:
@@ -117,20 +159,28 @@ class Job:
     async def updates(self, request: Request | None = None) -> AsyncIterator[Update]:
         """Updates until every choice finished; polls for a client disconnect while waiting."""
         open_keys = {r.key for r in self.requests}
-        while open_keys:
-            try:
-                u = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except TimeoutError:
-                if request is not None and await request.is_disconnected():
+        tokens = 0
+        try:
+            while open_keys:
+                try:
+                    u = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+                except TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        self.cancel()
+                        return
+                    continue
+                if u.finish_reason == "error":
                     self.cancel()
-                    return
-                continue
-            if u.finish_reason == "error":
-                self.cancel()
-                raise APIError(500, f"generation failed: {u.error}")
-            if u.finish_reason is not None:
-                open_keys.discard(u.key)
-            yield u
+                    message = u.error if u.status != 500 else f"generation failed: {u.error}"
+                    raise APIError(u.status, message, code="server_shutting_down" if u.status == 503 else None)
+                if u.token_id is not None:
+                    tokens += 1
+                    self.first_token = self.first_token or time.monotonic()
+                if u.finish_reason is not None:
+                    open_keys.discard(u.key)
+                yield u
+        finally:
+            self.server.record(self, tokens, finished=not open_keys)
 
 
 class Server:
@@ -139,6 +189,22 @@ class Server:
         self.cfg = cfg.resolve(llm)
         self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size)
         self.jobs: set[Job] = set()
+        self.admitting = 0  # requests past the capacity check that are still tokenizing (not in jobs yet)
+        self.draining = False  # SIGTERM arrived: new requests get 503
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = create_metrics(in_flight=lambda: len(self.jobs) + self.admitting,
+                                      running=lambda: self.scheduler.running, waiting=lambda: self.scheduler.waiting)
+        if self.metrics is not None:
+            self.scheduler.on_step = self.metrics.batch_size.observe
+
+    def record(self, job: Job, tokens: int, finished: bool) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.generation_tokens.inc(tokens)
+        if job.first_token is not None:
+            self.metrics.first_token_seconds.observe(job.first_token - job.admitted)
+        if finished:
+            self.metrics.request_seconds.observe(time.monotonic() - job.admitted)
 
     # -- request checks -------------------------------------------------------------------
     def check_model(self, name: str) -> None:
@@ -147,16 +213,30 @@ class Server:
                            param="model", code="model_not_found")
 
     def check_room(self) -> None:
-        if len(self.jobs) >= self.cfg.max_concurrent:
+        if self.draining:
+            raise APIError(503, "the server is shutting down; retry on another instance", code="server_shutting_down")
+        if len(self.jobs) + self.admitting >= self.cfg.max_concurrent:
             raise APIError(429, f"too many requests in flight (limit {self.cfg.max_concurrent}); retry shortly",
                            code="rate_limit_exceeded", type="rate_limit_error")
+
+    def check_size(self, req, texts: list[str], param: str, prompts: int = 1) -> None:
+        """Choices and characters: what can be refused before the text is tokenized."""
+        if req.n * prompts > self.cfg.max_n:
+            raise APIError(400, f"n={req.n} x {prompts} prompt(s) is more than the limit of {self.cfg.max_n} "
+                                "choices per request", param="n")
+        chars = max(len(t) for t in texts)
+        if chars > self.cfg.max_prompt_chars:
+            raise APIError(400, f"the {param} has {chars} characters; this server accepts at most "
+                                f"{self.cfg.max_prompt_chars} (--max-prompt-chars), more than its context of "
+                                f"{self.cfg.context_length} tokens can hold", param=param,
+                           code="context_length_exceeded")
+
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
 
     def sampling(self, req, prompt_ids: list[list[int]], max_tokens: int | None, default_max: int | None,
                  stop: list[str]) -> SamplingParams:
         cfg = self.cfg
-        if req.n * len(prompt_ids) > cfg.max_n:
-            raise APIError(400, f"n={req.n} x {len(prompt_ids)} prompt(s) is more than the limit of {cfg.max_n} "
-                                "choices per request", param="n")
         longest = max(len(p) for p in prompt_ids)
         if longest >= cfg.context_length:
             raise APIError(400, f"This model's maximum context length is {cfg.context_length} tokens; the prompt "
@@ -179,28 +259,40 @@ class Server:
         # An empty prompt starts from the document separator, as for GPT-style models.
         return self.llm.encode(text) or [self.llm.tokenizer.eos_token_id or 0]
 
+    async def admit(self, req, tokenize, max_tokens: int | None, default_max: int | None, stop: list[str]) -> Job:
+        """Capacity, then tokens (on a worker thread: a long prompt must not stall the event loop), then a job."""
+        self.check_room()
+        self.admitting += 1
+        try:
+            prompts = await asyncio.to_thread(tokenize)
+            params = self.sampling(req, prompts, max_tokens, default_max, stop)
+            job = Job(self, prompts, req.n, params)
+        finally:
+            self.admitting -= 1
+        job.start()  # no await since the check above released its place: no other request took it
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
+        return job
+
     # -- endpoints --------------------------------------------------------------------------
     async def completions(self, request: Request):
-        req: CompletionRequest = parse(CompletionRequest, await request.body())
+        req: CompletionRequest = parse(CompletionRequest, await self.body(request))
         self.check_model(req.model)
-        prompts = [self.encode(p) for p in req.prompts]
-        params = self.sampling(req, prompts, req.max_tokens, 16, req.stops)
-        return await self._respond(request, req, prompts, params, chat=False)
+        self.check_size(req, req.prompts, "prompt", prompts=len(req.prompts))
+        job = await self.admit(req, lambda: [self.encode(p) for p in req.prompts], req.max_tokens, 16, req.stops)
+        return await self._respond(request, req, job, chat=False)
 
     async def chat_completions(self, request: Request):
-        req: ChatCompletionRequest = parse(ChatCompletionRequest, await request.body())
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.body(request))
         self.check_model(req.model)
         messages = [Message("system" if m.role == "developer" else m.role, m.text) for m in req.messages]
-        prompts = [self.encode(render(messages, self.llm.tokenizer))]
-        params = self.sampling(req, prompts, req.max_completion_tokens or req.max_tokens, None,
-                               req.stops + [END_OF_TURN])
-        return await self._respond(request, req, prompts, params, chat=True)
+        self.check_size(req, ["".join(m.content for m in messages)], "messages")
+        job = await self.admit(req, lambda: [self.encode(render(messages, self.llm.tokenizer))],
+                               req.max_completion_tokens or req.max_tokens, None, req.stops + [END_OF_TURN])
+        return await self._respond(request, req, job, chat=True)
 
-    async def _respond(self, request: Request, req, prompts: list[list[int]], params: SamplingParams, chat: bool):
-        self.check_room()
-        job = Job(self, prompts, req.n, params)
-        job.start()
-        prompt_tokens = sum(len(p) for p in prompts)
+    async def _respond(self, request: Request, req, job: Job, chat: bool):
+        prompt_tokens = sum(len(r.prompt_ids) for r in job.requests[::req.n])
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._sse(job, req, chat, prompt_tokens, include_usage),
@@ -277,9 +369,28 @@ class Server:
                 "rows_running": self.scheduler.running, "rows_waiting": self.scheduler.waiting,
                 "decode_steps": self.scheduler.steps}
 
+    def drain(self) -> None:
+        """SIGTERM: refuse new requests; running rows get ``shutdown_grace`` seconds to finish, then are cut."""
+        self.draining = True
+        if self.loop is not None:  # called from a signal handler: schedule on the event loop's own thread
+            self.loop.call_soon_threadsafe(self.loop.call_later, self.cfg.shutdown_grace, self._cut_all)
+
+    def _cut_all(self) -> None:
+        for job in list(self.jobs):
+            job.cut(f"the server is shutting down: generation was cut after the {self.cfg.shutdown_grace:g} s grace")
+
+    def metrics_page(self) -> Response:
+        if self.metrics is None:
+            raise APIError(501, "metrics need prometheus-client: pip install 'mpt[serve]'")
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.cfg.model_name, "object": "model", "created": 0,
                                             "owned_by": "mpt", "max_model_len": self.cfg.context_length}]}
+
+
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 
 
 def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
@@ -289,50 +400,98 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     from starlette.exceptions import HTTPException
 
     server = Server(llm, cfg)
+    key = server.cfg.api_key
 
     @asynccontextmanager
     async def lifespan(app):
+        server.loop = asyncio.get_running_loop()
         server.scheduler.start()
         yield
         server.scheduler.stop()
 
-    app = FastAPI(title="mpt serve", description="OpenAI-compatible API for an MPT model", lifespan=lifespan)
+    # With a key, the schema pages would be the only unguarded view of the API, and a browser cannot send
+    # the key to them: they are off. Without one they are as open as the API itself.
+    docs = {} if key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="mpt serve", description="OpenAI-compatible API for an MPT model", lifespan=lifespan, **docs)
     app.state.server = server
     page = resources.files("mpt.infer").joinpath("static/chat.html").read_text(encoding="utf-8")
 
+    def error(err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError):
-        return JSONResponse(err.body(), status_code=err.status)
+        return error(err)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, err: ClientGone):
+        return Response(status_code=499)  # nobody reads it; answering keeps the log free of a traceback
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
-        return JSONResponse(APIError(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
-                                     code=code).body(), status_code=err.status_code)
+        return error(APIError(err.status_code, f"{request.method} {request.url.path}: {err.detail}", code=code))
 
     @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        key = server.cfg.api_key
-        if key and request.url.path.startswith("/v1"):
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-                msg = ("Incorrect API key provided" if given else
-                       "Missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
-                return JSONResponse(APIError(401, msg, code="invalid_api_key").body(), status_code=401)
-        return await call_next(request)
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        try:
+            if key is None:
+                check_local_request(request, server.cfg.host, server.cfg.allow_origin)
+            elif path.startswith("/v1") or path == "/metrics":
+                scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                    msg = ("Incorrect API key provided" if given else
+                           "Missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
+                    raise APIError(401, msg, code="invalid_api_key")
+            response = await call_next(request)
+        except APIError as err:
+            response = error(err)
+        if server.metrics is not None:
+            server.metrics.requests.labels(path if path in ROUTES else "other", str(response.status_code)).inc()
+        return response
+
+    if cfg.allow_origin:  # the sites the user named may read answers too (they need CORS headers for that)
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.allow_origin, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
     app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/metrics", server.metrics_page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v1/models", server.models, methods=["GET"])
     app.add_api_route("/v1/completions", server.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", server.chat_completions, methods=["POST"])
     return app
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Load the model, then serve until interrupted."""
+def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
+    """A uvicorn server with this app's limits, whose SIGTERM / Ctrl-C drains the running rows first."""
     import uvicorn
 
+    server: Server = app.state.server
+    cfg = server.cfg
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            server.drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level,
+        limit_concurrency=cfg.max_connections or 2 * cfg.max_concurrent + 32,
+        timeout_keep_alive=5,
+        # uvicorn waits this long for open responses after SIGTERM; ours end at shutdown_grace, with a margin
+        # for their final events to go out.
+        timeout_graceful_shutdown=int(cfg.shutdown_grace) + 5,
+        h11_max_incomplete_event_size=64 * 1024,  # request line and headers
+    )
+    return DrainingServer(config)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the model, then serve until interrupted."""
     from .api import load
 
     cfg.validate()
@@ -341,4 +500,7 @@ def serve(cfg: ServeConfig) -> None:
     base = f"http://{cfg.host}:{cfg.port}"
     print(f"serving '{cfg.model_name}' at {base}/v1 (OpenAI API; key {'required' if cfg.api_key else 'not required'})"
           f", chat page at {base}/ ; context {cfg.context_length} tokens, batch {cfg.max_batch_size}", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    warning = cfg.exposure_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    uvicorn_server(app, cfg.host, cfg.port, cfg.log_level).run()
