@@ -99,7 +99,8 @@ def test_padding_and_packing_keep_examples_apart():
 
 
 def test_long_context_samples_from_a_book(shared, neox, tmp_path):
-    from mpt.data import PrepConfig, Shard, prep, read_index
+    from mpt.data import Shard, read_index
+    from mpt.data.prep import PrepConfig, prep
 
     book = shared / "data" / "longcontext" / "great_gatsby.txt"
     s = prep(PrepConfig(inputs=[str(book)], out=str(tmp_path / "lc"), tokenizer=str(neox), seq_len=65_536,

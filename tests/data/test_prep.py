@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from mpt.cli import main
-from mpt.data import DataInputError, PrepConfig, Shard, prep, read_index
+from mpt.data import DataInputError, Shard, read_index
+from mpt.data.prep import PrepConfig, prep
 from mpt.data.readers import ReadStats, expand_inputs, read_documents
 
 
@@ -105,9 +106,15 @@ def test_existing_output_and_bad_config_fail_before_work(neox, tmp_path):
     src.write_text('{"text": "x"}\n')
     with pytest.raises(ValueError, match="mode='pack'"):
         prep(PrepConfig(inputs=[str(src)], out=str(tmp_path / "o"), mode="pack"))
-    prep(PrepConfig(inputs=[str(src)], out=str(tmp_path / "o"), tokenizer=str(neox), seq_len=1, progress=False))
-    with pytest.raises(ValueError, match="already holds shards"):
+    first = prep(PrepConfig(inputs=[str(src)], out=str(tmp_path / "o"), tokenizer=str(neox), seq_len=1,
+                            progress=False))
+    with pytest.raises(ValueError, match=r"o holds a `mpt prep` run made with other arguments or inputs "
+                                         r"\(seq_len: 1 there, 2048 now\).*choose another --out"):
         prep(PrepConfig(inputs=[str(src)], out=str(tmp_path / "o"), tokenizer=str(neox), progress=False))
+    # the same command again: the finished run is recognised, nothing is rewritten
+    again = prep(PrepConfig(inputs=[str(src)], out=str(tmp_path / "o"), tokenizer=str(neox), seq_len=1,
+                            progress=False))
+    assert again.samples == first.samples and again.tokens_written == first.tokens_written
 
 
 def test_cli_prep_with_filters(neox, tmp_path, capsys):

@@ -20,10 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 
 _WS = re.compile(r"\s+")
+_CUT = re.compile(r"(?<=\S)\s")   # a whitespace run's start: NFKC, lower() and the run's collapse stay on one side
+_PIECE = 1 << 20
 
 
 def normalise(text: str) -> str:
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+    # piece by piece: re.sub over a whole 20 MB text keeps every one of its millions of pieces alive at once
+    parts, start = [], 0
+    while len(text) - start > _PIECE and (m := _CUT.search(text, start + _PIECE)):
+        parts.append(_WS.sub(" ", unicodedata.normalize("NFKC", text[start:m.start()]).lower()))
+        start = m.start()
+    parts.append(_WS.sub(" ", unicodedata.normalize("NFKC", text[start:]).lower()))
+    return "".join(parts).strip()
 
 
 @dataclass

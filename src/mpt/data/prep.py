@@ -8,21 +8,34 @@ in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
+import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import remote
+from .atomic import write_atomic
 from .dedup import DedupConfig, Deduplicator, fingerprint
 from .filters import FilterConfig, first_failed_rule
+from .prep_folder import (
+    PROGRESS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    Progress,
+    check_claim,
+    open_folder,
+    save_progress,
+)
 from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
-from .shards import ShardWriter
-from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
+from .shards import INDEX_FILE, ShardWriter, read_index
+from .tokenize import DEFAULT_TOKENIZER, load_tokenizer
 
 
 @dataclass
@@ -40,6 +53,8 @@ class PrepConfig:
     skip_bad: bool = False
     batch_docs: int = 1024
     workers: int | None = None      # processes for filters and dedup fingerprints; default: all cores
+    chunk_chars: int = 1 << 18      # characters tokenized at once (memory); long documents are cut into pieces
+    staging: str | None = None      # local folder where a remote --out is built before upload; default: a temp folder
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     progress: bool = True
@@ -57,6 +72,8 @@ class PrepConfig:
             raise ValueError(f"shard_bytes={self.shard_bytes} is too small; use at least 1024 (default 64 MiB)")
         if self.batch_docs < 1:
             raise ValueError(f"batch_docs={self.batch_docs} must be >= 1")
+        if self.chunk_chars < 1000:
+            raise ValueError(f"chunk_chars={self.chunk_chars} is too small; use at least 1000 (default 256 Ki)")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1")
         self.filters.validate()
@@ -67,6 +84,7 @@ class PrepConfig:
 class PrepSummary:
     files: int = 0
     records_read: int = 0
+    binary_skipped: int = 0         # text-suffix files holding NUL bytes (with --skip-bad; else an error)
     bad_json_skipped: int = 0
     missing_field_skipped: int = 0
     invalid_utf8_replaced: int = 0
@@ -82,14 +100,21 @@ class PrepSummary:
     bytes_written: int = 0
     shards: int = 0
     text_chars: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0            # not in summary.json: a rerun gives the same file
     bad_examples: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "seconds"}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrepSummary:
+        return cls(**json.loads(text))
 
     def lines(self) -> list[str]:
         filt = ", ".join(f"{k} {v:,}" for k, v in sorted(self.filtered.items())) or "none"
         return [
             f"read      {self.records_read:,} records from {self.files} files ({self.text_chars / 1e6:,.1f} M characters of text)",
-            f"skipped   {self.bad_json_skipped:,} malformed JSON, {self.missing_field_skipped:,} without the text field; "
+            f"skipped   {self.binary_skipped:,} binary files, {self.bad_json_skipped:,} malformed JSON, {self.missing_field_skipped:,} without the text field; "
             f"{self.invalid_utf8_replaced:,} with invalid UTF-8 kept with replacement characters",
             f"dropped   {self.empty_dropped:,} empty; by filter: {filt}",
             f"dedup     {self.exact_duplicates:,} exact and {self.near_duplicates:,} near duplicates removed",
@@ -102,31 +127,72 @@ class PrepSummary:
 
 
 class _Packer:
-    """Turns tokenized documents into samples for the writer."""
+    """Turns tokenized documents, piece by piece, into samples for the writer.
 
-    def __init__(self, writer: ShardWriter, cfg: PrepConfig, eos_id: int):
+    It also remembers where each document starts in the token stream (every kept document's tokens
+    and EOS, in order), so that when the writer finishes a shard it can say which document and
+    token the next shard starts at: the point an interrupted run continues from.
+    """
+
+    def __init__(self, writer: ShardWriter, cfg: PrepConfig, eos_id: int, position: int = 0):
         self.writer, self.cfg, self.eos = writer, cfg, eos_id
         self.carry = np.zeros(0, dtype=np.int64)
-        self.samples = 0
+        self.position = position                  # tokens fed so far, all documents
+        self.pending: list[np.ndarray] = []       # concat mode: fed, not yet cut into samples
+        self.starts: deque[tuple[int, int]] = deque()   # (document number, its first token's position)
 
-    def add(self, docs: list[np.ndarray]) -> None:
-        with_eos = [np.append(d, self.eos) for d in docs]
+    def piece(self, doc: int, tokens: np.ndarray, first: bool, last: bool) -> None:
+        """Feed a piece of document ``doc`` (the last piece ends with EOS)."""
+        if first:
+            self.starts.append((doc, self.position))
+        self.position += len(tokens)
         if self.cfg.mode == "docs":
-            for d in with_eos:
-                self.writer.add(d)
-            self.samples += len(with_eos)
+            self.writer.extend(tokens)
+            if last:
+                self.writer.end_sample()
+        else:
+            self.pending.append(tokens)
+
+    def cut(self) -> None:
+        """Concat mode: write the whole samples of what was fed; the rest waits for more tokens."""
+        if not self.pending:
             return
-        stream = np.concatenate([self.carry, *with_eos])
+        stream = np.concatenate([self.carry, *self.pending])
+        self.pending = []
         n = len(stream) // self.cfg.seq_len
         for i in range(n):
             self.writer.add(stream[i * self.cfg.seq_len:(i + 1) * self.cfg.seq_len])
-        self.samples += n
         self.carry = stream[n * self.cfg.seq_len:]
+
+    def resume_point(self, written: int) -> tuple[int, int]:
+        """(document, token in it) at stream position ``written`` (the tokens in finished shards)."""
+        while len(self.starts) > 1 and self.starts[1][1] <= written:
+            self.starts.popleft()
+        doc, start = self.starts[0]
+        return doc, written - start
+
+
+def split_for_tokenizer(text: str, limit: int) -> list[str]:
+    """Cut a long text into pieces of at most about ``limit`` characters, each cut just before a single
+    space between two non-space characters. Byte-level BPE (GPT-2, GPT-NeoX), SentencePiece-style
+    and whitespace pre-tokenizers all split there, so the pieces' tokens equal the whole text's. A
+    stretch of ``limit`` characters with no such space (no natural text) is cut where it ends."""
+    pieces, start, n = [], 0, len(text)
+    while n - start > limit:
+        end = start + limit
+        cut = text.rfind(" ", start + limit // 2, end)
+        while cut > 0 and (text[cut - 1].isspace() or text[cut + 1].isspace()):
+            cut = text.rfind(" ", start + limit // 2, cut)
+        cut = end if cut <= start else cut
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def _analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None]:
     """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint)."""
-    if not text.strip():
+    if not text or text.isspace():     # not text.strip(): that copies a text of any size
         return "empty", None
     rule = first_failed_rule(text, filters) if filters.active else None
     if rule is not None:
@@ -134,10 +200,64 @@ def _analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str 
     return None, fingerprint(text, dedup) if (dedup.exact or dedup.near) else None
 
 
+def _claim(cfg: PrepConfig, files: list) -> dict:
+    """What makes two runs the same command: the arguments that shape the output, and the inputs as found."""
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "workers", "staging", "out")}
+    seen = []
+    for f in files:
+        if isinstance(f, Path):
+            st = f.stat()
+            seen.append([str(f), st.st_size, st.st_mtime_ns])
+        else:
+            seen.append([f])
+    return json.loads(json.dumps({**args, "input_files": seen}))
+
+
+def _staging(cfg: PrepConfig) -> Path:
+    if cfg.staging:
+        return Path(cfg.staging)
+    key = hashlib.sha1(cfg.out.rstrip("/").encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mpt-prep-{key}"
+
+
+def _remote_state(cfg: PrepConfig, claim: dict) -> PrepSummary | None:
+    """Check a remote --out before any work: reachable, and empty or this same run (the summary if finished)."""
+    names = remote.list_files(cfg.out)
+    base = cfg.out.rstrip("/")
+    recorded = remote.read_text(f"{base}/{RUN_FILE}") if RUN_FILE in names else None
+    check_claim(cfg.out, names, recorded, claim)
+    if INDEX_FILE in names:
+        return PrepSummary.from_json(remote.read_text(f"{base}/{SUMMARY_FILE}"))
+    return None
+
+
 def prep(cfg: PrepConfig) -> PrepSummary:
-    """Run the whole pipeline; returns (and writes to ``out/summary.json``) the summary."""
+    """Run the whole pipeline; returns (and writes to ``out/summary.json``) the summary.
+
+    A remote ``out`` (s3://...) is built in a local staging folder, then uploaded with index.json
+    last. Rerun with the same arguments, an interrupted run continues from its last finished shard.
+    """
     cfg.validate()
     files = expand_inputs(cfg.inputs)        # fail on a missing input before loading anything
+    claim = _claim(cfg, files)
+    is_remote = not remote.is_local(cfg.out)
+    if is_remote:
+        done = _remote_state(cfg, claim)
+        if done is not None:
+            return done
+    out = _staging(cfg) if is_remote else Path(remote.local_path(cfg.out))
+    progress = open_folder(out, claim)
+    if progress is None:
+        summary = PrepSummary.from_json((out / SUMMARY_FILE).read_text())
+    else:
+        summary = _run(cfg, files, out, progress)
+    if is_remote:
+        shards = [s.file for s in read_index(out).shards]
+        remote.upload_folder(out, cfg.out, [RUN_FILE, *shards, SUMMARY_FILE])
+    return summary
+
+
+def _run(cfg: PrepConfig, files, out: Path, progress: Progress) -> PrepSummary:
     workers = cfg.workers or os.cpu_count() or 1
     pool = None
     if workers > 1 and (cfg.filters.active or cfg.dedup.near):
@@ -146,41 +266,79 @@ def prep(cfg: PrepConfig) -> PrepSummary:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ctx.Pool(workers)
     try:
-        return _prep(cfg, files, pool, workers)
+        return _prep(cfg, files, pool, workers, out, progress)
     finally:
         if pool is not None:
             pool.terminate()
 
 
-def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
-    tok = load_token_encoder(cfg.tokenizer, cfg.eos_token)
+def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progress) -> PrepSummary:
+    tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
         raise ValueError(f"the tokenizer's EOS id {tok.eos_id} is outside the declared vocab_size={vocab}")
-    writer = ShardWriter(cfg.out, vocab_size=vocab, eos_id=tok.eos_id, mode=cfg.mode,
+
+    def shard_done(_info) -> None:
+        written = sum(s.tokens for s in writer.index.shards)
+        doc, token = packer.resume_point(written)
+        save_progress(out, Progress(list(writer.index.shards), doc, token))
+
+    writer = ShardWriter(out, vocab_size=vocab, eos_id=tok.eos_id, mode=cfg.mode,
                          seq_len=cfg.seq_len if cfg.mode == "concat" else None, tokenizer=tok.name,
-                         shard_bytes=cfg.shard_bytes)
-    packer = _Packer(writer, cfg, tok.eos_id)
+                         shard_bytes=cfg.shard_bytes, done=progress.shards, on_shard=shard_done)
+    resume_at = sum(s.tokens for s in progress.shards)
+    packer = _Packer(writer, cfg, tok.eos_id, position=resume_at)
     dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
     analyse = functools.partial(_analyse, filters=cfg.filters, dedup=cfg.dedup)
     stats, filtered, summary = ReadStats(), Counter(), PrepSummary()
     start = time.perf_counter()
-    batch: list[Document] = []
+    batch: list[tuple[int, Document]] = []
     window: list[Document] = []
+    kept = 0                     # documents kept so far: their number in the resume point
+
+    # an interrupted run continues at document progress.doc, of which progress.token tokens are written
+    packer.starts.append((progress.doc, resume_at - progress.token))
+    to_skip = progress.token
+
+    def encode(group: list[tuple[int, Document, str, bool, bool]]) -> None:
+        nonlocal to_skip
+        encs = tok.tokenizer.encode_batch_fast([text for _, _, text, _, _ in group], add_special_tokens=False)
+        for (number, doc, _, first, last), enc in zip(group, encs, strict=True):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            if len(ids) and int(ids.max()) >= vocab:
+                raise DataInputError(f"{doc.source}:{doc.line}: token id {int(ids.max())} is outside the declared "
+                                     f"vocab_size={vocab}; use a matching --tokenizer or a larger --vocab-size")
+            tokens = np.append(ids, tok.eos_id) if last else ids
+            if number == progress.doc:
+                first = False                 # its start is already in packer.starts
+                drop = min(to_skip, len(tokens))
+                to_skip -= drop
+                tokens = tokens[drop:]
+                if drop and not len(tokens):
+                    continue
+            packer.piece(number, tokens, first, last)
+        packer.cut()
 
     def flush() -> None:
-        encs = tok.tokenizer.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
-        for doc, arr in zip(batch, ids, strict=True):
-            if len(arr) and int(arr.max()) >= vocab:
-                raise DataInputError(f"{doc.source}:{doc.line}: token id {int(arr.max())} is outside the declared "
-                                     f"vocab_size={vocab}; use a matching --tokenizer or a larger --vocab-size")
-        summary.document_tokens += sum(len(a) + 1 for a in ids)
-        summary.documents_written += len(ids)
-        packer.add(ids)
+        group, chars = [], 0
+        for number, doc in batch:
+            if number < progress.doc:
+                continue         # wholly in the finished shards of the interrupted run
+            # pieces smaller than a group, so one long document still spreads over the tokenizer's threads
+            pieces = split_for_tokenizer(doc.text, max(1000, cfg.chunk_chars // 8))
+            for i, text in enumerate(pieces):
+                group.append((number, doc, text, i == 0, i == len(pieces) - 1))
+                chars += len(text)
+                if chars >= cfg.chunk_chars:
+                    encode(group)
+                    group, chars = [], 0
+        if group:
+            encode(group)
+        summary.documents_written += len(batch)
         batch.clear()
 
     def process_window() -> None:
+        nonlocal kept
         texts = [d.text for d in window]
         if pool is not None:
             verdicts = pool.map(analyse, texts, chunksize=max(1, len(texts) // (4 * workers)))
@@ -192,7 +350,8 @@ def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
             elif dropped is not None:
                 filtered[dropped] += 1
             elif dedup is None or dedup.check_fingerprint(fp) is None:
-                batch.append(doc)
+                batch.append((kept, doc))
+                kept += 1
                 if len(batch) >= cfg.batch_docs:
                     flush()
         window.clear()
@@ -207,16 +366,17 @@ def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
         if len(window) >= 4 * cfg.batch_docs:
             process_window()
             bar.update(4 * cfg.batch_docs)
-            bar.set_postfix(tokens=f"{summary.document_tokens:,}", refresh=False)
+            bar.set_postfix(tokens=f"{packer.position:,}", refresh=False)
     bar.update(len(window))
     process_window()
     if batch:
         flush()
     bar.close()
-    index = writer.close()
+    index = writer.close(write_index=False)
 
     summary.files = stats.files
     summary.records_read = stats.records
+    summary.binary_skipped = stats.binary
     summary.bad_json_skipped = stats.bad_json
     summary.missing_field_skipped = stats.missing_field
     summary.invalid_utf8_replaced = stats.invalid_utf8
@@ -224,11 +384,14 @@ def _prep(cfg: PrepConfig, files, pool, workers: int) -> PrepSummary:
     summary.filtered = dict(filtered)
     summary.exact_duplicates = dedup.exact_removed if dedup else 0
     summary.near_duplicates = dedup.near_removed if dedup else 0
+    summary.document_tokens = packer.position
     summary.samples = index.num_samples
     summary.tokens_written = index.num_tokens
     summary.tail_tokens_dropped = len(packer.carry)
     summary.bytes_written = sum(s.bytes for s in index.shards)
     summary.shards = len(index.shards)
     summary.seconds = time.perf_counter() - start
-    (Path(cfg.out) / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_atomic(out / SUMMARY_FILE, summary.to_json())
+    write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
     return summary

@@ -42,6 +42,7 @@ class ReadStats:
     bad_json: int = 0
     missing_field: int = 0
     invalid_utf8: int = 0          # decoded with U+FFFD replacements and kept
+    binary: int = 0                # text-suffix files with NUL bytes, skipped (skip_bad) instead of an error
     bad_examples: list[str] = field(default_factory=list)   # the first few skipped records, for the summary
 
     def note_bad(self, where: str) -> None:
@@ -158,10 +159,19 @@ def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool) ->
             yield Document(text, str(path), i)
 
 
-def _read_txt(path: Path, stats: ReadStats) -> Iterator[Document]:
+def _read_txt(path: Path, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
     with _open_bytes(path) as f:
         raw = f.read()
     stats.records += 1
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        # text never holds NUL; an image or archive with a text suffix would become tokens of noise
+        if skip_bad:
+            stats.binary += 1
+            stats.note_bad(f"{path}: binary (NUL byte at offset {nul})")
+            return
+        raise DataInputError(f"{path}: a NUL byte at offset {nul}: this is a binary file, not text; remove it "
+                             "from the inputs (or pass --skip-bad to skip and count such files)")
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is an encoding marker, not text
     # universal newlines, as Python's text mode reads files: CRLF costs extra tokens and means nothing more
@@ -227,7 +237,7 @@ def read_documents(files: list[Path | str], text_field: str = "text", *, skip_ba
         elif name.endswith(".json"):
             yield from _read_json(path, text_field, stats, skip_bad)
         elif name.endswith(TEXT_SUFFIXES):
-            yield from _read_txt(path, stats)
+            yield from _read_txt(path, stats, skip_bad)
         elif name.endswith(".parquet"):
             yield from _read_parquet(path, text_field, stats, skip_bad)
         else:

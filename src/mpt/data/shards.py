@@ -29,16 +29,20 @@ import hashlib
 import json
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import TMP_SUFFIX, publish, tmp_name, write_atomic
 
 MAGIC = b"MPTSHRD1"
 FORMAT = "mpt-shards"
 VERSION = 1
 INDEX_FILE = "index.json"
 HEADER_BYTES = 16
+_BLOCK = 1 << 22        # bytes copied at a time
 
 
 class ShardError(ValueError):
@@ -150,49 +154,109 @@ class Shard:
 
 
 class ShardWriter:
-    """Append samples (arrays of token ids); starts a new shard when the current one reaches ``shard_bytes``."""
+    """Append samples (arrays of token ids); starts a new shard when the current one reaches ``shard_bytes``.
+
+    A sample can also arrive in pieces (``extend`` ... ``end_sample``), so a document of any length is
+    written with memory bounded by the piece, not the document: the current shard's tokens go to a
+    spill file on disk and only its sample lengths stay in memory. Each finished shard is written
+    under a temporary name, fsynced and renamed; ``on_shard`` is then called with it, and the index is
+    written last (the same way), so a folder with ``index.json`` is complete.
+
+    ``done`` continues an interrupted run: the shards already finished (their files are in place).
+    """
 
     def __init__(self, out_dir: str | Path, *, vocab_size: int, eos_id: int | None, mode: str,
-                 seq_len: int | None, tokenizer: str, shard_bytes: int = 1 << 26):
+                 seq_len: int | None, tokenizer: str, shard_bytes: int = 1 << 26,
+                 done: list[ShardInfo] | None = None, on_shard: Callable[[ShardInfo], None] | None = None):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if (self.out / INDEX_FILE).exists() or any(self.out.glob("shard-*.bin")):
+        if done is None and ((self.out / INDEX_FILE).exists() or any(self.out.glob("shard-*.bin"))):
             raise ValueError(f"{self.out} already holds shards; choose an empty --out folder or delete it")
         self.dtype = token_dtype(vocab_size)
         self.index = ShardIndex(dtype=self.dtype.name, vocab_size=vocab_size, eos_id=eos_id, mode=mode,
-                                seq_len=seq_len, tokenizer=tokenizer)
+                                seq_len=seq_len, tokenizer=tokenizer, shards=list(done or []))
         self.shard_bytes = shard_bytes
-        self._pending: list[np.ndarray] = []
-        self._pending_tokens = 0
+        self.on_shard = on_shard
+        self._spill = None                 # the current shard's tokens, on disk
+        self._lengths: list[int] = []      # lengths of the current shard's finished samples
+        self._done_tokens = 0              # their total
+        self._open_tokens = 0              # tokens of the sample being extended
+
+    def _size(self, samples: int, tokens: int) -> int:
+        return HEADER_BYTES + 8 * (samples + 1) + tokens * self.dtype.itemsize
+
+    def _spill_path(self, shard: int) -> Path:
+        return self.out / f"shard-{shard:05d}.bin.tokens{TMP_SUFFIX}"
 
     def add(self, sample: np.ndarray) -> None:
         """Shards stay within ``shard_bytes`` unless one sample alone is bigger (then it gets a shard of its own)."""
-        grown = HEADER_BYTES + 8 * (len(self._pending) + 2) + (self._pending_tokens + len(sample)) * self.dtype.itemsize
-        if self._pending and grown > self.shard_bytes:
-            self._flush()
-        self._pending.append(np.asarray(sample, dtype=self.dtype))
-        self._pending_tokens += len(sample)
+        self.extend(sample)
+        self.end_sample()
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        name = f"shard-{len(self.index.shards):05d}.bin"
-        offsets = np.zeros(len(self._pending) + 1, dtype="<u8")
-        np.cumsum([len(s) for s in self._pending], out=offsets[1:])
+    def extend(self, tokens: np.ndarray) -> None:
+        """Append tokens to the sample being written."""
+        if self._spill is None:
+            self._spill = open(self._spill_path(len(self.index.shards)), "wb+")
+        self._spill.write(np.asarray(tokens).astype(self.dtype, copy=False).tobytes())
+        self._open_tokens += len(tokens)
+        if self._lengths and self._size(len(self._lengths) + 1, self._done_tokens + self._open_tokens) > self.shard_bytes:
+            self._move_open_sample()
+
+    def end_sample(self) -> None:
+        if self._spill is None:
+            self._spill = open(self._spill_path(len(self.index.shards)), "wb+")
+        self._lengths.append(self._open_tokens)
+        self._done_tokens += self._open_tokens
+        self._open_tokens = 0
+
+    def _move_open_sample(self) -> None:
+        """The sample being written no longer fits: finish the shard without it, and start the next with it."""
+        old = self._spill
+        nxt = open(self._spill_path(len(self.index.shards) + 1), "wb+")
+        keep = self._done_tokens * self.dtype.itemsize
+        old.seek(keep)
+        while block := old.read(_BLOCK):
+            nxt.write(block)
+        old.truncate(keep)
+        self._finish_shard()
+        self._spill = nxt
+
+    def _finish_shard(self) -> None:
+        number = len(self.index.shards)
+        name = f"shard-{number:05d}.bin"
         path = self.out / name
-        tmp = path.with_suffix(".tmp")
+        offsets = np.zeros(len(self._lengths) + 1, dtype="<u8")
+        np.cumsum(self._lengths, out=offsets[1:])
+        tmp = tmp_name(path)
+        h = hashlib.sha256()
+        spill, spill_path = self._spill, self._spill_path(number)
         with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(np.uint64(len(self._pending)).astype("<u8").tobytes())
-            f.write(offsets.tobytes())
-            for s in self._pending:
-                f.write(s.tobytes())
-        os.replace(tmp, path)  # a reader never sees a half-written shard under its final name
-        self.index.shards.append(ShardInfo(file=name, samples=len(self._pending), tokens=self._pending_tokens,
-                                           bytes=path.stat().st_size, sha256=file_sha256(path)))
-        self._pending, self._pending_tokens = [], 0
+            for part in (MAGIC, np.uint64(len(self._lengths)).astype("<u8").tobytes(), offsets.tobytes()):
+                f.write(part)
+                h.update(part)
+            spill.flush()
+            spill.seek(0)
+            while block := spill.read(_BLOCK):
+                f.write(block)
+                h.update(block)
+        spill.close()
+        publish(tmp, path)  # a reader never sees a half-written shard under its final name
+        spill_path.unlink()
+        info = ShardInfo(file=name, samples=len(self._lengths), tokens=self._done_tokens,
+                         bytes=path.stat().st_size, sha256=h.hexdigest())
+        self.index.shards.append(info)
+        self._spill, self._lengths, self._done_tokens = None, [], 0
+        if self.on_shard is not None:
+            self.on_shard(info)
 
-    def close(self) -> ShardIndex:
-        self._flush()
-        (self.out / INDEX_FILE).write_text(self.index.to_json())
+    def close(self, write_index: bool = True) -> ShardIndex:
+        if self._open_tokens:
+            raise RuntimeError("ShardWriter.close() with a sample still open; call end_sample() first")
+        if self._lengths:
+            self._finish_shard()
+        elif self._spill is not None:
+            self._spill.close()
+            self._spill_path(len(self.index.shards)).unlink()
+        if write_index:
+            write_atomic(self.out / INDEX_FILE, self.index.to_json())
         return self.index
