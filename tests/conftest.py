@@ -17,3 +17,5 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED} (set MPT_SHARED to its path)")
     return SHARED
+
+from tests.s3 import s3_server  # noqa: E402,F401  (a real S3 server for tests; see tests/s3.py)

@@ -3,28 +3,26 @@
 Remote shards are fetched on demand, hashed while they download, and moved into place with an
 atomic rename, so several processes (ranks, dataloader workers, two training runs) can share one
 cache folder without locks or shared memory: the worst race is two processes fetching the same
-shard, and both end with the same verified file. Eviction removes least-recently-used files until
-the folder fits ``limit_bytes``; a process that has a shard memory-mapped keeps reading it after
-another process unlinks it (POSIX semantics), and a shard that vanished before it was opened is
-fetched again.
+shard, and both end with the same verified file. Eviction removes least-recently-used cached
+shards until they fit ``limit_bytes``; a process that has a shard memory-mapped keeps reading it
+after another process unlinks it (POSIX semantics), and a shard that vanished before it was opened
+is fetched again. The cache holds each source in a sub-folder named by a hash of its URL; eviction
+counts and deletes only ``<hash>/shard-NNNNN.bin`` files, never anything else put in the folder.
+Downloads in flight are not counted, so the folder can pass the limit by one shard per process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 
+from .remote import explain, is_local, local_path
 from .shards import INDEX_FILE, Shard, ShardError, ShardIndex, ShardInfo, verify_shard
 
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+_CACHED_SHARD = re.compile(r"[0-9a-f]{16}/shard-\d{5}\.bin")
 
 
 def default_cache_dir() -> str:
@@ -44,8 +42,12 @@ def read_index_url(url: str) -> ShardIndex:
         with fsspec.open(where, "r") as f:
             text = f.read()
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{where} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes"
-                                ) from err
+        if "bucket" in str(err).lower():
+            raise explain(url, err) from err
+        raise FileNotFoundError(f"{where} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes "
+                                "(last, once every shard is in place): run or finish `mpt prep --out URL`") from err
+    except (PermissionError, ImportError, OSError) as err:
+        raise explain(url, err) from err
     return ShardIndex.from_json(text, where)
 
 
@@ -121,11 +123,14 @@ class ShardStore:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         h, size = hashlib.sha256(), 0
         try:
-            with fsspec.open(remote, "rb") as src, open(tmp, "wb") as dst:
-                while block := src.read(1 << 22):
-                    h.update(block)
-                    size += len(block)
-                    dst.write(block)
+            try:
+                with fsspec.open(remote, "rb") as src, open(tmp, "wb") as dst:
+                    while block := src.read(1 << 22):
+                        h.update(block)
+                        size += len(block)
+                        dst.write(block)
+            except (PermissionError, FileNotFoundError) as err:
+                raise explain(remote, err) from err
             if size != info.bytes or h.hexdigest() != info.sha256:
                 raise ShardError(f"shard {remote} is {size:,} bytes with SHA-256 {h.hexdigest()[:16]}... but the "
                                  f"index says {info.bytes:,} bytes, {info.sha256[:16]}...: the remote copy is corrupt "
@@ -139,19 +144,18 @@ class ShardStore:
         if self.limit is None:
             return
         files = []
-        for p in self.root.rglob("*"):
+        for p in self.root.glob("*/shard-*.bin"):
+            if not _CACHED_SHARD.fullmatch(f"{p.parent.name}/{p.name}"):
+                continue  # not a shard this cache put here: never counted, never deleted
             try:
                 st = p.stat()
             except FileNotFoundError:
                 continue  # removed by another process while we listed
-            if p.is_file():
-                files.append((st.st_mtime, st.st_size, p))
+            files.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in files)
         for _, size, p in sorted(files):
             if total + incoming <= self.limit:
                 break
-            if p.name.endswith(".tmp"):
-                continue  # another process's download in flight
             try:
                 p.unlink()
             except FileNotFoundError:

@@ -31,9 +31,12 @@ def explain(url: str, err: Exception) -> RemoteAccessError:
         return RemoteAccessError(
             f"{url}: access denied ({err}). Check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
             f"or AWS_PROFILE; AWS_ENDPOINT_URL_S3 for an S3-compatible server) and that they may use bucket {bucket!r}")
+    if isinstance(err, FileNotFoundError) and "bucket" in str(err).lower():
+        return RemoteAccessError(f"{url}: bucket {bucket!r} does not exist ({err}). Create it first, or fix the "
+                                 "bucket name in the URL")
     if isinstance(err, FileNotFoundError):
-        return RemoteAccessError(f"{url}: not found ({err}). Check that bucket {bucket!r} exists (create it first) "
-                                 "and that the URL is spelled right")
+        return RemoteAccessError(f"{url}: not found ({err}). Check the URL; for shards, run or finish "
+                                 "`mpt prep --out URL`")
     return RemoteAccessError(f"{url}: {type(err).__name__}: {err}. Check the URL, the network and the credentials")
 
 

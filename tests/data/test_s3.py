@@ -1,0 +1,105 @@
+"""Shards on a real S3-compatible server (moto's, in its own process on 127.0.0.1): `mpt prep --out s3://`,
+streaming through the bounded cache, a cache shared by two readers at once, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import fsspec
+import pytest
+
+from mpt.data import Source, StreamConfig, StreamingDataLoader, StreamingDataset, read_index
+from mpt.data.prep import PrepConfig, prep
+from mpt.data.remote import RemoteAccessError, list_files, upload_folder
+
+from .conftest import write_numbered_shards
+
+
+def first_tokens(url: str, **kw) -> list[int]:
+    ds = StreamingDataset(StreamConfig(sources=[Source(url)], batch_size=4, **kw))
+    return [x for batch in StreamingDataLoader(ds, **kw.pop("loader", {})) for x in batch[:, 0].tolist()]
+
+
+def samples(url: str, **kw) -> list[list[int]]:
+    ds = StreamingDataset(StreamConfig(sources=[Source(url)], batch_size=4, **kw))
+    return [row for batch in StreamingDataLoader(ds) for row in batch.tolist()]
+
+
+def test_prep_to_s3_then_stream_it_like_the_local_copy(s3_server, shared, neox, tmp_path):
+    texts = [json.loads(line)["text"][:20_000] for line in (shared / "data" / "pretrain" / "arxiv_sample.jsonl").open()]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:3]))
+    url = f"s3://{s3_server.bucket}/prep/shards"
+
+    def run(out: str):
+        return prep(PrepConfig(inputs=[str(src)], out=out, tokenizer=str(neox), seq_len=32, shard_bytes=4096,
+                               staging=str(tmp_path / "staging"), progress=False))
+
+    local = tmp_path / "local"
+    run(str(local))
+    summary = run(url)
+    fs = fsspec.filesystem("s3")
+    names = sorted(p.name for p in local.iterdir())
+    assert list_files(url) == names and len(names) > 5
+    assert all(fs.cat(f"{url}/{n}") == (local / n).read_bytes() for n in names)
+    assert run(url).samples == summary.samples          # finished: recognised, not redone
+
+    shard_bytes = max(s.bytes for s in read_index(local).shards)
+    cached = samples(url, cache_dir=str(tmp_path / "cache"), cache_limit_bytes=3 * shard_bytes)
+    assert cached == samples(str(local)) and len(cached) == summary.samples
+
+    # an upload cut before its end has no index.json: readers refuse it, the same command finishes it
+    fs.rm(f"{url}/index.json")
+    with pytest.raises(FileNotFoundError, match=r"prep/shards/index.json not found.*finish `mpt prep --out URL`"):
+        samples(url, cache_dir=str(tmp_path / "cache"))
+    run(url)
+    assert fs.cat(f"{url}/index.json") == (local / "index.json").read_bytes()
+
+
+def test_two_readers_share_one_cache_and_eviction_spares_other_files(s3_server, tmp_path):
+    local = write_numbered_shards(tmp_path / "numbers", 120, per_shard=10)
+    url = f"s3://{s3_server.bucket}/numbers"
+    upload_folder(local, url, sorted(p.name for p in local.iterdir()))
+    shard_bytes = max(s.bytes for s in read_index(local).shards)
+    cache = tmp_path / "cache"
+    key_dir = cache / "0123456789abcdef"
+    key_dir.mkdir(parents=True)
+    others = {cache / "notes.txt": b"not a shard", key_dir / "README.md": b"mine",
+              cache / "other" / "shard-00000.bin": b"a file that only looks like a shard"}
+    for path, data in others.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (1e9, 1e9))       # the least recently used files of the folder: evicted first if counted
+    kw = {"cache_dir": str(cache), "cache_limit_bytes": 3 * shard_bytes}
+    a = StreamingDataLoader(StreamingDataset(StreamConfig([Source(url)], batch_size=4, seed=1, **kw)), num_workers=2)
+    b = StreamingDataLoader(StreamingDataset(StreamConfig([Source(url)], batch_size=4, seed=2, **kw)), num_workers=2)
+    got_a, got_b = [], []
+    for batch_a, batch_b in zip(a, b, strict=True):     # both read at once: four processes on one cache
+        got_a += batch_a[:, 0].tolist()
+        got_b += batch_b[:, 0].tolist()
+    assert got_a == first_tokens(str(local), seed=1) and got_b == first_tokens(str(local), seed=2)
+    assert sorted(got_a) == sorted(got_b) == list(range(120)) and got_a != got_b
+    assert {p: p.read_bytes() for p in others} == others
+    cached = [p for p in cache.rglob("shard-*.bin") if p.parent != cache / "other"]
+    assert cached and sum(p.stat().st_size for p in cached) <= 3 * shard_bytes
+
+
+def test_missing_bucket_and_refused_credentials_are_clear_errors(s3_server, neox, tmp_path):
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"text": "some words"}\n')
+    with pytest.raises(RemoteAccessError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist"
+                                                r".*Create it first"):
+        prep(PrepConfig(inputs=[str(src)], out="s3://no-such-bucket/x", tokenizer=str(neox), progress=False))
+    with pytest.raises(RemoteAccessError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist"):
+        samples("s3://no-such-bucket/x")
+    with pytest.raises(FileNotFoundError, match=r"not-there/index.json not found"):   # a folder without shards
+        samples(f"s3://{s3_server.bucket}/not-there", cache_dir=str(tmp_path / "c"))
+
+    url = f"s3://{s3_server.bucket}/denied"
+    env = {**os.environ, **s3_server.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    run = subprocess.run([sys.executable, "-m", "mpt.cli", "prep", str(src), "--out", url, "--tokenizer", str(neox)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"{url}: access denied" in run.stderr and "AWS_SECRET_ACCESS_KEY" in run.stderr, run.stderr
+    assert list_files(url) == []
