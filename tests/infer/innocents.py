@@ -16,7 +16,7 @@ class Innocents:
     (``max_tokens``) that they are still decoding when a quick bad request has been answered.
     """
 
-    def __init__(self, server, key: str | None = None, n: int = 3, max_tokens: int = 600, path="/v1/completions"):
+    def __init__(self, server, key: str | None = None, n: int = 2, max_tokens: int = 300, path="/v1/completions"):
         self.url = server.url + path
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.max_tokens = max_tokens

@@ -49,7 +49,7 @@ def assert_openai_error(r: httpx.Response, status: int, field: str | None = None
 
 
 def test_each_probe_gets_a_4xx_naming_its_field_while_innocents_stream(server):
-    with Innocents(server, key="test-key") as innocents:
+    with Innocents(server, key="test-key", max_tokens=600) as innocents:  # long enough for all the probes
         for what, body, status, field in PROBES:
             error = assert_openai_error(send(server.url, body), status, field)
             assert error["type"] == "invalid_request_error", what
@@ -58,7 +58,7 @@ def test_each_probe_gets_a_4xx_naming_its_field_while_innocents_stream(server):
 
 
 def test_a_50_mb_body_gets_413_before_it_is_read(server):
-    with Innocents(server, key="test-key") as innocents:
+    with Innocents(server, key="test-key", max_tokens=600) as innocents:
         body = b'{"model": "tiny", "prompt": "' + b"x" * 50_000_000 + b'"}'
         error = assert_openai_error(send(server.url, body), 413)
         assert error["code"] == "request_too_large" and "8388608" in error["message"]
