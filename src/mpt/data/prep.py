@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections import Counter, deque
@@ -250,6 +251,9 @@ def prep(cfg: PrepConfig) -> PrepSummary:
     if progress is None:
         summary = PrepSummary.from_json((out / SUMMARY_FILE).read_text())
     else:
+        if progress.shards and cfg.progress:
+            print(f"prep: continuing the interrupted run in {out} after its {len(progress.shards)} finished shards",
+                  file=sys.stderr)
         summary = _run(cfg, files, out, progress)
     if is_remote:
         shards = [s.file for s in read_index(out).shards]
