@@ -54,3 +54,18 @@ def test_demo_runs_offline(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MptForCausalLM" in out and "past max_seq_len" in out
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_export_from_a_training_checkpoint_copies_the_tokenizer_of_the_run(tmp_path, capsys):
+    from mpt import load
+    from mpt.config import from_dict
+    from mpt.train import Recipe, train
+    from tests.infer.conftest import build_tokenizer
+    from tests.train.helpers import make_shards, recipe_dict
+
+    build_tokenizer(tmp_path / "tok")  # 416 tokens; the synthetic shards use ids below 64
+    data = make_shards(tmp_path / "data", tokenizer=str(tmp_path / "tok"))
+    train(from_dict(Recipe, recipe_dict(tmp_path, data, train={"max_duration": "4ba"})), log=lambda m: None)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    assert load(tmp_path / "hf", device="cpu").tokenizer.eos_token == "<|endoftext|>"  # no --tokenizer needed

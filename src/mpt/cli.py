@@ -498,15 +498,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="use a non-empty --out folder that is not a quickstart run")
     p.set_defaults(func=cmd_quickstart)
 
+    _add_common_flags(parser)
     return parser
 
 
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """--verbose and --debug on every command (the leaves of the subcommand tree)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        parser.add_argument("--verbose", action="store_true",
+                            help="show third-party progress bars and log messages (hidden by default)")
+        parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        parser.set_defaults(prog=parser.prog)
+    for action in subs:
+        for child in action.choices.values():
+            _add_common_flags(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .console import expected_errors, one_line, quiet_third_parties
+
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_third_parties(args.prog)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mpt {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or not isinstance(err, expected_errors()):
+            raise
+        print(f"{args.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -83,11 +83,19 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     if fields.get("model_type") != "mpt":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto")
-        return model.to(device).eval()
+        return _read_weights(AutoModelForCausalLM, path, dtype=torch_dtype or "auto").to(device).eval()
     saved = (fields.get("attn_config") or {}).get("attn_impl")
     # Set before validation: a config saying `flash` must still load where flash-attn is missing.
     fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl or usable_attn_impl(saved, device)}
     config = MPTConfig.from_dict(fields)
-    model = MPTForCausalLM.from_pretrained(str(path), config=config, dtype=torch_dtype or "auto")
-    return model.to(device).eval()
+    return _read_weights(MPTForCausalLM, path, config=config, dtype=torch_dtype or "auto").to(device).eval()
+
+
+def _read_weights(cls, path: str | Path, **kwargs):
+    from safetensors import SafetensorError
+
+    try:
+        return cls.from_pretrained(str(path), **kwargs)
+    except SafetensorError as err:  # its message names no file
+        raise ValueError(f"{path}: the weights cannot be read ({first_line(err)}); the copy is damaged or "
+                         "incomplete: copy, download or convert it again") from err
