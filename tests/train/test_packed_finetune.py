@@ -92,9 +92,15 @@ def test_packing_an_example_longer_than_max_seq_len_is_an_error_naming_it(neox, 
     assert len(kept.examples) == 26 and all(len(e.input_ids) <= 256 for e in kept.examples)
 
 
-def test_resuming_with_packing_changed_is_an_error(neox, mixed_jsonl):
+def test_packed_batches_resume_where_they_stopped_and_not_with_packing_changed(neox, mixed_jsonl):
     kw = dict(log=lambda *_: None, truncation="drop")
     packed = FinetuneBatches(str(mixed_jsonl), str(neox), 512, 2, 0, 0, 1, packing=True, **kw)
+    for _ in range(len(packed.rows)):  # past the end of an epoch
+        packed.next()
+    again = FinetuneBatches(str(mixed_jsonl), str(neox), 512, 2, 0, 0, 1, packing=True, **kw)
+    again.load_state_dict(packed.state_dict())
+    a, b = packed.next(), again.next()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     padded = FinetuneBatches(str(mixed_jsonl), str(neox), 512, 2, 0, 0, 1, packing=False, **kw)
     with pytest.raises(ValueError, match="data.packing=True .* this run has data.packing=False"):
         padded.load_state_dict(packed.state_dict())
