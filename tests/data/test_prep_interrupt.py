@@ -151,3 +151,23 @@ def test_binary_file_with_a_text_suffix_is_refused_or_counted(neox, tmp_path):
     index = read_index(tmp_path / "o2")
     assert Shard(tmp_path / "o2" / index.shards[0].file, np.dtype("<u2"))[0].tolist() == \
         tok.encode("A real text file.").ids + [0]
+
+
+def test_tokenizer_whose_tokens_change_at_cuts_gets_whole_documents(tmp_path):
+    """A tokenizer that marks the start of every input (Llama-2's Prepend("▁") normalizer) would see a
+    marker at each cut, so long documents are not cut for it."""
+    from tokenizers import normalizers
+
+    words = [f"w{i}" for i in range(50)]
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, "▁": 2, **{f"▁{w}": i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tok.save(str(tmp_path / "tok.json"))
+    text = " ".join(words[i % 50] for i in range(2000))
+    (tmp_path / "long.txt").write_text(text)
+    prep(PrepConfig(inputs=[str(tmp_path / "long.txt")], out=str(tmp_path / "o"), tokenizer=str(tmp_path / "tok.json"),
+                    mode="docs", chunk_chars=1000, progress=False))
+    index = read_index(tmp_path / "o")
+    got = Shard(tmp_path / "o" / index.shards[0].file, np.dtype("<u2"))[0].tolist()
+    assert got == tok.encode(text).ids + [0] and 1 not in got and 2 not in got

@@ -43,6 +43,7 @@ def test_prep_to_s3_then_stream_it_like_the_local_copy(s3_server, shared, neox, 
     names = sorted(p.name for p in local.iterdir())
     assert list_files(url) == names and len(names) > 5
     assert all(fs.cat(f"{url}/{n}") == (local / n).read_bytes() for n in names)
+    assert not (tmp_path / "staging").exists()            # uploaded: the local copy is gone
     assert run(url).samples == summary.samples          # finished: recognised, not redone
 
     shard_bytes = max(s.bytes for s in read_index(local).shards)

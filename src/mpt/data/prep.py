@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from .prep_folder import (
     Progress,
     check_claim,
     open_folder,
+    remove_run,
     save_progress,
 )
 from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
@@ -173,6 +175,18 @@ class _Packer:
         return doc, written - start
 
 
+def cuts_keep_tokens(tokenizer) -> bool:
+    """Whether this tokenizer gives the same tokens for text cut before a single space as for the whole.
+    Not so for one that prepends a marker to every input (Llama-2's ``Prepend("▁")`` normalizer)."""
+    probes = ["Hello world, this is 42 words.", "a b\nc d", "Größe über 3.5 km², déjà vu"]
+    for text in probes:
+        pieces = re.split(r"(?<=\S)(?= \S)", text)     # cut before every single space, as below
+        whole = tokenizer.encode(text, add_special_tokens=False).ids
+        if [i for p in pieces for i in tokenizer.encode(p, add_special_tokens=False).ids] != whole:
+            return False
+    return True
+
+
 def split_for_tokenizer(text: str, limit: int) -> list[str]:
     """Cut a long text into pieces of at most about ``limit`` characters, each cut just before a single
     space between two non-space characters. Byte-level BPE (GPT-2, GPT-NeoX), SentencePiece-style
@@ -258,6 +272,7 @@ def prep(cfg: PrepConfig) -> PrepSummary:
     if is_remote:
         shards = [s.file for s in read_index(out).shards]
         remote.upload_folder(out, cfg.out, [RUN_FILE, *shards, SUMMARY_FILE])
+        remove_run(out)      # uploaded: the local copy would only fill the disk
     return summary
 
 
@@ -281,6 +296,10 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
         raise ValueError(f"the tokenizer's EOS id {tok.eos_id} is outside the declared vocab_size={vocab}")
+
+    # pieces smaller than a group, so one long document still spreads over the tokenizer's threads;
+    # None where cutting would change the tokens (then a long document is tokenized whole)
+    piece_chars = max(1000, cfg.chunk_chars // 8) if cuts_keep_tokens(tok.tokenizer) else None
 
     def shard_done(_info) -> None:
         written = sum(s.tokens for s in writer.index.shards)
@@ -328,8 +347,7 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
         for number, doc in batch:
             if number < progress.doc:
                 continue         # wholly in the finished shards of the interrupted run
-            # pieces smaller than a group, so one long document still spreads over the tokenizer's threads
-            pieces = split_for_tokenizer(doc.text, max(1000, cfg.chunk_chars // 8))
+            pieces = split_for_tokenizer(doc.text, piece_chars) if piece_chars else [doc.text]
             for i, text in enumerate(pieces):
                 group.append((number, doc, text, i == 0, i == len(pieces) - 1))
                 chars += len(text)

@@ -102,5 +102,16 @@ def open_folder(out: Path, claim: dict) -> Progress | None:
     return progress
 
 
+def remove_run(out: Path) -> None:
+    """Delete a run's files (a staging folder once uploaded), and the folder if nothing else is in it."""
+    for p in out.iterdir():
+        if is_ours(p.name):
+            p.unlink()
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
 def save_progress(out: Path, progress: Progress) -> None:
     write_atomic(out / PROGRESS_FILE, progress.to_json())
