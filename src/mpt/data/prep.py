@@ -38,7 +38,7 @@ from .prep_folder import (
 )
 from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
 from .shards import INDEX_FILE, ShardWriter, read_index
-from .tokenize import DEFAULT_TOKENIZER, load_tokenizer
+from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
 
 
 @dataclass
@@ -292,7 +292,7 @@ def _run(cfg: PrepConfig, files, out: Path, progress: Progress) -> PrepSummary:
 
 
 def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progress) -> PrepSummary:
-    tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
+    tok = load_token_encoder(cfg.tokenizer, cfg.eos_token)
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
         raise ValueError(f"the tokenizer's EOS id {tok.eos_id} is outside the declared vocab_size={vocab}")
