@@ -1,6 +1,12 @@
-"""A hypothesis sweep of a few hundred malformed (and some valid) requests: never a 5xx, never a hang."""
+"""A hypothesis sweep of a few hundred malformed (and some valid) requests: never a 5xx, never a hang.
+
+The probes of issue 12 are among them (seeds past 64 bits, a temperature of 1e-40, NaN and infinite
+numbers, long and many stop strings, long prompts, foreign content types), and a chorus of innocent
+clients sends valid requests all through the sweep: every one of theirs must get its right answer.
+"""
 
 import json
+import threading
 
 import httpx
 import pytest
@@ -13,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 from .conftest import RunningServer  # noqa: E402
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 12),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+                    st.floats(allow_nan=False, allow_infinity=False), st.floats(), st.text(max_size=12))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                       max_leaves=8)
@@ -21,18 +27,21 @@ message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "sys
                                  "content": st.one_of(st.text(max_size=30), values)})
 FIELDS = {
     "model": st.one_of(st.just("tiny"), values),
-    "prompt": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=3), values),
+    "prompt": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=3), values,
+                        st.sampled_from(["word " * 40_000, "🙂" * 70_000])),
     "messages": st.one_of(st.lists(message, max_size=3), values),
     "max_tokens": st.one_of(st.integers(-2, 10), st.integers(-2**40, 2**40), values),
-    "temperature": st.one_of(st.floats(-1, 3), values),
+    "temperature": st.one_of(st.floats(-1, 3), st.floats(0, 1e-30), st.just(1e-40), st.floats(), values),
     "top_p": st.one_of(st.floats(-0.5, 1.5), values),
-    "top_k": st.one_of(st.integers(-5, 500), values),
-    "n": st.one_of(st.integers(-1, 6), values),
+    "top_k": st.one_of(st.integers(-5, 500), st.integers(2**31 - 2, 2**65), values),
+    "n": st.one_of(st.integers(-1, 6), st.integers(2**62, 2**70), values),
     "stream": st.one_of(st.booleans(), values),
-    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=6), values),
-    "seed": st.one_of(st.integers(-2**63, 2**63), values),
+    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=6), values,
+                      st.lists(st.sampled_from(["x" * 256, "y" * 257, "ab" * 50_000]), max_size=5)),
+    "seed": st.one_of(st.integers(-2**63, 2**63), st.integers(-2**80, 2**80), st.sampled_from([2**64 - 1, 2**64]),
+                      values),
     "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), values),
-    "repetition_penalty": st.one_of(st.floats(-1, 3), values),
+    "repetition_penalty": st.one_of(st.floats(-1, 3), st.floats(), values),
     "logprobs": values,
 }
 bodies = st.one_of(
@@ -46,6 +55,9 @@ targets = st.one_of(st.sampled_from([("POST", "/v1/completions"), ("POST", "/v1/
                                     + [("GET", "/v1/completions"), ("PUT", "/v1/models"), ("POST", "/v1/nope"),
                                        ("DELETE", "/health")]))
 auth = st.sampled_from(["Bearer k", "Bearer k", "Bearer k", "", "Bearer wrong", "Basic k", "bearer k", "Bearer"])
+content_types = st.sampled_from(["application/json"] * 4 + ["text/plain", "application/x-www-form-urlencoded", "",
+                                                            "application/json; charset=utf-8"])
+CHORUS = ["Hello world", "MPT is", "The quick brown fox"]
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +68,47 @@ def small_server(llm):
     s.close()
 
 
+class Chorus:
+    """Innocent clients asking valid greedy questions over and over while the sweep runs."""
+
+    def __init__(self, server, llm):
+        self.client = server.client(key="k")
+        self.expected = {p: llm.generate(p, max_new_tokens=8).text for p in CHORUS}
+        self.answers, self.failures = 0, []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._sing, args=(p,), daemon=True) for p in CHORUS]
+        for t in self.threads:
+            t.start()
+
+    def _sing(self, prompt):
+        while not self.stop.is_set():
+            try:
+                r = self.client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
+                if r.choices[0].text != self.expected[prompt]:
+                    self.failures.append((prompt, r.choices[0].text))
+                self.answers += 1
+            except Exception as err:  # reported by test_still_serving_after_the_sweep
+                self.failures.append((prompt, repr(err)))
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chorus(small_server, llm):
+    c = Chorus(small_server, llm)
+    yield c
+    c.finish()
+
+
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(target=targets, body=bodies, key=auth)
-def test_no_request_breaks_the_server(small_server, target, body, key):
+@given(target=targets, body=bodies, key=auth, content_type=content_types)
+def test_no_request_breaks_the_server(small_server, chorus, target, body, key, content_type):
     method, path = target
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type} if content_type else {}
     if key:
         headers["Authorization"] = key
     r = httpx.request(method, small_server.url + path, content=body, headers=headers, timeout=20)
@@ -74,7 +121,9 @@ def test_no_request_breaks_the_server(small_server, target, body, key):
         assert text.rstrip().endswith("data: [DONE]")
 
 
-def test_still_serving_after_the_sweep(small_server):
+def test_still_serving_after_the_sweep(small_server, chorus):
+    chorus.finish()
+    assert not chorus.failures and chorus.answers >= 30, (chorus.answers, chorus.failures[:5])
     assert small_server.wait_idle()
     r = small_server.client(key="k").chat.completions.create(model="tiny", messages=[{"role": "user",
                                                                                      "content": "Hi"}])
