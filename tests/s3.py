@@ -23,8 +23,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -52,19 +54,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(proc: subprocess.Popen, endpoint: str, timeout: float = 30.0) -> None:
+def _wait_until_up(proc: subprocess.Popen, endpoint: str, log: str, timeout: float = 30.0) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with code {proc.returncode}: {proc.stdout.read()}")
+            raise RuntimeError(f"moto_server exited with code {proc.returncode}: {Path(log).read_text()[-2000:]}")
         try:
             urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer at {endpoint} within {timeout:.0f} s")
+    raise RuntimeError(f"moto_server did not answer at {endpoint} within {timeout:.0f} s: {Path(log).read_text()[-2000:]}")
 
 
 def _iam_key(endpoint: str) -> tuple[str, str]:
@@ -89,12 +91,14 @@ def s3_server():
     endpoint = f"http://127.0.0.1:{port}"
     # the three IAM calls of _iam_key run unauthenticated; every later request must be signed by a real key
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    # a file, not a pipe: the server logs every request, and a pipe nobody reads would fill and block it
+    log = tempfile.NamedTemporaryFile("w+", prefix="moto-server-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                              "AWS_DEFAULT_REGION")}
     try:
-        _wait_until_up(proc, endpoint)
+        _wait_until_up(proc, endpoint, log.name)
         key_id, secret = _iam_key(endpoint)
         server_env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": key_id,
                       "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -114,3 +118,5 @@ def s3_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
+        os.unlink(log.name)
