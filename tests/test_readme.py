@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt.cli import build_parser
+from mpt.cli import parse
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -36,5 +36,5 @@ def test_the_readme_shows_commands():
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
     args = shlex.split(command)[1:]
-    parsed = build_parser().parse_args(args)  # argparse exits (SystemExit) on anything it cannot parse
+    parsed = parse(args)  # as `mpt` parses it; argparse exits (SystemExit) on anything it cannot parse
     assert callable(parsed.func)

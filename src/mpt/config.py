@@ -77,8 +77,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; nested dataclasses, lists, unions and literals checked."""
+def from_dict(cls: type[T], data: dict, path: str = "", validate: bool = True) -> T:
+    """Build dataclass ``cls`` from ``data``; nested dataclasses, lists, unions and literals checked.
+
+    ``validate=False`` leaves the top level's own ``validate()`` to the function that runs the config
+    (command configs whose check needs a loaded model, or takes no key path).
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -94,7 +98,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key `{key}`")
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
+    check = getattr(obj, "validate", None) if validate else None
     if check is not None:
         check(path)
     return obj

@@ -320,3 +320,10 @@ def _docstrings(code: str) -> str:
     nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
                                                                   ast.ClassDef)))]
     return "\n\n".join(d for n in nodes if (d := ast.get_docstring(n)))
+
+
+def quickstart(cfg: QuickstartConfig) -> Path:
+    """`mpt quickstart`: run (or continue) every stage and point at the report."""
+    report = Quickstart(cfg).run()
+    print(f"open {report}")
+    return report

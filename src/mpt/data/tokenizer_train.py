@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .finetune import CHATML_TEMPLATE
 from .readers import ReadStats, expand_inputs, read_documents
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
@@ -45,6 +44,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from .finetune import CHATML_TEMPLATE  # imports torch: not at module level, for `--help`
+
     cfg.validate()
     files = expand_inputs(cfg.inputs)
     stats = ReadStats()
@@ -65,3 +66,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig):
     hf.save_pretrained(cfg.out)
     hf.stats = stats
     return hf
+
+
+def train_and_describe(cfg: TokenizerTrainConfig) -> None:
+    """`mpt tokenizer train`: train, save, and say what was made."""
+    hf = train_tokenizer(cfg)
+    st = hf.stats
+    print(f"trained a byte-level BPE tokenizer with {len(hf):,} tokens on {st.records:,} records from {st.files} "
+          f"files ({st.bad_json + st.missing_field:,} bad records skipped); saved to {cfg.out} "
+          f"(EOS <|endoftext|>={hf.eos_token_id}, PAD <|padding|>={hf.pad_token_id}, ChatML chat template)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .api import LLM
 from .chat import END_OF_TURN, Message, fit_history, render
+
+if TYPE_CHECKING:  # annotations only: `mpt chat --help` must not import torch
+    from .api import LLM
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 

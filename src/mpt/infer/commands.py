@@ -1,0 +1,98 @@
+"""The ``generate`` and ``chat`` commands: a typed config and one function each.
+
+The configs import nothing heavy, so ``mpt generate --help`` is instant; the model loads inside.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .chat_repl import ChatConfig
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(kw_only=True)
+class ModelSource:
+    model: str                        # Hugging Face-format MPT folder (with tokenizer files) or hub name
+    tokenizer: str | None = None      # default: the model's
+    device: str | None = None         # default: cuda when available
+    dtype: Dtype | None = None        # default: bfloat16 on GPU, float32 on CPU
+
+    def load(self):
+        from .api import load
+
+        return load(self.model, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype)
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(ModelSource):
+    prompt: str | None = None         # default: --file, else stdin
+    file: str | None = None           # '-' for stdin
+    each_line: bool = False           # every non-empty line is a prompt
+    json: bool = False                # JSON lines: text, finish_reason, token counts
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def prompts(self) -> list[str]:
+        if self.prompt is not None and self.file is not None:
+            raise ValueError("give the prompt as an argument or with --file, not both")
+        if self.prompt is not None:
+            text = self.prompt
+        elif self.file not in (None, "-"):
+            with open(self.file, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            if sys.stdin.isatty():
+                print("reading the prompt from stdin (end with Ctrl-D)", file=sys.stderr)
+            text = sys.stdin.read()
+        prompts = [line for line in text.splitlines() if line.strip()] if self.each_line else [text]
+        if not any(prompts):
+            raise ValueError("the prompt is empty")
+        return prompts
+
+
+def generate(cfg: GenerateConfig) -> None:
+    """Stream one continuation to stdout, or print JSON lines for several prompts; the speed on stderr."""
+    prompts = cfg.prompts()
+    llm = cfg.load()
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+              repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed,
+              batch_size=cfg.batch_size)
+    start = time.perf_counter()
+    if len(prompts) == 1 and not cfg.json:
+        n = 0
+        for chunk in llm.stream(prompts[0], **kw):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            n += 1
+        sys.stdout.write("\n")
+    else:
+        outs = llm.generate(prompts, **kw)
+        for p, c in zip(prompts, outs, strict=True):
+            print(json.dumps({"prompt": p, "text": c.text, "finish_reason": c.finish_reason,
+                              "prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids)}))
+        n = sum(len(c.token_ids) for c in outs)
+    took = time.perf_counter() - start
+    print(f"[{n} tokens in {took:.2f} s, {n / took:.1f} tokens/s]", file=sys.stderr)
+
+
+@dataclass(kw_only=True)
+class ChatCommandConfig(ModelSource, ChatConfig):
+    pass
+
+
+def chat(cfg: ChatCommandConfig) -> None:
+    from .chat_repl import run_chat
+
+    run_chat(cfg.load(), cfg)

@@ -1,0 +1,136 @@
+"""The checkpoint commands: ``model-info``, ``convert``, ``export`` and ``demo``, each a config and a function.
+
+Imports of torch and transformers happen inside the functions, so the configs load instantly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class ModelInfoConfig:
+    preset: list[str] = field(default_factory=lambda: ["all"])  # preset names or YAML files; "all": every preset
+
+
+def print_model_info(cfg: ModelInfoConfig) -> None:
+    """Print parameters, training FLOPs per token and memory of model presets; builds nothing."""
+    from .presets import load_model_config, model_info, preset_names
+
+    names = cfg.preset
+    if names == ["all"]:
+        names = sorted(preset_names(), key=lambda n: model_info(load_model_config(n)).params)
+    rows = []
+    for name in names:
+        c = load_model_config(name)
+        info = model_info(c)
+        rows.append((name, f"{info.params / 1e6:,.1f}M", f"{info.non_embedding_params / 1e6:,.1f}M",
+                     f"{c.d_model}/{c.n_heads}/{c.n_layers}", str(c.max_seq_len),
+                     f"{info.train_flops_per_token / 1e9:,.2f}", f"{info.weights_gib_bf16:,.2f}",
+                     f"{info.train_state_gib_lion:,.1f}", f"{info.train_state_gib_adamw:,.1f}"))
+    print_table(("preset", "params", "non-emb", "d/heads/layers", "seq", "GFLOP/token (train)",
+                 "weights bf16 GiB", "train state Lion GiB", "train state AdamW GiB"), rows)
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+
+    def line(cells) -> str:
+        return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))
+
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+
+
+@dataclass
+class ConvertConfig:
+    src: str                                                        # checkpoint folder or hub name
+    dst: str                                                        # output folder
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: keep
+    attn_impl: Literal["torch", "flash", "flex"] | None = None      # default: keep
+
+
+def convert(cfg: ConvertConfig) -> None:
+    from .model.hf import convert
+
+    model, ignored = convert(cfg.src, cfg.dst, dtype=cfg.dtype, attn_impl=cfg.attn_impl)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {cfg.dst}: {n / 1e6:,.1f}M parameters, model_type 'mpt' (loads with transformers' "
+          f"AutoModelForCausalLM){'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
+
+
+@dataclass
+class ExportConfig:
+    src: str                              # Hugging Face-format folder or hub name, or a training checkpoint
+    dst: str
+    format: Literal["hf", "onnx"] = "hf"
+    tokenizer: str | None = None          # hf from a training checkpoint: default, the run's tokenizer
+    prefill_only: bool = False            # onnx
+    opset: int = 18                       # onnx
+    check: bool = True                    # onnx: compare onnxruntime with PyTorch
+
+
+def export(cfg: ExportConfig) -> None:
+    if cfg.format == "onnx":
+        from .infer.onnx_export import OnnxExportConfig, export_onnx
+
+        files = export_onnx(OnnxExportConfig(src=cfg.src, dst=cfg.dst, prefill_only=cfg.prefill_only,
+                                             opset=cfg.opset, check=cfg.check))
+        print(f"wrote {', '.join(str(f) for f in files)}")
+        return
+    from .model.hf import convert
+    from .train.checkpoint import complete_checkpoints, export_hf
+
+    src = Path(cfg.src)
+    if (src / "trainer_state.json").is_file() or complete_checkpoints(src):  # a training checkpoint
+        used = export_hf(src, cfg.dst, tokenizer_from=cfg.tokenizer)
+        print(f"wrote a Hugging Face-format checkpoint to {cfg.dst} from training checkpoint {used}")
+        return
+    _, ignored = convert(cfg.src, cfg.dst)
+    print(f"wrote a Hugging Face-format checkpoint to {cfg.dst}"
+          f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
+
+
+@dataclass
+class DemoConfig:
+    preset: str = "mpt-tiny"
+    out: str | None = None  # default: a temporary folder
+    seed: int = 0
+
+
+def demo(cfg: DemoConfig) -> None:
+    """Build a model from a preset, export it, reload it with plain transformers, generate past max_seq_len."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .infer import generate_ids
+    from .model import MPTForCausalLM
+    from .model.hf import save_pretrained
+    from .presets import load_model_config
+
+    torch.manual_seed(cfg.seed)
+    c = load_model_config(cfg.preset)
+    model = MPTForCausalLM(c).eval()
+    out_dir = cfg.out or tempfile.mkdtemp(prefix="mpt-demo-")
+    save_pretrained(model, out_dir)
+    print(f"built {cfg.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, random "
+          f"weights) and saved it in Hugging Face format to {out_dir}")
+    hf = AutoModelForCausalLM.from_pretrained(out_dir).eval()  # plain transformers, on purpose
+    ids = torch.randint(0, c.vocab_size, (1, 32))
+    with torch.no_grad():
+        delta = (hf(ids).logits - model(ids).logits).abs().max().item()
+    print(f"plain transformers loaded it as {type(hf).__name__}; max |logit difference| = {delta:.2e}")
+    n_new = c.max_seq_len + 16 - ids.shape[1]
+    start = time.perf_counter()
+    out = generate_ids(model, ids, max_new_tokens=n_new)
+    took = time.perf_counter() - start
+    print(f"generated {n_new} tokens greedily in {took:.2f} s ({n_new / took:.0f} tokens/s), reaching "
+          f"{out.shape[1]} tokens, past max_seq_len={c.max_seq_len} (ALiBi)")
+    print("last 16 token ids:", out[0, -16:].tolist())

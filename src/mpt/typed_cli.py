@@ -1,0 +1,140 @@
+"""A command line generated from a typed config: one dataclass -> argparse flags, a YAML file, overrides.
+
+Every ``mpt`` command is a config dataclass plus one function. This layer turns the dataclass's
+fields into flags (``batch_size: int = 64`` -> ``--batch-size N``, ``progress: bool = True`` ->
+``--no-progress``, ``Literal`` -> choices, ``list[X]`` -> several values), so options are declared
+once, in the config. Each command also takes ``--config FILE.yaml`` (the config as YAML) and
+``key=value`` overrides, as ``mpt train RECIPE key=value`` does; flags given on the command line
+win over overrides, which win over the file. The merged mapping is checked by
+:func:`mpt.config.from_dict`, so a wrong type or an unknown key names its key path.
+
+Why not tyro or jsonargparse: both would generate flags from the same dataclasses, but the flag
+spellings users already type (``--no-progress``, ``--each-line``, repeated ``--stop``) and
+LLM Foundry-style ``a.b=c`` overrides would need per-field annotations in configs owned by other
+modules, and both import far more than argparse at start-up, where ``mpt --help`` must be
+instant. This file is the whole layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import apply_overrides, from_dict, load_yaml
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one config field appears on the command line; fields with no Flag get the defaults."""
+
+    help: str = ""
+    positional: bool = False
+    names: tuple[str, ...] = ()  # spellings other than --field-name (e.g. "--no-progress")
+    repeat: bool = False         # a list given as --flag A --flag B
+    choices: tuple | None = None
+    metavar: str | None = None
+
+
+@dataclass
+class Command:
+    """One ``mpt`` command: its config class and function, both as "module:name" so --help imports neither."""
+
+    name: str                    # "eval"; "tokenizer train" for a subcommand of a group
+    config: str                  # "mpt.eval.run:EvalRunConfig"
+    run: str                     # "mpt.eval.run:run_eval"; returns an exit code or anything (-> 0)
+    help: str
+    description: str = ""
+    epilog: str | None = None
+    flags: dict[str, Flag] = field(default_factory=dict)
+
+
+def resolve(spec: str) -> Any:
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _plain(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict[str, Flag]) -> None:
+    """One argument per init field of ``cls``; defaults stay in the dataclass (argparse stores only what is given)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        spec = flags.get(f.name, Flag())
+        tp, _ = _plain(hints[f.name])
+        origin = typing.get_origin(tp)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": spec.help or None}
+        if spec.metavar:
+            kw["metavar"] = spec.metavar
+        if typing.get_origin(tp) is typing.Literal or spec.choices:
+            kw["choices"] = spec.choices or typing.get_args(tp)
+        if dataclasses.is_dataclass(tp) or origin is dict:
+            continue  # nested sections: through --config and key=value overrides
+        if tp is bool:
+            on = default is not True
+            kw["action"] = "store_true" if on else "store_false"
+            names = spec.names or (f"--{'' if on else 'no-'}{f.name.replace('_', '-')}",)
+            parser.add_argument(*names, dest=f.name, **kw)
+            continue
+        if origin in (list, tuple):
+            (item,) = typing.get_args(tp)[:1] or (str,)
+            kw["type"] = item
+            if spec.repeat:
+                kw["action"] = "append"
+            else:
+                kw["nargs"] = "*" if spec.positional and default is not None else "+"
+        elif tp in (int, float):
+            kw["type"] = tp
+        if spec.positional:
+            if "nargs" not in kw:
+                kw["nargs"] = "?"  # required ones may come from --config; checked after merging
+            kw["metavar"] = spec.metavar or f.name
+            parser.add_argument(f.name, **kw)
+        else:
+            parser.add_argument(*(spec.names or (f"--{f.name.replace('_', '-')}",)), dest=f.name, **kw)
+    parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
+                        help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
+
+
+def split_overrides(argv: list[str], cls: type, parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Pull ``key=value`` tokens naming a field of ``cls`` out of ``argv`` (not values of a preceding flag)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    takes_value = {s for a in parser._actions for s in a.option_strings if a.nargs != 0}
+    rest, overrides, after_flag = [], [], False
+    for token in argv:
+        key = token.split("=", 1)[0].split(".")[0]
+        if not after_flag and "=" in token and not token.startswith("-") and key in names:
+            overrides.append(token)
+        else:
+            rest.append(token)
+        after_flag = token in takes_value
+    return rest, overrides
+
+
+def build_config(cls: type, args: argparse.Namespace, overrides: list[str], parser: argparse.ArgumentParser):
+    """YAML file (``--config``), then overrides, then the flags given: one checked config."""
+    data = load_yaml(args._config) if args._config else {}
+    apply_overrides(data, overrides)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    data.update(given)
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or give them in --config)")
+    return from_dict(cls, data, validate=False)

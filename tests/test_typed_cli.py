@@ -1,0 +1,51 @@
+"""Commands generated from typed configs: flags from fields, --config YAML, key=value overrides, precedence."""
+
+import pytest
+
+from mpt.cli import main, parse
+from mpt.eval.run import EvalRunConfig
+from mpt.infer.commands import GenerateConfig
+from mpt.typed_cli import build_config
+
+
+def config_of(argv):
+    args = parse(argv)
+    return build_config(args._cls, args, args._overrides, args._parser)
+
+
+def test_flags_come_from_the_fields_with_their_types_and_defaults():
+    cfg = config_of(["eval", "m", "--limit", "3", "--num-fewshot", "0", "5", "--no-progress"])
+    assert cfg == EvalRunConfig(model="m", limit=3, num_fewshot=[0, 5], progress=False)
+
+
+def test_yaml_then_overrides_then_flags(tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text("model: from-file\nlimit: 1\nbatch_size: 4\ntasks: [a.jsonl]\n")
+    cfg = config_of(["eval", "--config", str(path), "limit=2", "batch_size=9", "--batch-size", "16"])
+    assert (cfg.model, cfg.limit, cfg.batch_size, cfg.tasks) == ("from-file", 2, 16, ["a.jsonl"])
+
+
+def test_a_key_value_that_is_not_a_field_stays_a_prompt():
+    cfg = config_of(["generate", "m", "x=1", "--stop", "a=b", "--stop", "c", "seed=3"])
+    assert cfg == GenerateConfig(model="m", prompt="x=1", stop=["a=b", "c"], seed=3)
+
+
+def test_bad_values_name_the_key(tmp_path, capsys):
+    assert main(["eval", "m", "limit=many"]) == 2
+    assert "`limit` = 'many': expected int" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--limit", "3"])
+    assert exit_.value.code == 2 and "required: model (or give them in --config)" in capsys.readouterr().err
+
+
+def test_every_command_takes_a_config_file(tmp_path, capsys):
+    path = tmp_path / "info.yaml"
+    path.write_text("preset: [mpt-125m]\n")
+    assert main(["model-info", "--config", str(path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 1 and rows[0].split()[0] == "mpt-125m"
+
+
+def test_lm_eval_is_an_mpt_command():
+    with pytest.raises(SystemExit, match="no task 'nope' in suite mpt7b"):
+        main(["lm-eval", "export", "nope", "out", "--tokenizer", "unused"])
