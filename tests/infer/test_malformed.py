@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from .conftest import RunningServer  # noqa: E402
@@ -103,8 +103,32 @@ def chorus(small_server, llm):
     c.finish()
 
 
+def probe(path: str = "/v1/completions", **fields) -> dict:
+    """One of issue 12's probes as an otherwise valid request (random ones rarely are valid enough to reach it)."""
+    base = {"model": "tiny", "max_tokens": 4}
+    base.update({"messages": [{"role": "user", "content": "Hi"}]} if "chat" in path else {"prompt": "Hi"})
+    return dict(target=("POST", path), body=json.dumps({**base, **fields}).encode(), key="Bearer k",
+                content_type="application/json")
+
+
+PROBES = [probe(seed=2**70), probe(seed=2**64), probe("/v1/chat/completions", seed=-2**64),
+          probe(temperature=1e-40), probe("/v1/chat/completions", temperature=1e-40, n=3),
+          probe(temperature=1e-40, top_p=0.5, top_k=3), probe(top_k=2**40), probe(n=2**70),
+          probe(stop=["x" * 100_000] * 4), probe(stop=["a"] * 5), probe(repetition_penalty=1e300),
+          probe(prompt="word " * 40_000), probe(prompt=[10**12]), probe(prompt=[[1, 2], []]),
+          probe(max_tokens=0), probe(max_tokens=0, echo=True, logprobs=2), probe(logprobs=25),
+          probe(echo=True, stream=True)]
+
+
+def with_probes(test):
+    for fields in PROBES:
+        test = example(**fields)(test)
+    return test
+
+
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@with_probes
 @given(target=targets, body=bodies, key=auth, content_type=content_types)
 def test_no_request_breaks_the_server(small_server, chorus, target, body, key, content_type):
     method, path = target

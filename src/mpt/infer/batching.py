@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import KVCache, MPTForCausalLM
+from .logprobs import TopK, token_logprob
 from .sampling import SamplingParams, pick_token
 from .text import TextStream
 
@@ -50,6 +51,8 @@ class Update:
     finish_reason: str | None = None  # "stop" (EOS / stop string), "length", "error"
     error: str | None = None
     status: int = 500  # the HTTP status an "error" update becomes (503: the server cut it while stopping)
+    logprob: float | None = None  # of token_id, when the row's params ask for logprobs
+    top_logprobs: TopK | None = None
 
 
 class BatchEngine:
@@ -116,7 +119,10 @@ class BatchEngine:
         for i, r in enumerate(self.rows):
             try:
                 tok = pick_token(self.logits[i], r.params, r.prompt_ids + r.out_ids, r.generator)
-                updates.append(self._advance(r, tok))
+                update = self._advance(r, tok)
+                if r.params.logprobs is not None:
+                    update.logprob, update.top_logprobs = token_logprob(self.logits[i], tok, r.params.logprobs)
+                updates.append(update)
             except Exception as err:  # sampling or stop matching failed for this row: it alone ends
                 log.exception("request %r failed while sampling", r.key)
                 r.finish_reason = "error"

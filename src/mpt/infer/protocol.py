@@ -1,8 +1,10 @@
 """The OpenAI API's request bodies (the part we serve), validated strictly, and its error shape.
 
 Strict: a string where a number belongs is an error, as with OpenAI, not silently converted.
-Options that would change the answer but that we do not implement (logprobs, echo, suffix,
-presence/frequency penalties, tools) are refused with a 400 rather than ignored. Every number has
+Options that would change the answer but that we do not implement (suffix, presence/frequency
+penalties, tools, chat logprobs) are refused with a 400 rather than ignored. The legacy completions
+API's ``prompt`` as token ids, ``logprobs`` and ``echo`` (with ``max_tokens: 0``) are served, as by
+OpenAI and vLLM: that is how lm-eval's ``local-completions`` scores text through a server. Every number has
 bounds and no float may be NaN or infinite, so no value a client sends can overflow later.
 """
 
@@ -68,15 +70,30 @@ class _Request(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
+
+
 class CompletionRequest(_Request):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
-    echo: Literal[False] = False
-    logprobs: None = None
+    prompt: (str | Annotated[list[str], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
+    max_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None  # 0: score the prompt only (echo)
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # 20: vLLM's limit (OpenAI's is 5)
     suffix: None = None
 
+    def check_scoring(self) -> None:
+        """What the fields allow only together; refused with a 400 naming the field."""
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(400, "max_tokens=0 is only valid with echo: true (to score the prompt)", param="max_tokens")
+        if self.stream and (self.echo or self.logprobs is not None):
+            raise APIError(400, "echo and logprobs are not supported with stream: true", param="stream")
+
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a text, or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class TextPart(BaseModel):

@@ -22,6 +22,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in prompt or output
     stop: list[str] = field(default_factory=list)  # generation ends before the first of these strings
     seed: int | None = None
+    logprobs: int | None = None  # report each new token's log-probability and this many top alternatives
 
     def validate(self) -> SamplingParams:
         def bad(name: str, allowed: str) -> ValueError:

@@ -14,6 +14,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 
 from .batching import BatchEngine, Row, Update
 
@@ -53,6 +54,12 @@ class Scheduler:
 
     def submit(self, requests: Sequence[Row], on_update: Callable[[Update], None]) -> None:
         self._inbox.put((list(requests), on_update))
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the decode thread between two steps (the model is only touched from there)."""
+        future: Future = Future()
+        self._inbox.put((fn, future))
+        return future
 
     def cancel(self, keys: Sequence[Hashable]) -> None:
         with self._lock:
@@ -95,6 +102,15 @@ class Scheduler:
             return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
         return []
 
+    @staticmethod
+    def _run_call(fn: Callable[[], object], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except Exception as err:  # it is the caller's to report; the decode thread goes on
+            future.set_exception(err)
+
     def _deliver(self, u: Update) -> None:
         callback = self._callbacks.get(u.key)
         if u.finish_reason is not None:
@@ -110,7 +126,9 @@ class Scheduler:
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
-                if item is not None:
+                if callable(item[0] if item else None):
+                    self._run_call(*item)
+                elif item is not None:
                     requests, callback = item
                     for r in requests:
                         self._callbacks[r.key] = callback

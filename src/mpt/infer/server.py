@@ -35,6 +35,7 @@ from .api import LLM
 from .batching import Row, Update
 from .chat import END_OF_TURN, Message, render
 from .guard import LOOPBACK_NAMES, ClientGone, check_local_request, read_body
+from .logprobs import prompt_logprobs
 from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .sampling import SamplingParams
@@ -103,6 +104,17 @@ class ServeConfig:
             return None
         return (f"warning: serving on {self.host} without an API key: anyone who can reach this machine can use "
                 "the model; set --api-key (or $MPT_API_KEY), or bind 127.0.0.1")
+
+
+@dataclass
+class _Collected:
+    """One choice of a non-streaming answer, as its updates arrive."""
+
+    texts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float | None] = field(default_factory=list)
+    tops: list = field(default_factory=list)
+    finish: str | None = None
 
 
 class Job:
@@ -234,14 +246,27 @@ class Server:
     async def body(self, request: Request) -> bytes:
         return await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
 
-    def sampling(self, req, prompt_ids: list[list[int]], max_tokens: int | None, default_max: int | None,
-                 stop: list[str]) -> SamplingParams:
-        cfg = self.cfg
+    def token_ids(self, ids: list[int], index: int) -> list[int]:
+        vocab = self.llm.model.config.vocab_size
+        bad = next((t for t in ids if t >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"prompt {index} holds token id {bad}, outside this model's vocabulary "
+                                f"(ids 0..{vocab - 1})", param="prompt", code="invalid_token_id")
+        return ids
+
+    def check_context(self, req, prompt_ids: list[list[int]]) -> int:
+        """The longest prompt's length in tokens, refused unless there is room after it."""
         longest = max(len(p) for p in prompt_ids)
-        if longest >= cfg.context_length:
-            raise APIError(400, f"This model's maximum context length is {cfg.context_length} tokens; the prompt "
-                                f"has {longest}", param="messages" if hasattr(req, "messages") else "prompt",
+        if longest >= self.cfg.context_length:
+            raise APIError(400, f"This model's maximum context length is {self.cfg.context_length} tokens; the "
+                                f"prompt has {longest}", param="messages" if hasattr(req, "messages") else "prompt",
                            code="context_length_exceeded")
+        return longest
+
+    def sampling(self, req, prompt_ids: list[list[int]], max_tokens: int | None, default_max: int | None,
+                 stop: list[str], logprobs: int | None = None) -> SamplingParams:
+        cfg = self.cfg
+        longest = self.check_context(req, prompt_ids)
         if max_tokens is None:
             max_tokens = min(default_max or cfg.max_tokens, cfg.max_tokens, cfg.context_length - longest)
         if max_tokens > cfg.max_tokens:
@@ -253,19 +278,20 @@ class Server:
                                 f"{max_tokens} for the completion)", param="max_tokens",
                            code="context_length_exceeded")
         return SamplingParams(max_tokens, req.temperature, req.top_p, req.top_k, req.repetition_penalty,
-                              stop, req.seed).validate()
+                              stop, req.seed, logprobs).validate()
 
     def encode(self, text: str) -> list[int]:
         # An empty prompt starts from the document separator, as for GPT-style models.
         return self.llm.encode(text) or [self.llm.tokenizer.eos_token_id or 0]
 
-    async def admit(self, req, tokenize, max_tokens: int | None, default_max: int | None, stop: list[str]) -> Job:
+    async def admit(self, req, tokenize, max_tokens: int | None, default_max: int | None, stop: list[str],
+                    logprobs: int | None = None) -> Job:
         """Capacity, then tokens (on a worker thread: a long prompt must not stall the event loop), then a job."""
         self.check_room()
         self.admitting += 1
         try:
             prompts = await asyncio.to_thread(tokenize)
-            params = self.sampling(req, prompts, max_tokens, default_max, stop)
+            params = self.sampling(req, prompts, max_tokens, default_max, stop, logprobs)
             job = Job(self, prompts, req.n, params)
         finally:
             self.admitting -= 1
@@ -278,9 +304,88 @@ class Server:
     async def completions(self, request: Request):
         req: CompletionRequest = parse(CompletionRequest, await self.body(request))
         self.check_model(req.model)
-        self.check_size(req, req.prompts, "prompt", prompts=len(req.prompts))
-        job = await self.admit(req, lambda: [self.encode(p) for p in req.prompts], req.max_tokens, 16, req.stops)
+        req.check_scoring()
+        self.check_size(req, [p for p in req.prompts if isinstance(p, str)] or [""], "prompt",
+                        prompts=len(req.prompts))
+
+        def tokenize() -> list[list[int]]:
+            return [self.token_ids(p, i) if isinstance(p, list) else self.encode(p) for i, p in enumerate(req.prompts)]
+
+        if req.echo or req.logprobs is not None:
+            return await self._scored_completion(request, req, tokenize)
+        job = await self.admit(req, tokenize, req.max_tokens, 16, req.stops)
         return await self._respond(request, req, job, chat=False)
+
+    async def _scored_completion(self, request: Request, req: CompletionRequest, tokenize):
+        """``echo`` and/or ``logprobs``: the prompt's scores (computed on the decode thread) and the new tokens'."""
+        k = req.logprobs
+        if req.max_tokens == 0:
+            self.check_room()
+            self.admitting += 1
+            try:
+                prompts = await asyncio.to_thread(tokenize)
+                self.check_context(req, prompts)
+                scores = await self._score(prompts, k)
+            finally:
+                self.admitting -= 1
+            rows = {p * req.n + c: _Collected(finish="length") for p in range(len(prompts)) for c in range(req.n)}
+        else:
+            job = await self.admit(req, tokenize, req.max_tokens, 16, req.stops, logprobs=k)
+            prompts = [r.prompt_ids for r in job.requests[::req.n]]
+            scores = await self._score(prompts, k) if req.echo else None
+            rows = await self._collect(request, job)
+            if rows is None:
+                return JSONResponse({"error": "client disconnected"}, status_code=499)
+        choices = []
+        for i in sorted(rows):
+            row, ids = rows[i], prompts[i // req.n]
+            text = "".join(row.texts)
+            tokens, lps, tops = row.ids, row.logprobs, row.tops
+            if req.echo:
+                text = (req.prompts[i // req.n] if isinstance(req.prompts[i // req.n], str) else self.llm.decode(ids)) \
+                    + text
+                tokens, lps, tops = ids + tokens, scores[i // req.n][0] + lps, scores[i // req.n][1] + tops
+            choices.append({"index": i, "text": text, "finish_reason": row.finish,
+                            "logprobs": None if k is None else self._logprobs_body(tokens, lps, tops)})
+        generated = sum(len(r.ids) for r in rows.values())
+        return JSONResponse({"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
+                             "created": int(time.time()), "model": self.cfg.model_name, "choices": choices,
+                             "usage": self._usage(sum(len(p) for p in prompts), generated)})
+
+    async def _score(self, prompts: list[list[int]], k: int | None) -> list[tuple[list, list]]:
+        if k is None:
+            return [([None] * len(p), [None] * len(p)) for p in prompts]
+        model = self.llm.model
+        future = self.scheduler.call(lambda: [prompt_logprobs(model, ids, k) for ids in prompts])
+        return await asyncio.wrap_future(future)
+
+    def _logprobs_body(self, ids: list[int], lps: list, tops: list) -> dict:
+        """OpenAI's legacy shape: parallel lists of token strings, log-probabilities, top alternatives, offsets."""
+        decode = self.llm.decode
+        tokens = [decode([t]) for t in ids]
+        offsets, at = [], 0
+        for t in tokens:
+            offsets.append(at)
+            at += len(t)
+        return {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets,
+                "top_logprobs": [None if top is None else {decode([t]): lp for t, lp in top} for top in tops]}
+
+    async def _collect(self, request: Request, job: Job) -> dict[int, _Collected] | None:
+        """Every choice's updates, gathered; None when the client went away first."""
+        rows = {r.key[1]: _Collected() for r in job.requests}
+        try:
+            async for u in job.updates(request):
+                row = rows[u.key[1]]
+                row.texts.append(u.text)
+                if u.token_id is not None:
+                    row.ids.append(u.token_id)
+                    row.logprobs.append(u.logprob)
+                    row.tops.append(u.top_logprobs)
+                if u.finish_reason is not None:
+                    row.finish = u.finish_reason
+        finally:
+            job.cancel()
+        return None if any(r.finish is None for r in rows.values()) else rows
 
     async def chat_completions(self, request: Request):
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.body(request))
@@ -298,31 +403,20 @@ class Server:
             return StreamingResponse(self._sse(job, req, chat, prompt_tokens, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts: dict[int, list[str]] = {r.key[1]: [] for r in job.requests}
-        counts = dict.fromkeys(texts, 0)
-        finish: dict[int, str] = {}
-        try:
-            async for u in job.updates(request):
-                index = u.key[1]
-                texts[index].append(u.text)
-                counts[index] += u.token_id is not None
-                if u.finish_reason is not None:
-                    finish[index] = u.finish_reason
-        finally:
-            job.cancel()
-        if len(finish) < len(texts):  # the client went away; nobody reads this
+        rows = await self._collect(request, job)
+        if rows is None:  # the client went away; nobody reads this
             return JSONResponse({"error": "client disconnected"}, status_code=499)
         choices = []
-        for i in sorted(texts):
-            text = "".join(texts[i])
+        for i in sorted(rows):
+            text, finish = "".join(rows[i].texts), rows[i].finish
             choice = ({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                       "finish_reason": finish[i]} if chat else
-                      {"index": i, "text": text, "logprobs": None, "finish_reason": finish[i]})
+                       "finish_reason": finish} if chat else
+                      {"index": i, "text": text, "logprobs": None, "finish_reason": finish})
             choices.append(choice)
         return JSONResponse({"id": ("chatcmpl-" if chat else "cmpl-") + job.id,
                              "object": "chat.completion" if chat else "text_completion", "created": job.created,
                              "model": self.cfg.model_name, "choices": choices,
-                             "usage": self._usage(prompt_tokens, sum(counts.values()))})
+                             "usage": self._usage(prompt_tokens, sum(len(r.ids) for r in rows.values()))})
 
     async def _sse(self, job: Job, req, chat: bool, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
         base = {"id": ("chatcmpl-" if chat else "cmpl-") + job.id,
