@@ -72,7 +72,7 @@ def test_two_readers_share_one_cache_and_eviction_spares_other_files(s3_server, 
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
         os.utime(path, (1e9, 1e9))       # the least recently used files of the folder: evicted first if counted
-    kw = {"cache_dir": str(cache), "cache_limit_bytes": 3 * shard_bytes}
+    kw = {"cache_dir": str(cache), "cache_limit_bytes": 5 * shard_bytes}     # 12 shards: some are evicted
     a = StreamingDataLoader(StreamingDataset(StreamConfig([Source(url)], batch_size=4, seed=1, **kw)), num_workers=2)
     b = StreamingDataLoader(StreamingDataset(StreamConfig([Source(url)], batch_size=4, seed=2, **kw)), num_workers=2)
     got_a, got_b = [], []
@@ -83,7 +83,8 @@ def test_two_readers_share_one_cache_and_eviction_spares_other_files(s3_server, 
     assert sorted(got_a) == sorted(got_b) == list(range(120)) and got_a != got_b
     assert {p: p.read_bytes() for p in others} == others
     cached = [p for p in cache.rglob("shard-*.bin") if p.parent != cache / "other"]
-    assert cached and sum(p.stat().st_size for p in cached) <= 3 * shard_bytes
+    # each process makes room before it fetches; the other three may fetch at the same time
+    assert cached and sum(p.stat().st_size for p in cached) <= (5 + 3) * shard_bytes < 12 * shard_bytes, cached
 
 
 def test_missing_bucket_and_refused_credentials_are_clear_errors(s3_server, neox, tmp_path):

@@ -93,8 +93,8 @@ class ShardStore:
         path = self.folder / info.file
         for _ in range(3):
             if not path.exists():
-                self._fetch(info, path)
                 self._verified.add(i)
+                return self._fetch(info, path, dtype)
             try:
                 if self.verify and i not in self._verified:
                     try:
@@ -115,7 +115,9 @@ class ShardStore:
 
         return np.dtype("<u2") if self.index.dtype == "uint16" else np.dtype("<u4")
 
-    def _fetch(self, info: ShardInfo, path: Path) -> None:
+    def _fetch(self, info: ShardInfo, path: Path, dtype) -> Shard:
+        """Download, verify, open, then rename into place: opened first, so that another process evicting
+        it right after the rename cannot take it from us (the memory map keeps the file)."""
         import fsspec
 
         remote = self.url.rstrip("/") + "/" + info.file
@@ -135,7 +137,10 @@ class ShardStore:
                 raise ShardError(f"shard {remote} is {size:,} bytes with SHA-256 {h.hexdigest()[:16]}... but the "
                                  f"index says {info.bytes:,} bytes, {info.sha256[:16]}...: the remote copy is corrupt "
                                  "or truncated; re-upload it or re-run `mpt prep`")
+            shard = Shard(tmp, dtype)
             os.replace(tmp, path)
+            shard.path = str(path)
+            return shard
         finally:
             if tmp.exists():
                 tmp.unlink()
