@@ -5,6 +5,7 @@ import json
 import pytest
 
 from mpt.cli import main
+from mpt.quickstart import Quickstart, QuickstartConfig
 
 
 def test_quickstart_ci_size_end_to_end_and_resumes(tmp_path, capsys):
@@ -59,3 +60,11 @@ def test_quickstart_with_given_data_and_tokenizer(tmp_path, shared):
     assert (out / "model" / "tokenizer.json").is_file()
     lines = (out / "corpus" / "train.jsonl").read_text().splitlines()
     assert all(json.loads(x)["source"].startswith(str(docs)) for x in lines)
+
+
+@pytest.mark.parametrize("tokenizer", [None, "some/tokenizer.json"])
+def test_the_reproduce_block_holds_only_commands_and_comments(tmp_path, tokenizer):
+    qs = Quickstart(QuickstartConfig(out=str(tmp_path), size="ci", tokenizer=tokenizer, eval_tasks=["t.jsonl"]))
+    lines = [line for cmds in qs.commands().values() for line in cmds]
+    assert len(lines) >= 7 and all(line.startswith(("mpt ", "# ")) for line in lines), lines
+    assert f"--seed {qs.cfg.seed}" in qs.commands()["samples"][0]

@@ -3,7 +3,7 @@
 import pytest
 
 from mpt.cli import main, parse
-from mpt.eval.run import EvalRunConfig
+from mpt.eval.command import EvalRunConfig
 from mpt.infer.commands import GenerateConfig
 from mpt.typed_cli import build_config
 
@@ -49,3 +49,15 @@ def test_every_command_takes_a_config_file(tmp_path, capsys):
 def test_lm_eval_is_an_mpt_command():
     with pytest.raises(SystemExit, match="no task 'nope' in suite mpt7b"):
         main(["lm-eval", "export", "nope", "out", "--tokenizer", "unused"])
+
+
+def test_prep_flags_fold_into_nested_sections_over_the_yaml(tmp_path):
+    from mpt.cli import prep_config
+
+    path = tmp_path / "prep.yaml"
+    path.write_text("inputs: [a.jsonl]\nout: shards\nseq_len: 128\nfilters: {min_words: 50}\n")
+    cfg = prep_config(parse(["prep", "--config", str(path), "dedup.threshold=0.9", "--mc4", "--min-words", "7",
+                             "--shard-mb", "0.5", "--no-exact-dedup"]))
+    assert (cfg.inputs, cfg.out, cfg.seq_len, cfg.shard_bytes) == (["a.jsonl"], "shards", 128, 1 << 19)
+    assert (cfg.filters.min_words, cfg.filters.min_alnum_ratio) == (7, 0.92)  # --mc4, then the flag
+    assert (cfg.dedup.threshold, cfg.dedup.exact) == (0.9, False)

@@ -2,9 +2,11 @@
 
 The flags of a command come from its config dataclass (:mod:`mpt.typed_cli`); every command also
 takes ``--config FILE.yaml`` and ``key=value`` overrides. Only the chosen command's config module is
-imported, and those import neither torch nor transformers, so ``--help`` answers at once.
-``prep`` and ``train`` declare their arguments here: prep's flags fold into nested filter and
-dedup sections, and train's recipe is its YAML already.
+imported, and those import neither torch nor transformers, so ``--help`` answers at once -- except
+``serve``, whose config lives in the server module (torch, FastAPI).
+``prep`` and ``train`` declare their arguments here: prep's flags fold into the nested filter and
+dedup sections of its config (which also comes from ``--config`` and overrides), and train's recipe
+is a YAML file with overrides already.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ COMMANDS = [
             "network and no data.",
             flags={"preset": Flag("model preset (default: mpt-tiny)"),
                    "out": Flag("where to save the model (default: a temporary folder)")}),
-    Command("eval", "mpt.eval.run:EvalRunConfig", "mpt.eval.run:run_eval",
+    Command("eval", "mpt.eval.command:EvalRunConfig", "mpt.eval.command:run_eval",
             "in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
             "Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, multiple_choice, schema, "
             "generation_task_with_answers) with LLM Foundry's prompts and metrics; print a table and optionally "
@@ -175,58 +177,77 @@ COMMANDS = [
 
 # ---- the two commands that declare their own arguments --------------------------------------
 def _prep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset")
-    p.add_argument("--out", required=True, help="output folder (must not already hold shards)")
-    p.add_argument("--tokenizer", default="EleutherAI/gpt-neox-20b",
+    p.add_argument("--out", help="output folder (must not already hold shards)")
+    p.add_argument("--tokenizer",
                    help="tokenizer.json file, folder holding one, or hub name (default: EleutherAI/gpt-neox-20b, "
                         "downloads when online)")
-    p.add_argument("--text-field", default="text", help="JSON field / parquet column holding the text (default: text)")
-    p.add_argument("--hf-split", default="train", help="split of hf:NAME inputs (default: train)")
-    p.add_argument("--mode", choices=["concat", "docs"], default="concat",
+    p.add_argument("--text-field", help="JSON field / parquet column holding the text (default: text)")
+    p.add_argument("--hf-split", help="split of hf:NAME inputs (default: train)")
+    p.add_argument("--mode", choices=["concat", "docs"],
                    help="concat: EOS-joined documents packed into --seq-len samples (default); docs: one per sample")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sample in concat mode (default: 2048)")
-    p.add_argument("--vocab-size", type=int, default=None,
+    p.add_argument("--seq-len", type=int, help="tokens per sample in concat mode (default: 2048)")
+    p.add_argument("--vocab-size", type=int,
                    help="declared vocabulary; a token id at or above it is an error (default: the tokenizer's)")
-    p.add_argument("--eos-token", default=None, help="token appended to each document (default: <|endoftext|> or </s>)")
-    p.add_argument("--shard-mb", type=float, default=64, help="shard size in MiB (default: 64)")
+    p.add_argument("--eos-token", help="token appended to each document (default: <|endoftext|> or </s>)")
+    p.add_argument("--shard-mb", type=float, help="shard size in MiB (default: 64)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) malformed JSON lines and records without the text field instead of stopping")
     p.add_argument("--mc4", action="store_true",
                    help="the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, "
                         "most common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000")
-    p.add_argument("--min-words", type=int, default=None, help="override the minimum word count (mC4: 200)")
-    p.add_argument("--max-words", type=int, default=None, help="override the maximum word count (mC4: 50,000)")
-    p.add_argument("--min-chars", type=int, default=None, help="drop documents shorter than this (off by default)")
-    p.add_argument("--max-chars", type=int, default=None, help="drop documents longer than this (off by default)")
+    p.add_argument("--min-words", type=int, help="override the minimum word count (mC4: 200)")
+    p.add_argument("--max-words", type=int, help="override the maximum word count (mC4: 50,000)")
+    p.add_argument("--min-chars", type=int, help="drop documents shorter than this (off by default)")
+    p.add_argument("--max-chars", type=int, help="drop documents longer than this (off by default)")
     p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates (removed by default)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int,
                    help="processes for the filters and near-dedup fingerprints (default: all cores; the "
                         "tokenizer always uses all cores)")
     p.add_argument("--near-dedup", action="store_true", help="also remove near duplicates (MinHash LSH)")
-    p.add_argument("--near-dedup-threshold", type=float, default=0.8,
+    p.add_argument("--near-dedup-threshold", type=float,
                    help="estimated Jaccard similarity of word 5-grams above which a document is a near "
                         "duplicate (default: 0.8)")
 
-def cmd_prep(args: argparse.Namespace) -> int:
-    from .data.dedup import DedupConfig
-    from .data.filters import FilterConfig
-    from .data.prep import PrepConfig, prep
+# Flags of `mpt prep` that set a nested field of PrepConfig; the others are its own field names.
+PREP_KEYS = {"min_words": "filters.min_words", "max_words": "filters.max_words", "min_chars": "filters.min_chars",
+             "max_chars": "filters.max_chars", "near_dedup": "dedup.near", "near_dedup_threshold": "dedup.threshold"}
 
-    filters = FilterConfig.mc4() if args.mc4 else FilterConfig()
-    filters.min_chars, filters.max_chars = args.min_chars, args.max_chars
-    for name in ("min_words", "max_words"):
-        if getattr(args, name) is not None:
-            setattr(filters, name, getattr(args, name))
-    cfg = PrepConfig(inputs=args.inputs, out=args.out, tokenizer=args.tokenizer, text_field=args.text_field,
-                     hf_split=args.hf_split, mode=args.mode, seq_len=args.seq_len, vocab_size=args.vocab_size,
-                     eos_token=args.eos_token, workers=args.workers,
-                     shard_bytes=int(args.shard_mb * (1 << 20)), skip_bad=args.skip_bad, filters=filters,
-                     dedup=DedupConfig(exact=not args.no_exact_dedup, near=args.near_dedup,
-                                       threshold=args.near_dedup_threshold))
+
+def prep_config(args: argparse.Namespace):
+    """PrepConfig from --config, then key=value overrides, then the flags given (argparse keeps only those)."""
+    import dataclasses
+
+    from .config import apply_overrides, from_dict, load_yaml
+    from .data.filters import FilterConfig
+    from .data.prep import PrepConfig
+
+    data = load_yaml(args._config) if args._config else {}
+    apply_overrides(data, args._overrides)
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in COMMON}
+    if given.pop("mc4", False):
+        data["filters"] = {**data.get("filters", {}), **dataclasses.asdict(FilterConfig.mc4())}
+    if given.pop("no_exact_dedup", False):
+        data.setdefault("dedup", {})["exact"] = False
+    if "shard_mb" in given:
+        data["shard_bytes"] = int(given.pop("shard_mb") * (1 << 20))
+    for key, value in given.items():
+        *sections, name = PREP_KEYS.get(key, key).split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return from_dict(PrepConfig, data, validate=False)
+
+
+def cmd_prep(args: argparse.Namespace) -> int:
+    from .data.prep import prep
+
+    cfg = prep_config(args)
     summary = prep(cfg)
     print("\n".join(summary.lines()))
-    print(f"shards, index.json and summary.json are in {args.out}")
+    print(f"shards, index.json and summary.json are in {cfg.out}")
     return 0
 
 
@@ -267,18 +288,19 @@ CUSTOM = {
              "with EOS and cut them into --seq-len samples (--mode concat) or keep one document per sample (--mode "
              "docs); write checksummed shards, index.json and summary.json to --out. Every dropped record is "
              "counted in the summary.",
-             _prep_arguments, cmd_prep),
+             _prep_arguments, cmd_prep, "mpt.data.prep:PrepConfig"),
     "train": ("pretrain or finetune from a YAML recipe (single process or torchrun)",
               "Train from a recipe: model, data, optimizer, schedule, batch sizes, duration, precision, "
               "parallelism, checkpointing, logging. The recipe is validated before any work starts. Starting the "
               "same command again resumes from the latest complete checkpoint (checkpoint.autoresume). Run under "
               "`torchrun --nproc_per_node N` for several processes (FSDP2 by default).",
-              _train_arguments, cmd_train),
+              _train_arguments, cmd_train, None),
     "lm-eval": ("lm-evaluation-harness with `--model mpt` registered (or `export` a task)",
                 "Run lm-eval's command line with our model class registered as `mpt` (`mpt lm-eval --model mpt "
                 "--model_args pretrained=DIR --tasks ...`), or `mpt lm-eval export LABEL OUT_DIR ...` to write one "
                 "of our tasks as a local lm-eval task. Same as `python -m mpt.eval.lm_eval_adapter`.",
-                lambda p: p.add_argument("rest", nargs=argparse.REMAINDER, help="lm_eval arguments"), cmd_lm_eval),
+                lambda p: p.add_argument("rest", nargs=argparse.REMAINDER, help="lm_eval arguments"), cmd_lm_eval,
+                None),
 }
 TRAIN_EPILOG = "example: mpt train configs/train/mpt-tiny.yaml train.max_duration=20ba optimizer.lr=1e-3"
 
@@ -292,10 +314,13 @@ def _generated(command: Command):
     return run
 
 
+COMMON = {"verbose", "debug", "prog", "func", "command"}
+
+
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true",
+    p.add_argument("--verbose", action="store_true", default=False,
                    help="show third-party progress bars and log messages (hidden by default)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--debug", action="store_true", default=False, help="show the traceback of an error")
     p.set_defaults(prog=p.prog)
 
 
@@ -335,10 +360,18 @@ def _build(only: str | None) -> tuple[argparse.ArgumentParser, list[tuple[type, 
             p.set_defaults(func=_generated(entry), _cls=cls, _parser=p, _overrides=[])
             leaves.append((cls, p))
         else:
-            p = where.add_parser(name, help=help_, description=entry[1],
-                                 epilog=TRAIN_EPILOG if name == "train" else None)
-            entry[2](p)
-            p.set_defaults(func=entry[3])
+            _, description, arguments, func, config = entry
+            # With a config, only the flags given are stored: they are laid over --config and overrides.
+            p = where.add_parser(name, help=help_, description=description,
+                                 epilog=TRAIN_EPILOG if name == "train" else None,
+                                 argument_default=argparse.SUPPRESS if config else None)
+            arguments(p)
+            p.set_defaults(func=func)
+            if config:
+                p.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
+                               help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
+                p.set_defaults(_config=None, _overrides=[])
+                leaves.append((resolve(config), p))
         _add_common_flags(p)
     return parser, leaves
 
@@ -351,7 +384,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``, building only the named command; ``key=value`` tokens become config overrides."""
     first = next((a for a in argv if not a.startswith("-")), "")
     parser, leaves = _build(first)
-    if len(leaves) == 1 and first not in CUSTOM:
+    if len(leaves) == 1:
         cls, leaf = leaves[0]
         rest, overrides = split_overrides(argv, cls, leaf)
         args = parser.parse_args(rest)

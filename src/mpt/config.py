@@ -10,6 +10,7 @@ with a 60-line converter give types, defaults and readable errors with no depend
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -99,8 +100,8 @@ def from_dict(cls: type[T], data: dict, path: str = "", validate: bool = True) -
             raise ConfigError(f"missing required key `{key}`")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None) if validate else None
-    if check is not None:
-        check(path)
+    if check is not None:  # sections of a recipe take their key path; other configs name their own fields
+        check(path) if inspect.signature(check).parameters else check()
     return obj
 
 

@@ -61,6 +61,7 @@ class Quickstart:
         self.size = SIZES[cfg.size]
         self.log = log
         self.timings: dict[str, float] = {}
+        self.model_fields = MODEL_FIELDS  # the report reads it here, so quickstart_report.py need not import this module
         self.start = time.perf_counter()
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class Quickstart:
         for name in ("alibi", "learned_pos_emb"):
             results["perplexity"][name] = self._perplexities(self.dir / "runs" / name / "hf")
         if self.cfg.eval_tasks:
-            from .eval.run import EvalRunConfig, run_eval
+            from .eval.command import EvalRunConfig, run_eval
 
             md = self.dir / "eval.md"
             run_eval(EvalRunConfig(model=str(self.dir / "model"), tasks=list(self.cfg.eval_tasks),
@@ -275,15 +276,17 @@ class Quickstart:
         """Each stage as the `mpt` command(s) that do the same by hand."""
         d, s = self.dir, self.size
         cmds = {
-            "corpus": [f"(Python) mpt.quickstart.Quickstart.corpus: the standard library's .py files and their "
-                       f"docstrings -> {d}/corpus/train.jsonl, validation.jsonl"],
-            "tokenizer": [f"(given: {self.cfg.tokenizer}, saved to {d}/tokenizer)" if self.cfg.tokenizer else
+            # Comments where a stage has no command of its own: the block stays runnable as it is.
+            "corpus": [f"# no command: Python (mpt.quickstart.Quickstart.corpus) wrote {d}/corpus/train.jsonl "
+                       "and validation.jsonl"],
+            "tokenizer": [f"# given: {self.cfg.tokenizer}, saved to {d}/tokenizer" if self.cfg.tokenizer else
                           f"mpt tokenizer train {d}/corpus/train.jsonl --out {d}/tokenizer --vocab-size {s['vocab']}"],
             "shards": [f"mpt prep {d}/corpus/{split}.jsonl --tokenizer {d}/tokenizer --seq-len {n} --min-chars 200 "
                        f"--out {d}/shards/{split}" for split, n in (("train", s["seq"]), ("validation", 4 * s["seq"]))],
             "pretrain": [f"mpt train {d}/train-alibi.yaml", f"mpt train {d}/train-learned_pos_emb.yaml"],
             "export": [f"mpt export {d}/runs/alibi/checkpoints {d}/model --tokenizer {d}/tokenizer"],
-            "samples": [f"mpt generate {d}/model 'def ' --max-new-tokens 48 --temperature 0.8 --top-k 40 --seed 17"],
+            "samples": [f"mpt generate {d}/model 'def ' --max-new-tokens 48 --temperature 0.8 --top-k 40 "
+                        f"--seed {self.cfg.seed}"],
         }
         if self.cfg.eval_tasks:
             cmds["evaluate"] = [f"mpt eval {d}/model --tasks {' '.join(self.cfg.eval_tasks)}"
@@ -291,7 +294,7 @@ class Quickstart:
         return cmds
 
     def report(self) -> None:
-        from .report import write_report
+        from .quickstart_report import write_report
 
         write_report(self)
 

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import torch
 
+# The stage table must not suggest that a stage is free when its work happened in another one.
+STAGE_NOTES = {
+    "pretrain": "both models, their checkpoints and the Hugging Face export at the end of training",
+    "export": "copying the folder exported at the end of pretraining, and the tokenizer, to model/",
+}
+
 
 def _runs(qs) -> dict[str, dict]:
     out = {}
@@ -58,13 +64,14 @@ def write_report(qs) -> Path:
     samples = json.loads((qs.dir / "samples.json").read_text())
     summary = json.loads((qs.dir / "shards" / "train" / "summary.json").read_text())
     ppl = evaluation["perplexity"]
-    s = qs.size
+    s, mf = qs.size, qs.model_fields
 
     md = [f"# mpt quickstart report ({qs.cfg.size})", "",
           f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}; "
           f"total {sum(qs.timings.values()):.0f} s of stage time.", "",
-          "## Stages", "", _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in qs.timings.items()]), "",
+          "## Stages", "", _table(["stage", "seconds", "what the time covers"],
+                                  [[k, f"{v:.1f}", STAGE_NOTES.get(k, "")] for k, v in qs.timings.items()]), "",
           "## Data", "",
           f"The Python standard library's own source files and their docstrings (code and prose), every 10th file "
           f"held out for validation; cleaned (documents under 200 characters dropped) and exactly deduplicated by "
@@ -73,8 +80,8 @@ def write_report(qs) -> Path:
           f"{summary['samples']:,} samples of {s['seq']}; a byte-level BPE tokenizer of {s['vocab']:,} tokens "
           "trained on the training split.", "",
           "## Training", "",
-          f"Two `mpt-tiny`-class models (d_model {qs_fields('d_model')}, {qs_fields('n_layers')} layers, "
-          f"{qs_fields('n_heads')} heads), {s['steps']} steps of {s['batch']} x {s['seq']} tokens, Lion, cosine "
+          f"Two `mpt-tiny`-class models (d_model {mf['d_model']}, {mf['n_layers']} layers, "
+          f"{mf['n_heads']} heads), {s['steps']} steps of {s['batch']} x {s['seq']} tokens, Lion, cosine "
           "schedule: one with ALiBi (MPT), its twin with learned position embeddings (table for 4x the training "
           "length) and no ALiBi.", "",
           "![loss curves](loss_curves.png)", "",
@@ -114,11 +121,5 @@ def write_report(qs) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>mpt quickstart report</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}"
-        "pre{background:#f5f5f5;padding:.6em;overflow-x:auto}</style></head><body>" + body + "</body></html>")
+        "pre{background:#f5f5f5;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}</style></head><body>" + body + "</body></html>")
     return qs.dir / "report.md"
-
-
-def qs_fields(key: str):
-    from .quickstart import MODEL_FIELDS
-
-    return MODEL_FIELDS[key]

@@ -44,8 +44,8 @@ class Command:
     """One ``mpt`` command: its config class and function, both as "module:name" so --help imports neither."""
 
     name: str                    # "eval"; "tokenizer train" for a subcommand of a group
-    config: str                  # "mpt.eval.run:EvalRunConfig"
-    run: str                     # "mpt.eval.run:run_eval"; returns an exit code or anything (-> 0)
+    config: str                  # "mpt.eval.command:EvalRunConfig"
+    run: str                     # "mpt.eval.command:run_eval"; returns an exit code or anything (-> 0)
     help: str
     description: str = ""
     epilog: str | None = None

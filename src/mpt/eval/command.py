@@ -1,4 +1,7 @@
-"""``mpt eval``: load a model and suites, evaluate, print and write the results."""
+"""The ``mpt eval`` command: load a model and suites, evaluate, print and write the results.
+
+(:mod:`mpt.eval.runner` is the scoring engine underneath; this module is the command around it.)
+"""
 
 from __future__ import annotations
 
