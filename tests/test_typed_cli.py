@@ -61,3 +61,9 @@ def test_prep_flags_fold_into_nested_sections_over_the_yaml(tmp_path):
     assert (cfg.inputs, cfg.out, cfg.seq_len, cfg.shard_bytes) == (["a.jsonl"], "shards", 128, 1 << 19)
     assert (cfg.filters.min_words, cfg.filters.min_alnum_ratio) == (7, 0.92)  # --mc4, then the flag
     assert (cfg.dedup.threshold, cfg.dedup.exact) == (0.9, False)
+
+
+def test_a_model_is_required_where_the_config_default_means_none_given(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", "0"])
+    assert exit_.value.code == 2 and "required: model" in capsys.readouterr().err

@@ -120,8 +120,8 @@ COMMANDS = [
             "/v1/chat/completions, streaming with stream: true; GET /health) and a chat page at /. Concurrent "
             "requests share decode steps (continuous batching).",
             "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1",
-            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE,
-                   "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
+            flags={"model": Flag(MODEL.help, positional=True, required=True), "tokenizer": TOKENIZER,
+                   "device": DEVICE, "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
                    "host": Flag("address to bind (default: 127.0.0.1, this machine only)"),
                    "port": Flag("port (default: 8000)"),
                    "api_key": Flag("require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "

@@ -37,6 +37,7 @@ class Flag:
     repeat: bool = False         # a list given as --flag A --flag B
     choices: tuple | None = None
     metavar: str | None = None
+    required: bool = False       # for a field whose default means "not given" (ServeConfig.model = "")
 
 
 @dataclass
@@ -110,6 +111,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict
             parser.add_argument(*(spec.names or (f"--{f.name.replace('_', '-')}",)), dest=f.name, **kw)
     parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
                         help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
+    parser.set_defaults(_required=[name for name, spec in flags.items() if spec.required])
 
 
 def split_overrides(argv: list[str], cls: type, parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
@@ -133,8 +135,9 @@ def build_config(cls: type, args: argparse.Namespace, overrides: list[str], pars
     apply_overrides(data, overrides)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     data.update(given)
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    needed = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+              and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in needed if n not in data] + [n for n in args._required if not data.get(n)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or give them in --config)")
     return from_dict(cls, data, validate=False)
