@@ -3,8 +3,10 @@ streaming through the bounded cache, a cache shared by two readers at once, and 
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import fsspec
 import pytest
@@ -50,12 +52,44 @@ def test_prep_to_s3_then_stream_it_like_the_local_copy(s3_server, shared, neox, 
     cached = samples(url, cache_dir=str(tmp_path / "cache"), cache_limit_bytes=3 * shard_bytes)
     assert cached == samples(str(local)) and len(cached) == summary.samples
 
-    # an upload cut before its end has no index.json: readers refuse it, the same command finishes it
-    fs.rm(f"{url}/index.json")
-    with pytest.raises(FileNotFoundError, match=r"prep/shards/index.json not found.*finish `mpt prep --out URL`"):
+
+
+def test_upload_killed_midway_never_looks_complete_and_the_same_command_finishes_it(s3_server, shared, neox,
+                                                                                     tmp_path):
+    texts = [json.loads(line)["text"] for line in (shared / "data" / "pretrain" / "arxiv_sample.jsonl").open()]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:3]))
+    url = f"s3://{s3_server.bucket}/killed/shards"
+    args = [str(src), "--tokenizer", str(neox), "--seq-len", "16", "--shard-mb", "0.001"]
+    env = {**os.environ, **s3_server.env, "TMPDIR": str(tmp_path)}     # its staging folder goes there
+    proc = subprocess.Popen([sys.executable, "-m", "mpt.cli", "prep", *args, "--out", url], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fs = fsspec.filesystem("s3")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        names = list_files(url)
+        if sum(n.startswith("shard-") for n in names) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    names = list_files(url)
+    assert "index.json" not in names and sum(n.startswith("shard-") for n in names) >= 5
+    with pytest.raises(FileNotFoundError, match=r"killed/shards/index.json not found.*finish `mpt prep --out URL`"):
         samples(url, cache_dir=str(tmp_path / "cache"))
-    run(url)
-    assert fs.cat(f"{url}/index.json") == (local / "index.json").read_bytes()
+
+    def run(out: str, **kw):
+        prep(PrepConfig(inputs=[str(src)], out=out, tokenizer=str(neox), seq_len=16,
+                        shard_bytes=int(0.001 * (1 << 20)), progress=False, **kw))
+
+    staging = next(tmp_path.glob("mpt-prep-*"))            # the killed run's, finished before its upload
+    run(url, staging=str(staging))                          # the same command again
+    assert not staging.exists()
+    local = tmp_path / "local"
+    run(str(local))
+    assert list_files(url) == sorted(p.name for p in local.iterdir())      # (list_files refreshes listings)
+    assert all(fs.cat(f"{url}/{p.name}") == p.read_bytes() for p in local.iterdir())
 
 
 def test_two_readers_share_one_cache_and_eviction_spares_other_files(s3_server, tmp_path):

@@ -19,7 +19,7 @@ import re
 import uuid
 from pathlib import Path
 
-from .remote import explain, is_local, local_path
+from .remote import RemoteAccessError, explain, filesystem, is_local, local_path
 from .shards import INDEX_FILE, Shard, ShardError, ShardIndex, ShardInfo, verify_shard
 
 _CACHED_SHARD = re.compile(r"[0-9a-f]{16}/shard-\d{5}\.bin")
@@ -35,18 +35,19 @@ def read_index_url(url: str) -> ShardIndex:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes")
         return ShardIndex.from_json(path.read_text(), str(path))
-    import fsspec
-
     where = url.rstrip("/") + "/" + INDEX_FILE
     try:
-        with fsspec.open(where, "r") as f:
+        fs, path = filesystem(where)
+        with fs.open(path, "r") as f:
             text = f.read()
     except FileNotFoundError as err:
         if "bucket" in str(err).lower():
             raise explain(url, err) from err
         raise FileNotFoundError(f"{where} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes "
                                 "(last, once every shard is in place): run or finish `mpt prep --out URL`") from err
-    except (PermissionError, ImportError, OSError) as err:
+    except RemoteAccessError:
+        raise
+    except (PermissionError, OSError) as err:
         raise explain(url, err) from err
     return ShardIndex.from_json(text, where)
 

@@ -45,9 +45,12 @@ def filesystem(url: str):
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url)
     except ImportError as err:
         raise RemoteAccessError(f"{url}: {err}. For s3:// URLs pip install 'mpt[s3]'") from err
+    # fsspec keeps listings per process; another process (a prep run, a rank) may have written since
+    fs.invalidate_cache(path)
+    return fs, path
 
 
 def list_files(url: str) -> list[str]:
