@@ -179,7 +179,8 @@ COMMANDS = [
 def _prep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset")
-    p.add_argument("--out", help="output folder (must not already hold shards)")
+    p.add_argument("--out", help="output folder or s3:// URL: empty, or holding a run of this same command "
+                   "(an interrupted one continues, a finished one is left as it is)")
     p.add_argument("--tokenizer",
                    help="tokenizer.json file, folder holding one, or hub name (default: EleutherAI/gpt-neox-20b, "
                         "downloads when online)")
@@ -193,7 +194,8 @@ def _prep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eos-token", help="token appended to each document (default: <|endoftext|> or </s>)")
     p.add_argument("--shard-mb", type=float, help="shard size in MiB (default: 64)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip (and count) malformed JSON lines and records without the text field instead of stopping")
+                   help="skip (and count) malformed JSON lines, records without the text field and binary files "
+                        "instead of stopping")
     p.add_argument("--mc4", action="store_true",
                    help="the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, "
                         "most common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000")
