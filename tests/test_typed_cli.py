@@ -67,3 +67,13 @@ def test_a_model_is_required_where_the_config_default_means_none_given(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--port", "0"])
     assert exit_.value.code == 2 and "required: model" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_of_the_dataclass(capsys, monkeypatch):
+    import dataclasses
+
+    default = {f.name: f.default for f in dataclasses.fields(EvalRunConfig)}["max_batch_tokens"]
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {default})" in text and "--no-progress no progress bar" in text

@@ -46,7 +46,7 @@ COMMANDS = [
             "Build a randomly initialised model from a preset, save it in Hugging Face format, reload it with "
             "plain transformers and compare logits, then generate past max_seq_len with the KV cache. Needs no "
             "network and no data.",
-            flags={"preset": Flag("model preset (default: mpt-tiny)"),
+            flags={"preset": Flag("model preset"),
                    "out": Flag("where to save the model (default: a temporary folder)")}),
     Command("eval", "mpt.eval.command:EvalRunConfig", "mpt.eval.command:run_eval",
             "in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
@@ -58,15 +58,15 @@ COMMANDS = [
             "--output results.json",
             flags={"model": Flag("our checkpoint, a Hugging Face-format MPT or any causal LM folder, or a hub name",
                                  positional=True),
-                   "tasks": Flag("suite names (mpt7b), suite YAML files or bare .jsonl task files (default: mpt7b)"),
+                   "tasks": Flag("suite names (mpt7b), suite YAML files or bare .jsonl task files"),
                    "data_dir": Flag("folder holding the task files named in the suite (default: $MPT_EVAL_DATA)"),
                    "tokenizer": TOKENIZER,
                    "gauntlet": Flag("gauntlet name or YAML (default: the suite's; 'none' to skip)"),
                    "limit": Flag("evaluate only the first N examples of each task"),
                    "num_fewshot": Flag("override every task's few-shot counts"),
-                   "batch_size": Flag("sequences per forward pass (default: 64)"),
+                   "batch_size": Flag("sequences per forward pass"),
                    "max_batch_tokens": Flag("padded tokens per forward pass, bounding memory for long few-shot "
-                                            "prompts (default: 65536)"),
+                                            "prompts"),
                    "max_seq_len": Flag("context window (default: the model's)"), "device": DEVICE,
                    "dtype": Flag("weights dtype; auto: as saved (default: bfloat16 on GPU, float32 on CPU)",
                                  choices=("auto", "float32", "bfloat16", "float16")),
@@ -84,9 +84,9 @@ COMMANDS = [
             "template.",
             flags={"inputs": Flag("files, folders or globs (quote globs)", positional=True, metavar="INPUT"),
                    "out": Flag("folder to save the tokenizer in"),
-                   "vocab_size": Flag("vocabulary size incl. special tokens (default: 8192)"),
-                   "min_frequency": Flag("minimum count of a merge (default: 2)"),
-                   "text_field": Flag("JSON field / parquet column holding the text (default: text)"),
+                   "vocab_size": Flag("vocabulary size incl. special tokens"),
+                   "min_frequency": Flag("minimum count of a merge"),
+                   "text_field": Flag("JSON field / parquet column holding the text"),
                    "skip_bad": Flag("skip (and count) malformed records instead of stopping"),
                    "progress": Flag("no progress bar")}),
     Command("generate", "mpt.infer.commands:GenerateConfig", "mpt.infer.commands:generate",
@@ -102,8 +102,8 @@ COMMANDS = [
                    "each_line": Flag("every non-empty line is a separate prompt"),
                    "json": Flag("print JSON lines (text, finish_reason, token counts)"),
                    "stop": Flag("stop before this string (repeatable)", repeat=True),
-                   "batch_size": Flag("prompts decoded together (default: 16)"),
-                   "max_new_tokens": Flag("tokens to generate (default: 128)"), **SAMPLING}),
+                   "batch_size": Flag("prompts decoded together"),
+                   "max_new_tokens": Flag("tokens to generate"), **SAMPLING}),
     Command("chat", "mpt.infer.commands:ChatCommandConfig", "mpt.infer.commands:chat",
             "interactive chat (ChatML), replies streamed",
             "Chat with a model in the terminal. The conversation is rendered with the tokenizer's chat template "
@@ -123,17 +123,17 @@ COMMANDS = [
             flags={"model": Flag(MODEL.help, positional=True, required=True), "tokenizer": TOKENIZER,
                    "device": DEVICE, "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
                    "host": Flag("address to bind (default: 127.0.0.1, this machine only)"),
-                   "port": Flag("port (default: 8000)"),
+                   "port": Flag("port"),
                    "api_key": Flag("require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "
                                    "key)"),
                    "model_name": Flag("model id clients send (default: the folder name)"),
                    "context_length": Flag("prompt + max_tokens limit per request (default: the model's "
                                           "max_seq_len)"),
                    "max_tokens": Flag("largest max_tokens allowed (default: the context)"),
-                   "max_batch_size": Flag("sequences decoded together (default: 16)"),
+                   "max_batch_size": Flag("sequences decoded together"),
                    "max_concurrent": Flag("requests in flight (running or queued); more get HTTP 429 "
                                           "(default: 64)"),
-                   "max_n": Flag("largest n (choices per request) (default: 8)"),
+                   "max_n": Flag("largest n (choices per request)"),
                    "allow_origin": Flag("browser origin allowed to call a server without an API key "
                                         "(repeatable)", repeat=True)}),
     Command("export", "mpt.tools:ExportConfig", "mpt.tools:export",
@@ -146,11 +146,11 @@ COMMANDS = [
                                "(a step-N folder, or a checkpoint.folder: its newest complete checkpoint)",
                                positional=True),
                    "dst": Flag("output folder", positional=True),
-                   "format": Flag("output format (default: hf)"),
+                   "format": Flag("output format"),
                    "tokenizer": Flag("hf from a training checkpoint: folder whose tokenizer files to copy "
                                      "alongside (default: the tokenizer recorded with the run)"),
                    "prefill_only": Flag("onnx: export only prefill.onnx"),
-                   "opset": Flag("onnx: opset version (default: 18)"),
+                   "opset": Flag("onnx: opset version"),
                    "check": Flag("onnx: skip the onnxruntime vs PyTorch check")}),
     Command("quickstart", "mpt.quickstart:QuickstartConfig", "mpt.quickstart:quickstart",
             "the whole pipeline offline in minutes, with a report",
@@ -160,7 +160,7 @@ COMMANDS = [
             "perplexity at 1x/2x/4x the training length, optionally run ICL tasks, export to Hugging Face "
             "format, generate samples, and write OUT/report.md and report.html. Re-running the command continues "
             "where it stopped.",
-            flags={"out": Flag("output folder (default: ./quickstart)"),
+            flags={"out": Flag("output folder"),
                    "size": Flag("full: about 10 minutes on 2 CPU cores; ci: a reduced run of a minute or two",
                                 choices=("full", "ci")),
                    "eval_tasks": Flag("ICL task files or suite names for `mpt eval` (none are needed)",
@@ -171,7 +171,7 @@ COMMANDS = [
                    "tokenizer": Flag("use this tokenizer (tokenizer.json, folder or hub name) instead of training "
                                      "one"),
                    "force": Flag("use a non-empty --out folder that is not a quickstart run"),
-                   "seed": Flag("seed of every stage (default: 17)")}),
+                   "seed": Flag("seed of every stage")}),
 ]
 
 

@@ -1,7 +1,7 @@
 """A command line generated from a typed config: one dataclass -> argparse flags, a YAML file, overrides.
 
 Every ``mpt`` command is a config dataclass plus one function. This layer turns the dataclass's
-fields into flags (``batch_size: int = 64`` -> ``--batch-size N``, ``progress: bool = True`` ->
+fields into flags (``batch_size: int = 64`` -> ``--batch-size N``, its help ending "(default: 64)", ``progress: bool = True`` ->
 ``--no-progress``, ``Literal`` -> choices, ``list[X]`` -> several values), so options are declared
 once, in the config. Each command also takes ``--config FILE.yaml`` (the config as YAML) and
 ``key=value`` overrides, as ``mpt train RECIPE key=value`` does; flags given on the command line
@@ -80,7 +80,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict
         origin = typing.get_origin(tp)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": spec.help or None}
+        shown = default not in (None, True, False, [], "") and "default" not in spec.help
+        note = f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})" if shown else ""
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": (spec.help + note).strip() or None}
         if spec.metavar:
             kw["metavar"] = spec.metavar
         if typing.get_origin(tp) is typing.Literal or spec.choices:
