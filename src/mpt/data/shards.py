@@ -10,6 +10,8 @@ A dataset folder holds::
     index.json           format, version, dtype, vocab_size, eos_id, mode, seq_len, tokenizer, shards[]
     shard-00000.bin      one shard (layout below)
     summary.json         what `mpt prep` did (counts of everything read, filtered and written)
+    prep.json            the arguments and inputs of the `mpt prep` run that owns the folder
+                         (and prep-progress.json while it is unfinished; see prep_folder.py)
 
 A shard file is, all little-endian::
 
