@@ -5,7 +5,8 @@ import threading
 
 import httpx
 
-PROMPTS = ["Hello world", "The quick brown fox jumps", "MPT is"]
+# The tiny test model writes no end-of-text after these for thousands of greedy tokens.
+PROMPTS = ["MPT is", "The quick brown fox jumps"]
 
 
 class Innocents:

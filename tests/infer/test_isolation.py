@@ -27,8 +27,8 @@ PROBES = [
     ("repetition_penalty 1e300", {**BASE, "repetition_penalty": 1e300}, 400, "repetition_penalty"),
     ("four stop strings of 100k characters", {**BASE, "stop": ["x" * 100_000] * 4}, 400, "stop"),
     ("five stop strings", {**BASE, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ("an 8 MB prompt", {**BASE, "prompt": "word " * 1_600_000}, 400, "prompt"),
-    ("8 MB of chat messages", {"model": "tiny", "messages": [{"role": "user", "content": "word " * 1_600_000}]},
+    ("a 1 MB prompt", {**BASE, "prompt": "word " * 200_000}, 400, "prompt"),
+    ("1 MB of chat messages", {"model": "tiny", "messages": [{"role": "user", "content": "word " * 200_000}]},
      400, "messages"),
 ]
 
@@ -57,8 +57,12 @@ def test_each_probe_gets_a_4xx_naming_its_field_while_innocents_stream(server):
     assert server.wait_idle()
 
 
-def test_a_50_mb_body_gets_413_before_it_is_read(server):
-    with Innocents(server, key="test-key", max_tokens=600) as innocents:
+def test_huge_bodies_are_refused_before_tokenizing(server):
+    with Innocents(server, key="test-key", max_tokens=1500) as innocents:
+        # 8 MB: under the body cap, far over the characters any context can hold; refused before tokenizing
+        error = assert_openai_error(send(server.url, {**BASE, "prompt": "word " * 1_600_000}), 400, "prompt")
+        assert error["code"] == "context_length_exceeded" and "characters" in error["message"]
+        # 50 MB: over the body cap, refused before it is read
         body = b'{"model": "tiny", "prompt": "' + b"x" * 50_000_000 + b'"}'
         error = assert_openai_error(send(server.url, body), 413)
         assert error["code"] == "request_too_large" and "8388608" in error["message"]

@@ -10,6 +10,10 @@ cache is as long as the longest live row, not the age of the batch.
 
 Models with learned position embeddings would see shifted positions in padded rows, so they run
 one sequence at a time (``max_rows`` = 1).
+
+Chunked prefill: a :class:`Prefill` runs its prompts forward ``chunk`` tokens at a time into a cache
+of its own, so the scheduler can put a decode step of the running rows between two chunks: a long
+prompt joining no longer stalls everyone's stream for its whole prefill.
 """
 
 from __future__ import annotations
@@ -77,33 +81,33 @@ class BatchEngine:
         self.cache = self.mask = self.logits = None
         return rows
 
-    @torch.inference_mode()
-    def add(self, requests: Sequence[Row]) -> None:
-        """Prefill these sequences together and merge them into the running batch."""
-        if not requests:
-            return
+    def prefill(self, requests: Sequence[Row], chunk: int | None = None) -> Prefill:
+        """Start prefilling these sequences together, ``chunk`` tokens per :meth:`Prefill.advance` (None: all)."""
         for r in requests:
             if not r.prompt_ids:
                 raise ValueError(f"request {r.key!r} has an empty prompt")
             r.text = TextStream(self.decode, r.params.stop)
-        n = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(requests), n), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(requests), n, dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, n - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, n - len(r.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = KVCache(self.model.config.n_layers, capacity=n + 16)
-        out = self.model(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache, use_cache=True,
-                         logits_to_keep=1)
-        logits = out.logits[:, -1]
-        # Nothing of the running batch changes until all of this succeeded: a failed prefill fails only the
+        return Prefill(self, list(requests), chunk)
+
+    def add(self, requests: Sequence[Row]) -> None:
+        """Prefill these sequences together and merge them into the running batch."""
+        if not requests:
+            return
+        prefill = self.prefill(requests)
+        while not prefill.advance():
+            pass
+        self.join(prefill)
+
+    def join(self, prefill: Prefill) -> None:
+        """Merge a finished prefill's rows into the running batch."""
+        cache, mask, logits = prefill.cache, prefill.mask, prefill.logits
+        # Nothing of the running batch changes until all of this succeeded: a failed merge fails only the
         # joining rows.
         if self.rows:
             cache, mask = _merge(self.cache, self.mask, cache, mask)
             logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
         self.cache, self.mask, self.logits = cache, mask, logits
-        self.rows.extend(requests)
+        self.rows.extend(prefill.rows)
 
     def cancel(self, keys: set[Hashable]) -> None:
         keep = [i for i, r in enumerate(self.rows) if r.key not in keys]
@@ -166,6 +170,37 @@ class BatchEngine:
                 self.cache.keys[i], self.cache.values[i] = k[:, :, first:], v[:, :, first:]
             self.cache.lengths = [n - first for n in self.cache.lengths]
             self.mask = self.mask[:, first:]
+
+
+class Prefill:
+    """Prompts being run forward into a cache of their own, a chunk at a time, before they join the batch."""
+
+    def __init__(self, engine: BatchEngine, rows: list[Row], chunk: int | None) -> None:
+        self.engine, self.rows = engine, rows
+        n = max(len(r.prompt_ids) for r in rows)
+        self.chunk = chunk or n
+        ids = torch.full((len(rows), n), engine.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), n, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, n - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, n - len(r.prompt_ids):] = 1
+        self.ids, self.mask = ids.to(engine.device), mask.to(engine.device)
+        self.padded = not bool(mask.all())
+        self.cache = KVCache(engine.model.config.n_layers, capacity=n + 16)
+        self.done = 0  # prompt positions already in the cache
+        self.logits: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def advance(self) -> bool:
+        """Run the next chunk forward; True once the whole prompt is in the cache (``logits`` then set)."""
+        end = min(self.done + self.chunk, self.ids.shape[1])
+        out = self.engine.model(self.ids[:, self.done:end], attention_mask=self.mask[:, :end] if self.padded else None,
+                                cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.done = end
+        if end == self.ids.shape[1]:
+            self.logits = out.logits[:, -1]
+            return True
+        return False
 
 
 def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -> tuple[KVCache, torch.Tensor]:

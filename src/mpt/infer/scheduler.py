@@ -3,7 +3,8 @@
 Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and
 a callback; the thread admits waiting requests whenever the batch has room (prefilling them and
 merging them into the running batch), runs one decode step for every row, and hands each update to
-its callback. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
+its callback. A long prompt is prefilled ``prefill_chunk`` tokens per loop turn, each turn also
+running a decode step, so the running rows keep streaming while it joins. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
 before the next step. The model is only ever touched from this thread.
 """
 
@@ -16,14 +17,17 @@ import traceback
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 
-from .batching import BatchEngine, Row, Update
+from .batching import BatchEngine, Prefill, Row, Update
 
 log = logging.getLogger("mpt.serve")
 
 
 class Scheduler:
-    def __init__(self, engine: BatchEngine, max_batch_size: int = 16) -> None:
+    def __init__(self, engine: BatchEngine, max_batch_size: int = 16, prefill_chunk: int | None = None) -> None:
         self.engine = engine
+        self.prefill_chunk = prefill_chunk
+        self._prefill: Prefill | None = None  # rows joining, their prompts partly run
+        self._cancel_on_join: set[Hashable] = set()  # cancelled while prefilling: they leave as soon as they join
         self.max_rows = min(max_batch_size, engine.max_rows or max_batch_size)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[Row] = []
@@ -41,7 +45,8 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + self._inbox.qsize()
+        joining = len(self._prefill.rows) if self._prefill is not None else 0
+        return len(self._waiting) + self._inbox.qsize() + joining
 
     def start(self) -> Scheduler:
         self._thread.start()
@@ -67,12 +72,14 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._take_inbox(block=not self._waiting and not len(self.engine))
+            self._take_inbox(block=not self._waiting and not len(self.engine) and self._prefill is None)
             with self._lock:
                 cancelled, self._cancelled = self._cancelled, set()
             if cancelled:
                 self._waiting = [r for r in self._waiting if r.key not in cancelled]
                 self.engine.cancel(cancelled)
+                if self._prefill is not None:
+                    self._cancel_on_join |= cancelled & {r.key for r in self._prefill.rows}
                 for key in cancelled:
                     self._callbacks.pop(key, None)
             updates = self._admit()
@@ -90,15 +97,23 @@ class Scheduler:
                 self._deliver(u)
 
     def _admit(self) -> list[Update]:
-        """Prefill waiting rows into free batch slots; a failed prefill fails those rows, not the batch."""
-        free = self.max_rows - len(self.engine)
-        if free <= 0 or not self._waiting:
-            return []
-        joining, self._waiting = self._waiting[:free], self._waiting[free:]
+        """Prefill waiting rows into free batch slots, one chunk per call; a failed prefill fails those rows only."""
+        joining = self._prefill.rows if self._prefill is not None else []
         try:
-            self.engine.add(joining)
+            if self._prefill is None:
+                free = self.max_rows - len(self.engine)
+                if free <= 0 or not self._waiting:
+                    return []
+                joining, self._waiting = self._waiting[:free], self._waiting[free:]
+                self._prefill = self.engine.prefill(joining, self.prefill_chunk)
+            if self._prefill.advance():
+                prefill, self._prefill = self._prefill, None
+                self.engine.join(prefill)
+                cancelled, self._cancel_on_join = self._cancel_on_join, set()
+                self.engine.cancel(cancelled)
         except Exception as err:
             log.error("prefill failed:\n%s", traceback.format_exc())
+            self._prefill, self._cancel_on_join = None, set()
             return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
         return []
 

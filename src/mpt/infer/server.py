@@ -66,6 +66,9 @@ class ServeConfig:
     # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
     allow_origin: list[str] = field(default_factory=list)
     shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
+    # Prompt tokens run per decode step while a request joins (0: whole prompts at once): running rows keep
+    # streaming while a long prompt is prefilled.
+    prefill_chunk: int = 256
 
     def validate(self) -> ServeConfig:
         """Check what can be checked before the model is loaded."""
@@ -76,6 +79,8 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: whole prompts)")
         for name in ("body_timeout", "shutdown_grace"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")
@@ -199,7 +204,7 @@ class Server:
     def __init__(self, llm: LLM, cfg: ServeConfig) -> None:
         self.llm = llm
         self.cfg = cfg.resolve(llm)
-        self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size)
+        self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size, cfg.prefill_chunk or None)
         self.jobs: set[Job] = set()
         self.admitting = 0  # requests past the capacity check that are still tokenizing (not in jobs yet)
         self.draining = False  # SIGTERM arrived: new requests get 503
