@@ -49,6 +49,8 @@ def test_every_command_takes_a_config_file(tmp_path, capsys):
 def test_lm_eval_is_an_mpt_command():
     with pytest.raises(SystemExit, match="no task 'nope' in suite mpt7b"):
         main(["lm-eval", "export", "nope", "out", "--tokenizer", "unused"])
+    argv = ["--model", "mpt", "--model_args", "pretrained=x", "--tasks", "t"]
+    assert parse(["lm-eval", *argv]).rest == argv  # lm_eval's flags pass through untouched
 
 
 def test_prep_flags_fold_into_nested_sections_over_the_yaml(tmp_path):
@@ -69,7 +71,7 @@ def test_a_model_is_required_where_the_config_default_means_none_given(capsys):
     assert exit_.value.code == 2 and "required: model" in capsys.readouterr().err
 
 
-def test_help_shows_the_defaults_of_the_dataclass(capsys, monkeypatch):
+def test_help_shows_the_defaults_of_the_dataclass(capsys):
     import dataclasses
 
     default = {f.name: f.default for f in dataclasses.fields(EvalRunConfig)}["max_batch_tokens"]

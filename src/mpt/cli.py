@@ -385,6 +385,10 @@ ORDER = ["model-info", "convert", "demo", "prep", "eval", "tokenizer train", "tr
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``, building only the named command; ``key=value`` tokens become config overrides."""
     first = next((a for a in argv if not a.startswith("-")), "")
+    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
+        # lm_eval's own flags (--model, --tasks ...) are not ours to parse: all of them pass through.
+        return argparse.Namespace(command="lm-eval", func=cmd_lm_eval, rest=argv[1:], prog="mpt lm-eval",
+                                  verbose=False, debug=False)
     parser, leaves = _build(first)
     if len(leaves) == 1:
         cls, leaf = leaves[0]
