@@ -58,7 +58,7 @@ def test_upload_killed_midway_never_looks_complete_and_the_same_command_finishes
                                                                                      tmp_path):
     texts = [json.loads(line)["text"] for line in (shared / "data" / "pretrain" / "arxiv_sample.jsonl").open()]
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:3]))
+    src.write_text(json.dumps({"text": texts[0][:60_000]}) + "\n")      # about 15 k tokens: 30 shards to upload
     url = f"s3://{s3_server.bucket}/killed/shards"
     args = [str(src), "--tokenizer", str(neox), "--seq-len", "16", "--shard-mb", "0.001"]
     env = {**os.environ, **s3_server.env, "TMPDIR": str(tmp_path)}     # its staging folder goes there
@@ -70,7 +70,7 @@ def test_upload_killed_midway_never_looks_complete_and_the_same_command_finishes
         names = list_files(url)
         if sum(n.startswith("shard-") for n in names) >= 5:
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
