@@ -139,3 +139,10 @@ def test_missing_bucket_and_refused_credentials_are_clear_errors(s3_server, neox
     assert run.returncode == 2, run.stderr
     assert f"{url}: access denied" in run.stderr and "AWS_SECRET_ACCESS_KEY" in run.stderr, run.stderr
     assert list_files(url) == []
+    # the same for a training run reading shards (a fresh process: fsspec keeps one client per process)
+    shards = write_numbered_shards(tmp_path / "numbers", 20)
+    upload_folder(shards, url, sorted(p.name for p in shards.iterdir()))
+    read = ("from mpt.data import Source, StreamConfig, StreamingDataset\n"
+            f"StreamingDataset(StreamConfig([Source({url!r})], batch_size=2))")
+    run = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env, timeout=120)
+    assert f"RemoteAccessError: {url}: access denied" in run.stderr and "AWS_ACCESS_KEY_ID" in run.stderr, run.stderr
