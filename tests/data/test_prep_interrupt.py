@@ -3,6 +3,7 @@ memory bounded for huge records, binary files kept out of the shards."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,18 @@ def test_sigkill_then_rerun_continues_and_matches_an_uninterrupted_run(shared, n
     finished = json.loads(progress.read_text())["shards"]       # as the rerun will read it
     assert 5 <= len(finished) < total
     kept = {s["file"]: os.stat(out / s["file"]).st_ino for s in finished}
+
+    # a copy whose finished shard was damaged since: not continued; the message says what to delete
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    victim = damaged / finished[2]["file"]
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(OutputFolderError, match=rf"{victim} has .* but the interrupted run wrote .* delete the "
+                                                rf"folder {damaged} and rerun"):
+        prep(PrepConfig(inputs=[str(src)], out=str(damaged), tokenizer=str(neox), mode=mode, seq_len=16,
+                        shard_bytes=int(0.002 * (1 << 20)), progress=False))
 
     prep(PrepConfig(inputs=[str(src)], out=str(out), tokenizer=str(neox), mode=mode, seq_len=16,
                     shard_bytes=int(0.002 * (1 << 20)), progress=False))      # the same command again

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import TMP_SUFFIX, write_atomic
-from .shards import INDEX_FILE, ShardError, ShardInfo, verify_shard
+from .shards import INDEX_FILE, ShardInfo, file_sha256
 
 RUN_FILE = "prep.json"
 PROGRESS_FILE = "prep-progress.json"
@@ -92,10 +92,13 @@ def open_folder(out: Path, claim: dict) -> Progress | None:
         progress = Progress([ShardInfo(**s) for s in raw["shards"]], raw["doc"], raw["token"])
     keep = {s.file for s in progress.shards}
     for s in progress.shards:
-        try:
-            verify_shard(out / s.file, s)
-        except (ShardError, FileNotFoundError) as err:
-            raise OutputFolderError(f"{err}; {out} cannot be continued: delete the folder {out} and rerun") from err
+        path = out / s.file
+        found = (path.stat().st_size, file_sha256(path)) if path.is_file() else None
+        if found != (s.bytes, s.sha256):
+            what = "is missing" if found is None else f"has {found[0]:,} bytes, SHA-256 {found[1][:16]}..."
+            raise OutputFolderError(f"{path} {what} but the interrupted run wrote {s.bytes:,} bytes, SHA-256 "
+                                    f"{s.sha256[:16]}...: it was changed since, so {out} cannot be continued; "
+                                    f"delete the folder {out} and rerun the command")
     for name in names:
         if name not in _OURS and name not in keep:
             (out / name).unlink()   # half-written files and shards after the last recorded one: made again
