@@ -39,6 +39,12 @@ def test_folder_of_others_is_refused_and_left_untouched(neox, tmp_path):
     with pytest.raises(OutputFolderError, match=r"mine holds files that `mpt prep` did not write \(notes.txt\)"):
         prep(PrepConfig(inputs=[str(src)], out=str(mine), tokenizer=str(neox), seq_len=2, progress=False))
     assert (mine / "notes.txt").read_text() == "keep me"
+    # the same arguments over a changed input: not the same run
+    (mine / "notes.txt").unlink()
+    src.write_text('{"text": "other words, more of them"}\n')
+    with pytest.raises(OutputFolderError, match=r"mine holds a `mpt prep` run of these inputs as they were before "
+                                                r"\(\[.*a.jsonl', 23, .*\] there, \[.*a.jsonl', 38, .*\] now"):
+        prep(PrepConfig(inputs=[str(src)], out=str(mine), tokenizer=str(neox), seq_len=2, progress=False))
 
 
 @pytest.mark.parametrize("mode", ["concat", "docs"])

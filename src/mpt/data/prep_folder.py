@@ -12,6 +12,7 @@ someone else's) is refused before any work, naming the folder and what to do.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,12 @@ def check_claim(where: str, names: list[str], recorded: str | None, claim: dict)
         except json.JSONDecodeError as err:
             raise OutputFolderError(f"{where}/{RUN_FILE} is not valid JSON ({err}); delete {where} and rerun") from err
         changed = [k for k in sorted(set(old) | set(claim)) if old.get(k) != claim.get(k)]
+        if changed == ["input_files"]:
+            was, now = old.get("input_files") or [], claim["input_files"]
+            diff = next((a, b) for a, b in itertools.zip_longest(was, now) if a != b)
+            raise OutputFolderError(
+                f"{where} holds a `mpt prep` run of these inputs as they were before ({diff[0]} there, {diff[1]} now: "
+                f"[file, size, modification time]); delete {where} to prep them again, or choose another --out")
         if changed:
             k = changed[0]
             raise OutputFolderError(
