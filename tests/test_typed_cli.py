@@ -79,3 +79,11 @@ def test_help_shows_the_defaults_of_the_dataclass(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {default})" in text and "--no-progress no progress bar" in text
+
+
+def test_main_leaves_the_callers_warning_settings_as_they_were(capsys):
+    import warnings
+
+    fmt, filters = warnings.formatwarning, list(warnings.filters)
+    assert main(["model-info", "mpt-tiny"]) == 0
+    assert warnings.formatwarning is fmt and warnings.filters == filters

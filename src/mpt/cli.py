@@ -400,13 +400,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .console import expected_errors, one_line, quiet_third_parties
+    from .console import command_output, expected_errors, one_line
 
     args = parse(sys.argv[1:] if argv is None else list(argv))
-    if not args.verbose:
-        quiet_third_parties(args.prog)
     try:
-        return args.func(args)
+        with command_output(args.prog, args.verbose):
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"{args.prog}: interrupted", file=sys.stderr)
         return 130

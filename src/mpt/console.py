@@ -7,9 +7,11 @@ shows the traceback of an expected error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 
 def quiet_third_parties(prog: str) -> None:
@@ -24,6 +26,20 @@ def quiet_third_parties(prog: str) -> None:
         logging.set_verbosity_error()
     warnings.filterwarnings("once")
     warnings.formatwarning = lambda message, *_args, **_kw: f"{prog}: warning: {message}\n"
+
+
+@contextlib.contextmanager
+def command_output(prog: str, verbose: bool) -> Iterator[None]:
+    """Quiet (unless ``verbose``) while a command runs; warning filters and format restored after it,
+    for callers that run ``main()`` inside their own process (tests, notebooks)."""
+    saved = warnings.formatwarning
+    with warnings.catch_warnings():
+        if not verbose:
+            quiet_third_parties(prog)
+        try:
+            yield
+        finally:
+            warnings.formatwarning = saved
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
