@@ -54,3 +54,21 @@ def test_a_long_prompt_joins_in_chunks_beside_innocents(llm):
         assert s.wait_idle()
     finally:
         s.close()
+
+
+def test_a_client_that_leaves_while_its_prompt_is_prefilling_frees_its_row(llm):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    import httpx
+
+    s = RunningServer(llm, context_length=8192, prefill_chunk=1)  # one token per turn: a long join
+    try:
+        body = {"model": "tiny", "prompt": LONG * 20, "max_tokens": 6000, "stream": True, "temperature": 0}
+        with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30):
+            pass  # gone before the prompt is in the cache
+        # Requests are prefilled in order, so this one joins after the long prompt has: by its answer the
+        # row of the client that left must be gone, not decoding its 6000 tokens for nobody.
+        assert s.client().completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
+        assert s.state.scheduler.running == 0, s.state.health()
+        assert s.wait_idle()
+    finally:
+        s.close()

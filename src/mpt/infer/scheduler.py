@@ -86,7 +86,7 @@ class Scheduler:
             size = len(self.engine)
             try:
                 updates += self.engine.step()
-                self.steps += 1
+                self.steps += size > 0  # decode steps actually run, not idle turns of the loop
             except Exception as err:  # the batch's forward pass failed (e.g. out of memory): all its rows fail
                 log.error("decode step failed:\n%s", traceback.format_exc())
                 updates += [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}")
