@@ -42,9 +42,30 @@ def init_distributed(device_choice: str) -> Dist:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        store = _restart_safe_store(world)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank, world, local_rank, device)
+
+
+def _restart_safe_store(world: int):
+    """The agent's store, under a key prefix of this restart round (None: torch's default env:// store).
+
+    After ``torchrun --max-restarts`` restarts a group, the workers meet again in the agent's store,
+    where the previous round's keys still stand: gloo then reads a dead rank's address and times out
+    ("connectFullMesh failed ... Connection refused"). A prefix per round keeps the rounds apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"mpt/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,

@@ -1,0 +1,425 @@
+"""Many ranks, real `torchrun` processes over gloo, the recipe's defaults (export on).
+
+- The strategy matrix: 2 and 4 ranks x {FSDP full, FSDP grad_op, DDP} and HSDP on a 2x2 mesh; every
+  run ends, exports, and follows the one-process loss curve and weights (float tolerance).
+- Resharding: 4 ranks -> 2 ranks -> 1 process, each segment resuming the previous one's checkpoint.
+- Spike rollback on 2 ranks; in-training ICL evaluation on FSDP ranks changes nothing in training.
+- SIGKILL of one rank under `torchrun --max-restarts 1`: the group restarts, resumes, and ends
+  bit-identical to an uninterrupted run. SIGTERM on 2 ranks: saves, exits, resumes bit-identical.
+- Two nodes (two torchrun agents, c10d rendezvous): one run to the end; then one node dies mid-run,
+  is started again, and the job resumes and finishes by itself.
+"""
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mpt.config import from_dict
+from mpt.train import Recipe, train
+from mpt.train.checkpoint import complete_checkpoints, export_hf
+
+from .helpers import make_shards, recipe_dict
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+WORKER = Path(__file__).with_name("dist_worker.py")
+STEPS = 8
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recipe(run: Path, data: Path, **sections) -> dict:
+    """The test recipe with the defaults that matter here: export on, strategy auto, keep all checkpoints.
+
+    A constant schedule (after warmup) makes the learning rate independent of the run's length, so
+    segments of different lengths follow the same curve.
+    """
+    sections.setdefault("train", {})
+    sections["train"] = {"max_duration": f"{STEPS}ba", **sections["train"]}
+    sections["checkpoint"] = {"every_batches": 4, "keep": 10, "export_hf": str(run / "hf"),
+                              **sections.get("checkpoint", {})}
+    sections["scheduler"] = {"name": "constant", "warmup_batches": 2, **sections.get("scheduler", {})}
+    return recipe_dict(run, data, **sections)
+
+
+def _torchrun(nproc: int, *args, extra=(), new_session=False, env=ENV):
+    """A torchrun agent; its output goes to a file (a pipe nobody reads while the test waits could fill up)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *extra]
+    if "--rdzv-endpoint" not in extra:
+        cmd += ["--master_port", str(_port())]
+    log = tempfile.NamedTemporaryFile("w+", prefix="torchrun-", suffix=".log", delete=False)
+    proc = subprocess.Popen([*cmd, *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
+    proc.log_path = log.name
+    log.close()
+    return proc
+
+
+def _mpt_train(nproc: int, recipe: dict, run: Path, extra=(), new_session=False):
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return _torchrun(nproc, "-m", "mpt.cli", "train", str(path), extra=extra, new_session=new_session)
+
+
+def _finish(proc, timeout=300):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        out = Path(proc.log_path).read_text(errors="replace")
+        print(out[-6000:])  # shown by pytest when the test fails
+    return proc.returncode, out
+
+
+def _jobs(nproc: int, jobs: list[dict], where: Path) -> dict[str, dict]:
+    where.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        job["outcome"] = str(where / f"{job['name']}.json")
+    spec = where / f"jobs-{nproc}.json"
+    spec.write_text(json.dumps(jobs))
+    code, out = _finish(_torchrun(nproc, str(WORKER), str(spec)), timeout=600)
+    assert code == 0, out[-5000:]
+    return {job["name"]: json.loads(Path(job["outcome"]).read_text()) for job in jobs}
+
+
+def _losses(run: Path) -> list[float]:
+    by_step = {}
+    for line in (run / "log" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        if "loss" in m:
+            by_step[m["step"]] = m["loss"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _logged_steps(run: Path) -> int:
+    path = run / "log" / "metrics.jsonl"
+    return sum('"loss"' in line for line in path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _exported(run: Path) -> dict:
+    return load_file(run / "hf" / "model.safetensors")
+
+
+def _weights_at(tmp: Path, checkpoint: Path) -> dict:
+    out = tmp / f"export-{checkpoint.parent.parent.name}-{checkpoint.name}"
+    export_hf(checkpoint, out)
+    return load_file(out / "model.safetensors")
+
+
+def _close(weights: dict, reference: dict, atol=1e-4) -> None:
+    assert weights.keys() == reference.keys()
+    for name, w in weights.items():
+        assert torch.allclose(w, reference[name], atol=atol), name
+
+
+def _identical(weights: dict, reference: dict) -> None:
+    assert weights.keys() == reference.keys()
+    for name, w in weights.items():
+        assert torch.equal(w, reference[name]), f"{name} differs from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("data") / "shards", samples=160)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shards):
+    """One process, 12 steps: the curve and weights every multi-rank run must follow."""
+    tmp = tmp_path_factory.mktemp("reference")
+    train(from_dict(Recipe, _recipe(tmp / "ref", shards, train={"max_duration": "12ba"})), log=lambda *a: None)
+    ckpts = {p.name: p for p in complete_checkpoints(tmp / "ref" / "ckpt")}
+    return {"losses": _losses(tmp / "ref"), "step8": _weights_at(tmp, ckpts["step-00000008"]),
+            "step12": _weights_at(tmp, ckpts["step-00000012"])}
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory, shards):
+    tmp = tmp_path_factory.mktemp("four")
+    jobs = [{"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
+        ("fsdp", {"strategy": "fsdp"}),
+        ("grad_op", {"strategy": "fsdp", "fsdp_sharding": "grad_op"}),
+        ("ddp", {"strategy": "ddp"}),
+        ("hsdp", {"strategy": "hsdp", "replicas": 2}),
+    ]]
+    # the first segment of the 4 -> 2 -> 1 resharding chain
+    jobs.append({"name": "reshard", "recipe": _recipe(tmp / "reshard", shards, train={"max_duration": "4ba"})})
+    return tmp, _jobs(4, jobs, tmp / "jobs")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, shards, four_ranks):
+    tmp = tmp_path_factory.mktemp("two")
+    four_tmp, _ = four_ranks
+    chain = four_tmp / "reshard"
+    jobs = [{"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
+        ("auto", {}),
+        ("grad_op", {"strategy": "fsdp", "fsdp_sharding": "grad_op"}),
+        ("ddp", {"strategy": "ddp"}),
+    ]]
+    # resharding, second segment: the 4-rank checkpoint of step 4 resumed on 2 ranks up to step 8
+    jobs.append({"name": "reshard", "recipe": _recipe(chain, shards)})
+    # spike rollback: 16 good steps, then random tokens until the rollbacks run out
+    noise = make_shards(tmp / "noise-shards", samples=160, random_tokens=True)
+    spiky = tmp / "spiky"
+    jobs.append({"name": "spiky-good", "recipe": _recipe(spiky, shards, train={"max_duration": "16ba"},
+                                                         checkpoint={"every_batches": 8, "export_hf": None})})
+    jobs.append({"name": "spiky-noise", "may_fail": True, "recipe": _recipe(
+        spiky, noise, train={"max_duration": "40ba"}, checkpoint={"every_batches": 8, "export_hf": None},
+        spike={"factor": 1.3, "window": 8, "min_history": 4, "patience": 2, "max_rollbacks": 2})})
+    # in-training ICL evaluation: the same FSDP run with and without it
+    icl_data, tokenizer, task = _icl_fixtures(tmp / "icl-inputs")
+    icl = {"tasks": [str(task)], "every_batches": 4, "limit": None, "tokenizer": str(tokenizer), "batch_size": 4}
+    model = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": ICL_VOCAB, "max_seq_len": 32}}
+    jobs.append({"name": "with-icl", "recipe": _recipe(tmp / "with-icl", icl_data, model=model, eval={"icl": icl})})
+    jobs.append({"name": "without-icl", "recipe": _recipe(tmp / "without-icl", icl_data, model=model)})
+    return tmp, _jobs(2, jobs, tmp / "jobs")
+
+
+ICL_VOCAB = 320
+
+
+def _icl_fixtures(where: Path):
+    """A small BPE tokenizer, shards in its vocabulary size, and a 12-example multiple-choice task."""
+    from mpt.data.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    where.mkdir(parents=True)
+    corpus = where / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog ran to the park; water flows from the spout. " * 40)
+    train_tokenizer(TokenizerTrainConfig(inputs=[str(corpus)], out=str(where / "tok"), vocab_size=300,
+                                         progress=False))
+    data = make_shards(where / "shards", samples=160, vocab=ICL_VOCAB, tokenizer=str(where / "tok"))
+    rng = random.Random(0)
+    words = ["cat", "dog", "mat", "park", "water", "spout", "sat", "ran"]
+    task = where / "tiny_mc.jsonl"
+    task.write_text("".join(json.dumps({"query": f"the {rng.choice(words)} {rng.choice(words)}, therefore",
+                                        "choices": [f"the {rng.choice(words)}.", f"a {rng.choice(words)} ran."],
+                                        "gold": rng.randint(0, 1)}) + "\n" for _ in range(12)))
+    return data, where / "tok", task
+
+
+def test_icl_during_fsdp_training_scores_like_mpt_eval_and_changes_nothing(two_ranks):
+    from mpt.data.tokenize import load_tokenizer
+    from mpt.eval.harness import evaluate
+    from mpt.eval.suite import load_suite
+    from mpt.model.load import load_model
+
+    tmp, outcomes = two_ranks
+    assert outcomes["with-icl"]["error"] is None and outcomes["without-icl"]["error"] is None
+    with_icl, without = tmp / "with-icl", tmp / "without-icl"
+    # training is untouched: same losses, same final weights, bit for bit
+    assert _losses(with_icl) == _losses(without)
+    _identical(_exported(with_icl), _exported(without))
+    # the accuracies are logged at steps 4 and 8 ...
+    logged = {}
+    for line in (with_icl / "log" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        logged.update({(m["step"], k): v for k, v in m.items() if k.startswith("icl/")})
+    assert sorted(logged) == [(4, "icl/tiny_mc/0-shot"), (8, "icl/tiny_mc/0-shot")]
+    assert outcomes["with-icl"]["icl"] == {"icl/tiny_mc/0-shot": logged[(8, "icl/tiny_mc/0-shot")]}
+    # ... and step 8's equals `mpt eval` of the exported model in one process
+    task = tmp / "icl-inputs" / "tiny_mc.jsonl"
+    out = evaluate(load_model(str(with_icl / "hf"), "cpu"), load_tokenizer(str(tmp / "icl-inputs" / "tok")),
+                   load_suite(str(task)).tasks, progress=False)
+    assert out.tasks[0].n == 12
+    assert out.tasks[0].accuracy == logged[(8, "icl/tiny_mc/0-shot")]
+
+
+@pytest.mark.parametrize("name", ["fsdp", "grad_op", "ddp", "hsdp"])
+def test_four_ranks_end_export_and_follow_the_one_process_run(four_ranks, reference, name):
+    tmp, outcomes = four_ranks
+    assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
+    run = tmp / name
+    assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
+    assert len(list(complete_checkpoints(run / "ckpt")[-1].glob("rank*.pt"))) == 4
+    _close(_exported(run), reference["step8"])
+
+
+@pytest.mark.parametrize("name", ["auto", "grad_op", "ddp"])
+def test_two_ranks_end_export_and_follow_the_one_process_run(two_ranks, reference, name):
+    tmp, outcomes = two_ranks
+    assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
+    run = tmp / name
+    assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
+    _close(_exported(run), reference["step8"])
+
+
+def test_resharding_4_then_2_then_1_ranks_follows_the_one_process_run(four_ranks, two_ranks, reference, shards):
+    four_tmp, _ = four_ranks
+    _, outcomes = two_ranks
+    assert outcomes["reshard"]["error"] is None
+    chain = four_tmp / "reshard"
+    messages = []
+    train(from_dict(Recipe, _recipe(chain, shards, train={"max_duration": "12ba"})), log=messages.append)
+    assert any("resumed from" in m and "step-00000008" in m for m in messages)
+    assert _losses(chain) == pytest.approx(reference["losses"], rel=1e-4)
+    _close(_exported(chain), reference["step12"])
+
+
+def test_spike_rollback_on_two_ranks_restores_the_checkpoint_weights(two_ranks):
+    tmp, outcomes = two_ranks
+    assert outcomes["spiky-good"]["error"] is None
+    assert "already rolled back 2 times" in outcomes["spiky-noise"]["error"]
+    latest = complete_checkpoints(tmp / "spiky" / "ckpt")[-1]
+    assert latest.name == "step-00000016"
+    before = _weights_at(tmp, Path(outcomes["spiky-good"]["checkpoint"]))
+    _identical(_weights_at(tmp / "after", latest), before)
+
+
+def test_sigkill_of_one_rank_under_max_restarts_resumes_bit_identical(tmp_path, shards, two_ranks):
+    two_tmp, _ = two_ranks
+    run = tmp_path / "killed"
+    # c10d rendezvous: each restart round meets under fresh store keys (the static one can reuse stale ones)
+    proc = _mpt_train(2, _recipe(run, shards, parallel={}), run, extra=[
+        "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}"])
+    deadline = time.time() + 180
+    while _logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [w for w in _descendants(proc.pid) if "mpt.cli" in _cmdline(w)]
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; the agent restarts the whole group
+    code, out = _finish(proc)
+    assert code == 0, out[-4000:]
+    assert "resumed from" in out
+    _identical(_exported(run), _exported(two_tmp / "auto"))
+
+
+def test_sigterm_on_two_ranks_saves_exits_and_resumes_bit_identical(tmp_path, shards, two_ranks):
+    two_tmp, _ = two_ranks
+    run = tmp_path / "preempted"
+    recipe = _recipe(run, shards, parallel={}, checkpoint={"every_batches": 0})
+    proc = _mpt_train(2, recipe, run)
+    deadline = time.time() + 180
+    while _logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it to every rank
+    code, out = _finish(proc)
+    assert code != 0
+    assert "SIGTERM: saved" in out, out[-4000:]
+    saved = complete_checkpoints(run / "ckpt")
+    assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < STEPS
+    code, out = _finish(_mpt_train(2, recipe, run))
+    assert code == 0, out[-4000:]
+    _identical(_exported(run), _exported(two_tmp / "auto"))
+
+
+def _node(run: Path, port: int):
+    """One simulated node: a torchrun agent with one rank, meeting the other node at 127.0.0.1:port.
+
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as the README's multi-node launch says: with the shared store
+    a rank-0 agent keeps its first round's bootstrap keys, and a node that joins a later round (one
+    restarted after a crash) waits for them forever.
+    """
+    extra = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+             "--rdzv-id", run.name, "--max-restarts", "2"]
+    return _torchrun(1, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), extra=extra, new_session=True,
+                     env=dict(ENV, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"))
+
+
+def _first_node(run: Path, recipe: dict, port: int):
+    """Node A starts first and hosts the rendezvous (the --rdzv-endpoint machine of a real cluster)."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    node = _node(run, port)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return node
+        time.sleep(0.1)
+    raise AssertionError("node A's rendezvous never listened")
+
+
+def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tmp_path, shards):
+    # one run to the end on two simulated nodes (one rank each)
+    whole = tmp_path / "whole"
+    port = _port()
+    long = {"max_duration": "40ba"}  # long enough to lose a node in the middle
+    agents = [_first_node(whole, _recipe(whole, shards, parallel={}, train=long), port), _node(whole, port)]
+    for agent in agents:
+        code, out = _finish(agent)
+        assert code == 0, out[-4000:]
+    # the same job; node B dies mid-run (agent and rank together) and is started again with the same command
+    run = tmp_path / "node-lost"
+    port = _port()
+    node_a = _first_node(run, _recipe(run, shards, parallel={}, train=long), port)
+    node_b = _node(run, port)
+    deadline = time.time() + 180
+    while _logged_steps(run) < 10 and node_a.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert 10 <= _logged_steps(run) < 40
+    for pid in [node_b.pid, *_descendants(node_b.pid)]:  # the node's agent and its rank (own session)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node_b.wait()
+    node_b = _node(run, port)
+    code_a, out_a = _finish(node_a)
+    code_b, out_b = _finish(node_b)
+    assert code_a == 0, out_a[-4000:]
+    assert code_b == 0, out_b[-4000:]
+    assert "resumed from" in out_a + out_b
+    _identical(_exported(run), _exported(whole))
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return [d for k in kids for d in [k, *_descendants(k)]]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_path, shards):
+    # A larger model makes each save last long enough to freeze a rank inside it.
+    run = tmp_path / "frozen-in-save"
+    recipe = _recipe(run, shards, parallel={}, train={"max_duration": "400ba"}, checkpoint={"every_batches": 2},
+                     model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
+                                       "max_seq_len": 32}},
+                     watchdog={"enabled": True, "min_seconds": 600.0, "factor": 1000.0, "phase_seconds": 4.0})
+    proc = _mpt_train(2, recipe, run)
+    ckpt_dir = run / "ckpt"
+    frozen = None
+    deadline = time.time() + 120
+    while frozen is None and proc.poll() is None and time.time() < deadline:
+        if ckpt_dir.is_dir() and any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir()):
+            workers = sorted(w for w in _descendants(proc.pid) if "mpt.cli" in _cmdline(w))
+            if len(workers) == 2:
+                frozen = workers[-1]
+                os.kill(frozen, signal.SIGSTOP)  # inside a save: the other rank waits in its collectives
+    assert frozen is not None, "never caught a save in progress"
+    try:
+        # the steps' own limit (600 s minimum) is far away: only the save's 4 s limit can fire
+        code, out = _finish(proc, timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # torchrun may have killed it already
+            os.kill(frozen, signal.SIGKILL)
+    assert code != 0
+    assert "(most recent call first):" in out and "checkpoint.py" in out, out[-3000:]
