@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 
@@ -84,9 +83,9 @@ def export(cfg: ExportConfig) -> None:
         print(f"wrote {', '.join(str(f) for f in files)}")
         return
     from .model.hf import convert
-    from .train.checkpoint import complete_checkpoints, export_hf
+    from .train.checkpoint import complete_checkpoints, export_hf, location
 
-    src = Path(cfg.src)
+    src = location(cfg.src)  # a local folder, or a checkpoint folder on object storage (s3://...)
     if (src / "trainer_state.json").is_file() or complete_checkpoints(src):  # a training checkpoint
         used = export_hf(src, cfg.dst, tokenizer_from=cfg.tokenizer)
         print(f"wrote a Hugging Face-format checkpoint to {cfg.dst} from training checkpoint {used}")

@@ -74,6 +74,26 @@ def _remove(path) -> None:
         path.fs.rm(path.path, recursive=True)
 
 
+def check_folder(folder) -> None:
+    """Before any step: an object-store folder's bucket must exist and be reachable with these credentials.
+
+    (s3fs would otherwise create a mistyped bucket on the first save, or fail only then.)
+    """
+    root = location(folder)
+    if _is_local(root):
+        return
+    bucket = root.path.strip("/").split("/", 1)[0]
+    try:
+        found = root.fs.exists(bucket)
+    except (PermissionError, OSError) as err:
+        raise CheckpointError(f"checkpoint.folder {folder}: cannot reach bucket {bucket!r} ({err}); check the "
+                              "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or your profile) and the "
+                              "endpoint") from err
+    if not found:
+        raise CheckpointError(f"checkpoint.folder {folder}: bucket {bucket!r} does not exist (or these "
+                              "credentials cannot see it); create it first, or fix checkpoint.folder")
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -202,7 +222,8 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
     staging = root / f"step-{step:08d}.tmp" if _is_local(root) else final
     run_name = trainer_state["run_name"]
     if _rank() == 0:
-        root.mkdir(parents=True, exist_ok=True)
+        if _is_local(root):  # object stores have no folders to make (and s3fs would make a bucket)
+            root.mkdir(parents=True, exist_ok=True)
         _remove(root / f"step-{step:08d}.tmp")
         if final.exists():
             owner = (_manifest(final) or {}).get("run_name", run_name)

@@ -203,6 +203,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                          f"{d.world_size} ranks")
     rank_batch = t_cfg.global_batch_size // d.world_size
     watchdog = Watchdog(recipe.watchdog)
+    ckpt.check_folder(c_cfg.folder)
 
     # ---- model, data, in-training evaluation (all validated before the first step) ----------
     model = _build_model(recipe, say)
