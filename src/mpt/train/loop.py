@@ -189,6 +189,66 @@ def _rollback(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, gu
     say(f"rolled back to {state.last_ckpt} (step {state.step}) after repeated bad steps; continuing with new data")
 
 
+def _build_data(recipe: Recipe, config, rank_batch: int, d: Dist, say):
+    """This rank's batches and the sample length, checked against the model before any step."""
+    batches = build_batches(recipe.data, rank_batch, recipe.train.seed, d.rank, d.world_size, config.max_seq_len,
+                            say)
+    if recipe.data.kind != "pretrain":
+        config.check_tokenizer(batches.vocab_size)
+        return batches, config.max_seq_len
+    seq_len = batches.seq_len
+    for index in batches.dataset.indexes:
+        config.check_tokenizer(index.vocab_size)
+    if seq_len is None or seq_len > config.max_seq_len:
+        raise ValueError(f"data samples are {seq_len or 'whole documents'} tokens long but the model's "
+                         f"max_seq_len is {config.max_seq_len}; prep with --seq-len <= max_seq_len or raise "
+                         "model.fields.max_seq_len")
+    return batches, seq_len
+
+
+def _build_optimizer(model, recipe: Recipe):
+    o = recipe.optimizer
+    groups = param_groups(model, o.weight_decay, o.decay_norms, o.decay_embeddings)
+    if o.name == "lion":
+        return DecoupledLion(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    return DecoupledAdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def _resume(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, guard: SpikeGuard, d: Dist, say) -> None:
+    """Continue from the newest checkpoint of this run that every rank can load, if there is one."""
+    found = ckpt.load_latest(recipe.checkpoint.folder, wrapped, optimizer, recipe.run_name, log=say)
+    if found is None:
+        return
+    state.last_ckpt, saved, rng = found
+    state.step, state.tokens = saved["step"], saved["tokens"]
+    batches.load_state_dict(saved["data"])
+    guard.load_state_dict(saved["guard"])
+    if rng is not None:
+        ckpt.set_rng_state(rng)
+    else:
+        say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
+            "re-seeding (dropout masks will differ from an uninterrupted run)")
+        _seed_everything(recipe.train.seed + state.step * 1009 + d.rank)
+    say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
+
+
+def _evaluate(recipe: Recipe, step: int, wrapped, model, icl, d: Dist, autocast, watchdog: Watchdog,
+              say) -> dict[str, float]:
+    """The evaluations due at this step (validation loss, ICL tasks), on every rank together."""
+    evaluated = {}
+    if recipe.eval.every_batches and step % recipe.eval.every_batches == 0 and recipe.data.eval_sources:
+        with watchdog.phase():
+            evaluated["val_loss"] = validation_loss(wrapped, recipe, d, autocast)
+        say(f"step {step}: validation loss {evaluated['val_loss']:.4f} "
+            f"(perplexity {math.exp(min(evaluated['val_loss'], 50)):.2f})")
+    if icl is not None and icl.due(step):
+        with watchdog.phase():
+            scores = icl.run(model, recipe.parallel.fsdp_sharding == "full")
+        evaluated.update(scores)
+        say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return evaluated
+
+
 def train(recipe: Recipe, log=print) -> TrainResult:
     t_cfg, c_cfg = recipe.train, recipe.checkpoint
 
@@ -208,18 +268,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     # ---- model, data, in-training evaluation (all validated before the first step) ----------
     model = _build_model(recipe, say)
     config = model.config
-    batches = build_batches(recipe.data, rank_batch, t_cfg.seed, d.rank, d.world_size, config.max_seq_len, say)
-    if recipe.data.kind == "pretrain":
-        seq_len = batches.seq_len
-        for index in batches.dataset.indexes:
-            config.check_tokenizer(index.vocab_size)
-        if seq_len is None or seq_len > config.max_seq_len:
-            raise ValueError(f"data samples are {seq_len or 'whole documents'} tokens long but the model's "
-                             f"max_seq_len is {config.max_seq_len}; prep with --seq-len <= max_seq_len or raise "
-                             "model.fields.max_seq_len")
-    else:
-        seq_len = config.max_seq_len
-        config.check_tokenizer(batches.vocab_size)
+    batches, seq_len = _build_data(recipe, config, rank_batch, d, say)
     tokenizer = _data_tokenizer(recipe, batches)
     icl = None
     if recipe.eval.icl.every_batches:
@@ -236,12 +285,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     p_cfg = recipe.parallel
     wrapped = parallelize(model, p_cfg.strategy, p_cfg.fsdp_sharding, d.world_size, t_cfg.activation_checkpointing,
                           p_cfg.replicas, d.device.type)
-    o = recipe.optimizer
-    groups = param_groups(model, o.weight_decay, o.decay_norms, o.decay_embeddings)
-    if o.name == "lion":
-        optimizer = DecoupledLion(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    else:
-        optimizer = DecoupledAdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = _build_optimizer(model, recipe)
     fwd = torch.compile(wrapped) if t_cfg.compile else wrapped
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t_cfg.precision == "bf16")
 
@@ -257,23 +301,10 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     # ---- resume (all ranks agree on the checkpoint) --------------------------------------------
     state = TrainState()
     guard = SpikeGuard(recipe.spike)
-    found = None
     if c_cfg.autoresume:
         with watchdog.phase():
-            found = ckpt.load_latest(c_cfg.folder, wrapped, optimizer, recipe.run_name, log=say)
-    if found is not None:
-        state.last_ckpt, saved, rng = found
-        state.step, state.tokens = saved["step"], saved["tokens"]
-        batches.load_state_dict(saved["data"])
-        guard.load_state_dict(saved["guard"])
-        if rng is not None:
-            ckpt.set_rng_state(rng)
-        else:
-            say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
-                "re-seeding (dropout masks will differ from an uninterrupted run)")
-            _seed_everything(t_cfg.seed + state.step * 1009 + d.rank)
-        say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
-    elif not recipe.model.init_from:
+            _resume(recipe, state, wrapped, optimizer, batches, guard, d, say)
+    if state.last_ckpt is None and not recipe.model.init_from:
         say("fresh initialisation (no checkpoint to resume from)")
 
     def save() -> None:
@@ -304,8 +335,9 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             start = time.perf_counter()
             with watchdog.covering(watchdog.step_limit(monitor.median_step_time())):
                 batch = batches.next()
-                lr = o.lr * lr_multiplier(state.step, total, recipe.scheduler.warmup_batches, recipe.scheduler.name,
-                                          recipe.scheduler.alpha_f)
+                sched = recipe.scheduler
+                lr = recipe.optimizer.lr * lr_multiplier(state.step, total, sched.warmup_batches, sched.name,
+                                                         sched.alpha_f)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 result = train_step(fwd, wrapped, model, optimizer, batch, micro, d, autocast, t_cfg.grad_clip,
@@ -332,17 +364,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                     bar.n = state.step
                 continue
 
-            evaluated = {}
-            if recipe.eval.every_batches and state.step % recipe.eval.every_batches == 0 and recipe.data.eval_sources:
-                with watchdog.phase():
-                    evaluated["val_loss"] = validation_loss(wrapped, recipe, d, autocast)
-                say(f"step {state.step}: validation loss {evaluated['val_loss']:.4f} "
-                    f"(perplexity {math.exp(min(evaluated['val_loss'], 50)):.2f})")
-            if icl is not None and icl.due(state.step):
-                with watchdog.phase():
-                    last_icl = icl.run(model, p_cfg.fsdp_sharding == "full")
-                evaluated.update(last_icl)
-                say(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last_icl.items()))
+            evaluated = _evaluate(recipe, state.step, wrapped, model, icl, d, autocast, watchdog, say)
+            last_icl = {k: v for k, v in evaluated.items() if k.startswith("icl/")} or last_icl
             if evaluated:
                 monitor.record(state.step, evaluated)
 
