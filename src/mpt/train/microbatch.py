@@ -8,6 +8,11 @@ its next meeting point, which its peers reach too, and all of them abandon the a
 Each attempt ends with exactly one all-reduce that reports a failure, or with one more that
 reports success on all ranks, so the ranks never fall out of step. (An out-of-memory inside
 FSDP's own all-gather can still strand its peers; the watchdog covers the probe for that case.)
+
+Known gap: in a 2-rank gloo run with an injected out-of-memory error, the ranks abandoned the failed
+attempts together, but the FSDP2 state left by a forward cut short on one rank then made the next
+attempt's collectives differ between ranks (a mismatch, not a clean fit). Until that is fixed, set
+an explicit ``micro_batch_size`` for multi-rank FSDP jobs on GPUs whose memory is tight.
 """
 
 from __future__ import annotations
