@@ -1,5 +1,6 @@
-"""Synthetic token shards with a learnable pattern, and small recipes for training tests."""
+"""Synthetic token shards with a learnable pattern, small recipes, and process lookups for training tests."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,24 @@ def recipe_dict(tmp: Path, data: Path, **sections) -> dict:
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return base
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun agents start their ranks as children)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return [d for k in kids for d in [k, *descendants(k)]]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:  # the process ended meanwhile
+        return ""

@@ -31,7 +31,7 @@ from mpt.config import from_dict
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import complete_checkpoints, export_hf
 
-from .helpers import make_shards, recipe_dict
+from .helpers import cmdline, descendants, make_shards, recipe_dict
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -291,7 +291,7 @@ def test_sigkill_of_one_rank_under_max_restarts_resumes_bit_identical(tmp_path, 
     deadline = time.time() + 180
     while _logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    workers = [w for w in _descendants(proc.pid) if "mpt.cli" in _cmdline(w)]
+    workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)  # one rank dies; the agent restarts the whole group
     code, out = _finish(proc)
@@ -364,7 +364,7 @@ def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tm
     while _logged_steps(run) < 10 and node_a.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert 10 <= _logged_steps(run) < 40
-    for pid in [node_b.pid, *_descendants(node_b.pid)]:  # the node's agent and its rank (own session)
+    for pid in [node_b.pid, *descendants(node_b.pid)]:  # the node's agent and its rank (own session)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     node_b.wait()
@@ -375,26 +375,6 @@ def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tm
     assert code_b == 0, out_b[-4000:]
     assert "resumed from" in out_a + out_b
     _identical(_exported(run), _exported(whole))
-
-
-def _descendants(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return [d for k in kids for d in [k, *_descendants(k)]]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
-    except OSError:  # the process ended meanwhile
-        return ""
 
 
 def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_path, shards):
@@ -410,7 +390,7 @@ def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_pa
     deadline = time.time() + 120
     while frozen is None and proc.poll() is None and time.time() < deadline:
         if ckpt_dir.is_dir() and any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir()):
-            workers = sorted(w for w in _descendants(proc.pid) if "mpt.cli" in _cmdline(w))
+            workers = sorted(w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w))
             if len(workers) == 2:
                 frozen = workers[-1]
                 os.kill(frozen, signal.SIGSTOP)  # inside a save: the other rank waits in its collectives

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from mpt.train.checkpoint import complete_checkpoints, export_hf
 
-from .helpers import make_shards, recipe_dict
+from .helpers import cmdline, descendants, make_shards, recipe_dict
 
 TOTAL = 16
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -165,26 +165,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_bit_identical(tmp_pat
     _assert_bit_identical(_final_weights(tmp_path, run), reference[0])
 
 
-def _children(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
-    except OSError:  # the process ended meanwhile
-        return ""
-
-
 def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
     recipe, run = _recipe(tmp_path, shards, "hang", train={"max_duration": "400ba"},
                           watchdog={"enabled": True, "min_seconds": 3.0, "factor": 20.0},
@@ -193,7 +173,7 @@ def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
     deadline = time.time() + 120
     while _logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    workers = [w for c in _children(proc.pid) for w in [c, *_children(c)] if "mpt.cli" in _cmdline(w)]
+    workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
     assert len(workers) >= 2, (workers, _logged_steps(run), proc.poll())
     frozen = workers[-1]
     os.kill(frozen, signal.SIGSTOP)  # one rank freezes: the others wait forever in a collective
