@@ -30,7 +30,8 @@ def test_import_mpt_data_loads_no_model_inference_or_transformers():
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["chat", "--help"], ["train", "--help"],
                                   ["eval", "--help"], ["tokenizer", "train", "--help"], ["prep", "--help"],
                                   ["export", "--help"], ["convert", "--help"], ["demo", "--help"],
-                                  ["model-info", "--help"], ["quickstart", "--help"], ["lm-eval", "--help"]])
+                                  ["model-info", "--help"], ["quickstart", "--help"], ["lm-eval", "--help"],
+                                  ["serve", "--help"]])
 def test_help_loads_no_torch_transformers_or_model(argv):
     code = f"from mpt.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert loaded_after(code) & {"torch", "transformers", "mpt.model", "mpt.train"} == set()

@@ -114,7 +114,7 @@ COMMANDS = [
                    "context_length": Flag("prompt + reply tokens (default: max_seq_len)"),
                    "max_new_tokens": Flag("tokens per reply (default: 256, at most half the context)"),
                    **SAMPLING}),
-    Command("serve", "mpt.infer.server:ServeConfig", "mpt.infer.server:serve",
+    Command("serve", "mpt.infer.serve_config:ServeConfig", "mpt.infer.server:serve",
             "OpenAI-compatible HTTP server with a web chat page",
             "Serve a model over an OpenAI-compatible API (GET /v1/models, POST /v1/completions, POST "
             "/v1/chat/completions, streaming with stream: true; GET /health) and a chat page at /. Concurrent "

@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect, Request
 
 from .protocol import APIError
-
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+from .serve_config import LOOPBACK_NAMES
 
 
 class ClientGone(Exception):

@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
@@ -34,81 +32,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .api import LLM
 from .batching import Row, Update
 from .chat import END_OF_TURN, Message, render
-from .guard import LOOPBACK_NAMES, ClientGone, check_local_request, read_body
+from .guard import ClientGone, check_local_request, read_body
 from .logprobs import prompt_logprobs
 from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .sampling import SamplingParams
 from .scheduler import Scheduler
-
-
-@dataclass
-class ServeConfig:
-    model: str = ""
-    tokenizer: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # None: $MPT_API_KEY, else no key required
-    model_name: str | None = None  # default: the checkpoint folder's name
-    context_length: int | None = None  # prompt + max_tokens; default: the model's max_seq_len
-    max_tokens: int | None = None  # largest max_tokens a request may ask for; default: the context
-    max_batch_size: int = 16  # rows decoded together
-    max_concurrent: int = 64  # requests in flight, running or waiting; more get 429
-    max_n: int = 8  # choices per request (n x prompts)
-    log_level: str = "info"
-    # Limits checked before any work (CLI: --max-prompt-chars, --max-body-bytes, --max-connections).
-    max_prompt_chars: int | None = None  # default: context_length x the longest token, in characters
-    max_body_bytes: int = 8 * 2**20  # larger request bodies get 413 before they are read
-    body_timeout: float = 30.0  # seconds a client may take to send its request body (then 408)
-    max_connections: int | None = None  # open connections; more get 503 from uvicorn (default: 2 x max_concurrent + 32)
-    # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
-    allow_origin: list[str] = field(default_factory=list)
-    shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
-    # Prompt tokens run per decode step while a request joins (0: whole prompts at once): running rows keep
-    # streaming while a long prompt is prefilled.
-    prefill_chunk: int = 256
-
-    def validate(self) -> ServeConfig:
-        """Check what can be checked before the model is loaded."""
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port={self.port} is invalid: use 0..65535")
-        for name in ("max_batch_size", "max_concurrent", "max_n", "context_length", "max_tokens",
-                     "max_prompt_chars", "max_body_bytes", "max_connections"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} is invalid: must be >= 1")
-        if self.prefill_chunk < 0:
-            raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: whole prompts)")
-        for name in ("body_timeout", "shutdown_grace"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")
-        self.allow_origin = [o.rstrip("/") for o in self.allow_origin]
-        if self.api_key is None:
-            self.api_key = os.environ.get("MPT_API_KEY") or None
-        return self
-
-    def resolve(self, llm: LLM) -> ServeConfig:
-        """Fill the defaults that come from the model."""
-        self.validate()
-        self.model_name = self.model_name or Path(str(self.model)).name or "mpt"
-        self.context_length = self.context_length or llm.model.config.max_seq_len
-        if self.context_length < 2:
-            raise ValueError(f"context_length={self.context_length} is invalid: must be >= 2")
-        self.max_tokens = min(self.max_tokens or self.context_length, self.context_length - 1)
-        if self.max_prompt_chars is None:
-            # No prompt with more characters than this can fit in the context, whatever it says.
-            longest = max((len(t) for t in llm.tokenizer.get_vocab()), default=1)
-            self.max_prompt_chars = self.context_length * max(longest, 1)
-        return self
-
-    def exposure_warning(self) -> str | None:
-        """A warning when anyone on the network can use this server: bound beyond loopback with no key."""
-        if self.api_key or self.host in LOOPBACK_NAMES:
-            return None
-        return (f"warning: serving on {self.host} without an API key: anyone who can reach this machine can use "
-                "the model; set --api-key (or $MPT_API_KEY), or bind 127.0.0.1")
+from .serve_config import ServeConfig
 
 
 @dataclass
