@@ -389,12 +389,12 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None) -> Path:
         dcp.load(sd, **_reader(path), no_dist=True)
     model.load_state_dict(sd["model"])
     if tokenizer_from is None:
-        tokenizer_from = _local_tokenizer_folder(state.get("tokenizer"))
+        tokenizer_from = local_tokenizer_folder(state.get("tokenizer"))
     save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
     return path
 
 
-def _local_tokenizer_folder(tokenizer: str | None) -> str | None:
+def local_tokenizer_folder(tokenizer: str | None) -> str | None:
     """The local folder holding the tokenizer's files, or None (a hub name, a synthetic label)."""
     if tokenizer is None:
         return None

@@ -274,7 +274,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     if recipe.eval.icl.every_batches:
         from .icl import InTrainingEval
 
-        icl = InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt._local_tokenizer_folder(tokenizer))
+        icl = InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt.local_tokenizer_folder(tokenizer))
     total = _total_steps(recipe, batches.samples_per_epoch(), seq_len)
     say(f"training for {total} steps of {t_cfg.global_batch_size} samples x {seq_len} tokens on {d.world_size} "
         f"rank(s), device {d.device}, precision {t_cfg.precision}")
