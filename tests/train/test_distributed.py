@@ -81,6 +81,11 @@ def _mpt_train(nproc: int, recipe: dict, run: Path, extra=(), new_session=False)
 def _finish(proc, timeout=300):
     try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(proc.pid), proc.pid]:  # a hung job must not outlive its test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         out = Path(proc.log_path).read_text(errors="replace")
         print(out[-6000:])  # shown by pytest when the test fails

@@ -1,21 +1,25 @@
 """``micro_batch_size: auto``: the largest power-of-two share of the rank batch whose step fits in memory.
 
 The probe runs once, before the first step, identically on every rank. Out-of-memory is caught per
-rank, but under FSDP or DDP the other ranks may meanwhile sit in a collective (an all-gather) that
-the failed rank will never join. So every block's forward and backward first meets the other
-ranks in a one-number all-reduce carrying "I ran out of memory": a rank that fails reports it at
-its next meeting point, which its peers reach too, and all of them abandon the attempt together.
-Each attempt ends with exactly one all-reduce that reports a failure, or with one more that
-reports success on all ranks, so the ranks never fall out of step. (An out-of-memory inside
-FSDP's own all-gather can still strand its peers; the watchdog covers the probe for that case.)
+rank, but under FSDP or DDP the other ranks may meanwhile go on to a collective (an all-gather, a
+reduce-scatter, a gradient all-reduce) that the failed rank will never join. So the ranks meet at
+every block boundary in a one-number all-reduce carrying "I ran out of memory": before each block's
+forward (ahead of FSDP's all-gather), before each block's backward (ahead of its all-gathers) and
+after it (ahead of its gradient reduction). Between two meeting points every rank issues the same
+collectives before any computation that could run out of memory, so a rank that fails reports it
+at the meeting point its peers reach next, and all of them abandon the attempt together. Each
+attempt ends with exactly one all-reduce that reports a failure, or with one more that reports
+success on all ranks, so the ranks never fall out of step. FSDP2's per-iteration state is then
+reset on every rank (``reset_iter_state``), since the ranks stopped at different points.
 
-Known gap: in a 2-rank gloo run with an injected out-of-memory error, the ranks abandoned the failed
-attempts together, but the FSDP2 state left by a forward cut short on one rank then made the next
-attempt's collectives differ between ranks (a mismatch, not a clean fit). Until that is fixed, set
-an explicit ``micro_batch_size`` for multi-rank FSDP jobs on GPUs whose memory is tight.
+Not covered: an out-of-memory inside FSDP's own collective buffers, or in the embedding's backward
+(the last computation, when memory use is lowest) strands the peers; the watchdog covers the probe
+and ends such a job with a message instead of a hang.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -31,10 +35,13 @@ class _OutOfMemorySync:
         self.handles = []
         if not dist.is_initialized():
             return
+        model = getattr(model, "module", model)  # DDP
         for block in model.transformer.blocks:
-            # prepend: meet the peers before FSDP's own hook issues its all-gather
-            self.handles.append(block.register_forward_pre_hook(self._meet, prepend=True))
-            self.handles.append(block.register_full_backward_pre_hook(self._meet, prepend=True))
+            # prepend: meet the peers before FSDP's own hooks issue their all-gathers; a module's
+            # full backward hook runs before FSDP's post-backward (which reduce-scatters)
+            self.handles.append(block.register_forward_pre_hook(self.meet, prepend=True))
+            self.handles.append(block.register_full_backward_pre_hook(self.meet, prepend=True))
+            self.handles.append(block.register_full_backward_hook(self.meet, prepend=True))
 
     def report(self, out_of_memory: bool) -> bool:
         """Tell the peers whether this rank ran out of memory; True if any rank did."""
@@ -44,7 +51,7 @@ class _OutOfMemorySync:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
-    def _meet(self, *args) -> None:
+    def meet(self, *args) -> None:
         if self.report(False):
             raise _PeerOutOfMemory()
 
@@ -53,13 +60,18 @@ class _OutOfMemorySync:
             handle.remove()
 
 
-def _reshard(model: torch.nn.Module) -> None:
-    """An abandoned attempt may leave FSDP parameters gathered: free them before the next one."""
+def _reset(model: torch.nn.Module) -> None:
+    """Bring every rank's FSDP2 state back to "between steps" after an abandoned attempt.
+
+    The ranks stop at different points (the failed rank mid-block, its peers at their next meeting
+    point), so some hold gathered parameters or a half-run forward that others do not; without a
+    reset the next attempt's all-gathers differ between ranks. ``reset_iter_state`` (on the root)
+    reshards every group and clears FSDP's per-iteration trackers; it issues no collective.
+    """
     from torch.distributed.fsdp import FSDPModule
 
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    if isinstance(model, FSDPModule):
+        model.reset_iter_state()
 
 
 def find_micro_batch_size(fwd, model, batch: dict, device: torch.device, autocast, log,
@@ -74,14 +86,24 @@ def find_micro_batch_size(fwd, model, batch: dict, device: torch.device, autocas
     if not may_run_out:
         log(f"micro_batch_size auto: {size} (the whole rank batch; out-of-memory cannot be caught on {device.type})")
         return size
+    from torch.distributed.fsdp import FSDPModule
+
+    if dist.is_initialized() and isinstance(model, FSDPModule) and not hasattr(model, "reset_iter_state"):
+        raise RuntimeError(f"micro_batch_size auto under FSDP needs FSDPModule.reset_iter_state, which torch "
+                           f"{torch.__version__} lacks (2.13 has it); upgrade torch or set train.micro_batch_size")
     sync = _OutOfMemorySync(model, device)
+    # DDP reduces gradient buckets from inside backward, at points no block boundary marks; the probe
+    # throws its gradients away, so it skips that reduction altogether
+    no_sync = getattr(model, "no_sync", contextlib.nullcontext)
     try:
         while True:
             try:
                 mb = {k: v[:size].to(device) for k, v in batch.items()}
-                with autocast:
-                    loss = fwd(**mb).loss
-                loss.backward()
+                with no_sync():
+                    with autocast:
+                        loss = fwd(**mb).loss
+                    sync.meet()  # FSDP's backward starts with the root's all-gather
+                    loss.backward()
                 failed = sync.report(False)
             except torch.OutOfMemoryError:
                 failed = sync.report(True)
@@ -89,7 +111,7 @@ def find_micro_batch_size(fwd, model, batch: dict, device: torch.device, autocas
                 failed = True
             model.zero_grad(set_to_none=True)
             if failed:
-                _reshard(model)
+                _reset(model)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if not failed:
