@@ -6,6 +6,7 @@
 - Spike rollback on 2 ranks; in-training ICL evaluation on FSDP ranks changes nothing in training.
 - SIGKILL of one rank under `torchrun --max-restarts 1`: the group restarts, resumes, and ends
   bit-identical to an uninterrupted run. SIGTERM on 2 ranks: saves, exits, resumes bit-identical.
+- A newest checkpoint that only rank 1 cannot load: both ranks resume from the same older one.
 - Two nodes (two torchrun agents, c10d rendezvous): one run to the end; then one node dies mid-run,
   is started again, and the job resumes and finishes by itself.
 """
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -302,6 +304,34 @@ def test_sigkill_of_one_rank_under_max_restarts_resumes_bit_identical(tmp_path, 
     code, out = _finish(proc)
     assert code == 0, out[-4000:]
     assert "resumed from" in out
+    _identical(_exported(run), _exported(two_tmp / "auto"))
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_only_one_rank_cannot_load_sends_both_ranks_back_to_the_older_one(tmp_path, shards, two_ranks):
+    """Rank 1's RNG file in the newest checkpoint is a crafted pickle with a matching manifest: rank 0
+    loads that checkpoint fine, rank 1 refuses its file. Both must resume from the same older one."""
+    from .test_checkpoint import _rewrite_manifest
+
+    two_tmp, _ = two_ranks
+    run = tmp_path / "one-rank-sees-it"
+    shutil.copytree(two_tmp / "auto" / "ckpt", run / "ckpt")
+    older, newest = complete_checkpoints(run / "ckpt")[-2:]
+    marker = tmp_path / "pwned"
+    torch.save({"torch": _Payload(marker)}, newest / "rank1.pt")
+    _rewrite_manifest(newest)
+    code, out = _finish(_mpt_train(2, _recipe(run, shards, parallel={}), run))
+    assert code == 0, out[-4000:]
+    assert not marker.exists()
+    assert f"checkpoint {newest} cannot be used" in out
+    assert f"resumed from {older}" in out and f"resumed from {newest}" not in out
     _identical(_exported(run), _exported(two_tmp / "auto"))
 
 

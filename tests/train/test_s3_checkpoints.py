@@ -79,3 +79,26 @@ def test_a_bucket_that_does_not_exist_is_a_clear_error_before_training(tmp_path,
     assert "create it first, or fix checkpoint.folder" in str(err.value)
     assert not (tmp_path / "log" / "metrics.jsonl").exists()  # no step was run
     assert not fsspec.filesystem("s3").exists("no-such-bucket-here")
+
+
+def test_wrong_credentials_for_the_checkpoint_bucket_are_a_clear_error_before_training(tmp_path, s3_server):
+    """`mpt train` as a user runs it, with a wrong secret key: one line naming the folder and what to check."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    data = make_shards(tmp_path / "data")
+    url = f"s3://{s3_server.bucket}/runs/denied"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(tmp_path, data, checkpoint={"folder": url},
+                                                 train={"max_duration": "2ba"})))
+    env = {**os.environ, **s3_server.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    run = subprocess.run([sys.executable, "-m", "mpt.cli", "train", str(recipe)], capture_output=True, text=True,
+                         env=env, timeout=180)
+    assert run.returncode == 2, run.stderr
+    assert f"checkpoint.folder {url}: cannot reach bucket" in run.stderr, run.stderr
+    assert "AWS_SECRET_ACCESS_KEY" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "log" / "metrics.jsonl").exists()  # no step was run
+    assert not fsspec.filesystem("s3").exists(url)

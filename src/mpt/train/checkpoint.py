@@ -84,14 +84,14 @@ def check_folder(folder) -> None:
         return
     bucket = root.path.strip("/").split("/", 1)[0]
     try:
-        found = root.fs.exists(bucket)
+        root.fs.info(bucket)  # unlike exists(), tells a refused request from a missing bucket
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint.folder {folder}: bucket {bucket!r} does not exist; create it first, "
+                              "or fix checkpoint.folder") from err
     except (PermissionError, OSError) as err:
         raise CheckpointError(f"checkpoint.folder {folder}: cannot reach bucket {bucket!r} ({err}); check the "
-                              "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or your profile) and the "
-                              "endpoint") from err
-    if not found:
-        raise CheckpointError(f"checkpoint.folder {folder}: bucket {bucket!r} does not exist (or these "
-                              "credentials cannot see it); create it first, or fix checkpoint.folder")
+                              "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE), the endpoint "
+                              "(AWS_ENDPOINT_URL_S3) and that they may use this bucket") from err
 
 
 def _rank() -> int:
