@@ -4,9 +4,9 @@ The flags of a command come from its config dataclass (:mod:`mpt.typed_cli`); ev
 takes ``--config FILE.yaml`` and ``key=value`` overrides. Only the chosen command's config module is
 imported, and those import neither torch nor transformers, so ``--help`` answers at once -- except
 ``serve``, whose config lives in the server module (torch, FastAPI).
-``prep`` and ``train`` declare their arguments here: prep's flags fold into the nested filter and
-dedup sections of its config (which also comes from ``--config`` and overrides), and train's recipe
-is a YAML file with overrides already.
+``train`` declares its arguments here: its recipe is a YAML file with overrides already. ``prep``'s
+shorthand flags (``--mc4``, ``--min-words`` ...) are fields of ``PrepCommand``, folded into the nested
+filter and dedup sections of its ``PrepConfig``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,41 @@ DTYPE = Flag("weights dtype (default: bfloat16 on GPU, float32 on CPU)")
 SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling mass"),
             "top_k": Flag("sample among the k likeliest tokens (0: off)"),
             "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
+
+PREP_FLAGS = {
+    "inputs": Flag("files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset",
+                   positional=True, metavar="INPUT"),
+    "out": Flag("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one "
+                "continues, a finished one is left as it is)", required=True),
+    "tokenizer": Flag("tokenizer.json file, folder holding one, or hub name (downloads when online)"),
+    "text_field": Flag("JSON field / parquet column holding the text"),
+    "hf_split": Flag("split of hf:NAME inputs"),
+    "mode": Flag("concat: EOS-joined documents packed into --seq-len samples; docs: one document per sample "
+                 "(whole, for packed training with document masks)", choices=("concat", "docs")),
+    "seq_len": Flag("tokens per sample in concat mode"),
+    "vocab_size": Flag("declared vocabulary; a token id at or above it is an error (default: the tokenizer's)"),
+    "eos_token": Flag("token appended to each document (default: <|endoftext|> or </s>)"),
+    "shard_bytes": Flag("shard size in bytes (or --shard-mb)"),
+    "shard_mb": Flag("shard size in MiB (default: 64)"),
+    "skip_bad": Flag("skip (and count) malformed JSON lines, records without the text field and binary files "
+                     "instead of stopping"),
+    "batch_docs": Flag("documents tokenized together"),
+    "workers": Flag("processes for the filters and near-dedup fingerprints (default: all cores; the tokenizer "
+                    "always uses all cores)"),
+    "chunk_chars": Flag("characters tokenized at once (bounds memory; long documents are cut into pieces)"),
+    "staging": Flag("local folder where a remote --out is built before upload (default: a temporary folder)"),
+    "progress": Flag("no progress bar"),
+    "mc4": Flag("the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, most "
+                "common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000"),
+    "min_words": Flag("override the minimum word count (mC4: 200)"),
+    "max_words": Flag("override the maximum word count (mC4: 50,000)"),
+    "min_chars": Flag("drop documents shorter than this (off by default)"),
+    "max_chars": Flag("drop documents longer than this (off by default)"),
+    "exact_dedup": Flag("keep exact duplicates (removed by default)", names=("--no-exact-dedup",)),
+    "near_dedup": Flag("also remove near duplicates (MinHash LSH)"),
+    "near_dedup_threshold": Flag("estimated Jaccard similarity of word 5-grams above which a document is a near "
+                                 "duplicate (default: 0.8)"),
+}
 
 COMMANDS = [
     Command("model-info", "mpt.tools:ModelInfoConfig", "mpt.tools:print_model_info",
@@ -48,6 +83,16 @@ COMMANDS = [
             "network and no data.",
             flags={"preset": Flag("model preset"),
                    "out": Flag("where to save the model (default: a temporary folder)")}),
+    Command("prep", "mpt.data.prep:PrepCommand", "mpt.data.prep:prep_command",
+            "clean, deduplicate, tokenize and shard text for training",
+            "Read jsonl / json / txt / parquet files (also .gz), folders and globs; drop empty documents, apply "
+            "the quality filters asked for, remove exact (default) and near duplicates; tokenize; join documents "
+            "with EOS and cut them into --seq-len samples (--mode concat) or keep one document per sample (--mode "
+            "docs, for packed pretraining with document masks); write checksummed shards, index.json and "
+            "summary.json to --out. Every dropped record is counted in the summary.",
+            "example: mpt prep data/*.jsonl --out data/shards --seq-len 2048; filters and dedup also take "
+            "key=value overrides (filters.min_words=50, dedup.threshold=0.9)",
+            flags=PREP_FLAGS),
     Command("eval", "mpt.eval.command:EvalRunConfig", "mpt.eval.command:run_eval",
             "in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
             "Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, multiple_choice, schema, "
@@ -175,82 +220,10 @@ COMMANDS = [
 ]
 
 
-# ---- the two commands that declare their own arguments --------------------------------------
-def _prep_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset")
-    p.add_argument("--out", help="output folder or s3:// URL: empty, or holding a run of this same command "
-                   "(an interrupted one continues, a finished one is left as it is)")
-    p.add_argument("--tokenizer",
-                   help="tokenizer.json file, folder holding one, or hub name (default: EleutherAI/gpt-neox-20b, "
-                        "downloads when online)")
-    p.add_argument("--text-field", help="JSON field / parquet column holding the text (default: text)")
-    p.add_argument("--hf-split", help="split of hf:NAME inputs (default: train)")
-    p.add_argument("--mode", choices=["concat", "docs"],
-                   help="concat: EOS-joined documents packed into --seq-len samples (default); docs: one per sample")
-    p.add_argument("--seq-len", type=int, help="tokens per sample in concat mode (default: 2048)")
-    p.add_argument("--vocab-size", type=int,
-                   help="declared vocabulary; a token id at or above it is an error (default: the tokenizer's)")
-    p.add_argument("--eos-token", help="token appended to each document (default: <|endoftext|> or </s>)")
-    p.add_argument("--shard-mb", type=float, help="shard size in MiB (default: 64)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip (and count) malformed JSON lines, records without the text field and binary files "
-                        "instead of stopping")
-    p.add_argument("--mc4", action="store_true",
-                   help="the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, "
-                        "most common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000")
-    p.add_argument("--min-words", type=int, help="override the minimum word count (mC4: 200)")
-    p.add_argument("--max-words", type=int, help="override the maximum word count (mC4: 50,000)")
-    p.add_argument("--min-chars", type=int, help="drop documents shorter than this (off by default)")
-    p.add_argument("--max-chars", type=int, help="drop documents longer than this (off by default)")
-    p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates (removed by default)")
-    p.add_argument("--workers", type=int,
-                   help="processes for the filters and near-dedup fingerprints (default: all cores; the "
-                        "tokenizer always uses all cores)")
-    p.add_argument("--near-dedup", action="store_true", help="also remove near duplicates (MinHash LSH)")
-    p.add_argument("--near-dedup-threshold", type=float,
-                   help="estimated Jaccard similarity of word 5-grams above which a document is a near "
-                        "duplicate (default: 0.8)")
-
-# Flags of `mpt prep` that set a nested field of PrepConfig; the others are its own field names.
-PREP_KEYS = {"min_words": "filters.min_words", "max_words": "filters.max_words", "min_chars": "filters.min_chars",
-             "max_chars": "filters.max_chars", "near_dedup": "dedup.near", "near_dedup_threshold": "dedup.threshold"}
-
-
+# ---- the command that declares its own arguments (its recipe is a YAML file with overrides already) ----
 def prep_config(args: argparse.Namespace):
-    """PrepConfig from --config, then key=value overrides, then the flags given (argparse keeps only those)."""
-    import dataclasses
-
-    from .config import apply_overrides, from_dict, load_yaml
-    from .data.filters import FilterConfig
-    from .data.prep import PrepConfig
-
-    data = load_yaml(args._config) if args._config else {}
-    apply_overrides(data, args._overrides)
-    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in COMMON}
-    if given.pop("mc4", False):
-        data["filters"] = {**data.get("filters", {}), **dataclasses.asdict(FilterConfig.mc4())}
-    if given.pop("no_exact_dedup", False):
-        data.setdefault("dedup", {})["exact"] = False
-    if "shard_mb" in given:
-        data["shard_bytes"] = int(given.pop("shard_mb") * (1 << 20))
-    for key, value in given.items():
-        *sections, name = PREP_KEYS.get(key, key).split(".")
-        node = data
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    return from_dict(PrepConfig, data, validate=False)
-
-
-def cmd_prep(args: argparse.Namespace) -> int:
-    from .data.prep import prep
-
-    cfg = prep_config(args)
-    summary = prep(cfg)
-    print("\n".join(summary.lines()))
-    print(f"shards, index.json and summary.json are in {cfg.out}")
-    return 0
+    """The PrepConfig that `mpt prep` with these parsed arguments runs (--config, overrides, flags folded)."""
+    return build_config(args._cls, args, args._overrides, args._parser).to_config()
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -284,13 +257,6 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 
 CUSTOM = {
-    "prep": ("clean, deduplicate, tokenize and shard text for training",
-             "Read jsonl / json / txt / parquet files (also .gz), folders and globs; drop empty documents, apply "
-             "the quality filters asked for, remove exact (default) and near duplicates; tokenize; join documents "
-             "with EOS and cut them into --seq-len samples (--mode concat) or keep one document per sample (--mode "
-             "docs); write checksummed shards, index.json and summary.json to --out. Every dropped record is "
-             "counted in the summary.",
-             _prep_arguments, cmd_prep, "mpt.data.prep:PrepConfig"),
     "train": ("pretrain or finetune from a YAML recipe (single process or torchrun)",
               "Train from a recipe: model, data, optimizer, schedule, batch sizes, duration, precision, "
               "parallelism, checkpointing, logging. The recipe is validated before any work starts. Starting the "

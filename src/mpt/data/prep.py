@@ -7,6 +7,7 @@ in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,57 @@ class PrepConfig:
             raise ValueError(f"workers={self.workers} must be >= 1")
         self.filters.validate()
         self.dedup.validate()
+
+
+@dataclass
+class PrepCommand(PrepConfig):
+    """`mpt prep`'s options: a :class:`PrepConfig` plus shorthand flags that set its nested sections.
+
+    The command line is generated from these fields (:mod:`mpt.typed_cli`); the shorthands keep the
+    flag names users already type (``--mc4``, ``--min-words``, ``--no-exact-dedup``, ``--shard-mb``
+    ...) and are folded into ``filters``, ``dedup`` and ``shard_bytes`` by :meth:`to_config`, over
+    what ``--config`` and ``key=value`` overrides gave. ``inputs`` and ``out`` get empty defaults here
+    only so that they may come from ``--config``; ``validate`` still requires them.
+    """
+
+    inputs: list[str] = field(default_factory=list)
+    out: str = ""
+    shard_mb: float | None = None           # shard size in MiB; sets shard_bytes
+    mc4: bool = False                       # the MPT-7B mC4 filter rules (FilterConfig.mc4())
+    min_words: int | None = None            # the single filter bounds, after --mc4
+    max_words: int | None = None
+    min_chars: int | None = None
+    max_chars: int | None = None
+    exact_dedup: bool = True
+    near_dedup: bool = False
+    near_dedup_threshold: float | None = None
+
+    def to_config(self) -> PrepConfig:
+        base = {f.name: getattr(self, f.name) for f in fields(PrepConfig)}
+        cfg = copy.deepcopy(PrepConfig(**base))   # the folding below must not touch self's sections
+        if self.mc4:
+            cfg.filters = FilterConfig.mc4()   # the whole rule set, as the flag always meant
+        for name in ("min_words", "max_words", "min_chars", "max_chars"):
+            if getattr(self, name) is not None:
+                setattr(cfg.filters, name, getattr(self, name))
+        if self.shard_mb is not None:
+            cfg.shard_bytes = int(self.shard_mb * (1 << 20))
+        if not self.exact_dedup:
+            cfg.dedup.exact = False
+        if self.near_dedup:
+            cfg.dedup.near = True
+        if self.near_dedup_threshold is not None:
+            cfg.dedup.threshold = self.near_dedup_threshold
+        return cfg
+
+
+def prep_command(args: PrepCommand) -> int:
+    """`mpt prep`: run :func:`prep` and print its summary."""
+    cfg = args.to_config()
+    summary = prep(cfg)
+    print("\n".join(summary.lines()))
+    print(f"shards, index.json and summary.json are in {cfg.out}")
+    return 0
 
 
 @dataclass
