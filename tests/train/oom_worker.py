@@ -8,7 +8,6 @@ can run out (on CPU it otherwise takes the whole batch). Everything else is the 
 Usage: torchrun --nproc_per_node 2 tests/train/oom_worker.py JOBS.json
 """
 
-import functools
 import json
 import sys
 

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, MptForCausalLM
 
 from mpt import MPTForCausalLM as OurMPT
+from mpt.config import ConfigError
 from mpt.model.hf import save_pretrained
 from mpt.train.lora import LoraError, LoraSection, apply_lora, export_adapter, export_merged, load_adapter
 from tests.model.helpers import tiny_config
@@ -53,7 +54,7 @@ def test_unknown_target_module_is_an_error_listing_the_linear_layers():
     with pytest.raises(LoraError, match=r"\['q_proj'\] are not linear layers.*\['Wqkv', 'down_proj', 'out_proj', "
                                         r"'up_proj'\]"):
         apply_lora(_base(), LoraSection(target_modules=["Wqkv", "q_proj"]), log=lambda *_: None)
-    with pytest.raises(LoraError, match="model.lora.r` = 0"):
+    with pytest.raises(ConfigError, match="model.lora.r` = 0"):
         apply_lora(_base(), LoraSection(r=0), log=lambda *_: None)
 
 

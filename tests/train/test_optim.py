@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpt import MPTForCausalLM
-from mpt.train.optim import DecoupledAdamW, DecoupledLion, lr_multiplier, param_groups
+from mpt.train.optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
 
 from ..model.helpers import tiny_config
 
@@ -30,7 +30,8 @@ def test_lion_two_steps_by_hand():
 
 def test_adamw_by_hand_with_decoupled_decay_scaled_by_lr_ratio():
     p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
-    opt = DecoupledAdamW([p], lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt = decoupled_adamw([{"params": [p], "weight_decay": 0.1}], lr=0.01, betas=(0.9, 0.95), eps=1e-8)
+    assert isinstance(opt, torch.optim.AdamW)  # torch's own kernels, not a Python loop
     w, m, v = [1.0, -1.0], [0.0, 0.0], [0.0, 0.0]
     for t, (g, lr) in enumerate([([0.5, -0.1], 0.01), ([0.2, 0.3], 0.005)], start=1):
         opt.param_groups[0]["lr"] = lr
@@ -46,7 +47,7 @@ def test_adamw_by_hand_with_decoupled_decay_scaled_by_lr_ratio():
 
 def test_lion_keeps_one_buffer_adamw_two():
     a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
-    lion, adam = DecoupledLion([a]), DecoupledAdamW([b])
+    lion, adam = DecoupledLion([a]), decoupled_adamw([{"params": [b]}], lr=1e-4)
     a.grad, b.grad = torch.ones(4), torch.ones(4)
     lion.step()
     adam.step()
@@ -75,3 +76,5 @@ def test_weight_decay_excludes_norms_and_embeddings_by_default():
     assert rest["weight_decay"] == 0.0
     everything = param_groups(model, 0.1, decay_norms=True, decay_embeddings=True)[0]["params"]
     assert {names[id(p)] for p in everything} >= {"transformer.wte.weight", "transformer.norm_f.weight"}
+    model.transformer.wte.weight.requires_grad_(False)  # frozen (as LoRA's base weights are): no state kept
+    assert not any(p is model.transformer.wte.weight for g in param_groups(model, 0.1) for p in g["params"])

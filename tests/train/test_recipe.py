@@ -47,7 +47,14 @@ def test_yaml_recipe_with_overrides(tmp_path):
     path.write_text(yaml.safe_dump(recipe_dict(tmp_path, tmp_path / "data")))
     recipe = load_recipe(str(path), ["optimizer.lr=1e-3", "train.precision=bf16", "model.fields.n_layers=3"])
     assert recipe.optimizer.lr == 1e-3 and recipe.train.precision == "bf16"
-    assert recipe.model.fields["n_layers"] == 3
+    assert recipe.model.fields.n_layers == 3
+    # model fields are typed: a misspelt or mistyped one is named before any work starts
+    with pytest.raises(ConfigError, match=r"unknown key `model.fields.n_layer`; known keys.*n_layers"):
+        load_recipe(str(path), ["model.fields.n_layer=3"])
+    with pytest.raises(ConfigError, match=r"`model.fields.attn_config.alibi` = 'yes please': expected bool or null"):
+        load_recipe(str(path), ["model.fields.attn_config.alibi=yes please"])
+    with pytest.raises(ConfigError, match=r"`model.fields.attn_config.attn_impl` = 'fast'"):
+        load_recipe(str(path), ["model.fields.attn_config.attn_impl=fast"])
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_recipe(str(path), ["optimizer.lr"])
 

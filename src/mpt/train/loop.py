@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..model import MPTForCausalLM
 from ..model.hf import load_pretrained
@@ -35,7 +36,7 @@ from .data import build_batches, count_targets
 from .guard import SpikeGuard
 from .microbatch import find_micro_batch_size
 from .monitor import Monitor, peak_tflops
-from .optim import DecoupledAdamW, DecoupledLion, lr_multiplier, param_groups
+from .optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
 from .parallel import Dist, all_reduce_max, all_reduce_sum, init_distributed, parallelize
 from .recipe import Recipe, parse_duration
 from .watchdog import Watchdog
@@ -92,21 +93,25 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_model(recipe: Recipe, log) -> MPTForCausalLM:
+def _build_model(recipe: Recipe, log) -> nn.Module:
+    """The preset (or ``init_from`` checkpoint) with the recipe's typed field overrides; LoRA-wrapped if asked."""
     m = recipe.model
     if m.init_from:
         model = load_pretrained(m.init_from, dtype=torch.float32)
-        for key, value in m.fields.items():  # e.g. a longer max_seq_len for long-context finetuning
-            if key == "attn_config":
-                model.config.attn_config.update(value)
-            else:
-                setattr(model.config, key, value)
-        model.config.validate()
+        c = model.config
+        for key, value in m.fields.overrides(c.attn_config, c.init_config).items():  # e.g. a longer max_seq_len
+            setattr(c, key, value)
+        c.validate()
         log(f"model: {m.init_from} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
-        return model
-    config = load_model_config(m.preset, **m.fields)
-    model = MPTForCausalLM(config)
-    log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters)")
+    else:
+        base = load_model_config(m.preset)
+        config = load_model_config(m.preset, **m.fields.overrides(base.attn_config, base.init_config))
+        model = MPTForCausalLM(config)
+        log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters)")
+    if m.lora is not None:
+        from .lora import apply_lora
+
+        model = apply_lora(model, m.lora, log)
     return model
 
 
@@ -206,12 +211,12 @@ def _build_data(recipe: Recipe, config, rank_batch: int, d: Dist, say):
     return batches, seq_len
 
 
-def _build_optimizer(model, recipe: Recipe):
+def _build_optimizer(model, recipe: Recipe, device: torch.device):
     o = recipe.optimizer
     groups = param_groups(model, o.weight_decay, o.decay_norms, o.decay_embeddings)
     if o.name == "lion":
         return DecoupledLion(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    return DecoupledAdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return decoupled_adamw(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True if device.type == "cuda" else None)
 
 
 def _resume(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, guard: SpikeGuard, d: Dist, say) -> None:
@@ -285,7 +290,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     p_cfg = recipe.parallel
     wrapped = parallelize(model, p_cfg.strategy, p_cfg.fsdp_sharding, d.world_size, t_cfg.activation_checkpointing,
                           p_cfg.replicas, d.device.type)
-    optimizer = _build_optimizer(model, recipe)
+    optimizer = _build_optimizer(model, recipe, d.device)
     fwd = torch.compile(wrapped) if t_cfg.compile else wrapped
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t_cfg.precision == "bf16")
 

@@ -11,34 +11,15 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-DEFAULT_TARGETS = ["Wqkv", "out_proj", "up_proj", "down_proj"]
+from .recipe import LoraSection
 
 
 class LoraError(ValueError):
     """A LoRA setting or adapter does not fit the model."""
-
-
-@dataclass
-class LoraSection:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-
-    def validate(self, path: str = "model.lora") -> None:
-        if self.r < 1:
-            raise LoraError(f"`{path}.r` = {self.r!r}: must be >= 1")
-        if not self.alpha > 0:
-            raise LoraError(f"`{path}.alpha` = {self.alpha!r}: must be > 0")
-        if not 0 <= self.dropout < 1:
-            raise LoraError(f"`{path}.dropout` = {self.dropout!r}: must be in [0, 1)")
-        if not self.target_modules:
-            raise LoraError(f"`{path}.target_modules` = []: name at least one linear layer, e.g. {DEFAULT_TARGETS}")
 
 
 def linear_names(model: nn.Module) -> list[str]:

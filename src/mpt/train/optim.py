@@ -2,12 +2,17 @@
 
 "Decoupled" (as in LLM Foundry / Composer): weight decay shrinks weights by ``wd * lr / initial_lr``
 per step, so ``weight_decay`` is a fraction of the weight removed per step at the peak rate,
-independent of the learning rate's scale. Both optimizers work on plain tensors and on FSDP2's
-DTensors (only elementwise operations).
+independent of the learning rate's scale.
+
+AdamW is ``torch.optim.AdamW`` itself (its foreach and fused kernels, its state layout): torch
+shrinks weights by ``lr * weight_decay``, so each group is given ``weight_decay / initial_lr`` and
+the product is the decoupled rate at every point of the schedule.
 
 Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
     update = sign(beta1 * m + (1 - beta1) * g);  p -= lr * update;  m = beta2 * m + (1 - beta2) * g
-It keeps one state buffer per parameter, half of AdamW's optimizer memory.
+It keeps one state buffer per parameter, half of AdamW's optimizer memory. torch has no Lion, so it
+is written here with ``torch._foreach_*`` operations: one kernel launch per operation for all of a
+group's tensors, not one per parameter; they work on plain tensors and on FSDP2's DTensors.
 """
 
 from __future__ import annotations
@@ -20,76 +25,54 @@ from torch import nn
 from ..model.norm import LayerNorm
 
 
-def _decay(p: torch.Tensor, group: dict) -> None:
-    wd = group["weight_decay"]
-    if wd:
-        p.mul_(1 - wd * group["lr"] / group["initial_lr"])
-
-
-class _Decoupled(torch.optim.Optimizer):
-    """Remembers each group's initial lr: decoupled weight decay is scaled by lr / initial_lr."""
-
-    def __init__(self, params, defaults: dict) -> None:
-        if not defaults["lr"] > 0:
-            raise ValueError(f"{type(self).__name__} lr={defaults['lr']} must be > 0")
-        super().__init__(params, defaults)
+class DecoupledLion(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+        if not lr > 0:
+            raise ValueError(f"DecoupledLion lr={lr} must be > 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
         for group in self.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
-    def _params(self):
-        """(group, parameter, its state) for every parameter with a gradient; decay already applied."""
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    _decay(p, group)
-                    yield group, p, self.state[p]
-
-
-class DecoupledLion(_Decoupled):
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group, p, state in self._params():
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p)
+            momenta = [self.state[p]["exp_avg"] for p in params]
             beta1, beta2 = group["betas"]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p)
-            m = state["exp_avg"]
-            p.add_(m.lerp(p.grad, 1 - beta1).sign_(), alpha=-group["lr"])
-            m.lerp_(p.grad, 1 - beta2)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["weight_decay"] * group["lr"] / group["initial_lr"])
+            updates = torch._foreach_lerp(momenta, grads, 1 - beta1)
+            torch._foreach_sign_(updates)
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            torch._foreach_lerp_(momenta, grads, 1 - beta2)
         return loss
 
 
-class DecoupledAdamW(_Decoupled):
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+def decoupled_adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                    fused: bool | None = None) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with each group's ``weight_decay`` made decoupled (see the module docstring).
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group, p, state in self._params():
-            beta1, beta2 = group["betas"]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            t = int(state["step"].item())
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            step_size = group["lr"] / (1 - beta1**t)
-            denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
-            p.addcdiv_(m, denom, value=-step_size)
-        return loss
+    ``fused`` (one kernel for the whole step) is for CUDA; None lets torch choose (foreach on CUDA).
+    """
+    if not lr > 0:
+        raise ValueError(f"AdamW lr={lr} must be > 0")
+    groups = [{**g, "weight_decay": g.get("weight_decay", 0.0) / lr} for g in groups]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = False,
                  decay_embeddings: bool = False) -> list[dict]:
-    """Two groups: parameters that decay, and norms / embeddings / biases that (by default) do not."""
+    """Two groups: parameters that decay, and norms / embeddings / biases that (by default) do not.
+
+    Frozen parameters (LoRA's base weights) are left out: the optimizer keeps no state for them.
+    """
     no_decay: set[int] = set()
     for module in model.modules():
         if isinstance(module, (LayerNorm, nn.LayerNorm)) and not decay_norms:
@@ -99,8 +82,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norms: bool = Fals
     for name, p in model.named_parameters():
         if name.endswith(".bias"):
             no_decay.add(id(p))
-    decay = [p for p in model.parameters() if id(p) not in no_decay]
-    rest = [p for p in model.parameters() if id(p) in no_decay]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if id(p) not in no_decay]
+    rest = [p for p in trainable if id(p) in no_decay]
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
             if g["params"]]
 

@@ -17,10 +17,92 @@ def _err(path: str, key: str, value, why: str) -> ConfigError:
 
 
 @dataclass
+class AttnFields:
+    """``attn_config`` keys a recipe may change; None keeps the preset's (or checkpoint's) value."""
+
+    attn_impl: Literal["torch", "flash", "flex"] | None = None
+    attn_pdrop: float | None = None
+    clip_qkv: float | None = None
+    qk_ln: bool | None = None
+    softmax_scale: float | None = None
+    attn_uses_sequence_id: bool | None = None  # document masking for packed samples
+    alibi: bool | None = None
+    alibi_bias_max: int | None = None
+
+
+@dataclass
+class InitFields:
+    """``init_config`` keys a recipe may change (weight initialisation of a fresh model)."""
+
+    name: Literal["kaiming_normal_", "small_init_", "normal_"] | None = None
+    init_std: float | None = None
+    emb_init_std: float | None = None
+    init_gain: float | None = None
+
+
+@dataclass
+class ModelFields:
+    """MPTConfig fields that override the preset's (or, with init_from, the checkpoint's).
+
+    Typed so that a misspelt or mistyped field is an error naming its key path before any work
+    starts; MPTConfig then checks the values together (e.g. d_model divisible by n_heads).
+    """
+
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    expansion_ratio: float | None = None
+    max_seq_len: int | None = None
+    vocab_size: int | None = None
+    resid_pdrop: float | None = None
+    emb_pdrop: float | None = None
+    learned_pos_emb: bool | None = None
+    logit_scale: float | None = None
+    no_bias: bool | None = None
+    embedding_fraction: float | None = None
+    norm_type: Literal["low_precision_layernorm", "layernorm"] | None = None
+    layer_norm_epsilon: float | None = None
+    tie_word_embeddings: bool | None = None
+    attn_config: AttnFields = field(default_factory=AttnFields)
+    init_config: InitFields = field(default_factory=InitFields)
+
+    def overrides(self, base_attn: dict, base_init: dict) -> dict:
+        """The fields that are set, with attn_config / init_config merged into the base's dicts."""
+        out = {k: v for k, v in vars(self).items() if v is not None and k not in ("attn_config", "init_config")}
+        for name, base in (("attn_config", base_attn), ("init_config", base_init)):
+            given = {k: v for k, v in vars(getattr(self, name)).items() if v is not None}
+            if given:
+                out[name] = {**base, **given}
+        return out
+
+
+@dataclass
+class LoraSection:
+    """LoRA adapters (through ``peft``): only they train; the base weights stay frozen."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["Wqkv", "out_proj", "up_proj", "down_proj"])
+
+    def validate(self, path: str = "model.lora") -> None:
+        if self.r < 1:
+            raise _err(path, "r", self.r, "must be >= 1")
+        if not self.alpha > 0:
+            raise _err(path, "alpha", self.alpha, "must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise _err(path, "dropout", self.dropout, "must be in [0, 1)")
+        if not self.target_modules:
+            raise _err(path, "target_modules", [], "name at least one linear layer, e.g. [Wqkv, out_proj, up_proj, "
+                       "down_proj]")
+
+
+@dataclass
 class ModelSection:
     preset: str | None = "mpt-tiny"      # a preset name or YAML file of MPTConfig fields
     init_from: str | None = None         # a Hugging Face-format checkpoint to finetune from
-    fields: dict = field(default_factory=dict)  # MPTConfig fields overriding the preset
+    fields: ModelFields = field(default_factory=ModelFields)  # MPTConfig fields overriding the preset
+    lora: LoraSection | None = None      # train LoRA adapters instead of every weight
 
     def validate(self, path: str) -> None:
         if self.preset is None and self.init_from is None:
