@@ -361,12 +361,13 @@ def load_latest(folder, model, optimizer, run_name: str, log=print) -> tuple[Pat
     return None
 
 
-def export_hf(checkpoint, out_dir, tokenizer_from=None) -> Path:
+def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = False) -> Path:
     """A training checkpoint -> a Hugging Face-format folder.
 
     One process, no process group (``no_dist``): rank 0 calls this alone at the end of training while
     the other ranks wait, so it must not take part in any collective. The tokenizer recorded with
-    the run (``trainer_state.json``) is copied unless ``tokenizer_from`` names another.
+    the run (``trainer_state.json``) is copied unless ``tokenizer_from`` names another. A LoRA run's
+    checkpoint exports merged (a plain MPT folder) or, with ``adapter_only``, as a PEFT adapter.
     """
     from ..model import MPTConfig, MPTForCausalLM
     from ..model.hf import save_pretrained
@@ -384,10 +385,23 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None) -> Path:
     with torch.device("meta"):
         model = MPTForCausalLM(config)
     model = model.to_empty(device="cpu")
+    lora = state.get("lora")
+    if lora is not None:  # the same wrapping as in training, so the saved names match
+        from .lora import apply_lora
+        from .recipe import LoraSection
+
+        model = apply_lora(model, LoraSection(**lora), log=lambda *_: None)
+    elif adapter_only:
+        raise CheckpointError(f"{path} holds no LoRA adapter (its run had no model.lora); export the whole model")
     sd = {"model": model.state_dict()}
     with _quiet():
         dcp.load(sd, **_reader(path), no_dist=True)
     model.load_state_dict(sd["model"])
+    if adapter_only:
+        model.save_pretrained(str(out_dir))  # PEFT's format: adapter_config.json + adapter_model.safetensors
+        return path
+    if lora is not None:
+        model = model.merge_and_unload()
     if tokenizer_from is None:
         tokenizer_from = local_tokenizer_folder(state.get("tokenizer"))
     save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
