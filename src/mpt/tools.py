@@ -69,6 +69,7 @@ class ExportConfig:
     dst: str
     format: Literal["hf", "onnx"] = "hf"
     tokenizer: str | None = None          # hf from a training checkpoint: default, the run's tokenizer
+    adapter: bool = False                 # a LoRA run's checkpoint: the adapter alone (PEFT's format), not merged
     prefill_only: bool = False            # onnx
     opset: int = 18                       # onnx
     check: bool = True                    # onnx: compare onnxruntime with PyTorch
@@ -87,9 +88,12 @@ def export(cfg: ExportConfig) -> None:
 
     src = location(cfg.src)  # a local folder, or a checkpoint folder on object storage (s3://...)
     if (src / "trainer_state.json").is_file() or complete_checkpoints(src):  # a training checkpoint
-        used = export_hf(src, cfg.dst, tokenizer_from=cfg.tokenizer)
-        print(f"wrote a Hugging Face-format checkpoint to {cfg.dst} from training checkpoint {used}")
+        used = export_hf(src, cfg.dst, tokenizer_from=cfg.tokenizer, adapter_only=cfg.adapter)
+        what = "a PEFT adapter" if cfg.adapter else "a Hugging Face-format checkpoint"
+        print(f"wrote {what} to {cfg.dst} from training checkpoint {used}")
         return
+    if cfg.adapter:
+        raise ValueError(f"--adapter exports the LoRA adapter of a training checkpoint; {cfg.src} is not one")
     _, ignored = convert(cfg.src, cfg.dst)
     print(f"wrote a Hugging Face-format checkpoint to {cfg.dst}"
           f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")

@@ -196,7 +196,23 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     model = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": ICL_VOCAB, "max_seq_len": 32}}
     jobs.append({"name": "with-icl", "recipe": _recipe(tmp / "with-icl", icl_data, model=model, eval={"icl": icl})})
     jobs.append({"name": "without-icl", "recipe": _recipe(tmp / "without-icl", icl_data, model=model)})
+    # LoRA finetuning of a saved model, sharded (the default) and replicated
+    for name, parallel in [("lora-auto", {}), ("lora-ddp", {"strategy": "ddp"})]:
+        jobs.append({"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel,
+                                                     model=_lora_model(tmp / "lora-base"))})
     return tmp, _jobs(2, jobs, tmp / "jobs")
+
+
+def _lora_model(base: Path) -> dict:
+    """A saved tiny MPT to finetune with LoRA (written once, the first time it is asked for)."""
+    if not base.is_dir():
+        from mpt import MPTConfig, MPTForCausalLM
+        from mpt.model.hf import save_pretrained
+
+        torch.manual_seed(5)
+        save_pretrained(MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=32)),
+                        base)
+    return {"preset": None, "init_from": str(base), "fields": {}, "lora": {"r": 4, "alpha": 8}}
 
 
 ICL_VOCAB = 320
@@ -265,6 +281,16 @@ def test_two_ranks_end_export_and_follow_the_one_process_run(two_ranks, referenc
     run = tmp / name
     assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
     _close(_exported(run), reference["step8"])
+
+
+@pytest.mark.parametrize("name", ["lora-auto", "lora-ddp"])
+def test_lora_on_two_ranks_follows_the_one_process_lora_run(two_ranks, shards, tmp_path, name):
+    tmp, outcomes = two_ranks
+    assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
+    one = tmp_path / "one"
+    train(from_dict(Recipe, _recipe(one, shards, model=_lora_model(tmp / "lora-base"))), log=lambda *a: None)
+    assert _losses(tmp / name) == pytest.approx(_losses(one), rel=1e-4)
+    _close(_exported(tmp / name), _exported(one))
 
 
 def test_resharding_4_then_2_then_1_ranks_follows_the_one_process_run(four_ranks, two_ranks, reference, shards):

@@ -20,7 +20,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +315,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     def save() -> None:
         trainer_state = {"step": state.step, "tokens": state.tokens, "data": batches.state_dict(),
                          "guard": guard.state_dict(), "world_size": d.world_size, "run_name": recipe.run_name,
-                         "tokenizer": tokenizer}
+                         "tokenizer": tokenizer,
+                         "lora": asdict(recipe.model.lora) if recipe.model.lora else None}
         with watchdog.phase():
             state.last_ckpt = ckpt.save(c_cfg.folder, state.step, wrapped, optimizer, trainer_state, c_cfg.keep)
             monitor.plot()
