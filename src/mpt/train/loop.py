@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,50 +149,86 @@ def _data_tokenizer(recipe: Recipe, batches) -> str | None:
     return batches.dataset.indexes[0].tokenizer
 
 
-def train_step(fwd, wrapped, model, optimizer, batch: dict, micro: int, d: Dist, autocast, grad_clip: float,
-               guard: SpikeGuard) -> StepResult:
+@dataclass
+class _Run:
+    """What the loop's stages share: built once before the first step, then only used."""
+
+    recipe: Recipe
+    d: Dist
+    say: Callable[..., None]
+    watchdog: Watchdog
+    model: nn.Module                     # the module whose parameters the optimizer holds
+    wrapped: nn.Module                   # the same, under FSDP2 / DDP
+    fwd: Callable                        # wrapped, or its torch.compile
+    autocast: torch.autocast
+    optimizer: torch.optim.Optimizer
+    batches: object
+    guard: SpikeGuard
+    tokenizer: str | None
+    icl: object | None
+    total: int
+    micro: int = 0
+    monitor: Monitor | None = None
+
+
+def train_step(run: _Run, batch: dict) -> StepResult:
     """Forward + backward over micro-batches, clip, let the guard decide, step the optimizer."""
+    d = run.d
     n_global = all_reduce_sum(count_targets(batch["labels"]), d.device)
-    parts = list(_micro_batches(batch, micro))
+    parts = list(_micro_batches(batch, run.micro))
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # on device: no sync per micro-batch
     for i, mb in enumerate(parts):
         mb = {k: v.to(d.device, non_blocking=True) for k, v in mb.items()}
         n = count_targets(mb["labels"])  # labels are on the host already: no device sync
-        with _no_sync(wrapped, last=i == len(parts) - 1), autocast:
-            loss = fwd(**mb).loss
+        with _no_sync(run.wrapped, last=i == len(parts) - 1), run.autocast:
+            loss = run.fwd(**mb).loss
             scaled = loss * (n * d.world_size / max(n_global, 1))  # each micro-batch weighted by its targets
         scaled.backward()
         loss_sum += loss.detach().double() * n
     loss_value = all_reduce_sum(loss_sum, d.device) / max(n_global, 1)
-    clip = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    clip = run.recipe.train.grad_clip or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     # the guard decides before the optimizer can touch the weights; loss and norm are global, so
     # every rank reaches the same verdict
-    skipped = guard.verdict(loss_value, grad_norm)
+    skipped = run.guard.verdict(loss_value, grad_norm)
     if skipped is None:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    rollback = guard.record(loss_value, skipped is not None)
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    rollback = run.guard.record(loss_value, skipped is not None)
     return StepResult(loss_value, grad_norm, skipped, rollback, int(batch["input_ids"].numel()) * d.world_size)
 
 
-def _rollback(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, guard: SpikeGuard,
-              last_skip: str | None, say) -> None:
+def _rollback(run: _Run, state: TrainState, last_skip: str | None) -> None:
     """Back to the last checkpoint after ``spike.patience`` bad steps, continuing forward in the data."""
-    spike = recipe.spike
+    spike = run.recipe.spike
     state.rollbacks += 1
     if not spike.rollback or state.last_ckpt is None or state.rollbacks > spike.max_rollbacks:
-        raise RuntimeError(f"{guard.bad_in_a_row} bad steps in a row (last: {last_skip}); "
+        raise RuntimeError(f"{run.guard.bad_in_a_row} bad steps in a row (last: {last_skip}); "
                            + ("spike.rollback is off" if not spike.rollback
                               else "no checkpoint to roll back to" if state.last_ckpt is None
                               else f"already rolled back {spike.max_rollbacks} times"))
-    data_state = batches.state_dict()
-    saved, _ = ckpt.load(state.last_ckpt, wrapped, optimizer)
+    data_state = run.batches.state_dict()
+    saved, _ = ckpt.load(state.last_ckpt, run.wrapped, run.optimizer)
     state.step, state.tokens = saved["step"], saved["tokens"]
-    guard.load_state_dict(saved["guard"])
-    batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches
-    say(f"rolled back to {state.last_ckpt} (step {state.step}) after repeated bad steps; continuing with new data")
+    run.guard.load_state_dict(saved["guard"])
+    run.batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches
+    run.say(f"rolled back to {state.last_ckpt} (step {state.step}) after repeated bad steps; continuing with new "
+            "data")
+
+
+def _start(recipe: Recipe) -> tuple[Dist, int]:
+    """Processes and devices, determinism and seeds, and the checks that need no model."""
+    t = recipe.train
+    d = init_distributed(t.device)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    _seed_everything(t.seed)  # same seed on every rank: identical initial weights
+    if t.global_batch_size % d.world_size:
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} must be divisible by the "
+                         f"{d.world_size} ranks")
+    ckpt.check_folder(recipe.checkpoint.folder)
+    return d, t.global_batch_size // d.world_size
 
 
 def _build_data(recipe: Recipe, config, rank_batch: int, d: Dist, say):
@@ -211,6 +248,25 @@ def _build_data(recipe: Recipe, config, rank_batch: int, d: Dist, say):
     return batches, seq_len
 
 
+def _build_icl(recipe: Recipe, tokenizer: str | None):
+    if not recipe.eval.icl.every_batches:
+        return None
+    from .icl import InTrainingEval
+
+    return InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt.local_tokenizer_folder(tokenizer))
+
+
+def _parallelize(recipe: Recipe, model: nn.Module, d: Dist):
+    """(wrapped, fwd, autocast): FSDP2 / HSDP / DDP from outside the model, optional compile, precision."""
+    t, p = recipe.train, recipe.parallel
+    model.to(d.device)
+    model.train()
+    wrapped = parallelize(model, p.strategy, p.fsdp_sharding, d.world_size, t.activation_checkpointing, p.replicas,
+                          d.device.type)
+    fwd = torch.compile(wrapped) if t.compile else wrapped
+    return wrapped, fwd, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+
+
 def _build_optimizer(model, recipe: Recipe, device: torch.device):
     o = recipe.optimizer
     groups = param_groups(model, o.weight_decay, o.decay_norms, o.decay_embeddings)
@@ -219,135 +275,136 @@ def _build_optimizer(model, recipe: Recipe, device: torch.device):
     return decoupled_adamw(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True if device.type == "cuda" else None)
 
 
-def _resume(recipe: Recipe, state: TrainState, wrapped, optimizer, batches, guard: SpikeGuard, d: Dist, say) -> None:
+def _choose_micro_batch(run: _Run) -> int:
+    if run.recipe.train.micro_batch_size != "auto":
+        return run.recipe.train.micro_batch_size
+    probe_from = run.batches.state_dict()
+    with run.watchdog.phase():
+        micro = find_micro_batch_size(run.fwd, run.wrapped, run.batches.next(), run.d.device, run.autocast, run.say)
+    run.batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
+    return micro
+
+
+def _resume(run: _Run, state: TrainState) -> None:
     """Continue from the newest checkpoint of this run that every rank can load, if there is one."""
-    found = ckpt.load_latest(recipe.checkpoint.folder, wrapped, optimizer, recipe.run_name, log=say)
+    recipe = run.recipe
+    with run.watchdog.phase():
+        found = ckpt.load_latest(recipe.checkpoint.folder, run.wrapped, run.optimizer, recipe.run_name, log=run.say)
     if found is None:
+        if not recipe.model.init_from:
+            run.say("fresh initialisation (no checkpoint to resume from)")
         return
     state.last_ckpt, saved, rng = found
     state.step, state.tokens = saved["step"], saved["tokens"]
-    batches.load_state_dict(saved["data"])
-    guard.load_state_dict(saved["guard"])
+    run.batches.load_state_dict(saved["data"])
+    run.guard.load_state_dict(saved["guard"])
     if rng is not None:
         ckpt.set_rng_state(rng)
     else:
-        say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
-            "re-seeding (dropout masks will differ from an uninterrupted run)")
-        _seed_everything(recipe.train.seed + state.step * 1009 + d.rank)
-    say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
+        run.say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
+                "re-seeding (dropout masks will differ from an uninterrupted run)")
+        _seed_everything(recipe.train.seed + state.step * 1009 + run.d.rank)
+    run.say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
 
 
-def _evaluate(recipe: Recipe, step: int, wrapped, model, icl, d: Dist, autocast, watchdog: Watchdog,
-              say) -> dict[str, float]:
+def _build_monitor(run: _Run, seq_len: int) -> Monitor:
+    config = run.model.config
+    peak, peak_note = peak_tflops(run.d.device, run.recipe.log.peak_tflops)
+    flops_per_token = 6 * sum(p.numel() for p in run.model.parameters()) + 12 * config.n_layers * config.d_model * seq_len
+    run.say(f"MFU: {peak_note}")
+    return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard)
+
+
+def _save(run: _Run, state: TrainState) -> None:
+    trainer_state = {"step": state.step, "tokens": state.tokens, "data": run.batches.state_dict(),
+                     "guard": run.guard.state_dict(), "world_size": run.d.world_size, "run_name": run.recipe.run_name,
+                     "tokenizer": run.tokenizer,
+                     "lora": asdict(run.recipe.model.lora) if run.recipe.model.lora else None}
+    c = run.recipe.checkpoint
+    with run.watchdog.phase():
+        state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep)
+        run.monitor.plot()
+    run.say(f"saved checkpoint {state.last_ckpt}")
+
+
+def _evaluate(run: _Run, step: int) -> dict[str, float]:
     """The evaluations due at this step (validation loss, ICL tasks), on every rank together."""
-    evaluated = {}
+    recipe, evaluated = run.recipe, {}
     if recipe.eval.every_batches and step % recipe.eval.every_batches == 0 and recipe.data.eval_sources:
-        with watchdog.phase():
-            evaluated["val_loss"] = validation_loss(wrapped, recipe, d, autocast)
-        say(f"step {step}: validation loss {evaluated['val_loss']:.4f} "
-            f"(perplexity {math.exp(min(evaluated['val_loss'], 50)):.2f})")
-    if icl is not None and icl.due(step):
-        with watchdog.phase():
-            scores = icl.run(model, recipe.parallel.fsdp_sharding == "full")
+        with run.watchdog.phase():
+            evaluated["val_loss"] = validation_loss(run.wrapped, recipe, run.d, run.autocast)
+        run.say(f"step {step}: validation loss {evaluated['val_loss']:.4f} "
+                f"(perplexity {math.exp(min(evaluated['val_loss'], 50)):.2f})")
+    if run.icl is not None and run.icl.due(step):
+        with run.watchdog.phase():
+            scores = run.icl.run(run.model, recipe.parallel.fsdp_sharding == "full")
         evaluated.update(scores)
-        say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        run.say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return evaluated
 
 
-def train(recipe: Recipe, log=print) -> TrainResult:
-    t_cfg, c_cfg = recipe.train, recipe.checkpoint
+def _export(run: _Run, state: TrainState) -> Path | None:
+    """Rank 0 alone, with no process group; the other ranks wait at the barrier."""
+    out = run.recipe.checkpoint.export_hf
+    if not out:
+        return None
+    with run.watchdog.phase():
+        if run.d.is_main:
+            ckpt.export_hf(state.last_ckpt, out)
+            run.say(f"exported Hugging Face checkpoint to {out}")
+        if dist.is_initialized():
+            dist.barrier()
+    return Path(out)
 
-    # ---- processes, devices, determinism --------------------------------------------------
-    d = init_distributed(t_cfg.device)
+
+def _progress_bar(run: _Run, state: TrainState):
+    if not run.d.is_main:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def train(recipe: Recipe, log=print) -> TrainResult:
+    d, rank_batch = _start(recipe)
     say = log if d.is_main else (lambda *a, **k: None)
-    if t_cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    _seed_everything(t_cfg.seed)  # same seed on every rank: identical initial weights
-    if t_cfg.global_batch_size % d.world_size:
-        raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} must be divisible by the "
-                         f"{d.world_size} ranks")
-    rank_batch = t_cfg.global_batch_size // d.world_size
-    watchdog = Watchdog(recipe.watchdog)
-    ckpt.check_folder(c_cfg.folder)
 
     # ---- model, data, in-training evaluation (all validated before the first step) ----------
     model = _build_model(recipe, say)
-    config = model.config
-    batches, seq_len = _build_data(recipe, config, rank_batch, d, say)
+    batches, seq_len = _build_data(recipe, model.config, rank_batch, d, say)
     tokenizer = _data_tokenizer(recipe, batches)
-    icl = None
-    if recipe.eval.icl.every_batches:
-        from .icl import InTrainingEval
-
-        icl = InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt.local_tokenizer_folder(tokenizer))
     total = _total_steps(recipe, batches.samples_per_epoch(), seq_len)
-    say(f"training for {total} steps of {t_cfg.global_batch_size} samples x {seq_len} tokens on {d.world_size} "
-        f"rank(s), device {d.device}, precision {t_cfg.precision}")
+    say(f"training for {total} steps of {recipe.train.global_batch_size} samples x {seq_len} tokens on "
+        f"{d.world_size} rank(s), device {d.device}, precision {recipe.train.precision}")
 
-    # ---- parallelism, optimizer -----------------------------------------------------------
-    model.to(d.device)
-    model.train()
-    p_cfg = recipe.parallel
-    wrapped = parallelize(model, p_cfg.strategy, p_cfg.fsdp_sharding, d.world_size, t_cfg.activation_checkpointing,
-                          p_cfg.replicas, d.device.type)
-    optimizer = _build_optimizer(model, recipe, d.device)
-    fwd = torch.compile(wrapped) if t_cfg.compile else wrapped
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t_cfg.precision == "bf16")
+    # ---- parallelism, optimizer, micro-batch size ------------------------------------------------
+    wrapped, fwd, autocast = _parallelize(recipe, model, d)
+    run = _Run(recipe, d, say, Watchdog(recipe.watchdog), model, wrapped, fwd, autocast,
+               _build_optimizer(model, recipe, d.device), batches, SpikeGuard(recipe.spike), tokenizer,
+               _build_icl(recipe, tokenizer), total)
+    run.micro = _choose_micro_batch(run)  # before resuming: the trial must not disturb restored RNG state
 
-    # ---- micro-batch size (before resuming: the trial must not disturb restored RNG state) ------
-    if t_cfg.micro_batch_size == "auto":
-        probe_from = batches.state_dict()
-        with watchdog.phase():
-            micro = find_micro_batch_size(fwd, wrapped, batches.next(), d.device, autocast, say)
-        batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
-    else:
-        micro = t_cfg.micro_batch_size
-
-    # ---- resume (all ranks agree on the checkpoint) --------------------------------------------
+    # ---- resume (all ranks agree on the checkpoint), monitoring ----------------------------------
     state = TrainState()
-    guard = SpikeGuard(recipe.spike)
-    if c_cfg.autoresume:
-        with watchdog.phase():
-            _resume(recipe, state, wrapped, optimizer, batches, guard, d, say)
-    if state.last_ckpt is None and not recipe.model.init_from:
-        say("fresh initialisation (no checkpoint to resume from)")
-
-    def save() -> None:
-        trainer_state = {"step": state.step, "tokens": state.tokens, "data": batches.state_dict(),
-                         "guard": guard.state_dict(), "world_size": d.world_size, "run_name": recipe.run_name,
-                         "tokenizer": tokenizer,
-                         "lora": asdict(recipe.model.lora) if recipe.model.lora else None}
-        with watchdog.phase():
-            state.last_ckpt = ckpt.save(c_cfg.folder, state.step, wrapped, optimizer, trainer_state, c_cfg.keep)
-            monitor.plot()
-        say(f"saved checkpoint {state.last_ckpt}")
-
-    # ---- monitoring -----------------------------------------------------------------------------
-    peak, peak_note = peak_tflops(d.device, recipe.log.peak_tflops)
-    flops_per_token = 6 * sum(p.numel() for p in model.parameters()) + 12 * config.n_layers * config.d_model * seq_len
-    monitor = Monitor(recipe.log.folder, d.is_main, flops_per_token, peak, peak_note, recipe.log.tensorboard)
-    say(f"MFU: {peak_note}")
+    if recipe.checkpoint.autoresume:
+        _resume(run, state)
+    run.monitor = _build_monitor(run, seq_len)
     preemption = _Preemption()
     last_icl: dict[str, float] = {}
-    bar = None
-    if d.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = _progress_bar(run, state)
 
     # ---- the loop ----------------------------------------------------------------------------------
     try:
         while state.step < total:
             start = time.perf_counter()
-            with watchdog.covering(watchdog.step_limit(monitor.median_step_time())):
+            with run.watchdog.covering(run.watchdog.step_limit(run.monitor.median_step_time())):
                 batch = batches.next()
                 sched = recipe.scheduler
                 lr = recipe.optimizer.lr * lr_multiplier(state.step, total, sched.warmup_batches, sched.name,
                                                          sched.alpha_f)
-                for group in optimizer.param_groups:
+                for group in run.optimizer.param_groups:
                     group["lr"] = lr
-                result = train_step(fwd, wrapped, model, optimizer, batch, micro, d, autocast, t_cfg.grad_clip,
-                                    guard)
+                result = train_step(run, batch)
                 stop = all_reduce_max(float(preemption.requested), d.device) > 0
             state.step += 1
             state.tokens += result.tokens
@@ -355,28 +412,29 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                 state.final_loss = result.loss
             else:
                 say(f"step {state.step}: skipped ({result.skipped})")
-            line = monitor.step(state.step, total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                                                    "skipped": result.skipped or ""},
-                                result.tokens, time.perf_counter() - start, d.device)
+            line = run.monitor.step(state.step, total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                                                        "skipped": result.skipped or ""},
+                                    result.tokens, time.perf_counter() - start, d.device)
             if bar is not None:
                 bar.update(1)
                 if state.step % recipe.log.every_batches == 0 or state.step == total:
                     bar.write(line)
 
             if result.rollback:
-                with watchdog.phase():
-                    _rollback(recipe, state, wrapped, optimizer, batches, guard, result.skipped, say)
+                with run.watchdog.phase():
+                    _rollback(run, state, result.skipped)
                 if bar is not None:
                     bar.n = state.step
                 continue
 
-            evaluated = _evaluate(recipe, state.step, wrapped, model, icl, d, autocast, watchdog, say)
+            evaluated = _evaluate(run, state.step)
             last_icl = {k: v for k, v in evaluated.items() if k.startswith("icl/")} or last_icl
             if evaluated:
-                monitor.record(state.step, evaluated)
+                run.monitor.record(state.step, evaluated)
 
-            if stop or (c_cfg.every_batches and state.step % c_cfg.every_batches == 0) or state.step == total:
-                save()
+            every = recipe.checkpoint.every_batches
+            if stop or (every and state.step % every == 0) or state.step == total:
+                _save(run, state)
             if stop:
                 say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
                     "resume)")
@@ -389,17 +447,9 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
     # ---- the end ------------------------------------------------------------------------------------
     if state.last_ckpt is None or not state.last_ckpt.name.endswith(f"{state.step:08d}"):
-        save()
-    exported = None
-    if c_cfg.export_hf:
-        with watchdog.phase():
-            if d.is_main:  # alone, with no process group: the other ranks wait at the barrier below
-                ckpt.export_hf(state.last_ckpt, c_cfg.export_hf)
-                say(f"exported Hugging Face checkpoint to {c_cfg.export_hf}")
-            if dist.is_initialized():
-                dist.barrier()
-        exported = Path(c_cfg.export_hf)
-    plot = monitor.plot()
+        _save(run, state)
+    exported = _export(run, state)
+    plot = run.monitor.plot()
     if plot:
         say(f"loss curve: {plot}")
     return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, exported, icl=last_icl)
