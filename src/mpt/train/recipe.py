@@ -123,16 +123,14 @@ class DataSection:
     tokenizer: str | None = None         # finetune: tokenizer.json or folder
     eval_sources: list[SourceSection] = field(default_factory=list)
     num_workers: int = 0
-    # finetune: several examples per max_seq_len row, kept apart by document masking (the model
-    # needs attn_config.attn_uses_sequence_id: true); the loss is the same as padding gives
+    # several examples (finetune) or whole documents (pretrain, shards from `mpt prep --mode docs`)
+    # per max_seq_len row, kept apart by document masking (the model needs
+    # attn_config.attn_uses_sequence_id: true); the loss is the same as padding gives
     packing: bool = False
     # finetune, examples over max_seq_len: truncate | drop | error; default truncate, error when packing
     truncation: Literal["truncate", "drop", "error"] | None = None
 
     def validate(self, path: str) -> None:
-        if self.kind == "pretrain" and self.packing:
-            raise _err(path, "packing", True, "packs finetuning examples; pretraining shards from `mpt prep` are "
-                       "already full rows")
         if self.kind == "pretrain" and not self.sources:
             raise _err(path, "sources", [], "pretraining needs at least one shard folder (from `mpt prep`)")
         if self.kind == "finetune" and (self.finetune_path is None or self.tokenizer is None):
