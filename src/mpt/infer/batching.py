@@ -8,8 +8,14 @@ key, so padding changes nothing in a row's numbers. Finished and cancelled rows 
 ``KVCache.select``, and columns that no remaining row attends to are cut off the left, so the
 cache is as long as the longest live row, not the age of the batch.
 
-Models with learned position embeddings would see shifted positions in padded rows, so they run
-one sequence at a time (``max_rows`` = 1).
+Models with learned position embeddings run one sequence at a time in :func:`run` and the server
+(``max_rows`` = 1); their rows end when the window is full (below).
+
+One stop rule for every generation path (:meth:`BatchEngine._advance`): a row ends with "stop" on a
+stop token (EOS, ChatML's end of turn) or a stop string, and with "length" after ``max_new_tokens``
+or when a learned-position model's window is full (its next token would have no position; ALiBi rows
+go on past ``max_seq_len``). The server, ``mpt.load(...).generate`` and the static
+:func:`~mpt.infer.generate.generate_ids` all decode here.
 
 Chunked prefill: a :class:`Prefill` runs its prompts forward ``chunk`` tokens at a time into a cache
 of its own, so the scheduler can put a decode step of the running rows between two chunks: a long
@@ -26,7 +32,7 @@ import torch
 
 from ..model import KVCache, MPTForCausalLM
 from .logprobs import TopK, token_logprob
-from .sampling import SamplingParams, pick_token
+from .sampling import SamplingParams, greedy_tokens, pick_token
 from .text import TextStream
 
 log = logging.getLogger("mpt.serve")
@@ -60,17 +66,21 @@ class Update:
 
 
 class BatchEngine:
-    def __init__(self, model: MPTForCausalLM, decode: Callable[[Sequence[int]], str],
+    def __init__(self, model: MPTForCausalLM, decode: Callable[[Sequence[int]], str] | None,
                  stop_token_ids: Iterable[int], pad_token_id: int = 0) -> None:
+        """``decode``: token ids to text, for streamed text and stop strings; None: ids only (``Update.text`` "")."""
         self.model = model
         self.decode = decode
         self.stop_token_ids = set(stop_token_ids)
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
-        self.max_rows = 1 if model.transformer.wpe is not None else None  # see the module docstring
+        learned_positions = model.transformer.wpe is not None
+        self.max_rows = 1 if learned_positions else None  # see the module docstring
+        self.window = model.config.max_seq_len if learned_positions else None  # positions a row may fill
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
         self.mask: torch.Tensor | None = None  # (rows, L) long, 0 = padding
+        self.padded = False  # whether the mask has a 0; if not, the model runs without it (no per-step check)
         self.logits: torch.Tensor | None = None  # (rows, V): scores for each row's next token
 
     def __len__(self) -> int:
@@ -79,21 +89,27 @@ class BatchEngine:
     def reset(self) -> list[Row]:
         rows, self.rows = self.rows, []
         self.cache = self.mask = self.logits = None
+        self.padded = False
         return rows
 
-    def prefill(self, requests: Sequence[Row], chunk: int | None = None) -> Prefill:
-        """Start prefilling these sequences together, ``chunk`` tokens per :meth:`Prefill.advance` (None: all)."""
+    def prefill(self, requests: Sequence[Row], chunk: int | None = None, reserve: int = 16) -> Prefill:
+        """Start prefilling these sequences together, ``chunk`` tokens per :meth:`Prefill.advance` (None: all).
+
+        ``reserve``: cache positions to allocate beyond the prompts, for the tokens to come.
+        """
         for r in requests:
             if not r.prompt_ids:
                 raise ValueError(f"request {r.key!r} has an empty prompt")
-            r.text = TextStream(self.decode, r.params.stop)
-        return Prefill(self, list(requests), chunk)
+            if self.decode is None and r.params.stop:
+                raise ValueError(f"request {r.key!r} has stop strings, but this engine has no decode function")
+            r.text = TextStream(self.decode, r.params.stop) if self.decode is not None else None
+        return Prefill(self, list(requests), chunk, reserve)
 
-    def add(self, requests: Sequence[Row]) -> None:
+    def add(self, requests: Sequence[Row], reserve: int = 16) -> None:
         """Prefill these sequences together and merge them into the running batch."""
         if not requests:
             return
-        prefill = self.prefill(requests)
+        prefill = self.prefill(requests, reserve=reserve)
         while not prefill.advance():
             pass
         self.join(prefill)
@@ -103,10 +119,12 @@ class BatchEngine:
         cache, mask, logits = prefill.cache, prefill.mask, prefill.logits
         # Nothing of the running batch changes until all of this succeeded: a failed merge fails only the
         # joining rows.
+        padded = prefill.padded
         if self.rows:
             cache, mask = _merge(self.cache, self.mask, cache, mask)
             logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
-        self.cache, self.mask, self.logits = cache, mask, logits
+            padded = not bool(mask.all())
+        self.cache, self.mask, self.logits, self.padded = cache, mask, logits, padded
         self.rows.extend(prefill.rows)
 
     def cancel(self, keys: set[Hashable]) -> None:
@@ -120,9 +138,10 @@ class BatchEngine:
         if not self.rows:
             return []
         updates, keep, tokens = [], [], []
-        for i, r in enumerate(self.rows):
+        for i, (r, tok) in enumerate(zip(self.rows, self._pick(), strict=True)):
             try:
-                tok = pick_token(self.logits[i], r.params, r.prompt_ids + r.out_ids, r.generator)
+                if isinstance(tok, Exception):
+                    raise tok
                 update = self._advance(r, tok)
                 if r.params.logprobs is not None:
                     update.logprob, update.top_logprobs = token_logprob(self.logits[i], tok, r.params.logprobs)
@@ -139,20 +158,43 @@ class BatchEngine:
         if self.rows:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
             ids = torch.tensor(tokens, device=self.device)[:, None]
-            out = self.model(ids, attention_mask=self.mask, cache=self.cache, use_cache=True)
+            out = self.model(ids, attention_mask=self.mask if self.padded else None, cache=self.cache,
+                             use_cache=True)
             self.logits = out.logits[:, -1]
         return updates
 
+    def _pick(self) -> list[int | Exception]:
+        """Every row's next token, or the exception picking it raised (that row alone fails)."""
+        picks: list[int | Exception | None] = [None] * len(self.rows)
+        greedy = [i for i, r in enumerate(self.rows) if r.params.greedy]
+        if greedy:  # together: row by row, each pick would wait for the device on its own
+            logits = self.logits if len(greedy) == len(self.rows) else self.logits[greedy]
+            for i, tok in zip(greedy, greedy_tokens(logits), strict=True):
+                picks[i] = tok
+        for i, r in enumerate(self.rows):
+            if picks[i] is None:  # sampled rows, and greedy rows whose scores need pick_token's care
+                seen = r.prompt_ids + r.out_ids if r.params.repetition_penalty != 1.0 else []
+                try:
+                    picks[i] = pick_token(self.logits[i], r.params, seen, r.generator)
+                except Exception as err:
+                    picks[i] = err
+        return picks
+
     def _advance(self, r: Row, tok: int) -> Update:
+        """Append ``tok`` to ``r`` and decide whether ``r`` is finished: the one stop rule (module docstring)."""
         r.out_ids.append(tok)
+        stream = r.text
         if tok in self.stop_token_ids:
-            text, r.finish_reason = r.text.flush(), "stop"
-        else:
-            text = r.text.push(tok)
-            if r.text.stopped:
-                r.finish_reason = "stop"
-            elif len(r.out_ids) >= r.params.max_new_tokens:
-                text, r.finish_reason = text + r.text.flush(), "length"
+            r.finish_reason = "stop"
+            return Update(r.key, tok, stream.flush() if stream else "", r.finish_reason)
+        text = stream.push(tok) if stream else ""
+        if stream is not None and stream.stopped:
+            r.finish_reason = "stop"
+        elif len(r.out_ids) >= r.params.max_new_tokens or (
+                self.window is not None and len(r.prompt_ids) + len(r.out_ids) > self.window):
+            # (the window: feeding this token would put it at position max_seq_len, which has no embedding)
+            r.finish_reason = "length"
+            text += stream.flush() if stream else ""
         return Update(r.key, tok, text, r.finish_reason)
 
     def _keep(self, keep: list[int]) -> None:
@@ -170,12 +212,13 @@ class BatchEngine:
                 self.cache.keys[i], self.cache.values[i] = k[:, :, first:], v[:, :, first:]
             self.cache.lengths = [n - first for n in self.cache.lengths]
             self.mask = self.mask[:, first:]
+        self.padded = not bool(self.mask.all())
 
 
 class Prefill:
     """Prompts being run forward into a cache of their own, a chunk at a time, before they join the batch."""
 
-    def __init__(self, engine: BatchEngine, rows: list[Row], chunk: int | None) -> None:
+    def __init__(self, engine: BatchEngine, rows: list[Row], chunk: int | None, reserve: int = 16) -> None:
         self.engine, self.rows = engine, rows
         n = max(len(r.prompt_ids) for r in rows)
         self.chunk = chunk or n
@@ -186,7 +229,7 @@ class Prefill:
             mask[i, n - len(r.prompt_ids):] = 1
         self.ids, self.mask = ids.to(engine.device), mask.to(engine.device)
         self.padded = not bool(mask.all())
-        self.cache = KVCache(engine.model.config.n_layers, capacity=n + 16)
+        self.cache = KVCache(engine.model.config.n_layers, capacity=n + reserve)
         self.done = 0  # prompt positions already in the cache
         self.logits: torch.Tensor | None = None
 

@@ -1,12 +1,10 @@
-"""Per-request sampling settings, validated before any work starts, and picking one row's token."""
+"""Per-request sampling settings, validated before any work starts, and picking each row's next token."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-
-from .generate import sample_next
 
 # Below this temperature the distribution is the argmax to float precision, and logits / temperature
 # overflows float32 (1e-40 made every score inf and the probabilities NaN): decode greedily instead.
@@ -46,6 +44,41 @@ class SamplingParams:
             raise bad("seed", "must be an integer or None")
         return self
 
+    @property
+    def greedy(self) -> bool:
+        """The next token is the argmax of the raw scores (no temperature, no repetition penalty), so rows
+        with these settings can be picked together (:func:`greedy_tokens`)."""
+        return self.temperature < GREEDY_BELOW and self.repetition_penalty == 1.0
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row from ``(B, V)`` logits: greedy at temperature 0."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
+    """The argmax of every row of ``(B, V)`` logits in one pass (one device sync, not one per row).
+
+    None for a row whose best score is not finite (NaN, +inf or all -inf): :func:`pick_token` has the
+    rules for those, and the plain argmax would differ from them there.
+    """
+    best, ids = logits.max(dim=-1)
+    return [i if i >= 0 else None for i in ids.masked_fill(~best.isfinite(), -1).tolist()]
+
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
                generator: torch.Generator | None) -> int:
@@ -67,7 +100,10 @@ def _sanitised(logits: torch.Tensor) -> torch.Tensor:
 
     Raises when no token has a finite score: then the model's output is broken and only this row should fail.
     """
-    logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    # neginf given too: by default nan_to_num turns -inf into a finite score, and a row of nothing but -inf
+    # would yield token 0 instead of the error below
+    logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max,
+                              neginf=float("-inf"))
     top = logits.max()
     if not torch.isfinite(top):
         raise ValueError("the model gave no finite score for any token (NaN or -inf logits)")

@@ -1,0 +1,105 @@
+"""generate_ids runs on the batching engine: one decode loop, one stop rule, checked against full
+recomputation (each token the argmax of a forward over everything so far: no cache, no batching)."""
+
+import math
+
+import pytest
+import torch
+
+from mpt.infer import SamplingParams, generate_ids
+from mpt.infer.batching import BatchEngine, Row, run
+from mpt.infer.sampling import greedy_tokens, pick_token
+
+from .conftest import tiny_model
+
+LEARNED = {"learned_pos_emb": True, "attn_config": {"alibi": False}, "max_seq_len": 24}
+
+
+def recompute(model, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+def test_eos_ends_a_row_and_pads_it_while_the_others_go_on():
+    model = tiny_model(seed=5)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(2, 400, (9,), generator=g).tolist(), torch.randint(2, 400, (5,), generator=g).tolist()
+    eos = recompute(model, a, 12)[3]  # row a meets it at its 4th new token
+    batch = torch.tensor([a, [0] * 4 + b])
+    mask = (torch.arange(9) >= torch.tensor([[0], [4]])).long()
+    out = generate_ids(model, batch, 12, eos_token_id=eos, attention_mask=mask)
+    wants = []
+    for prompt in (a, b):
+        want = recompute(model, prompt, 12)
+        wants.append(want[:want.index(eos) + 1] if eos in want else want)  # the EOS itself is kept
+    assert len(wants[0]) == 4
+    assert out.shape[1] == 9 + max(len(w) for w in wants)  # the batch ends when its last row does
+    for row, want in zip(out, wants, strict=True):
+        assert row[9:9 + len(want)].tolist() == want
+        assert (row[9 + len(want):] == eos).all()  # a finished row is padded with EOS
+
+
+def test_a_learned_position_model_stops_when_its_window_is_full():
+    model = tiny_model(seed=6, **LEARNED)
+    prompt = torch.randint(2, 400, (1, 8), generator=torch.Generator().manual_seed(6))
+    out = generate_ids(model, prompt, max_new_tokens=40)  # the model refuses a 25th position
+    assert out.shape == (1, 25)  # 24 positions fed, and the token predicted at the last one
+    assert out[0, 8:].tolist() == recompute(model, prompt[0].tolist(), 17)
+    # the same rule in the engine the server runs: the row ends with "length", no error
+    row = Row(0, prompt[0].tolist(), SamplingParams(max_new_tokens=40))
+    updates = list(run(BatchEngine(model, None, []), [row]))
+    assert row.out_ids == out[0, 8:].tolist() and updates[-1].finish_reason == "length"
+    assert all(u.error is None for u in updates)
+
+
+def test_learned_positions_in_a_padded_batch_end_row_by_row():
+    model = tiny_model(seed=7, **LEARNED)
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randint(2, 400, (10,), generator=g).tolist(), torch.randint(2, 400, (4,), generator=g).tolist()
+    mask = torch.tensor([[1] * 10, [0] * 6 + [1] * 4])
+    out = generate_ids(model, torch.tensor([a, [0] * 6 + b]), 30, attention_mask=mask)
+    assert out.shape == (2, 10 + 21)  # row b: 4 + 21 = 25 tokens; row a ends after 15, padded with 0 (no EOS)
+    assert out[0, 10:25].tolist() == recompute(model, a, 15) and (out[0, 25:] == 0).all()
+    assert out[1, 10:].tolist() == recompute(model, b, 21)
+
+
+def test_greedy_rows_picked_together_equal_picked_one_by_one():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(6, 50, generator=g)
+    logits[0, 3] = logits[0].max()  # a tie: the first index wins, as in argmax
+    logits[1, 7] = float("nan")  # NaN is "never"
+    logits[2, 9] = float("inf")  # +inf is the best score
+    logits[3] = float("-inf")  # no finite score: this row fails
+    logits[4] = float("nan")
+    greedy = SamplingParams(temperature=0.0)
+    for dtype in (torch.float32, torch.bfloat16):
+        together = greedy_tokens(logits.to(dtype))
+        for row, tok in zip(logits.to(dtype), together, strict=True):
+            if tok is not None:
+                assert tok == pick_token(row, greedy, [], None)
+    assert together[0] == 3 and isinstance(together[5], int)
+    assert together[1] is None and pick_token(logits[1], greedy, [], None) == int(logits[1].nan_to_num(-math.inf).argmax())
+    assert together[2] is None and pick_token(logits[2], greedy, [], None) == 9
+    for bad in (3, 4):
+        assert together[bad] is None
+        with pytest.raises(ValueError, match="no finite score"):
+            pick_token(logits[bad], greedy, [], None)
+
+
+def test_a_broken_model_is_an_error_not_garbage_tokens():
+    model = tiny_model(seed=9)
+    with torch.no_grad():
+        model.transformer.wte.weight[5] = float("nan")
+    with pytest.raises(ValueError, match="no finite score"):
+        generate_ids(model, torch.tensor([[3, 4, 5]]), 4)
+
+
+def test_zero_new_tokens_returns_the_prompt():
+    model = tiny_model(seed=10)
+    prompt = torch.tensor([[3, 4, 5]])
+    assert torch.equal(generate_ids(model, prompt, 0), prompt)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_ids(model, prompt, -1)
