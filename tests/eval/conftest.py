@@ -62,6 +62,22 @@ def tiny_gpt2_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A Llama-architecture causal LM (RoPE, grouped-query attention, RMSNorm) with the same tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = neox_tokenizer()
+    torch.manual_seed(2)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=2048, vocab_size=50432, bos_token_id=0,
+                      eos_token_id=0, tie_word_embeddings=True, initializer_range=0.2)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path

@@ -1,20 +1,115 @@
-"""Batch planning: longest first, row and token budgets, a group never split."""
+"""Batch planning, and prefix reuse on a Hugging Face Llama (RoPE) model: the reuse path, the plain
+path and an independent float64 forward of each whole sequence must give the same scores."""
 
-from mpt.eval.runner import _batches, _common_prefix
+import copy
+
+import pytest
+
+from mpt.eval import TaskConfig, evaluate, load_model
+from mpt.eval.runner import _common_prefix, _Driver, _fill, plan
+
+from .conftest import write_jsonl
+from .test_scoring import _ref_ids, _ref_logprob, _text
 
 
-def test_batches_respect_rows_and_tokens():
-    sizes = [4, 4, 4, 2]
+def test_fill_respects_rows_and_tokens():
     lengths = [100, 2000, 50, 60]
-    order = sorted(range(4), key=lambda g: -lengths[g])  # [1, 0, 3, 2]
-    assert _batches(order, sizes, lengths, max_rows=64, max_tokens=10**9) == [[1, 0, 3, 2]]
-    assert _batches(order, sizes, lengths, max_rows=8, max_tokens=10**9) == [[1, 0], [3, 2]]
-    # 4 rows x 2000 tokens = 8000: the long group goes alone under an 8000-token budget
-    assert _batches(order, sizes, lengths, max_rows=64, max_tokens=8000) == [[1], [0, 3, 2]]
-    # a group bigger than the budget still runs (alone), never split
-    assert _batches([0], [4], [100], max_rows=2, max_tokens=10) == [[0]]
+    order = [1, 0, 3, 2]  # longest first
+    assert _fill(order, lengths, max_rows=64, max_tokens=10**9) == [[1, 0, 3, 2]]
+    assert _fill(order, lengths, max_rows=2, max_tokens=10**9) == [[1, 0], [3, 2]]
+    # 2 rows x 2000 tokens > 3000: the long one goes alone; 3 x 100 fits
+    assert _fill(order, lengths, max_rows=64, max_tokens=3000) == [[1], [0, 3, 2]]
+    # the fixed part (a padded prefix every row attends to) counts per row
+    assert _fill(order[1:], lengths, max_rows=64, max_tokens=3 * 150, fixed=50) == [[0, 3, 2]]
+    assert _fill(order[1:], lengths, max_rows=64, max_tokens=3 * 150 - 1, fixed=50) == [[0, 3], [2]]
+    # an item over the budget still runs, alone
+    assert _fill([0], [100], max_rows=1, max_tokens=10) == [[0]]
+
+
+def test_plan_sorts_prefixes_then_suffixes():
+    prefixes = [10, 0, 30, 20]
+    rows_of = [[0, 1], [2], [3, 4, 5], [6, 7]]
+    row_len = [5, 3, 9, 2, 4, 6, 1, 8]
+    chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=10**9)
+    assert [(c.groups, c.prefix_len) for c in chunks] == [([2, 3, 0], 30), ([], 0)]
+    assert chunks[0].batches == [[7, 5, 0, 4, 1, 3, 6]]  # every row of the prefix pass, longest suffix first
+    assert chunks[1].batches == [[2]]  # an example with nothing shared runs whole, after the others
+    chunks = plan(prefixes, rows_of, row_len, max_rows=2, max_tokens=10**9)
+    assert [(c.groups, c.prefix_len) for c in chunks] == [([2, 3], 30), ([0], 10), ([], 0)]
+    assert chunks[0].batches == [[7, 5], [4, 3], [6]]
+    # suffix rows are counted with the 30-token prefix they attend to: 2 x (30 + 8) > 70, 2 x (30 + 4) <= 70
+    chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=70)
+    assert chunks[0].groups == [2, 3] and chunks[0].batches == [[7], [5], [4, 3], [6]]
 
 
 def test_common_prefix():
     assert _common_prefix([[1, 2, 3], [1, 2, 4, 5], [1, 2]]) == 2
     assert _common_prefix([[7, 8], [7, 8]]) == 2 and _common_prefix([[1], [2]]) == 0
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), device="cpu")
+    return model, copy.deepcopy(model).double()
+
+
+def _tokens_through(model, fn):
+    """(result of fn(), token positions that went through the model's body)."""
+    seen = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True)
+    try:
+        return fn(), sum(seen)
+    finally:
+        hook.remove()
+
+
+# Options of different lengths after queries of different lengths: prefixes are left-padded and
+# suffixes right-padded within a batch, so every row's positions differ from its column.
+MC = [{"query": f"Question: {_text(i, 2 + 3 * (i % 4))}?",
+       "choices": [_text(i + k, 1 + (i + 2 * k) % 7) for k in range(4)], "gold": i % 4} for i in range(10)]
+SCHEMA = [{"context_options": [f"{_text(i, 3 + i % 3)} because {_text(i + k, 1 + k)}" for k in range(2)],
+           "continuation": _text(i + 5, 2 + i % 3), "gold": i % 2} for i in range(6)]
+
+
+@pytest.mark.parametrize("records,shots,tokens", [(MC, 2, 65536), (MC, 0, 300), (SCHEMA, 1, 65536)])
+def test_llama_prefix_reuse_equals_plain_and_float64(llama, tokenizer, tmp_path, records, shots, tokens):
+    model, ref = llama
+    driver = _Driver(model, prefix_reuse=True)
+    assert driver.kind == "hf" and driver.reuse, "a Llama model must take the prefix-reuse path"
+    path = write_jsonl(tmp_path / "t.jsonl", records)
+    task = TaskConfig("t", str(path), num_fewshot=[shots], continuation_delimiter="\nAnswer: ",
+                      normalization="none")
+    task.validate()
+
+    def run(reuse):
+        return evaluate(model, tokenizer, [task], batch_size=6, keep_examples=True, progress=False,
+                        prefix_reuse=reuse, max_batch_tokens=tokens).examples
+
+    fast, fast_tokens = _tokens_through(model, lambda: run(True))
+    plain, plain_tokens = _tokens_through(model, lambda: run(False))
+    assert fast_tokens < plain_tokens  # the shared prefixes really ran once
+    schema = "context_options" in records[0]
+    for a, b in zip(fast, plain, strict=True):
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+        assert a["prediction"] == b["prediction"] and a["n_tokens"] == b["n_tokens"]
+    # and both equal a float64 forward of each whole sequence, alone
+    from mpt.eval.tasks import build_prompts, load_task_records
+
+    task_type, recs = load_task_records(task, path)
+    for row, p in zip(fast, build_prompts(task, task_type, recs, shots, prefix_space=True), strict=True):
+        pairs = [(c, p.continuations[0]) for c in p.contexts] if schema else \
+            [(p.contexts[0], c) for c in p.continuations]
+        want = [_ref_logprob(ref, *_ref_ids(tokenizer, p, ctx, cont))[0] for ctx, cont in pairs]
+        assert row["logprobs"] == pytest.approx(want, abs=2e-4)
+        assert row["prediction"] == max(range(len(want)), key=lambda k: (want[k], -k))
+
+
+def test_learned_position_mpt_takes_the_plain_path():
+    from mpt import MPTConfig, MPTForCausalLM
+
+    model = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, vocab_size=100,
+                                     learned_pos_emb=True, attn_config={"alibi": False}))
+    assert not _Driver(model, prefix_reuse=True).reuse
+    assert _Driver(MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, vocab_size=100)),
+                   prefix_reuse=True).reuse

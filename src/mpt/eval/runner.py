@@ -2,25 +2,42 @@
 
 Speed comes from three things, none of which changes a score:
 
-* **Length batching.** Groups are sorted by length so a batch carries little padding.
-* **Prefix reuse.** An example's options share their context (multiple choice) or most of it
-  (schema: the demonstrations and the sentence up to the blank). The shared prefix runs once;
-  its KV cache is copied to one row per option and only the differing suffixes run. Prefixes
-  of a batch are *left*-padded so every suffix starts at the same column: with ALiBi the bias
-  depends only on distances, so padded rows see exactly the distances they would alone.
+* **Prefix reuse, for any causal LM.** An example's options share their context (multiple
+  choice) or most of it (schema: the demonstrations and the sentence up to the blank). The
+  shared prefix runs once; its KV cache is copied to one row per option and only the differing
+  suffixes run against it. Prefixes are left-padded, so every suffix starts at the same column
+  and the real tokens of a row sit in consecutive columns; each row then computes what it would
+  alone: our MPT's ALiBi bias depends only on distances, and a Hugging Face model (Llama's RoPE,
+  GPT-2's learned positions, ...) is given every token's own position (``position_ids``) and
+  runs on its own cache class (``DynamicCache``).
+* **Dense batches.** Examples are sorted by prefix length and filled to the budget
+  (``max_rows`` sequences, ``max_tokens`` padded tokens) for one prefix pass; their options are
+  then sorted by suffix length and filled to the budget again for the suffix passes, each taking
+  the cache rows it needs. Both passes carry little padding. An example with one sequence
+  (language modelling), or any example when reuse is off, has no prefix pass: its sequence is
+  one row, sorted by length among all the others.
 * **Logits only where scored.** The vocabulary projection (the biggest matmul of a small model)
   runs only at the positions that predict a continuation token, not over the whole prompt.
 
-The KV-cache path needs our :class:`~mpt.model.MPTForCausalLM` (ALiBi, our cache). Any other
-Hugging Face causal LM takes the plain path: right-padded full sequences, one forward each.
+Which models reuse prefixes (:class:`_Driver`): our :class:`~mpt.model.MPTForCausalLM` unless it
+has learned position embeddings (it derives positions from the padding mask and checks the padded
+length against ``max_seq_len``); Hugging Face causal LMs whose type is in ``HF_REUSE`` (decoder
+only, positions from ``position_ids``, logits a plain linear map of the last hidden state) unless a
+sliding window is set. Any other model gets right-padded whole sequences and its own logits.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+# Hugging Face model types whose forward takes position_ids and a DynamicCache, and whose logits
+# are get_output_embeddings()(last hidden state); llama and gpt2 are tested against lm-eval and
+# float64, mistral / qwen2 / qwen3 share Llama's code in transformers.
+HF_REUSE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
 
 
 @dataclass
@@ -44,9 +61,79 @@ def _is_ours(model) -> bool:
     return isinstance(model, MPTForCausalLM)
 
 
-def _prefix_reuse_exact(model) -> bool:
-    """Left-padded prefixes are exact for ALiBi (distances only); other MPTs take the plain path."""
-    return _is_ours(model) and bool(model.config.attn_config.get("alibi")) and not model.config.learned_pos_emb
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sliding(config) -> bool:
+    types = getattr(config, "layer_types", None)
+    if types:
+        return any("sliding" in str(t) for t in types)
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+
+
+class _Driver:
+    """One model's forward, cache and output head, as the scorer needs them."""
+
+    def __init__(self, model, prefix_reuse: bool) -> None:
+        self.model = model
+        self.device = _device(model)
+        self.config = model.config
+        if _is_ours(model):
+            self.kind = "ours"
+            self.body, self.head = model.transformer, model.logits
+            self.reuse = prefix_reuse and not model.config.learned_pos_emb
+        elif getattr(model.config, "model_type", None) in HF_REUSE and not _sliding(model.config) \
+                and model.get_output_embeddings() is not None:
+            self.kind = "hf"
+            self.body, self.head = model.base_model, model.get_output_embeddings()
+            params = inspect.signature(self.body.forward).parameters
+            self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+            self.reuse = prefix_reuse
+        else:
+            self.kind = "other"
+            self.body, self.head = model, None
+            self.reuse = False
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None, cache):
+        """Hidden states at every position (``self.head`` maps them to logits), or logits without a head."""
+        if self.kind == "ours":
+            return self.body(ids, attention_mask=mask, cache=cache, use_cache=cache is not None).last_hidden_state
+        if self.kind == "hf":
+            kw = {self.cache_kw: cache} if cache is not None else {}
+            return self.body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                             **kw).last_hidden_state
+        return self.body(input_ids=ids, attention_mask=mask).logits
+
+    def new_cache(self, capacity: int):
+        if self.kind == "ours":
+            from ..model import KVCache
+
+            return KVCache(self.config.n_layers, capacity=capacity)
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def expand(self, cache, index: torch.Tensor, room: int):
+        """A new cache holding row ``index[i]`` of ``cache`` as its row i, with ``room`` free columns."""
+        if self.kind == "ours":
+            from ..model import KVCache
+
+            out = KVCache(self.config.n_layers)
+            for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
+                n = cache.lengths[layer]
+                # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
+                kb = k.new_empty(len(index), k.shape[1], n + room, k.shape[3])
+                vb = v.new_empty(len(index), v.shape[1], n + room, v.shape[3])
+                kb[:, :, :n] = k[index, :, :n]
+                vb[:, :, :n] = v[index, :, :n]
+                out.keys[layer], out.values[layer] = kb, vb
+            out.lengths = list(cache.lengths)
+            return out
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers],
+                            config=self.config)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -59,22 +146,51 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def _batches(order: list[int], sizes: list[int], lengths: list[int], max_rows: int,
-             max_tokens: int) -> list[list[int]]:
-    """Consecutive groups (longest first) within ``max_rows`` sequences and ``max_tokens`` padded
-    tokens per forward; a group is never split. The token budget bounds the replicated KV cache
-    when demonstrations make prompts long (25-shot ARC)."""
-    out, cur, rows = [], [], 0
-    for g in order:
-        longest = lengths[cur[0]] if cur else lengths[g]
-        if cur and (rows + sizes[g] > max_rows or (rows + sizes[g]) * longest > max_tokens):
+def _fill(order: list[int], lengths: list[int], max_rows: int, max_tokens: int, fixed: int = 0) -> list[list[int]]:
+    """Consecutive runs of ``order`` (longest first) with at most ``max_rows`` items and
+    ``rows * (fixed + longest) <= max_tokens``; an item alone over the budget still runs, alone."""
+    out, cur = [], []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1 > max_rows or (len(cur) + 1) * (fixed + longest) > max_tokens):
             out.append(cur)
-            cur, rows = [], 0
-        cur.append(g)
-        rows += sizes[g]
+            cur = []
+        cur.append(i)
     if cur:
         out.append(cur)
     return out
+
+
+@dataclass
+class _Chunk:
+    """Examples sharing one prefix pass, and the row batches of their suffix passes."""
+
+    groups: list[int]  # empty: no prefix pass (every row is a whole sequence)
+    prefix_len: int  # padded prefix length (0: no prefix pass)
+    batches: list[list[int]]  # row ids
+
+
+def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_rows: int,
+         max_tokens: int) -> list[_Chunk]:
+    """Prefix passes and suffix batches for examples with ``prefixes[g]`` shared tokens whose rows
+    ``rows_of[g]`` have ``row_len[r]`` suffix tokens.
+
+    A prefix pass holds at most ``max_rows`` examples and ``max_tokens`` padded tokens; a suffix
+    batch at most ``max_rows`` rows, each counted with the padded prefix it attends to, so the
+    budget also bounds the replicated cache. Examples without a shared prefix go last, their rows
+    sorted together.
+    """
+    longest_row = [max((row_len[r] for r in rows), default=0) for rows in rows_of]
+    with_prefix = sorted((g for g, p in enumerate(prefixes) if p > 0), key=lambda g: (-prefixes[g], -longest_row[g]))
+    chunks = [_Chunk(gs, prefixes[gs[0]], []) for gs in _fill(with_prefix, prefixes, max_rows, max_tokens)]
+    alone = [g for g, p in enumerate(prefixes) if p == 0]
+    if alone:
+        chunks.append(_Chunk([], 0, []))
+    for chunk in chunks:
+        rows = [r for g in (chunk.groups or alone) for r in rows_of[g]]
+        rows.sort(key=lambda r: -row_len[r])
+        chunk.batches = _fill(rows, row_len, max_rows, max_tokens, fixed=chunk.prefix_len)
+    return chunks
 
 
 def _score_rows(features: torch.Tensor, targets: torch.Tensor, row_of_token: torch.Tensor, n_rows: int,
@@ -109,109 +225,93 @@ def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: 
                  greedy: bool = True) -> list[list[SeqScore]]:
     """Log-likelihood of every sequence's scored part.
 
-    ``batch_size`` counts sequences per forward, ``max_tokens`` their padded tokens.
+    ``batch_size`` counts sequences per forward, ``max_tokens`` their padded tokens (a suffix row
+    counted with the prefix it attends to).
     """
-    results: list[list[SeqScore] | None] = [None] * len(groups)
-    lengths = [max(len(s) for s in g.seqs) for g in groups]
-    order = sorted(range(len(groups)), key=lambda g: -lengths[g])
-    sizes = [len(g.seqs) for g in groups]
-    fast = prefix_reuse and _prefix_reuse_exact(model)
-    for batch in _batches(order, sizes, lengths, max(batch_size, max(sizes, default=1)), max_tokens):
-        scored = _score_batch_cached(model, [groups[g] for g in batch], pad_id, greedy) if fast else \
-            _score_batch_plain(model, [groups[g] for g in batch], pad_id, greedy)
-        for g, res in zip(batch, scored, strict=True):
-            results[g] = res
-        if progress is not None:
-            progress.update(len(batch))
-    return results  # type: ignore[return-value]
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _gather_plan(rows: list[list[int]], starts: list[int], device):
-    """(row, column) of the positions whose output predicts a scored token, and those tokens.
-
-    The token at column p is predicted from column p - 1.
-    """
-    r_idx, c_idx, targets = [], [], []
-    for r, (seq, start) in enumerate(zip(rows, starts, strict=True)):
-        r_idx += [r] * (len(seq) - start)
-        c_idx += range(start - 1, len(seq) - 1)
-        targets += seq[start:]
-    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return t(r_idx), t(c_idx), t(targets)
-
-
-def _score_batch_cached(model, groups: list[ScoreGroup], pad_id: int, greedy: bool) -> list[list[SeqScore]]:
-    from ..model import KVCache
-
-    device = _device(model)
+    driver = _Driver(model, prefix_reuse)
+    seqs, starts, group_of, rows_of = [], [], [], []
+    for g, grp in enumerate(groups):
+        rows_of.append(list(range(len(seqs), len(seqs) + len(grp.seqs))))
+        seqs += grp.seqs
+        starts += grp.starts
+        group_of += [g] * len(grp.seqs)
     # The prefix must end before the first scored token's predictor, which runs in the suffix pass.
-    prefixes = [min(_common_prefix(g.seqs), min(g.starts) - 1) for g in groups]
-    p_max = max(prefixes)
-    rows, starts, group_of_row = [], [], []
-    for gi, g in enumerate(groups):
-        for seq, start in zip(g.seqs, g.starts, strict=True):
-            rows.append(seq[prefixes[gi]:])
-            starts.append(start - prefixes[gi])
-            group_of_row.append(gi)
-    s_max = max(len(r) for r in rows)
-    n_layers = model.config.n_layers
-    cache = KVCache(n_layers, capacity=p_max + s_max)
-    key_mask = None
-    if p_max > 0:
-        ids = torch.full((len(groups), p_max), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros(len(groups), p_max, dtype=torch.bool, device=device)
-        for gi, (g, p) in enumerate(zip(groups, prefixes, strict=True)):
-            if p:
-                ids[gi, p_max - p:] = torch.tensor(g.seqs[0][:p], device=device)
-                mask[gi, p_max - p:] = True
-        model.transformer(ids, attention_mask=mask, cache=cache, use_cache=True)
-        index = torch.tensor(group_of_row, device=device)
-        # One cache row per option. Advanced indexing rather than KVCache.select: on CPU,
-        # index_select along dim 0 of these 4-D buffers is ~25x slower in torch 2.13.
-        for layer in range(n_layers):
-            cache.keys[layer] = cache.keys[layer][index]
-            cache.values[layer] = cache.values[layer][index]
-        key_mask = mask.index_select(0, index)
-    ids = torch.full((len(rows), s_max), pad_id, dtype=torch.long, device=device)
+    # One sequence alone has nothing to share: it runs whole.
+    prefixes = [min(_common_prefix(grp.seqs), min(grp.starts) - 1) if driver.reuse and len(grp.seqs) > 1 else 0
+                for grp in groups]
+    row_len = [len(seqs[r]) - prefixes[group_of[r]] for r in range(len(seqs))]
+    scores: list[SeqScore | None] = [None] * len(seqs)
+    pending = [len(rows) for rows in rows_of]
+    for chunk in plan(prefixes, rows_of, row_len, max(batch_size, 1), max_tokens):
+        prefix = _prefix_pass(driver, [groups[g] for g in chunk.groups], [prefixes[g] for g in chunk.groups],
+                              chunk.prefix_len, pad_id)
+        slot = {g: i for i, g in enumerate(chunk.groups)}
+        for batch in chunk.batches:
+            cut = [prefixes[group_of[r]] for r in batch]
+            lp, hit, count = _suffix_pass(driver, [seqs[r][c:] for r, c in zip(batch, cut, strict=True)],
+                                          [starts[r] - c for r, c in zip(batch, cut, strict=True)],
+                                          [slot[group_of[r]] for r in batch] if prefix else None, prefix, pad_id,
+                                          greedy)
+            for i, r in enumerate(batch):
+                scores[r] = SeqScore(lp[i], count[i], bool(hit[i]))
+                g = group_of[r]
+                pending[g] -= 1
+                if progress is not None and pending[g] == 0:
+                    progress.update(1)
+    return [[scores[r] for r in rows] for rows in rows_of]  # type: ignore[misc]
+
+
+def _ids(rows: list[list[int]], width: int, pad_id: int, device, left: bool):
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
     for r, row in enumerate(rows):
-        ids[r, :len(row)] = torch.tensor(row, device=device)
-    if key_mask is not None:
-        # Right padding of the suffixes needs no mask: a real token never looks right.
-        key_mask = torch.cat([key_mask, key_mask.new_ones(len(rows), s_max)], dim=1)
-    hidden = model.transformer(ids, attention_mask=key_mask, cache=cache if p_max else None,
-                               use_cache=p_max > 0).last_hidden_state
-    r_idx, c_idx, targets = _gather_plan(rows, starts, device)
-    scored = _score_rows(hidden[r_idx, c_idx], targets, r_idx, len(rows), head=model.logits, greedy=greedy)
-    return _regroup(scored, group_of_row, len(groups))
+        if row:
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[r, cols] = torch.tensor(row)
+            mask[r, cols] = 1
+    return ids.to(device), mask.to(device)
 
 
-def _score_batch_plain(model, groups: list[ScoreGroup], pad_id: int, greedy: bool) -> list[list[SeqScore]]:
-    device = _device(model)
-    rows = [s for g in groups for s in g.seqs]
-    starts = [s for g in groups for s in g.starts]
-    group_of_row = [gi for gi, g in enumerate(groups) for _ in g.seqs]
-    t_max = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t_max), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(rows), t_max, dtype=torch.long, device=device)
-    for r, row in enumerate(rows):
-        ids[r, :len(row)] = torch.tensor(row, device=device)
-        mask[r, :len(row)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    r_idx, c_idx, targets = _gather_plan(rows, starts, device)
-    return _regroup(_score_rows(logits[r_idx, c_idx], targets, r_idx, len(rows), greedy=greedy), group_of_row,
-                    len(groups))
+def _prefix_pass(driver: _Driver, groups: list[ScoreGroup], lengths: list[int], width: int, pad_id: int):
+    """Left-padded shared prefixes through the model: (cache, key mask, real prefix lengths), or None."""
+    if not groups:
+        return None
+    ids, mask = _ids([g.seqs[0][:n] for g, n in zip(groups, lengths, strict=True)], width, pad_id, driver.device,
+                     left=True)
+    cache = driver.new_cache(width)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # each row's first real token is position 0
+    driver.forward(ids, mask, positions, cache)
+    return cache, mask, mask.sum(1)
 
 
-def _regroup(scored, group_of_row: list[int], n_groups: int) -> list[list[SeqScore]]:
-    lps, greedy, counts = scored
-    out: list[list[SeqScore]] = [[] for _ in range(n_groups)]
-    for r, g in enumerate(group_of_row):
-        out[g].append(SeqScore(lps[r], counts[r], bool(greedy[r])))
-    return out
+def _suffix_pass(driver: _Driver, rows: list[list[int]], starts: list[int], slots: list[int] | None, prefix,
+                 pad_id: int, greedy: bool):
+    """Right-padded rows (after their prefix, if any) through the model; scores of each row's scored part."""
+    device = driver.device
+    width = max(len(r) for r in rows)
+    ids, mask = _ids(rows, width, pad_id, device, left=False)
+    cache = key_mask = positions = None
+    if prefix is not None:
+        cache, prefix_mask, prefix_len = prefix
+        index = torch.tensor(slots, device=device)
+        cache = driver.expand(cache, index, width)
+        # Right padding needs no mask (a real token never looks right); the prefix's left padding does.
+        key_mask = torch.cat([prefix_mask[index], torch.ones_like(ids)], dim=1)
+        lens = mask.sum(1, keepdim=True)
+        # A padding column repeats its row's last position, so no position exceeds the real ones.
+        positions = prefix_len[index, None] + torch.minimum(torch.arange(width, device=device)[None], lens - 1)
+    elif driver.kind == "other":
+        key_mask = mask  # a model we know less about gets its padding marked
+    features = driver.forward(ids, key_mask, positions, cache)
+    r_idx, c_idx, targets = [], [], []
+    for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        # The token at column c is predicted from column c - 1.
+        r_idx += [r] * (len(row) - start)
+        c_idx += range(start - 1, len(row) - 1)
+        targets += row[start:]
+    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    r_idx, c_idx, targets = t(r_idx), t(c_idx), t(targets)
+    return _score_rows(features[r_idx, c_idx], targets, r_idx, len(rows), head=driver.head, greedy=greedy)
 
 
 @torch.inference_mode()
