@@ -203,8 +203,8 @@ COMMANDS = [
             "docstrings, clean and deduplicate it, train a BPE tokenizer, prep shards with a validation split, "
             "pretrain an mpt-tiny-class ALiBi model and a learned-position twin (with checkpoints), measure "
             "perplexity at 1x/2x/4x the training length, optionally run ICL tasks, export to Hugging Face "
-            "format, generate samples, and write OUT/report.md and report.html. Re-running the command continues "
-            "where it stopped.",
+            "format, generate samples, optionally chat-finetune it with LoRA (--finetune), and write OUT/report.md "
+            "and report.html. Re-running the command continues where it stopped.",
             flags={"out": Flag("output folder"),
                    "size": Flag("full: about 10 minutes on 2 CPU cores; ci: a reduced run of a minute or two",
                                 choices=("full", "ci")),
@@ -215,6 +215,9 @@ COMMANDS = [
                                 "`mpt prep`)", metavar="INPUT"),
                    "tokenizer": Flag("use this tokenizer (tokenizer.json, folder or hub name) instead of training "
                                      "one"),
+                   "finetune": Flag("add a stage: chat-finetune the model with LoRA on this jsonl of prompt/response "
+                                    "or messages records (e.g. Dolly), with held-out response perplexity before "
+                                    "and after and a few chat replies", metavar="FILE"),
                    "force": Flag("use a non-empty --out folder that is not a quickstart run"),
                    "seed": Flag("seed of every stage")}),
 ]
