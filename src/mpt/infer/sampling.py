@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -71,13 +72,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, 
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int | None]:
-    """The argmax of every row of ``(B, V)`` logits in one pass (one device sync, not one per row).
+    """The argmax of every row of ``(B, V)`` logits in one pass (one wait for the device, not one per row).
 
     None for a row whose best score is not finite (NaN, +inf or all -inf): :func:`pick_token` has the
     rules for those, and the plain argmax would differ from them there.
     """
     best, ids = logits.max(dim=-1)
-    return [i if i >= 0 else None for i in ids.masked_fill(~best.isfinite(), -1).tolist()]
+    return [i if math.isfinite(b) else None for b, i in zip(best.tolist(), ids.tolist(), strict=True)]
 
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
