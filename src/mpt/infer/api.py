@@ -112,17 +112,18 @@ class LLM:
 
 
 def load(path: str | Path, tokenizer: str | Path | None = None, device: str | None = None,
-         dtype: str | torch.dtype | None = None, attn_impl: str | None = None) -> LLM:
+         dtype: str | torch.dtype | None = None, attn_impl: str | None = None, quantize: str | None = None) -> LLM:
     """Load a Hugging Face-format MPT checkpoint (a folder or, when online, a hub name) and its tokenizer.
 
     Defaults and fallbacks are :func:`mpt.model.load.load_model`'s: CUDA when available, bfloat16 on
-    GPU and float32 on CPU.
+    GPU and float32 on CPU. ``quantize="int8"``: int8 weights for the linear layers
+    (:mod:`mpt.model.quantize`).
     """
     from ..data.tokenize import load_tokenizer
     from ..model import MPTForCausalLM
     from ..model.load import load_model
 
-    model = load_model(path, device=device, dtype=dtype, attn_impl=attn_impl)
+    model = load_model(path, device=device, dtype=dtype, attn_impl=attn_impl, quantize=quantize)
     if not isinstance(model, MPTForCausalLM):
         raise ValueError(f"{path} is a {model.config.model_type!r} model; generation runs MPT checkpoints "
                          "(`mpt eval` takes any causal LM)")

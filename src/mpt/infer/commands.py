@@ -14,6 +14,7 @@ from typing import Literal
 from .chat_repl import ChatConfig
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+Quantize = Literal["int8"]
 
 
 @dataclass(kw_only=True)
@@ -22,11 +23,13 @@ class ModelSource:
     tokenizer: str | None = None      # default: the model's
     device: str | None = None         # default: cuda when available
     dtype: Dtype | None = None        # default: bfloat16 on GPU, float32 on CPU
+    quantize: Quantize | None = None  # int8: int8 weights for the linear layers (mpt.model.quantize)
 
     def load(self):
         from .api import load
 
-        return load(self.model, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype)
+        return load(self.model, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype,
+                    quantize=self.quantize)
 
 
 @dataclass(kw_only=True)

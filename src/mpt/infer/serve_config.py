@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .api import LLM
@@ -22,6 +22,7 @@ class ServeConfig:
     tokenizer: str | None = None
     device: str | None = None
     dtype: str | None = None
+    quantize: Literal["int8"] | None = None  # int8 weights for the linear layers (mpt.model.quantize)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # None: $MPT_API_KEY, else no key required
@@ -58,6 +59,8 @@ class ServeConfig:
         for name in ("body_timeout", "shutdown_grace"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"quantize={self.quantize!r} is invalid: use int8 (or none)")
         self.allow_origin = [o.rstrip("/") for o in self.allow_origin]
         if self.api_key is None:
             self.api_key = os.environ.get("MPT_API_KEY") or None

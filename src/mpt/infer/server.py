@@ -524,11 +524,12 @@ def serve(cfg: ServeConfig) -> None:
     from .api import load
 
     cfg.validate()
-    llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype)
+    llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize)
     app = create_app(llm, cfg)
     base = f"http://{cfg.host}:{cfg.port}"
     print(f"serving '{cfg.model_name}' at {base}/v1 (OpenAI API; key {'required' if cfg.api_key else 'not required'})"
-          f", chat page at {base}/ ; context {cfg.context_length} tokens, batch {cfg.max_batch_size}", flush=True)
+          f", chat page at {base}/ ; context {cfg.context_length} tokens, batch {cfg.max_batch_size}"
+          + (f", {cfg.quantize} weights" if cfg.quantize else ""), flush=True)
     warning = cfg.exposure_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -66,29 +66,34 @@ def read_config_dict(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-               attn_impl: str | None = None):
+               attn_impl: str | None = None, quantize: str | None = None):
     """A checkpoint folder (or, online, a hub name) as a model in eval mode on ``device``.
 
     MPT checkpoints -- ours, transformers' ``MptForCausalLM`` and MosaicML's original layout -- load
     as :class:`~mpt.model.MPTForCausalLM`; any other causal LM (for ``mpt eval`` comparisons)
     through transformers. ``device`` defaults to CUDA when available, ``dtype`` as
-    :func:`resolve_dtype`, ``attn_impl`` as :func:`usable_attn_impl`.
+    :func:`resolve_dtype`, ``attn_impl`` as :func:`usable_attn_impl`. ``quantize="int8"`` keeps the
+    linear layers' weights in int8 for inference (:mod:`mpt.model.quantize`).
     """
     from .config import MPTConfig
     from .modeling import MPTForCausalLM
+    from .quantize import check_method, quantize_model
 
     device = default_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    check_method(quantize)
     fields = read_config_dict(path)
     if fields.get("model_type") != "mpt":
         from transformers import AutoModelForCausalLM
 
-        return _read_weights(AutoModelForCausalLM, path, dtype=torch_dtype or "auto").to(device).eval()
+        model = _read_weights(AutoModelForCausalLM, path, dtype=torch_dtype or "auto").to(device).eval()
+        return quantize_model(model, quantize)
     saved = (fields.get("attn_config") or {}).get("attn_impl")
     # Set before validation: a config saying `flash` must still load where flash-attn is missing.
     fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl or usable_attn_impl(saved, device)}
     config = MPTConfig.from_dict(fields)
-    return _read_weights(MPTForCausalLM, path, config=config, dtype=torch_dtype or "auto").to(device).eval()
+    model = _read_weights(MPTForCausalLM, path, config=config, dtype=torch_dtype or "auto").to(device).eval()
+    return quantize_model(model, quantize)
 
 
 def _read_weights(cls, path: str | Path, **kwargs):

@@ -1,0 +1,142 @@
+"""int8 weights for inference: ``quantize_model(model, "int8")`` (``mpt.load(..., quantize="int8")``).
+
+Every ``nn.Linear`` becomes an :class:`Int8Linear`: its weight is stored as int8 with one float32
+scale per output row (symmetric, per channel), a quarter of its float32 bytes. How it multiplies
+depends on the device:
+
+- GPU: weight-only. The int8 weight is cast to the activations' dtype inside the call and multiplied
+  as usual; activations never lose precision.
+- CPU: each call also rounds its input to int8, one scale per token (row), and runs PyTorch's
+  int8 x int8 -> int32 matmul (``torch._int_mm``, oneDNN/VNNI), then rescales. PyTorch has no fast
+  float x int8 matmul on CPU: casting the weight each call (the GPU path) or
+  ``torch._weight_int8pack_mm`` with float32 inputs ran 2x to 50x slower than float32 here, while
+  the int8 x int8 path ran 1.3x (one row) to 4x (8-16 rows) faster. The per-token scale keeps the
+  added error small: tests/infer/test_int8.py bounds the logits, benchmarks/bench_int8.py measures
+  perplexity against float32.
+
+The tied embedding (MPT's output projection is its input embedding) is quantized once and serves
+both roles: an int8 ``lm_head`` for the logits and :class:`Int8Embedding` for the lookup, sharing one
+int8 table, so the vocabulary's weights also shrink to a quarter (at d_model 1024 and a 50k
+vocabulary they are a third of a 12-layer model). Norm weights, biases and the KV cache keep the
+model's dtype. A quantized model is for inference: it is not trained, saved or exported.
+
+Why not a library: torchao 0.18 (PyTorch's quantization library) installs with torch 2.13, but on
+CPU its weight-only int8 tensor upcasts the whole weight on every call (measured 2x slower than
+float32, also under ``torch.compile``), and its dynamic-activation int8 path is the same
+int8 x int8 matmul as here with no measured gain. Once installed, transformers also imports it
+with every model (+5 s per command on our CI machine, and warnings about CUDA extensions on
+stderr), a cost every command would pay, quantized or not. bitsandbytes' int8 is a CUDA kernel.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZE_METHODS = ("int8",)
+
+
+def check_method(method: str | None) -> str | None:
+    if method not in (None, *QUANTIZE_METHODS):
+        raise ValueError(f"quantize={method!r} is invalid: use {', '.join(QUANTIZE_METHODS)} (or none)")
+    return method
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, K)`` float -> int8 ``(N, K)`` and float32 scales ``(N,)``, symmetric per row: w ~ q * scale."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # an all-zero row keeps a positive scale
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with an int8 weight and per-row scales (see the module docstring for the math)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        q, scale = quantize_rows(weight)
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            y = self._int8_matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _int8_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        # One scale per token: a row of large activations does not coarsen the others' rounding.
+        x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        xq = torch.round(xf / x_scale).to(torch.int8)
+        # The (N, K) weight passed transposed as a view: measured faster than a (K, N) copy here.
+        acc = torch._int_mm(xq, self.weight.t())
+        return (acc.float() * x_scale * self.scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class Int8Embedding(nn.Module):
+    """An embedding lookup in the int8 output projection's table (shared, not copied)."""
+
+    def __init__(self, head: Int8Linear, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.head = [head]  # a list: the head is the model's module, not registered twice here
+        self.dtype = dtype
+        self.num_embeddings, self.embedding_dim = head.weight.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head = self.head[0]
+        return (F.embedding(ids, head.weight).float() * head.scale[ids][..., None]).to(self.dtype)
+
+
+def quantize_model(model: nn.Module, method: str | None = "int8") -> nn.Module:
+    """Quantize ``model``'s linear layers (and its output projection) in place; returns it."""
+    if check_method(method) is None:
+        return model
+    model.requires_grad_(False)
+    transformer = getattr(model, "transformer", None)
+    wte = getattr(transformer, "wte", None)
+    tied = getattr(model, "lm_head", "absent") is None and isinstance(wte, nn.Embedding)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear.from_linear(child))
+    if tied:
+        head = Int8Linear(wte.weight, None).to(wte.weight.device)
+        model.lm_head = head
+        transformer.wte = Int8Embedding(head, wte.weight.dtype)  # the float table is freed here
+    if isinstance(getattr(model, "lm_head", None), Int8Linear):
+        # MPTForCausalLM.logits multiplies by lm_head.weight itself; an int8 head must run its own forward.
+        model.logits = types.MethodType(_head_logits, model)
+    model.quantized = method
+    return model
+
+
+def _head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    logits = self.lm_head(hidden)
+    scale = self.config.resolved_logit_scale
+    return logits * scale if scale is not None else logits
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each storage counted once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
