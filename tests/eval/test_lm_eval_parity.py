@@ -3,7 +3,8 @@ task data and the same prompt strings (our prompts exported as local lm-eval tas
 
 multiple_choice: per-choice log-likelihoods and lm-eval's acc / acc_norm predictions against
 ours with normalization none / char; schema: the same in lm-eval's multiple-input mode;
-language_modeling: lm-eval's is_greedy against our accuracy; generation: the generated text.
+language_modeling: lm-eval's is_greedy against our accuracy; generation: the generated text. A tiny
+Llama (RoPE) scored with prefix reuse is checked against lm-eval on multiple choice and schema too.
 """
 
 import os
@@ -89,3 +90,36 @@ def test_lm_eval_model_mpt_equals_model_hf(runs, tiny_mpt_dir):
     for a, b in zip(mine, theirs[names["piqa"]], strict=True):
         assert [r[0] for r in a["filtered_resps"]] == pytest.approx([r[0] for r in b["filtered_resps"]], abs=1e-3)
         assert a["acc"] == b["acc"]
+
+
+LLAMA_CASES = [("piqa", 0, 6), ("arc_easy", 3, 4), ("winogrande", 5, 4)]
+
+
+@pytest.fixture(scope="module")
+def llama_runs(tiny_llama_dir, tokenizer, eval_data, tmp_path_factory):
+    """A Llama-architecture model (RoPE) scored with prefix reuse, against lm-eval's whole sequences."""
+    from mpt.eval.runner import _Driver
+
+    include = tmp_path_factory.mktemp("lm_eval_llama_tasks")
+    suite = {t.label: t for t in load_suite("mpt7b").tasks}
+    names = {label: export_task(suite[label], k, tokenizer, include, eval_data, limit=n) for label, k, n in LLAMA_CASES}
+    theirs = _lm_eval("hf", tiny_llama_dir, list(names.values()), include)
+    model = load_model(str(tiny_llama_dir), device="cpu")
+    assert _Driver(model, prefix_reuse=True).reuse
+    ours = {}
+    for label, k, n in LLAMA_CASES:
+        task = suite[label]
+        task.num_fewshot, task.normalization = [k], "none"
+        ours[label] = evaluate(model, tokenizer, [task], data_dir=eval_data, limit=n, batch_size=8,
+                               keep_examples=True, progress=False).examples
+    return names, theirs, ours
+
+
+@pytest.mark.parametrize("label", [c[0] for c in LLAMA_CASES])
+def test_llama_prefix_reuse_equals_lm_eval(llama_runs, label):
+    names, theirs, ours = llama_runs
+    samples = theirs[names[label]]
+    assert len(samples) == len(ours[label]) > 0
+    for s, mine in zip(samples, ours[label], strict=True):
+        assert mine["logprobs"] == pytest.approx([r[0] for r in s["filtered_resps"]], abs=2e-3), s["doc_id"]
+        assert float(mine["correct"]) == s["acc"]

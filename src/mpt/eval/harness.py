@@ -4,8 +4,10 @@
 few-shot count builds the prompts, scores them (:mod:`mpt.eval.runner`) and returns accuracies,
 per-category accuracies, truncation counts and, optionally, one record per example.
 
-With ``torchrun`` (``torch.distributed`` initialised, world size > 1) each rank evaluates every
-world-size-th example and the per-example results are gathered, so ranks scale linearly.
+With ``torchrun`` (``torch.distributed`` initialised, world size > 1) the examples are sorted by
+their length in characters and each goes to the rank with the least text so far, so every rank
+gets nearly the same amount of work, not just the same count; the per-example results are then
+gathered in file order.
 """
 
 from __future__ import annotations
@@ -77,6 +79,28 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def _cost(p: Prompt) -> int:
+    """Characters the model reads for ``p`` (shared context once, each option once)."""
+    return len(p.preamble) + sum(map(len, p.contexts)) + sum(map(len, p.continuations))
+
+
+def share(prompts: list[Prompt], rank: int, world: int) -> list[Prompt]:
+    """This rank's prompts, in their original order: costliest first, each to the least-loaded rank.
+
+    Every rank computes the same assignment from the same prompts, so no message is needed.
+    """
+    if world == 1:
+        return prompts
+    load = [0] * world
+    mine = []
+    for i in sorted(range(len(prompts)), key=lambda i: -_cost(prompts[i])):
+        r = min(range(world), key=lambda r: load[r])
+        load[r] += _cost(prompts[i])
+        if r == rank:
+            mine.append(i)
+    return [prompts[i] for i in sorted(mine)]
+
+
 def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | None = None,
              limit: int | None = None, batch_size: int = 64, max_seq_len: int | None = None,
              keep_examples: bool = False, progress: bool = True, prefix_reuse: bool = True,
@@ -107,7 +131,7 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
         for k in task.num_fewshot:
             t0 = time.perf_counter()
             prompts = build_prompts(task, task_type, records, k, prefix_space, limit)
-            prompts = prompts[rank::world]
+            prompts = share(prompts, rank, world)
             reserve = 0
             if task_type == "generation_task_with_answers":
                 reserve = task.max_new_tokens or max_answer_tokens(tokenizer, records)
