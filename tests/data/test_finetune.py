@@ -5,9 +5,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from mpt.chatml import CHATML_TEMPLATE, render_chatml
 from mpt.data import DataInputError
 from mpt.data.finetune import (
-    CHATML_TEMPLATE,
     IGNORE,
     Example,
     FinetuneConfig,
@@ -50,6 +50,18 @@ def test_chatml_equals_apply_chat_template_with_assistant_only_loss(neox, chatml
     trained = hf.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE])
     assert trained == " It is 4.\n\nAnything else?<|im_end|>Bye!<|im_end|>"
     assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels, strict=True))
+
+
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_the_chatml_renderer_equals_its_template_and_spans_the_assistant_turns(generation_prompt):
+    from tokenizers import models
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                 chat_template=CHATML_TEMPLATE)
+    text, spans = render_chatml(((m["role"], m["content"]) for m in CHAT), add_generation_prompt=generation_prompt)
+    assert text == hf.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=generation_prompt)
+    assert [text[a:b] for a, b in spans] == [" It is 4.\n\nAnything else?<|im_end|>", "Bye!<|im_end|>"]
+    assert text.endswith("<|im_start|>assistant\n") == generation_prompt
 
 
 def test_truncation_policies_are_counted(neox, tmp_path):

@@ -4,9 +4,10 @@ Formats (one JSON object per line):
 
 - ``{"prompt": ..., "response": ...}``: the prompt and the response are tokenized separately and
   joined, EOS appended; loss on the response tokens and the EOS only.
-- ``{"messages": [{"role": ..., "content": ...}, ...]}``: rendered in ChatML
-  (``<|im_start|>role\\ncontent<|im_end|>\\n``) and tokenized as one string, exactly what
-  ``tokenizer.apply_chat_template(messages, tokenize=True)`` gives with :data:`CHATML_TEMPLATE`;
+- ``{"messages": [{"role": ..., "content": ...}, ...]}``: rendered in ChatML by
+  :func:`mpt.chatml.render_chatml` (``<|im_start|>role\\ncontent<|im_end|>\\n``) and tokenized
+  as one string, exactly what ``tokenizer.apply_chat_template(messages, tokenize=True)`` gives with
+  :data:`~mpt.chatml.CHATML_TEMPLATE`;
   loss on each assistant turn's content and its ``<|im_end|>``, not on the role header or the
   newline after it. The mask is found from token character offsets, so it needs no special tokens.
 
@@ -33,19 +34,11 @@ from pathlib import Path
 
 import torch
 
+from ..chatml import CHATML_TEMPLATE as CHATML_TEMPLATE  # re-exported: callers that import it from here
+from ..chatml import render_chatml
 from .readers import DataInputError
 
 IGNORE = -100
-# ChatML; the {% generation %} markers let transformers' return_assistant_tokens_mask find the trained part too
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -74,23 +67,9 @@ class Example:
     labels: list[int]                # IGNORE where no loss
 
 
-def render_chatml(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The ChatML text and the character spans that carry loss (assistant content + ``<|im_end|>``)."""
-    parts, spans, pos = [], [], 0
-    for m in messages:
-        header = f"<|im_start|>{m['role']}\n"
-        body = f"{m['content']}<|im_end|>"
-        if m["role"] == "assistant":
-            spans.append((pos + len(header), pos + len(header) + len(body)))
-        piece = header + body + "\n"
-        parts.append(piece)
-        pos += len(piece)
-    return "".join(parts), spans
-
-
 def encode_chat(tokenizer, messages: list[dict]) -> Example:
     """``tokenizer`` is a ``tokenizers.Tokenizer``; ids equal ``apply_chat_template`` with CHATML_TEMPLATE."""
-    text, spans = render_chatml(messages)
+    text, spans = render_chatml((m["role"], m["content"]) for m in messages)
     enc = tokenizer.encode(text, add_special_tokens=False)
     labels = []
     for tid, (start, end) in zip(enc.ids, enc.offsets, strict=True):

@@ -1,7 +1,8 @@
-"""Chat prompts: ChatML rendering (MPT-7B-Chat's format) and fitting a history into the context.
+"""Chat prompts: messages, rendering them for the assistant's next turn, fitting a history into the context.
 
-A tokenizer that carries its own ``chat_template`` is rendered with it; otherwise ChatML, written
-out here, which is what ``apply_chat_template`` gives with the ChatML template (tested).
+A tokenizer that carries its own ``chat_template`` is rendered with it; otherwise ChatML
+(MPT-7B-Chat's format) by :func:`mpt.chatml.render_chatml`, the renderer finetuning uses too,
+which is what ``apply_chat_template`` gives with the ChatML template (tested).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .. import chatml
+from ..chatml import END_OF_TURN as END_OF_TURN  # re-exported: the server and the REPL stop on it
+
 ROLES = ("system", "user", "assistant")
-END_OF_TURN = "<|im_end|>"
 
 
 @dataclass
@@ -27,8 +30,8 @@ class Message:
 
 
 def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    text = "".join(f"<|im_start|>{m.role}\n{m.content}{END_OF_TURN}\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    """ChatML text of these messages (by default with the assistant's header after them)."""
+    return chatml.render_chatml(((m.role, m.content) for m in messages), add_generation_prompt)[0]
 
 
 def render(messages: Sequence[Message], tokenizer=None) -> str:
