@@ -1,6 +1,6 @@
 """Where a streaming dataset's shards come from: a local folder, or any fsspec URL through a bounded cache.
 
-Remote shards are fetched on demand, hashed while they download, and moved into place with an
+Remote shards are fetched on demand, checked (size, SHA-256) once downloaded, and moved into place with an
 atomic rename, so several processes (ranks, dataloader workers, two training runs) can share one
 cache folder without locks or shared memory: the worst race is two processes fetching the same
 shard, and both end with the same verified file. Eviction removes least-recently-used cached
@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 
+from ..files import file_sha256
 from .remote import RemoteAccessError, explain, filesystem, is_local, local_path
 from .shards import INDEX_FILE, Shard, ShardError, ShardIndex, ShardInfo, verify_shard
 
@@ -84,7 +86,7 @@ class ShardStore:
 
     def _load(self, i: int) -> Shard:
         info = self.index.shards[i]
-        dtype = self._dtype()
+        dtype = self.index.token_dtype()
         if self.local:
             path = os.path.join(local_path(self.url), info.file)
             if self.verify and i not in self._verified:
@@ -111,11 +113,6 @@ class ShardStore:
         raise ShardError(f"shard {path} keeps disappearing from the cache; the cache limit is too small for the "
                          "number of processes sharing it; raise it")
 
-    def _dtype(self):
-        import numpy as np
-
-        return np.dtype("<u2") if self.index.dtype == "uint16" else np.dtype("<u4")
-
     def _fetch(self, info: ShardInfo, path: Path, dtype) -> Shard:
         """Download, verify, open, then rename into place: opened first, so that another process evicting
         it right after the rename cannot take it from us (the memory map keeps the file)."""
@@ -124,18 +121,16 @@ class ShardStore:
         remote = self.url.rstrip("/") + "/" + info.file
         self._evict(incoming=info.bytes)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        h, size = hashlib.sha256(), 0
         try:
             try:
                 with fsspec.open(remote, "rb") as src, open(tmp, "wb") as dst:
-                    while block := src.read(1 << 22):
-                        h.update(block)
-                        size += len(block)
-                        dst.write(block)
+                    shutil.copyfileobj(src, dst, 1 << 22)
             except (PermissionError, FileNotFoundError) as err:
                 raise explain(remote, err) from err
-            if size != info.bytes or h.hexdigest() != info.sha256:
-                raise ShardError(f"shard {remote} is {size:,} bytes with SHA-256 {h.hexdigest()[:16]}... but the "
+            # Hashed from the file just written (in the page cache): one SHA-256 helper for every file we check.
+            size, digest = tmp.stat().st_size, file_sha256(tmp)
+            if size != info.bytes or digest != info.sha256:
+                raise ShardError(f"shard {remote} is {size:,} bytes with SHA-256 {digest[:16]}... but the "
                                  f"index says {info.bytes:,} bytes, {info.sha256[:16]}...: the remote copy is corrupt "
                                  "or truncated; re-upload it or re-run `mpt prep`")
             shard = Shard(tmp, dtype)

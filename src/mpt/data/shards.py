@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import file_sha256 as file_sha256  # re-exported: prep_folder.py imports it from here
 from .atomic import TMP_SUFFIX, publish, tmp_name, write_atomic
 
 MAGIC = b"MPTSHRD1"
@@ -51,9 +52,12 @@ class ShardError(ValueError):
     """A shard or index that is missing, corrupt or inconsistent."""
 
 
+TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # the index's name -> the bytes on disk
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every token id of a vocabulary."""
-    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+    """The smallest unsigned dtype that holds every token id of a vocabulary (what the writer stores)."""
+    return TOKEN_DTYPES["uint16" if vocab_size <= 2**16 else "uint32"]
 
 
 @dataclass
@@ -80,6 +84,13 @@ class ShardIndex:
     @property
     def num_samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def token_dtype(self) -> np.dtype:
+        """The dtype this index's shards hold their tokens in (little-endian, as :class:`ShardWriter` wrote)."""
+        if self.dtype not in TOKEN_DTYPES:
+            raise ShardError(f"index dtype {self.dtype!r} is not one of {', '.join(TOKEN_DTYPES)}; "
+                             "re-run `mpt prep` to rewrite the index")
+        return TOKEN_DTYPES[self.dtype]
 
     @property
     def num_tokens(self) -> int:
@@ -109,14 +120,6 @@ def read_index(folder: str | Path) -> ShardIndex:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a shard folder needs the {INDEX_FILE} that `mpt prep` writes")
     return ShardIndex.from_json(path.read_text(), str(path))
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_shard(path: str | Path, info: ShardInfo) -> None:

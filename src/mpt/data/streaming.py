@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..ranks import rank_world
 from .cache import ShardStore, read_index_url
 
 
@@ -79,12 +79,6 @@ class StreamConfig:
             raise ValueError(f"StreamConfig.cache_limit_bytes={self.cache_limit_bytes} must be >= 1 (or None)")
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def _largest_remainder(weights: list[float], total: int) -> np.ndarray:
     exact = np.asarray(weights, dtype=np.float64) / sum(weights) * total
     counts = np.floor(exact).astype(np.int64)
@@ -117,7 +111,7 @@ class StreamingDataset(IterableDataset):
     def __init__(self, cfg: StreamConfig):
         cfg.validate()
         self.cfg = cfg
-        rank, world = _dist_rank_world()
+        rank, world = rank_world(from_env=True)
         self.rank = cfg.rank if cfg.rank is not None else rank
         self.world_size = cfg.world_size if cfg.world_size is not None else world
         if not 0 <= self.rank < self.world_size:

@@ -25,7 +25,6 @@ Remote folders use ``universal_pathlib`` (a pathlib API over fsspec) so that the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -41,6 +40,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from ..files import file_sha256
+from ..ranks import rank_world
 
 SHAPE_FIELDS = ("d_model", "n_heads", "n_layers", "vocab_size", "expansion_ratio", "tie_word_embeddings",
                 "learned_pos_emb", "no_bias")
@@ -94,10 +96,6 @@ def check_folder(folder) -> None:
                               "(AWS_ENDPOINT_URL_S3) and that they may use this bucket") from err
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
 @contextlib.contextmanager
 def _quiet():
     """DCP warns on every single-process save/load; one process is a supported, intended use here."""
@@ -120,14 +118,6 @@ def all_ranks_agree(ok: bool) -> bool:
         flag = flag.cuda()
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) == 0
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -221,7 +211,7 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
     final = root / f"step-{step:08d}"
     staging = root / f"step-{step:08d}.tmp" if _is_local(root) else final
     run_name = trainer_state["run_name"]
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         if _is_local(root):  # object stores have no folders to make (and s3fs would make a bucket)
             root.mkdir(parents=True, exist_ok=True)
         _remove(root / f"step-{step:08d}.tmp")
@@ -239,11 +229,11 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
         dcp.save({"model": model_sd, "optim": optim_sd}, **_writer(staging))
     buffer = io.BytesIO()
     torch.save(rng_state(), buffer)
-    (staging / f"rank{_rank()}.pt").write_bytes(buffer.getvalue())
+    (staging / f"rank{rank_world()[0]}.pt").write_bytes(buffer.getvalue())
     _barrier()
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         (staging / "config.json").write_text(getattr(model, "module", model).config.to_json_string())
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for p in sorted(staging.iterdir(), key=lambda p: p.name) if p.is_file()}
         manifest = json.dumps(dict(trainer_state, files=files), indent=1)
         if _is_local(root):
@@ -294,7 +284,7 @@ def verify(path) -> dict:
         p = path / name
         if not p.is_file():
             raise CheckpointError(f"{path}: file {name} is missing")
-        if p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
+        if p.stat().st_size != want["bytes"] or file_sha256(p) != want["sha256"]:
             raise CheckpointError(f"{path}: file {name} does not match its checksum (damaged)")
     return state
 
@@ -319,7 +309,7 @@ def load(path, model, optimizer) -> tuple[dict, dict | None]:
     with _quiet():
         dcp.load(sd, **_reader(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    rank_file = path / f"rank{_rank()}.pt"
+    rank_file = path / f"rank{rank_world()[0]}.pt"
     rng = _read_rng(rank_file) if rank_file.is_file() else None
     return state, rng
 
