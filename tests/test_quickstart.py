@@ -8,9 +8,15 @@ from mpt.cli import main
 from mpt.quickstart import Quickstart, QuickstartConfig
 
 
-def test_quickstart_ci_size_end_to_end_and_resumes(tmp_path, capsys):
-    out = tmp_path / "qs"
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
     assert main(["quickstart", "--out", str(out), "--size", "ci"]) == 0
+    return out
+
+
+def test_quickstart_ci_size_end_to_end_and_resumes(ci_run, capsys):
+    out = ci_run
     report = (out / "report.md").read_text()
     assert (out / "loss_curves.png").stat().st_size > 5000 and "![loss curves](loss_curves.png)" in report
     assert "| window | ALiBi perplexity | learned-position twin perplexity |" in report
@@ -68,3 +74,23 @@ def test_the_reproduce_block_holds_only_commands_and_comments(tmp_path, tokenize
     lines = [line for cmds in qs.commands().values() for line in cmds]
     assert len(lines) >= 7 and all(line.startswith(("mpt ", "# ")) for line in lines), lines
     assert f"--seed {qs.cfg.seed}" in qs.commands()["samples"][0]
+
+
+def test_quickstart_finetune_stage_chat_tunes_with_lora_and_lowers_held_out_response_perplexity(ci_run, shared,
+                                                                                                capsys):
+    """--finetune added to a finished quickstart: the earlier stages are skipped, the new one runs."""
+    dolly = shared / "data" / "finetune" / "dolly_hhrlhf_small.jsonl"
+    out = ci_run
+    capsys.readouterr()
+    assert main(["quickstart", "--out", str(out), "--size", "ci", "--finetune", str(dolly)]) == 0
+    log = capsys.readouterr().out
+    assert log.count("done earlier") == 7
+    assert "[8/9] finetune" in log and "LoRA r=8" in log and "trainable parameters" in log
+    result = json.loads((out / "finetune" / "result.json").read_text())
+    assert result["conversations"]["validation"] > 0 and result["steps"] == 12
+    assert result["perplexity_after"] < result["perplexity_before"]
+    assert len(result["replies"]) == 3 and all(r["user"] for r in result["replies"])
+    assert (out / "finetune" / "loss_curve.png").stat().st_size > 5000  # the response-only loss
+    train_line = json.loads((out / "finetune" / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in train_line["messages"]] == ["user", "assistant"]
+    assert "### Instruction" not in train_line["messages"][0]["content"]  # the template is unwrapped

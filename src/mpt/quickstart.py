@@ -3,7 +3,8 @@
 corpus (the Python standard library's sources and docstrings) -> clean + deduplicate -> BPE tokenizer
 -> token shards (+ a held-out validation split) -> pretrain an ALiBi model and a learned-position twin
 -> validation perplexity at 1x, 2x and 4x the training length -> optional ICL eval -> Hugging Face
-export -> samples -> DIR/report.md and DIR/report.html.
+export -> samples -> optional LoRA chat finetuning (``--finetune FILE``: held-out response perplexity
+before and after, chat replies) -> DIR/report.md and DIR/report.html.
 
 Every stage writes its outputs, then a marker in DIR/.stages; re-running the command skips finished
 stages and training resumes from its last checkpoint, so an interrupted quickstart continues where
@@ -35,18 +36,24 @@ class QuickstartConfig:
     eval_data_dir: str | None = None
     data: list[str] | None = None         # corpus files / folders / globs / hf:NAME instead of the stdlib
     tokenizer: str | None = None          # a tokenizer.json, folder or hub name instead of training one
+    finetune: str | None = None           # jsonl of {prompt, response} or {messages}: adds LoRA chat finetuning
     force: bool = False
     seed: int = 17
 
     def validate(self) -> None:
         if self.size not in SIZES:
             raise ValueError(f"--size {self.size!r}: choose one of {', '.join(SIZES)}")
+        if self.finetune is not None and not Path(self.finetune).is_file():
+            raise FileNotFoundError(f"--finetune {self.finetune}: no such file (a jsonl of prompt/response or "
+                                    "messages records, e.g. Dolly)")
 
 
 # files of the standard library read, tokenizer vocabulary, training steps, sequence length
 SIZES = {
-    "full": {"files": None, "vocab": 4096, "steps": 400, "seq": 128, "batch": 16},
-    "ci": {"files": 40, "vocab": 1024, "steps": 30, "seq": 64, "batch": 8},
+    "full": {"files": None, "vocab": 4096, "steps": 400, "seq": 128, "batch": 16,
+             "ft_examples": None, "ft_steps": 120, "ft_seq": 256},
+    "ci": {"files": 40, "vocab": 1024, "steps": 30, "seq": 64, "batch": 8,
+           "ft_examples": 120, "ft_steps": 12, "ft_seq": 128},
 }
 MODEL_FIELDS = {"d_model": 128, "n_heads": 4, "n_layers": 4, "expansion_ratio": 4}
 MAX_VALIDATION_SAMPLES = 64  # of 4x the training length: enough for a stable perplexity, quick on a CPU
@@ -63,6 +70,7 @@ class Quickstart:
         self.timings: dict[str, float] = {}
         self.model_fields = MODEL_FIELDS  # the report reads it here, so quickstart_report.py need not import this module
         self.start = time.perf_counter()
+        self.stages = 9 if cfg.finetune else 8
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def _claim_folder(self) -> None:
@@ -74,13 +82,15 @@ class Quickstart:
         if marker.is_file():
             saved = json.loads(marker.read_text())
             mine = {"size": self.cfg.size, "data": self.cfg.data, "tokenizer": self.cfg.tokenizer}
+            if saved.get("finetune") is not None:  # adding --finetune to a finished run is fine; changing it is not
+                mine["finetune"] = self.cfg.finetune
             for key, value in mine.items():
                 if saved.get(key) != value:
                     raise ValueError(f"{self.dir} holds a quickstart with {key}={saved.get(key)!r}, not {value!r}; "
                                      f"use another --out or the same --{key}")
         self.dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"size": self.cfg.size, "seed": self.cfg.seed, "data": self.cfg.data,
-                                      "tokenizer": self.cfg.tokenizer}))
+                                      "tokenizer": self.cfg.tokenizer, "finetune": self.cfg.finetune}))
         (self.dir / ".stages").mkdir(exist_ok=True)
 
     def _stage(self, number: int, name: str, fn) -> None:
@@ -88,9 +98,9 @@ class Quickstart:
         elapsed = time.perf_counter() - self.start
         if done.is_file():
             self.timings[name] = json.loads(done.read_text())["seconds"]
-            self.log(f"[{number}/8] {name}: done earlier ({self.timings[name]:.0f} s), skipped")
+            self.log(f"[{number}/{self.stages}] {name}: done earlier ({self.timings[name]:.0f} s), skipped")
             return
-        self.log(f"[{number}/8] {name} (elapsed {elapsed:.0f} s)")
+        self.log(f"[{number}/{self.stages}] {name} (elapsed {elapsed:.0f} s)")
         t = time.perf_counter()
         fn()
         self.timings[name] = time.perf_counter() - t
@@ -272,6 +282,48 @@ class Quickstart:
         (self.dir / "samples.json").write_text(json.dumps(
             [{"prompt": p, "completion": o.text} for p, o in zip(PROMPTS, outs, strict=True)], indent=1))
 
+    def finetune(self) -> None:
+        """The exported model, chat-tuned with LoRA; held-out response perplexity before and after."""
+        from .quickstart_finetune import CHAT_PROMPTS, chat_data, chat_replies, response_perplexity
+        from .train import load_recipe, train
+
+        s, folder = self.size, self.dir / "finetune"
+        counts = chat_data(self.cfg.finetune, folder / "data", s["ft_examples"])
+        self.log(f"      {counts['train']} training and {counts['validation']} held-out conversations from "
+                 f"{self.cfg.finetune}")
+        path = self._finetune_recipe()
+        self.log(f"      LoRA finetuning: mpt train {path}")
+        result = train(load_recipe(str(path)), log=lambda m: self.log(f"      {m}"))
+        held_out = folder / "data" / "validation.jsonl"
+        before = response_perplexity(self.dir / "model", self.dir / "tokenizer", held_out, s["ft_seq"])
+        after = response_perplexity(folder / "hf", self.dir / "tokenizer", held_out, s["ft_seq"])
+        self.log(f"      held-out response perplexity: {before:.1f} before, {after:.1f} after")
+        (folder / "result.json").write_text(json.dumps({
+            "conversations": counts, "steps": result.steps, "final_loss": result.final_loss,
+            "perplexity_before": before, "perplexity_after": after,
+            "replies": chat_replies(folder / "hf", CHAT_PROMPTS, 48, self.cfg.seed)}, indent=1))
+
+    def _finetune_recipe(self) -> Path:
+        s, folder = self.size, self.dir / "finetune"
+        recipe = {
+            "run_name": "finetune",
+            # ALiBi: the model pretrained at seq tokens reads the longer conversations as they are
+            "model": {"preset": None, "init_from": str(self.dir / "model"), "fields": {"max_seq_len": s["ft_seq"]},
+                      "lora": {"r": 8, "alpha": 16}},
+            "data": {"kind": "finetune", "finetune_path": str(folder / "data" / "train.jsonl"),
+                     "tokenizer": str(self.dir / "tokenizer"), "truncation": "truncate"},
+            "optimizer": {"name": "adamw", "lr": 2e-3, "betas": [0.9, 0.95], "weight_decay": 0.0},
+            "scheduler": {"name": "cosine", "warmup_batches": max(1, s["ft_steps"] // 10), "alpha_f": 0.1},
+            "train": {"max_duration": f"{s['ft_steps']}ba", "global_batch_size": 8, "micro_batch_size": 8,
+                      "seed": self.cfg.seed},
+            "checkpoint": {"folder": str(folder / "checkpoints"), "every_batches": max(10, s["ft_steps"] // 3),
+                           "keep": 1, "export_hf": str(folder / "hf")},
+            "log": {"folder": str(folder), "every_batches": max(1, s["ft_steps"] // 10)},
+        }
+        path = self.dir / "train-finetune.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
     def commands(self) -> dict[str, list[str]]:
         """Each stage as the `mpt` command(s) that do the same by hand."""
         d, s = self.dir, self.size
@@ -288,6 +340,10 @@ class Quickstart:
             "samples": [f"mpt generate {d}/model 'def ' --max-new-tokens 48 --temperature 0.8 --top-k 40 "
                         f"--seed {self.cfg.seed}"],
         }
+        if self.cfg.finetune:
+            cmds["finetune"] = [f"# Python (mpt.quickstart_finetune.chat_data) wrote {d}/finetune/data/*.jsonl "
+                                f"from {self.cfg.finetune}", f"mpt train {d}/train-finetune.yaml",
+                                f"mpt chat {d}/finetune/hf"]
         if self.cfg.eval_tasks:
             cmds["evaluate"] = [f"mpt eval {d}/model --tasks {' '.join(self.cfg.eval_tasks)}"
                                 + (f" --data-dir {self.cfg.eval_data_dir}" if self.cfg.eval_data_dir else "")]
@@ -308,8 +364,10 @@ class Quickstart:
         self._stage(5, "export", self.export)
         self._stage(6, "evaluate", self.evaluate)
         self._stage(7, "samples", self.samples)
+        if self.cfg.finetune:
+            self._stage(8, "finetune", self.finetune)
         self.report()
-        self.log(f"[8/8] report: {self.dir / 'report.md'} and {self.dir / 'report.html'} "
+        self.log(f"[{self.stages}/{self.stages}] report: {self.dir / 'report.md'} and {self.dir / 'report.html'} "
                  f"(total {time.perf_counter() - self.start:.0f} s)")
         return self.dir / "report.md"
 

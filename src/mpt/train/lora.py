@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -39,7 +40,9 @@ def apply_lora(model: nn.Module, cfg: LoraSection, log=print):
                         f"this model; its linear layers are {available}")
     lora = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                            target_modules=list(cfg.target_modules), bias="none")
-    wrapped = peft.get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        wrapped = peft.get_peft_model(model, lora)
     trainable, total = wrapped.get_nb_trainable_parameters()
     log(f"LoRA r={cfg.r} alpha={cfg.alpha} on {', '.join(cfg.target_modules)}: {trainable:,} trainable parameters "
         f"of {total:,} ({100 * trainable / total:.2f} %)")
