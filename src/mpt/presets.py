@@ -35,6 +35,12 @@ def load_model_config(name_or_path: str, **overrides) -> MPTConfig:
     return MPTConfig(**{**fields, **overrides})
 
 
+def train_flops_per_token(params: int, cfg: MPTConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token by LLM Foundry's MFU formula: 6 per parameter (forward + backward) plus
+    the attention scores, 12 * n_layers * d_model * seq_len (default: ``cfg.max_seq_len``)."""
+    return 6 * params + 12 * cfg.n_layers * cfg.d_model * (seq_len or cfg.max_seq_len)
+
+
 @dataclass
 class ModelInfo:
     params: int
@@ -46,11 +52,7 @@ class ModelInfo:
 
 
 def model_info(cfg: MPTConfig) -> ModelInfo:
-    """Parameter count and FLOPs/token computed from the config alone (no weights built).
-
-    FLOPs follow LLM Foundry's MFU formula: 6 per parameter per token (forward + backward) plus
-    the attention scores, 12 * n_layers * d_model * seq_len per token.
-    """
+    """Parameter count and FLOPs/token (:func:`train_flops_per_token`) from the config alone (no weights built)."""
     d, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
     f = cfg.ffn_hidden_size
     bias = not cfg.no_bias
@@ -61,6 +63,6 @@ def model_info(cfg: MPTConfig) -> ModelInfo:
     emb = V * d + (cfg.max_seq_len * d if cfg.learned_pos_emb else 0)
     head = 0 if cfg.tie_word_embeddings else V * d
     params = emb + L * block + norm + head
-    flops = 6 * params + 12 * L * d * cfg.max_seq_len
+    flops = train_flops_per_token(params, cfg)
     gib = 1024**3
     return ModelInfo(params, params - emb - head, flops, params * 2 / gib, params * 12 / gib, params * 16 / gib)

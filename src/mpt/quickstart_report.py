@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .train.monitor import plot_curves, read_metrics
+
 # The stage table must not suggest that a stage is free when its work happened in another one.
 STAGE_NOTES = {
     "pretrain": "both models, their checkpoints and the Hugging Face export at the end of training",
@@ -22,33 +24,13 @@ def _runs(qs) -> dict[str, dict]:
     out = {}
     for name in ("alibi", "learned_pos_emb"):
         run = qs.dir / "runs" / name
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         result = json.loads((run / "result.json").read_text())
-        steps = {m["step"]: m for m in metrics if not m.get("skipped")}
+        steps = {m["step"]: m for m in read_metrics(run) if "loss" in m and not m.get("skipped")}
         rates = [m["tokens_per_s"] for m in steps.values()][2:] or [0.0]
         tflops = [m["tflops"] for m in steps.values()][2:] or [0.0]
         out[name] = {"curve": sorted((s, m["loss"]) for s, m in steps.items()), "tok_s": statistics.median(rates),
                      "tflops": statistics.median(tflops), **result}
     return out
-
-
-def _plot(runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, run in runs.items():
-        steps, losses = zip(*run["curve"], strict=True)
-        ax.plot(steps, losses, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -59,7 +41,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(qs) -> Path:
     runs = _runs(qs)
-    _plot(runs, qs.dir / "loss_curves.png")
+    plot_curves(qs.dir / "loss_curves.png", [("training loss", {name: run["curve"] for name, run in runs.items()})])
     evaluation = json.loads((qs.dir / "evaluation.json").read_text())
     samples = json.loads((qs.dir / "samples.json").read_text())
     summary = json.loads((qs.dir / "shards" / "train" / "summary.json").read_text())

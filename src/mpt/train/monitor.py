@@ -1,16 +1,19 @@
-"""The step line, MFU, metrics files and the loss-curve PNG.
+"""The step line, MFU, metrics files and loss-curve PNGs (:func:`plot_curves`, the quickstart report's too).
 
-MFU uses LLM Foundry's formula: training FLOPs per token = 6 * parameters + 12 * n_layers * d_model * seq_len
-(forward + backward, attention scores included), over the device's dense bf16 peak.
+MFU is the training FLOPs per token (:func:`mpt.presets.train_flops_per_token`, LLM Foundry's
+formula) times tokens/s, over the device's dense bf16 peak.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+Points = Sequence[tuple[int, float]]  # (step, value)
 
 # Dense (not sparse) bf16 peak TFLOP/s by device-name fragment; first match wins.
 PEAK_TFLOPS = (
@@ -95,59 +98,64 @@ class Monitor:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
 
-    def _read_metrics(self) -> list[dict]:
-        """Every intact line of metrics.jsonl; a line torn by a killed process is passed over."""
-        path = self.folder / "metrics.jsonl"
-        rows = []
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and "step" in row:
-                    rows.append(row)
-        return rows
-
     def plot(self) -> Path | None:
         """loss_curve.png from every logged loss of this run (earlier segments too), ICL accuracies beside."""
         if not self.is_main:
             return None
-        rows = self._read_metrics()
-        points = [(m["step"], m["loss"]) for m in rows if "loss" in m and not m.get("skipped")]
-        if not points:
+        rows = read_metrics(self.folder)
+        losses = {m["step"]: m["loss"] for m in rows if "loss" in m and not m.get("skipped")}
+        if not losses:
             return None
         evals: dict[str, dict[int, float]] = {}
         for m in rows:
             for k, v in m.items():
                 if k == "val_loss" or k.startswith("icl/"):
                     evals.setdefault(k, {})[m["step"]] = v
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        accuracies = {k: v for k, v in evals.items() if k.startswith("icl/")}
-        fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(12 if accuracies else 7, 4), squeeze=False)
-        ax = axes[0][0]
-        steps, losses = zip(*sorted(dict(points).items()), strict=True)
-        ax.plot(steps, losses, label="training loss")
+        curves = {"training loss": list(losses.items())}
         if "val_loss" in evals:
-            ax.plot(*zip(*sorted(evals["val_loss"].items()), strict=True), "o-", label="validation loss")
-            ax.legend()
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
+            curves["validation loss"] = list(evals["val_loss"].items())
+        panels = [("loss", curves)]
+        accuracies = {k.removeprefix("icl/"): list(v.items()) for k, v in sorted(evals.items()) if k.startswith("icl/")}
         if accuracies:
-            ax = axes[0][1]
-            for name, values in sorted(accuracies.items()):
-                ax.plot(*zip(*sorted(values.items()), strict=True), "o-", label=name.removeprefix("icl/"))
-            ax.set_xlabel("step")
-            ax.set_ylabel("ICL accuracy")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        out = self.folder / "loss_curve.png"
-        fig.tight_layout()
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        return out
+            panels.append(("ICL accuracy", accuracies))
+        return plot_curves(self.folder / "loss_curve.png", panels)
+
+
+def read_metrics(folder: str | Path) -> list[dict]:
+    """Every intact line of a run's metrics.jsonl; a line torn by a killed process is passed over."""
+    path = Path(folder) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+    return rows
+
+
+def plot_curves(path: str | Path, panels: Sequence[tuple[str, dict[str, Points]]]) -> Path:
+    """A PNG of curves against the step: one panel per ``(y label, {curve label: points})``, side by side.
+
+    A curve of few points (evaluations) is drawn with markers: as a bare line, a single point would not show.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2 + 5 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels, strict=True):
+        for label, points in curves.items():
+            steps, values = zip(*sorted(points), strict=True)
+            ax.plot(steps, values, marker="o" if len(points) <= 20 else None, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8 if len(curves) > 4 else None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
