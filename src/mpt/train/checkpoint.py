@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from ..data.atomic import fsync_dir
 from ..files import file_sha256
 from ..ranks import rank_world
 
@@ -118,14 +119,6 @@ def all_ranks_agree(ok: bool) -> bool:
         flag = flag.cuda()
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) == 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _step_of(path) -> int:
@@ -241,9 +234,9 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
                 f.write(manifest)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             os.replace(staging, final)
-            _fsync_dir(root)
+            fsync_dir(root)
         else:
             (final / "trainer_state.json").write_text(manifest)  # last object: the checkpoint now counts
         prune(root, final, run_name, keep)
