@@ -37,6 +37,7 @@ class ServeConfig:
     max_prompt_chars: int | None = None  # default: context_length x the longest token, in characters
     max_body_bytes: int = 8 * 2**20  # larger request bodies get 413 before they are read
     body_timeout: float = 30.0  # seconds a client may take to send its request body (then 408)
+    header_timeout: float = 10.0  # seconds a client may take to send its request line and headers (then 408, closed)
     max_connections: int | None = None  # open connections; more get 503 from uvicorn (default: 2 x max_concurrent + 32)
     # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
     allow_origin: list[str] = field(default_factory=list)
@@ -56,6 +57,8 @@ class ServeConfig:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
         if self.prefill_chunk < 0:
             raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: whole prompts)")
+        if not self.header_timeout > 0:
+            raise ValueError(f"header_timeout={self.header_timeout} is invalid: must be > 0 seconds")
         for name in ("body_timeout", "shutdown_grace"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")

@@ -495,6 +495,59 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     return app
 
 
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request line and headers take over ``seconds``.
+
+    uvicorn times out only an idle keep-alive connection, and any byte cancels that: a client that
+    opens a socket and sends a header line now and then would hold it (and a place under the
+    connection limit) forever. The clock starts when a connection opens or a new request's first
+    byte arrives, and stops when the headers are complete; the body has its own limit (read_body).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+              b"content-length: %d\r\n\r\n%s")
+    body = json.dumps(APIError(408, f"the request headers did not arrive within {seconds:g} s",
+                               code="request_timeout").body()).encode()
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._watch()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_clock()
+            super().connection_lost(exc)
+
+        def _watch(self) -> None:
+            # IDLE: the client has not finished a request's headers (h11 leaves IDLE on a complete Request).
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self.header_timer is None and (self.conn.trailing_data[0] or self.cycle is None):
+                self.header_timer = self.loop.call_later(seconds, self._expired)
+            elif not waiting:
+                self._stop_clock()
+
+        def _stop_clock(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _expired(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.write(answer % (len(body), body))
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
 def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
     """A uvicorn server with this app's limits, whose SIGTERM / Ctrl-C drains the running rows first."""
     import uvicorn
@@ -509,8 +562,11 @@ def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level,
+        http=header_timeout_protocol(cfg.header_timeout),
+        # Connections (and requests) past this get 503 from uvicorn; with the header timeout, sockets held
+        # by slow clients are freed within header_timeout seconds.
         limit_concurrency=cfg.max_connections or 2 * cfg.max_concurrent + 32,
-        timeout_keep_alive=5,
+        timeout_keep_alive=5,  # an idle keep-alive connection closes after this
         # uvicorn waits this long for open responses after SIGTERM; ours end at shutdown_grace, with a margin
         # for their final events to go out.
         timeout_graceful_shutdown=int(cfg.shutdown_grace) + 5,
