@@ -161,22 +161,17 @@ def test_wrong_shards_or_state_for_packing_are_clear_errors(docs_shards, shared,
 
 
 def _recipe(tmp_path, folder, flag=True) -> Recipe:
-    data = {"kind": "pretrain", "sources": [{"path": str(folder)}]}
-    recipe = from_dict(Recipe, {
+    return from_dict(Recipe, {
         "model": {"preset": "mpt-tiny", "fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "max_seq_len": SEQ,
                                                    "vocab_size": 50432,
                                                    "attn_config": {"attn_uses_sequence_id": flag}}},
-        "data": data,
+        "data": {"kind": "pretrain", "sources": [{"path": str(folder)}], "packing": True},
         "optimizer": {"name": "adamw", "lr": 1e-3},
         "train": {"max_duration": "3ba", "global_batch_size": 4, "micro_batch_size": 2, "device": "cpu"},
         "checkpoint": {"folder": str(tmp_path / "ckpt"), "autoresume": False},
         "log": {"folder": str(tmp_path / "log")},
         "watchdog": {"enabled": False}, "spike": {"enabled": False},
     })
-    # set after validation: recipe.py's DataSection still rejects packing for kind pretrain (see the
-    # report of issue 14); the loop itself needs nothing more
-    recipe.data.packing = True
-    return recipe
 
 
 def test_packed_pretraining_trains_through_the_loop(tmp_path, docs_shards):
@@ -186,3 +181,22 @@ def test_packed_pretraining_trains_through_the_loop(tmp_path, docs_shards):
     assert any(m.startswith("packing: ") and "real tokens" in m for m in messages)
     with pytest.raises(ValueError, match="attn_config.attn_uses_sequence_id"):
         train(_recipe(tmp_path / "b", docs_shards, flag=False), log=lambda *_: None)
+
+
+def test_mpt_train_runs_a_packed_recipe_on_docs_shards(tmp_path, docs_shards):
+    import yaml
+
+    recipe = {
+        "model": {"preset": "mpt-tiny", "fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "max_seq_len": SEQ,
+                                                   "attn_config": {"attn_uses_sequence_id": True}}},
+        "data": {"kind": "pretrain", "sources": [{"path": str(docs_shards)}], "packing": True},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "train": {"max_duration": "2ba", "global_batch_size": 4, "micro_batch_size": 2, "device": "cpu"},
+        "checkpoint": {"folder": str(tmp_path / "ckpt"), "autoresume": False},
+        "log": {"folder": str(tmp_path / "log")},
+        "watchdog": {"enabled": False},
+    }
+    path = tmp_path / "packed.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0
+    assert len((tmp_path / "log" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -49,7 +49,9 @@ class PrepConfig:
     tokenizer: str = DEFAULT_TOKENIZER
     text_field: str = "text"
     hf_split: str = "train"         # for hf:NAME inputs
-    mode: str = "concat"            # "concat": EOS-joined documents cut into seq_len samples; "docs": one per sample
+    # "concat": EOS-joined documents cut into seq_len samples; "docs": one whole document per sample,
+    # which training packs into rows with document masks (data.packing: true)
+    mode: str = "concat"
     seq_len: int = 2048
     vocab_size: int | None = None   # declared vocabulary (e.g. the model's); default: the tokenizer's
     eos_token: str | None = None    # default: <|endoftext|>, </s>, ... whichever the tokenizer has
