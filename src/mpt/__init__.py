@@ -1,13 +1,19 @@
 """MPT rebuilt in modern PyTorch: model, data, training, evaluation and inference.
 
-Layering (imports point one way)::
+Layering: who may import whom (imports point one way, down this table)::
 
-    cli  ->  train, eval, infer, data, quickstart  ->  model
+    cli, typed_cli, tools  ->  any of the below
+    quickstart             ->  train, eval, infer, data, model
+    train                  ->  eval (in-training evaluation), data (its batches), presets, model
+    eval                   ->  infer (generation tasks decode with its loop), data, model
+    infer                  ->  data (tokenizers), model
+    data                   ->  leaf helpers only: it needs no model
+    model                  ->  leaf helpers only: the network, nothing else
 
-- ``mpt.model`` is the network only: it imports none of the other packages.
-- ``mpt.data`` (text -> tokens -> shards -> batches) needs no model.
-- ``mpt.eval`` and ``mpt.infer`` run without ``mpt.train``; ``mpt.train`` may call ``mpt.eval``
-  for in-training evaluation, and ``mpt.data`` for its batches.
+- Leaf helpers import nothing from ``mpt``, so every layer may use them: ``paths`` (local path or
+  hub name), ``files`` (SHA-256 of a file), ``ranks`` (rank and world size), ``chatml`` (the ChatML
+  renderer), ``console``, ``config`` (typed YAML configs), ``_lazy``. ``presets`` (model presets)
+  sits on ``model``, ``quickstart_report`` on ``train``.
 - ``mpt.cli`` only parses and dispatches; the work is in functions a user can import.
 
 Every package here imports lazily (PEP 562, :mod:`mpt._lazy`): ``import mpt`` and ``mpt --help``
