@@ -6,7 +6,7 @@ import copy
 import pytest
 
 from mpt.eval import TaskConfig, evaluate, load_model
-from mpt.eval.runner import _common_prefix, _Driver, _fill, plan
+from mpt.eval.runner import _common_prefix, _Driver, _fill, _split, plan
 
 from .conftest import write_jsonl
 from .test_scoring import _ref_ids, _ref_logprob, _text
@@ -26,20 +26,38 @@ def test_fill_respects_rows_and_tokens():
     assert _fill([0], [100], max_rows=1, max_tokens=10) == [[0]]
 
 
+def test_split_minimises_padding_within_the_budget():
+    lengths = [100, 10, 10, 10]
+    # filling greedily pads two short rows to 100; the cut after the long one pads nothing
+    assert _fill([0, 1, 2, 3], lengths, max_rows=3, max_tokens=10**9) == [[0, 1, 2], [3]]
+    assert _split([0, 1, 2, 3], lengths, max_rows=3, max_tokens=10**9, overhead=1) == [[0], [1, 2, 3]]
+    # a forward's own cost keeps batches together when padding is cheap
+    assert _split([0, 1, 2], [10, 9, 8], max_rows=3, max_tokens=10**9, overhead=64) == [[0, 1, 2]]
+    assert _split([0, 1, 2], [10, 9, 8], max_rows=3, max_tokens=10**9, overhead=0) == [[0], [1], [2]]
+    # budgets: rows, and rows x (fixed + longest) tokens; an item over the budget runs alone
+    assert _split([0, 1, 2], [10, 3, 2], max_rows=2, max_tokens=10**9) == [[0], [1, 2]]
+    assert _split([0, 1, 2], [10, 9, 8], max_rows=3, max_tokens=2 * 19, fixed=10) == [[0], [1, 2]]
+    assert _split([0, 1, 2], [10, 9, 8], max_rows=3, max_tokens=2 * 19 - 1, fixed=10) == [[0], [1], [2]]
+    assert _split([0], [100], max_rows=1, max_tokens=10) == [[0]] and _split([], [], 4, 100) == []
+
+
 def test_plan_sorts_prefixes_then_suffixes():
     prefixes = [10, 0, 30, 20]
     rows_of = [[0, 1], [2], [3, 4, 5], [6, 7]]
     row_len = [5, 3, 9, 2, 4, 6, 1, 8]
     chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=10**9)
-    assert [(c.groups, c.prefix_len) for c in chunks] == [([2, 3, 0], 30), ([], 0)]
-    assert chunks[0].batches == [[7, 5, 0, 4, 1, 3, 6]]  # every row of the prefix pass, longest suffix first
+    assert [(c.groups, c.prefix_len, c.prefix_batches) for c in chunks] == [([2, 3, 0], 30, [[0, 1, 2]]),
+                                                                            ([], 0, [])]
+    assert chunks[0].batches == [[7, 5, 0, 4, 1, 3, 6]]  # every row of the chunk, longest suffix first
     assert chunks[1].batches == [[2]]  # an example with nothing shared runs whole, after the others
     chunks = plan(prefixes, rows_of, row_len, max_rows=2, max_tokens=10**9)
-    assert [(c.groups, c.prefix_len) for c in chunks] == [([2, 3], 30), ([0], 10), ([], 0)]
-    assert chunks[0].batches == [[7, 5], [4, 3], [6]]
-    # suffix rows are counted with the 30-token prefix they attend to: 2 x (30 + 8) > 70, 2 x (30 + 4) <= 70
+    assert chunks[0].prefix_batches == [[0, 1], [2]]
+    assert chunks[0].batches == [[7], [5, 0], [4, 1], [3, 6]]  # 8+12+8+4 padded tokens, not 16+10+6+1
+    # a chunk's cache holds at most 70 tokens (2 x 30); suffix rows count the 30-token prefix they
+    # attend to: 2 x (30 + 6) > 70, 2 x (30 + 2) <= 70
     chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=70)
-    assert chunks[0].groups == [2, 3] and chunks[0].batches == [[7], [5], [4, 3], [6]]
+    assert [c.groups for c in chunks] == [[2, 3], [0], []]
+    assert chunks[0].batches == [[7], [5], [4], [3, 6]]
 
 
 def test_common_prefix():

@@ -114,26 +114,56 @@ class _Driver:
 
         return DynamicCache(config=self.config)
 
-    def expand(self, cache, index: torch.Tensor, room: int):
-        """A new cache holding row ``index[i]`` of ``cache`` as its row i, with ``room`` free columns."""
+    def kv(self, cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the cached keys and values, (batch, kv heads, tokens, head dim)."""
+        if self.kind == "ours":
+            return [(k[:, :, :n], v[:, :, :n]) for k, v, n in zip(cache.keys, cache.values, cache.lengths, strict=True)]
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def from_kv(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], room: int):
+        """A cache holding ``pairs``, with space for ``room`` more tokens."""
         if self.kind == "ours":
             from ..model import KVCache
 
-            out = KVCache(self.config.n_layers)
-            for layer, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
-                n = cache.lengths[layer]
-                # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
-                kb = k.new_empty(len(index), k.shape[1], n + room, k.shape[3])
-                vb = v.new_empty(len(index), v.shape[1], n + room, v.shape[3])
-                kb[:, :, :n] = k[index, :, :n]
-                vb[:, :, :n] = v[index, :, :n]
-                out.keys[layer], out.values[layer] = kb, vb
-            out.lengths = list(cache.lengths)
-            return out
+            cache = KVCache(self.config.n_layers)
+            for layer, (k, v) in enumerate(pairs):
+                n = k.shape[2]
+                cache.keys[layer] = torch.cat([k, k.new_empty(*k.shape[:2], room, k.shape[3])], dim=2)
+                cache.values[layer] = torch.cat([v, v.new_empty(*v.shape[:2], room, v.shape[3])], dim=2)
+                cache.lengths[layer] = n
+            return cache
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers],
-                            config=self.config)
+        return DynamicCache(ddp_cache_data=pairs, config=self.config)
+
+
+class _PrefixCache:
+    """The keys and values of a chunk's prefixes, left-padded to one width, one row per example."""
+
+    def __init__(self, n: int, width: int, device) -> None:
+        self.width = width
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.mask = torch.zeros(n, width, dtype=torch.long, device=device)
+
+    def put(self, first: int, mask: torch.Tensor, pairs) -> None:
+        """Rows ``first...`` from one prefix pass of ``mask.shape[1]`` columns (right-aligned)."""
+        rows, w = slice(first, first + mask.shape[0]), slice(self.width - mask.shape[1], self.width)
+        if self.pairs is None:
+            # zeros, not empty: a masked key still multiplies its value by 0, and 0 * NaN is NaN
+            self.pairs = [(k.new_zeros(len(self.mask), k.shape[1], self.width, k.shape[3]),
+                           v.new_zeros(len(self.mask), v.shape[1], self.width, v.shape[3])) for k, v in pairs]
+        for (kb, vb), (k, v) in zip(self.pairs, pairs, strict=True):
+            kb[rows, :, w] = k
+            vb[rows, :, w] = v
+        self.mask[rows, w] = mask
+
+    def take(self, index: torch.Tensor, width: int):
+        """Rows ``index``, last ``width`` columns: (keys and values per layer, key mask, real prefix lengths)."""
+        cols = slice(self.width - width, self.width)
+        # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
+        pairs = [(k[index, :, cols], v[index, :, cols]) for k, v in self.pairs]
+        mask = self.mask[index, cols]
+        return pairs, mask, mask.sum(1)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -161,35 +191,65 @@ def _fill(order: list[int], lengths: list[int], max_rows: int, max_tokens: int, 
     return out
 
 
+def _split(order: list[int], lengths: list[int], max_rows: int, max_tokens: int, fixed: int = 0,
+           overhead: int = 64) -> list[list[int]]:
+    """Cut ``order`` (longest first) into consecutive batches of at most ``max_rows`` items and
+    ``rows * (fixed + longest) <= max_tokens``, with the fewest padded tokens plus ``overhead``
+    per batch (what one more forward costs, in tokens). Greedy filling would put a long item's
+    padding on a whole batch; this is an exact dynamic programme over the cut points."""
+    n = len(order)
+    best = [0] + [None] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(j - max_rows, 0) - 1, -1):  # the batch order[i:j]; its longest is order[i]
+            rows, longest = j - i, lengths[order[i]]
+            if rows > 1 and rows * (fixed + longest) > max_tokens:
+                break  # a longer batch only grows
+            cost = best[i] + rows * longest + overhead
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], n
+    while j:
+        out.append(order[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
+
+
 @dataclass
 class _Chunk:
-    """Examples sharing one prefix pass, and the row batches of their suffix passes."""
+    """Examples whose prefixes share one cache, the prefix passes that fill it, and the suffix batches."""
 
     groups: list[int]  # empty: no prefix pass (every row is a whole sequence)
-    prefix_len: int  # padded prefix length (0: no prefix pass)
+    prefix_len: int  # the longest prefix: the cache's width
+    prefix_batches: list[list[int]]  # indices into ``groups``
     batches: list[list[int]]  # row ids
 
 
-def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_rows: int,
-         max_tokens: int) -> list[_Chunk]:
+def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_rows: int, max_tokens: int,
+         overhead: int = 64) -> list[_Chunk]:
     """Prefix passes and suffix batches for examples with ``prefixes[g]`` shared tokens whose rows
     ``rows_of[g]`` have ``row_len[r]`` suffix tokens.
 
-    A prefix pass holds at most ``max_rows`` examples and ``max_tokens`` padded tokens; a suffix
-    batch at most ``max_rows`` rows, each counted with the padded prefix it attends to, so the
-    budget also bounds the replicated cache. Examples without a shared prefix go last, their rows
-    sorted together.
+    Examples are sorted by prefix length and taken into a chunk while its cache (examples x longest
+    prefix) holds at most ``max_tokens`` tokens; the chunk's prefixes run in batches of at most
+    ``max_rows`` examples and ``max_tokens`` padded tokens. All rows of the chunk are then sorted by
+    suffix length and cut into batches (:func:`_split`) of at most ``max_rows`` rows, each row
+    counted with the padded prefix it attends to, so the budget also bounds the replicated cache.
+    Examples without a shared prefix form the last chunk, their rows sorted together.
     """
     longest_row = [max((row_len[r] for r in rows), default=0) for rows in rows_of]
     with_prefix = sorted((g for g, p in enumerate(prefixes) if p > 0), key=lambda g: (-prefixes[g], -longest_row[g]))
-    chunks = [_Chunk(gs, prefixes[gs[0]], []) for gs in _fill(with_prefix, prefixes, max_rows, max_tokens)]
+    chunks = [_Chunk(gs, prefixes[gs[0]], [], []) for gs in _fill(with_prefix, prefixes, len(prefixes), max_tokens)]
     alone = [g for g, p in enumerate(prefixes) if p == 0]
     if alone:
-        chunks.append(_Chunk([], 0, []))
+        chunks.append(_Chunk([], 0, [], []))
     for chunk in chunks:
+        slots = list(range(len(chunk.groups)))
+        chunk.prefix_batches = _split(slots, [prefixes[g] for g in chunk.groups], max_rows, max_tokens,
+                                      overhead=overhead)
         rows = [r for g in (chunk.groups or alone) for r in rows_of[g]]
         rows.sort(key=lambda r: -row_len[r])
-        chunk.batches = _fill(rows, row_len, max_rows, max_tokens, fixed=chunk.prefix_len)
+        chunk.batches = _split(rows, row_len, max_rows, max_tokens, fixed=chunk.prefix_len, overhead=overhead)
     return chunks
 
 
@@ -242,16 +302,16 @@ def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: 
     row_len = [len(seqs[r]) - prefixes[group_of[r]] for r in range(len(seqs))]
     scores: list[SeqScore | None] = [None] * len(seqs)
     pending = [len(rows) for rows in rows_of]
-    for chunk in plan(prefixes, rows_of, row_len, max(batch_size, 1), max_tokens):
-        prefix = _prefix_pass(driver, [groups[g] for g in chunk.groups], [prefixes[g] for g in chunk.groups],
-                              chunk.prefix_len, pad_id)
+    overhead = 64 if driver.device.type == "cpu" else 1024  # a forward's fixed cost, in tokens (launches on GPU)
+    for chunk in plan(prefixes, rows_of, row_len, max(batch_size, 1), max_tokens, overhead):
+        prefix = _prefix_passes(driver, chunk, groups, prefixes, pad_id) if chunk.groups else None
         slot = {g: i for i, g in enumerate(chunk.groups)}
         for batch in chunk.batches:
             cut = [prefixes[group_of[r]] for r in batch]
             lp, hit, count = _suffix_pass(driver, [seqs[r][c:] for r, c in zip(batch, cut, strict=True)],
                                           [starts[r] - c for r, c in zip(batch, cut, strict=True)],
-                                          [slot[group_of[r]] for r in batch] if prefix else None, prefix, pad_id,
-                                          greedy)
+                                          [slot[group_of[r]] for r in batch] if prefix else None, max(cut), prefix,
+                                          pad_id, greedy)
             for i, r in enumerate(batch):
                 scores[r] = SeqScore(lp[i], count[i], bool(hit[i]))
                 g = group_of[r]
@@ -272,34 +332,37 @@ def _ids(rows: list[list[int]], width: int, pad_id: int, device, left: bool):
     return ids.to(device), mask.to(device)
 
 
-def _prefix_pass(driver: _Driver, groups: list[ScoreGroup], lengths: list[int], width: int, pad_id: int):
-    """Left-padded shared prefixes through the model: (cache, key mask, real prefix lengths), or None."""
-    if not groups:
-        return None
-    ids, mask = _ids([g.seqs[0][:n] for g, n in zip(groups, lengths, strict=True)], width, pad_id, driver.device,
-                     left=True)
-    cache = driver.new_cache(width)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)  # each row's first real token is position 0
-    driver.forward(ids, mask, positions, cache)
-    return cache, mask, mask.sum(1)
+def _prefix_passes(driver: _Driver, chunk: _Chunk, groups: list[ScoreGroup], prefixes: list[int],
+                   pad_id: int) -> _PrefixCache:
+    """The chunk's shared prefixes through the model, left-padded, into one cache."""
+    out = _PrefixCache(len(chunk.groups), chunk.prefix_len, driver.device)
+    for batch in chunk.prefix_batches:  # consecutive slots, longest prefix first
+        members = [chunk.groups[i] for i in batch]
+        ids, mask = _ids([groups[g].seqs[0][:prefixes[g]] for g in members], prefixes[members[0]], pad_id,
+                         driver.device, left=True)
+        cache = driver.new_cache(ids.shape[1])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # each row's first real token is position 0
+        driver.forward(ids, mask, positions, cache)
+        out.put(batch[0], mask, driver.kv(cache))
+    return out
 
 
-def _suffix_pass(driver: _Driver, rows: list[list[int]], starts: list[int], slots: list[int] | None, prefix,
-                 pad_id: int, greedy: bool):
-    """Right-padded rows (after their prefix, if any) through the model; scores of each row's scored part."""
+def _suffix_pass(driver: _Driver, rows: list[list[int]], starts: list[int], slots: list[int] | None, width: int,
+                 prefix: _PrefixCache | None, pad_id: int, greedy: bool):
+    """Right-padded rows (after their prefix of at most ``width`` tokens, if any) through the model;
+    scores of each row's scored part."""
     device = driver.device
-    width = max(len(r) for r in rows)
-    ids, mask = _ids(rows, width, pad_id, device, left=False)
+    longest = max(len(r) for r in rows)
+    ids, mask = _ids(rows, longest, pad_id, device, left=False)
     cache = key_mask = positions = None
     if prefix is not None:
-        cache, prefix_mask, prefix_len = prefix
-        index = torch.tensor(slots, device=device)
-        cache = driver.expand(cache, index, width)
+        pairs, prefix_mask, prefix_len = prefix.take(torch.tensor(slots, device=device), width)
+        cache = driver.from_kv(pairs, longest)
         # Right padding needs no mask (a real token never looks right); the prefix's left padding does.
-        key_mask = torch.cat([prefix_mask[index], torch.ones_like(ids)], dim=1)
-        lens = mask.sum(1, keepdim=True)
+        key_mask = torch.cat([prefix_mask, torch.ones_like(ids)], dim=1)
         # A padding column repeats its row's last position, so no position exceeds the real ones.
-        positions = prefix_len[index, None] + torch.minimum(torch.arange(width, device=device)[None], lens - 1)
+        positions = prefix_len[:, None] + torch.minimum(torch.arange(longest, device=device)[None],
+                                                        mask.sum(1, keepdim=True) - 1)
     elif driver.kind == "other":
         key_mask = mask  # a model we know less about gets its padding marked
     features = driver.forward(ids, key_mask, positions, cache)
