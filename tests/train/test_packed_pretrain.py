@@ -200,3 +200,28 @@ def test_mpt_train_runs_a_packed_recipe_on_docs_shards(tmp_path, docs_shards):
     path.write_text(yaml.safe_dump(recipe))
     assert main(["train", str(path)]) == 0
     assert len((tmp_path / "log" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_packed_pretraining_resumes_bit_identical(tmp_path, docs_shards):
+    """4 steps at once, and 2 steps then 2 more from the checkpoint: the same losses and weights."""
+    def run(folder, steps):
+        recipe = _recipe(folder, docs_shards)
+        recipe.train.max_duration, recipe.train.deterministic = f"{steps}ba", True
+        recipe.scheduler.name = "constant"    # the learning rate must not depend on the run's length
+        recipe.checkpoint.autoresume, recipe.checkpoint.every_batches = True, 2
+        recipe.checkpoint.export_hf = str(folder / "hf")
+        return train(recipe, log=lambda *_: None)
+
+    def losses(folder):
+        lines = (folder / "log" / "metrics.jsonl").read_text().splitlines()
+        return {m["step"]: m["loss"] for m in map(json.loads, lines) if "loss" in m}
+
+    from safetensors.torch import load_file
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4)
+    assert straight.steps == resumed.steps == 4
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    a, b = (load_file(str(p / "hf" / "model.safetensors")) for p in (tmp_path / "a", tmp_path / "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
