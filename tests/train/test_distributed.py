@@ -196,6 +196,8 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     model = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": ICL_VOCAB, "max_seq_len": 32}}
     jobs.append({"name": "with-icl", "recipe": _recipe(tmp / "with-icl", icl_data, model=model, eval={"icl": icl})})
     jobs.append({"name": "without-icl", "recipe": _recipe(tmp / "without-icl", icl_data, model=model)})
+    # bf16: FSDP2 gathers bf16 parameters and reduces fp32 gradients
+    jobs.append({"name": "bf16", "recipe": _recipe(tmp / "bf16", shards, train={"precision": "bf16"})})
     # LoRA finetuning of a saved model, sharded (the default) and replicated
     for name, parallel in [("lora-auto", {}), ("lora-ddp", {"strategy": "ddp"})]:
         jobs.append({"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel,
@@ -281,6 +283,19 @@ def test_two_ranks_end_export_and_follow_the_one_process_run(two_ranks, referenc
     run = tmp / name
     assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
     _close(_exported(run), reference["step8"])
+
+
+def test_bf16_fsdp_on_two_ranks_follows_the_one_process_bf16_run(two_ranks, shards, tmp_path):
+    """Under FSDP the bf16 parameters come from the mixed-precision policy (fp32 master weights, fp32
+    gradient reduction); in one process from autocast. Same curve within bf16's precision."""
+    tmp, outcomes = two_ranks
+    assert outcomes["bf16"]["error"] is None and outcomes["bf16"]["steps"] == STEPS
+    one = tmp_path / "one"
+    train(from_dict(Recipe, _recipe(one, shards, train={"precision": "bf16"})), log=lambda *a: None)
+    assert _losses(tmp / "bf16") == pytest.approx(_losses(one), rel=2e-2)
+    weights = _exported(tmp / "bf16")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # the master weights stay fp32
+    _close(weights, _exported(one), atol=2e-2)
 
 
 @pytest.mark.parametrize("name", ["lora-auto", "lora-ddp"])

@@ -151,3 +151,27 @@ def test_mpt_export_turns_a_training_checkpoint_into_a_transformers_folder(tmp_p
     ids = torch.randint(0, 64, (1, 16))
     with torch.no_grad():
         assert (ours(ids).logits - theirs(ids).logits).abs().max() < 1e-4
+
+
+def test_compiled_blocks_and_selective_checkpointing_follow_the_eager_run(tmp_path):
+    """train.compile compiles each block in place (inductor on CPU); activation_checkpointing: 2 recomputes
+    every other block. Same losses as eager (float tolerance; exactly for checkpointing), same weights'
+    names in the checkpoint, so the export loads as before."""
+    data = make_shards(tmp_path / "data")
+
+    def run(name, **train_fields):
+        recipe = recipe_dict(tmp_path / name, data, train={"max_duration": "4ba", **train_fields},
+                             checkpoint={"export_hf": str(tmp_path / name / "hf")})
+        train(from_dict(Recipe, recipe), log=lambda *a: None)
+        losses = [json.loads(line)["loss"] for line in (tmp_path / name / "log" / "metrics.jsonl").read_text()
+                  .splitlines() if '"loss"' in line]
+        return losses, load_file(tmp_path / name / "hf" / "model.safetensors")
+
+    eager, eager_w = run("eager")
+    compiled, compiled_w = run("compiled", compile=True)
+    selective, selective_w = run("selective", activation_checkpointing=2)
+    assert compiled == pytest.approx(eager, rel=1e-5) and selective == eager
+    assert compiled_w.keys() == eager_w.keys() == selective_w.keys()
+    for name, w in eager_w.items():
+        assert torch.allclose(compiled_w[name], w, atol=1e-5), name
+        assert torch.equal(selective_w[name], w), name

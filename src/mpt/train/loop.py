@@ -159,7 +159,6 @@ class _Run:
     watchdog: Watchdog
     model: nn.Module                     # the module whose parameters the optimizer holds
     wrapped: nn.Module                   # the same, under FSDP2 / DDP
-    fwd: Callable                        # wrapped, or its torch.compile
     autocast: torch.autocast
     optimizer: torch.optim.Optimizer
     batches: object
@@ -181,7 +180,7 @@ def train_step(run: _Run, batch: dict) -> StepResult:
         mb = {k: v.to(d.device, non_blocking=True) for k, v in mb.items()}
         n = count_targets(mb["labels"])  # labels are on the host already: no device sync
         with _no_sync(run.wrapped, last=i == len(parts) - 1), run.autocast:
-            loss = run.fwd(**mb).loss
+            loss = run.wrapped(**mb).loss
             scaled = loss * (n * d.world_size / max(n_global, 1))  # each micro-batch weighted by its targets
         scaled.backward()
         loss_sum += loss.detach().double() * n
@@ -257,14 +256,15 @@ def _build_icl(recipe: Recipe, tokenizer: str | None):
 
 
 def _parallelize(recipe: Recipe, model: nn.Module, d: Dist):
-    """(wrapped, fwd, autocast): FSDP2 / HSDP / DDP from outside the model, optional compile, precision."""
+    """(wrapped, autocast): FSDP2 / HSDP / DDP from outside the model, per-block compile, precision."""
     t, p = recipe.train, recipe.parallel
     model.to(d.device)
     model.train()
+    bf16 = t.precision == "bf16"
     wrapped = parallelize(model, p.strategy, p.fsdp_sharding, d.world_size, t.activation_checkpointing, p.replicas,
-                          d.device.type)
-    fwd = torch.compile(wrapped) if t.compile else wrapped
-    return wrapped, fwd, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+                          d.device.type, compile=t.compile, bf16_params=bf16)
+    # autocast as well under FSDP's bf16 parameters: the ops it keeps in fp32 (softmax, the loss) stay there
+    return wrapped, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _build_optimizer(model, recipe: Recipe, device: torch.device):
@@ -280,7 +280,7 @@ def _choose_micro_batch(run: _Run) -> int:
         return run.recipe.train.micro_batch_size
     probe_from = run.batches.state_dict()
     with run.watchdog.phase():
-        micro = find_micro_batch_size(run.fwd, run.wrapped, run.batches.next(), run.d.device, run.autocast, run.say)
+        micro = find_micro_batch_size(run.wrapped, run.wrapped, run.batches.next(), run.d.device, run.autocast, run.say)
     run.batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
     return micro
 
@@ -378,8 +378,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
         f"{d.world_size} rank(s), device {d.device}, precision {recipe.train.precision}")
 
     # ---- parallelism, optimizer, micro-batch size ------------------------------------------------
-    wrapped, fwd, autocast = _parallelize(recipe, model, d)
-    run = _Run(recipe, d, say, Watchdog(recipe.watchdog), model, wrapped, fwd, autocast,
+    wrapped, autocast = _parallelize(recipe, model, d)
+    run = _Run(recipe, d, say, Watchdog(recipe.watchdog), model, wrapped, autocast,
                _build_optimizer(model, recipe, d.device), batches, SpikeGuard(recipe.spike), tokenizer,
                _build_icl(recipe, tokenizer), total)
     run.micro = _choose_micro_batch(run)  # before resuming: the trial must not disturb restored RNG state

@@ -69,20 +69,35 @@ def _restart_safe_store(world: int):
 
 
 def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
-                activation_checkpointing: bool, replicas: int = 1, device_type: str = "cpu") -> nn.Module:
-    """Return the module to train. ``strategy`` auto = FSDP2 when there is more than one rank."""
-    if activation_checkpointing:
+                activation_checkpointing: bool | int, replicas: int = 1, device_type: str = "cpu",
+                compile: bool = False, bf16_params: bool = False) -> nn.Module:
+    """Return the module to train. ``strategy`` auto = FSDP2 when there is more than one rank.
+
+    Order (as torchtitan applies them): activation checkpointing around blocks, then ``compile`` of
+    each block in place (``nn.Module.compile``: the parameter names, hence checkpoints, stay the
+    same, and FSDP's hooks stay outside the compiled graphs), then sharding. ``activation_checkpointing``
+    True checkpoints every block; an int N checkpoints every Nth (selective: less recomputation, more
+    memory). ``bf16_params`` (bf16 training under FSDP): FSDP2 gathers parameters in bf16 and reduces
+    gradients in fp32 (``MixedPrecisionPolicy``), halving all-gather traffic; the sharded master
+    weights and optimizer state stay fp32.
+    """
+    blocks = model.transformer.blocks
+    every = int(activation_checkpointing)
+    if every:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-        blocks = model.transformer.blocks
         for i, block in enumerate(blocks):
-            blocks[i] = checkpoint_wrapper(block)
+            if i % every == 0:
+                blocks[i] = checkpoint_wrapper(block)
+    if compile:
+        for block in blocks:
+            block.compile()
     if strategy == "auto":
         strategy = "fsdp" if world_size > 1 else "none"
     if strategy in ("fsdp", "hsdp", "ddp") and world_size == 1 and not dist.is_initialized():
         return model  # one process: nothing to shard or synchronise
     if strategy in ("fsdp", "hsdp"):
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = None
         if strategy == "hsdp":
@@ -93,10 +108,12 @@ def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
                                  "within each replica group)")
             mesh = init_device_mesh(device_type, (replicas, world_size // replicas),
                                     mesh_dim_names=("replicate", "shard"))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_params \
+            else MixedPrecisionPolicy()
         reshard = sharding == "full"  # grad_op: keep gathered params from forward for backward
-        for block in model.transformer.blocks:
-            fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
+        fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy)
         return model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel

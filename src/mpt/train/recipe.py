@@ -190,8 +190,8 @@ class TrainSection:
     micro_batch_size: int | Literal["auto"] = "auto"
     grad_clip: float = 1.0               # 0 disables
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
-    activation_checkpointing: bool = False
+    compile: bool = False                # torch.compile each block (in place: checkpoints are unchanged)
+    activation_checkpointing: bool | int = False  # true: every block; N: every Nth block (selective)
     deterministic: bool = False
     seed: int = 17
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -204,6 +204,9 @@ class TrainSection:
             raise _err(path, "micro_batch_size", self.micro_batch_size, "must be >= 1 or 'auto'")
         if self.grad_clip < 0:
             raise _err(path, "grad_clip", self.grad_clip, "must be >= 0")
+        if self.activation_checkpointing is not True and int(self.activation_checkpointing) < 0:
+            raise _err(path, "activation_checkpointing", self.activation_checkpointing, "must be true, false or "
+                       "N >= 1 (every Nth block)")
 
 
 @dataclass
