@@ -4,10 +4,12 @@ import json
 import unicodedata
 
 import numpy as np
+import pytest
 from tokenizers import Tokenizer
 
-from mpt.cli import main
+from mpt.cli import main, parse, prep_config
 from mpt.data import Shard, read_index
+from mpt.data.prep import PrepCommand
 
 
 def test_docs_mode_round_trips_every_document_exactly(shared, neox, tmp_path, capsys):
@@ -28,3 +30,19 @@ def test_docs_mode_round_trips_every_document_exactly(shared, neox, tmp_path, ca
         assert ids == tok.encode(text, add_special_tokens=False).ids + [index.eos_id], i  # whole, in order, EOS
         assert tok.decode(ids[:-1]) == unicodedata.normalize("NFC", text), i   # the tokenizer normalises to NFC
     assert sum(len(s) for s in samples) == index.num_tokens
+
+
+def test_prep_command_line_errors_name_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prep", str(tmp_path / "a.jsonl")])
+    assert exit_.value.code == 2 and "required: out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prep", "a.jsonl", "--out", "o", "--mode", "pack"])
+    assert "invalid choice: 'pack'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prep needs --out"):
+        PrepCommand(inputs=["a.jsonl"]).to_config().validate()
+    # a YAML config of the command's own shorthands folds the same way as the flags
+    path = tmp_path / "prep.yaml"
+    path.write_text("inputs: [a.jsonl]\nout: o\nmode: docs\nshard_mb: 1\nnear_dedup: true\n")
+    cfg = prep_config(parse(["prep", "--config", str(path), "--no-progress"]))
+    assert (cfg.mode, cfg.shard_bytes, cfg.dedup.near, cfg.progress) == ("docs", 1 << 20, True, False)

@@ -68,6 +68,8 @@ class PrepConfig:
     def validate(self) -> None:
         if not self.inputs:
             raise ValueError("prep needs at least one INPUT (file, folder or glob)")
+        if not self.out:
+            raise ValueError("prep needs --out: the folder (or s3:// URL) to write the shards to")
         if self.mode not in ("concat", "docs"):
             raise ValueError(f"mode={self.mode!r}: expected 'concat' (pack into seq_len samples) or 'docs'")
         if self.mode == "concat" and self.seq_len < 1:
