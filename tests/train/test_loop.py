@@ -175,3 +175,16 @@ def test_compiled_blocks_and_selective_checkpointing_follow_the_eager_run(tmp_pa
     for name, w in eager_w.items():
         assert torch.allclose(compiled_w[name], w, atol=1e-5), name
         assert torch.equal(selective_w[name], w), name
+
+
+def test_flex_attention_is_the_cuda_default_unless_the_recipe_names_a_backend():
+    from mpt import MPTConfig
+    from mpt.train.loop import _use_flex
+    from mpt.train.recipe import ModelFields
+
+    config, cuda, cpu = MPTConfig(d_model=32, n_heads=2, n_layers=1), torch.device("cuda"), torch.device("cpu")
+    assert _use_flex(config, ModelFields(), cuda) and not _use_flex(config, ModelFields(), cpu)
+    named = from_dict(ModelFields, {"attn_config": {"attn_impl": "torch"}})
+    assert not _use_flex(config, named, cuda)
+    dropout = MPTConfig(d_model=32, n_heads=2, n_layers=1, attn_config={"attn_pdrop": 0.1})  # flex has none
+    assert not _use_flex(dropout, ModelFields(), cuda)

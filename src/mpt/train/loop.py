@@ -94,7 +94,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_model(recipe: Recipe, log) -> nn.Module:
+def _use_flex(config, fields, device: torch.device) -> bool:
+    """On CUDA, train with flex attention unless the recipe names a backend (or needs attention dropout)."""
+    return (device.type == "cuda" and fields.attn_config.attn_impl is None
+            and config.attn_config["attn_impl"] == "torch" and not config.attn_config["attn_pdrop"])
+
+
+def _build_model(recipe: Recipe, log, device: torch.device) -> nn.Module:
     """The preset (or ``init_from`` checkpoint) with the recipe's typed field overrides; LoRA-wrapped if asked."""
     m = recipe.model
     if m.init_from:
@@ -109,6 +115,10 @@ def _build_model(recipe: Recipe, log) -> nn.Module:
         config = load_model_config(m.preset, **m.fields.overrides(base.attn_config, base.init_config))
         model = MPTForCausalLM(config)
         log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters)")
+    if _use_flex(model.config, m.fields, device):
+        model.config.attn_config["attn_impl"] = "flex"
+        log("attention: flex (ALiBi as a score_mod, masks as block masks: the fast path on CUDA); set "
+            "model.fields.attn_config.attn_impl to choose another")
     if m.lora is not None:
         from .lora import apply_lora
 
@@ -370,7 +380,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     say = log if d.is_main else (lambda *a, **k: None)
 
     # ---- model, data, in-training evaluation (all validated before the first step) ----------
-    model = _build_model(recipe, say)
+    model = _build_model(recipe, say, d.device)
     batches, seq_len = _build_data(recipe, model.config, rank_batch, d, say)
     tokenizer = _data_tokenizer(recipe, batches)
     total = _total_steps(recipe, batches.samples_per_epoch(), seq_len)
