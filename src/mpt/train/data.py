@@ -260,6 +260,9 @@ class FinetuneBatches:
 
 def build_batches(cfg: DataSection, rank_batch: int, seed: int, rank: int, world: int, max_seq_len: int, log=print):
     if cfg.kind == "pretrain" and cfg.packing:
+        if cfg.num_workers:
+            log(f"data.num_workers={cfg.num_workers} is not used with packing: rows are built in the training "
+                "process (slices of memory-mapped shards)")
         return PackedPretrainBatches(cfg.sources, max_seq_len, rank_batch, seed, rank, world, log)
     if cfg.kind == "pretrain":
         return PretrainBatches(cfg.sources, rank_batch, seed, rank, world, cfg.num_workers)
