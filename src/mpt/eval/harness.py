@@ -107,7 +107,9 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
              max_batch_tokens: int = 65536) -> EvalOutput:
     """Evaluate ``model`` on ``tasks``; ``limit`` takes the first N examples of each task.
 
-    ``batch_size`` caps the sequences per forward pass and ``max_batch_tokens`` their padded tokens.
+    ``batch_size`` caps the sequences per forward pass and ``max_batch_tokens`` their padded tokens
+    (a row counted with the shared prefix it attends to); one chunk of shared prefixes, cached
+    once, also holds at most ``max_batch_tokens`` tokens (see :mod:`mpt.eval.runner`).
     """
     from tqdm.auto import tqdm
 

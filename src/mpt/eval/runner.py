@@ -10,12 +10,15 @@ Speed comes from three things, none of which changes a score:
   alone: our MPT's ALiBi bias depends only on distances, and a Hugging Face model (Llama's RoPE,
   GPT-2's learned positions, ...) is given every token's own position (``position_ids``) and
   runs on its own cache class (``DynamicCache``).
-* **Dense batches.** Examples are sorted by prefix length and filled to the budget
-  (``max_rows`` sequences, ``max_tokens`` padded tokens) for one prefix pass; their options are
-  then sorted by suffix length and filled to the budget again for the suffix passes, each taking
-  the cache rows it needs. Both passes carry little padding. An example with one sequence
-  (language modelling), or any example when reuse is off, has no prefix pass: its sequence is
-  one row, sorted by length among all the others.
+* **Dense batches.** Examples are sorted by prefix length; a run of them whose prefixes fit one
+  cache (examples x longest prefix <= ``max_tokens``) forms a chunk, whose prefixes run in
+  batches and land, left-padded, in that one cache. Every option of the chunk is then sorted by
+  suffix length, so suffix batches are cut from hundreds of rows of similar length, each batch
+  taking the cache rows it needs. Batches are cut by an exact dynamic programme: the fewest
+  padded tokens plus a fixed cost per forward, within ``max_rows`` sequences and ``max_tokens``
+  tokens (a suffix row counted with the prefix it attends to). An example with one sequence
+  (language modelling), or any example when reuse is off, has no prefix: its sequence is one row,
+  sorted by length among all the others.
 * **Logits only where scored.** The vocabulary projection (the biggest matmul of a small model)
   runs only at the positions that predict a continuation token, not over the whole prompt.
 
