@@ -236,6 +236,17 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it resolved, and exit")
 
 
+def _set_only(fields: dict) -> dict:
+    """The model-field overrides a recipe sets (None means "the preset's value")."""
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = _set_only(value) or None
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_recipe, train
 
@@ -244,8 +255,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         import yaml
 
         from .config import to_dict
+        from .train.estimate import memory_lines
 
-        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        resolved = to_dict(recipe)
+        resolved["model"]["fields"] = _set_only(resolved["model"]["fields"])  # the rest is the preset's
+        print(yaml.safe_dump(resolved, sort_keys=False))
+        try:
+            print("\n".join(memory_lines(recipe)))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"memory estimate: not available ({err})")
         print(f"recipe {args.recipe} is valid")
         return 0
     return 143 if train(recipe).interrupted else 0

@@ -106,9 +106,7 @@ def test_packed_batches_resume_where_they_stopped_and_not_with_packing_changed(n
         padded.load_state_dict(packed.state_dict())
 
 
-def test_data_section_rejects_packing_pretraining_and_unknown_truncation():
-    with pytest.raises(ConfigError, match="data.packing"):
-        from_dict(DataSection, {"kind": "pretrain", "sources": [{"path": "x"}], "packing": True}, "data")
+def test_data_section_rejects_an_unknown_truncation():
     with pytest.raises(ConfigError, match="data.truncation"):
         from_dict(DataSection, {"kind": "finetune", "finetune_path": "x", "tokenizer": "y", "truncation": "cut"},
                   "data")

@@ -176,9 +176,13 @@ def _recipe(tmp_path, folder, flag=True) -> Recipe:
 
 def test_packed_pretraining_trains_through_the_loop(tmp_path, docs_shards):
     messages = []
-    result = train(_recipe(tmp_path, docs_shards), log=messages.append)
+    recipe = _recipe(tmp_path, docs_shards)
+    recipe.data.eval_sources = recipe.data.sources  # validation on docs shards is packed the same way
+    recipe.eval.every_batches, recipe.eval.batches = 3, 2
+    result = train(recipe, log=messages.append)
     assert result.steps == 3 and np.isfinite(result.final_loss)
     assert any(m.startswith("packing: ") and "real tokens" in m for m in messages)
+    assert any(m.startswith("step 3: validation loss ") for m in messages), messages
     with pytest.raises(ValueError, match="attn_config.attn_uses_sequence_id"):
         train(_recipe(tmp_path / "b", docs_shards, flag=False), log=lambda *_: None)
 

@@ -126,14 +126,14 @@ def _build_model(recipe: Recipe, log, device: torch.device) -> nn.Module:
     return model
 
 
-def _total_steps(recipe: Recipe, samples_per_epoch: int, seq_len: int) -> int:
+def _total_steps(recipe: Recipe, batches, seq_len: int) -> int:
     value, unit = parse_duration(recipe.train.max_duration)
     g = recipe.train.global_batch_size
     if unit == "ba":
         return value
     if unit == "tok":
         return math.ceil(value / (g * seq_len))
-    return value * math.ceil(samples_per_epoch / g)
+    return value * math.ceil(batches.samples_per_epoch() / g)  # only epochs need the count (a pass over lengths)
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], size: int):
@@ -383,7 +383,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     model = _build_model(recipe, say, d.device)
     batches, seq_len = _build_data(recipe, model.config, rank_batch, d, say)
     tokenizer = _data_tokenizer(recipe, batches)
-    total = _total_steps(recipe, batches.samples_per_epoch(), seq_len)
+    total = _total_steps(recipe, batches, seq_len)
     say(f"training for {total} steps of {recipe.train.global_batch_size} samples x {seq_len} tokens on "
         f"{d.world_size} rank(s), device {d.device}, precision {recipe.train.precision}")
 
@@ -469,19 +469,25 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 def validation_loss(model, recipe: Recipe, d: Dist, autocast) -> float:
     """Mean next-token loss on the first ``eval.batches`` batches of the eval sources (same every time).
 
-    Every rank runs the same number of batches, so FSDP's per-forward collectives line up.
+    Every rank runs the same number of batches, so FSDP's per-forward collectives line up. With
+    ``data.packing`` the eval sources are packed like the training data (``sequence_id`` included).
     """
-    from .data import PretrainBatches
+    from .data import PackedPretrainBatches, PretrainBatches
 
-    batches = PretrainBatches(recipe.data.eval_sources, max(1, recipe.train.global_batch_size // d.world_size),
-                              recipe.train.seed, d.rank, d.world_size, 0)
+    rank_batch = max(1, recipe.train.global_batch_size // d.world_size)
+    if recipe.data.packing:
+        seq_len = getattr(model, "module", model).config.max_seq_len
+        batches = PackedPretrainBatches(recipe.data.eval_sources, seq_len, rank_batch, recipe.train.seed, d.rank,
+                                        d.world_size, log=lambda *_: None)
+    else:
+        batches = PretrainBatches(recipe.data.eval_sources, rank_batch, recipe.train.seed, d.rank, d.world_size, 0)
     model.eval()
     total, count = 0.0, 0.0
     try:
         for _ in range(recipe.eval.batches):
             batch = {k: v.to(d.device) for k, v in batches.next().items()}
             with autocast:
-                out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+                out = model(**batch)
             n = count_targets(batch["labels"])
             total += float(out.loss) * n
             count += n
