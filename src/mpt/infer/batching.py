@@ -8,8 +8,9 @@ key, so padding changes nothing in a row's numbers. Finished and cancelled rows 
 ``KVCache.select``, and columns that no remaining row attends to are cut off the left, so the
 cache is as long as the longest live row, not the age of the batch.
 
-Models with learned position embeddings run one sequence at a time in :func:`run` and the server
-(``max_rows`` = 1); their rows end when the window is full (below).
+Models with learned position embeddings are served one sequence at a time (``max_rows`` = 1 in
+:func:`run` and the scheduler); :func:`~mpt.infer.generate.generate_ids` batches their rows, all
+joining at once (tested equal to one at a time). Their rows end when the window is full (below).
 
 One stop rule for every generation path (:meth:`BatchEngine._advance`): a row ends with "stop" on a
 stop token (EOS, ChatML's end of turn) or a stop string, and with "length" after ``max_new_tokens``
