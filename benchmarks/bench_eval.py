@@ -14,7 +14,8 @@ exported as a local lm-eval task so both harnesses score the same strings (LLM F
 prompt format). Each timing covers loading the model and the task and scoring it. The
 harnesses run interleaved, ``--repeats`` times, each at every batch size given; the best time
 of each counts. Reported: examples/s, the ratio, and how many per-example predictions agree
-(lm-eval's acc = our normalization "none").
+(lm-eval's acc = our normalization "none"), and the token positions each sent through the model's
+body (padding included): the work saved, free of the machine's load.
 
 Prints a table, then one JSON line with every number.
 
@@ -71,28 +72,42 @@ def build_llama(path: Path, seed: int = 0) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _count_tokens(model) -> list[int]:
+    """Token positions (padding included) that go through the model's body, appended per forward."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(ids.numel())
+    model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
 def run_ours(model_dir: Path, task, limit, batch: int, device: str):
     from mpt.eval import evaluate, load_model, load_tokenizer
 
     t0 = time.perf_counter()
     model = load_model(str(model_dir), device=device, dtype="float32")
+    seen = _count_tokens(model)
     out = evaluate(model, load_tokenizer(str(model_dir)), [task], data_dir=SHARED / "data/eval", limit=limit,
                    batch_size=batch, keep_examples=True, progress=False)
-    return time.perf_counter() - t0, [r["prediction"] for r in out.examples]
+    return time.perf_counter() - t0, [r["prediction"] for r in out.examples], sum(seen), len(seen)
 
 
 def run_theirs(model_dir: Path, name: str, include: Path, batch: int, device: str):
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[name],
-                                  task_manager=TaskManager(include_path=str(include)), log_samples=True,
-                                  batch_size=batch, device=device)
+    lm = HFLM(pretrained=str(model_dir), dtype="float32", batch_size=batch, device=device)
+    seen = _count_tokens(lm.model)
+    res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=TaskManager(include_path=str(include)),
+                                  log_samples=True)
     seconds = time.perf_counter() - t0
     samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
     preds = [max(range(len(s["filtered_resps"])), key=lambda k: (s["filtered_resps"][k][0], -k)) for s in samples]
-    return seconds, preds
+    return seconds, preds, sum(seen), len(seen)
 
 
 def bench_case(key: str, label: str, shots: int, limit, build, tmp: Path, args) -> dict:
@@ -113,9 +128,9 @@ def bench_case(key: str, label: str, shots: int, limit, build, tmp: Path, args) 
                                      ("lm_eval --model hf", args.theirs_batch,
                                       lambda b: run_theirs(model_dir, name, include, b, args.device))):
             for b in batches:
-                sec, preds = fn(b)
+                sec, preds, tokens, forwards = fn(b)
                 runs.append({"harness": harness, "batch": b, "seconds": sec, "examples": len(preds),
-                             "load": os.getloadavg()[0]})
+                             "tokens": tokens, "forwards": forwards, "load": os.getloadavg()[0]})
                 if harness not in best or sec < best[harness][0]:
                     best[harness] = (sec, preds, b)
     ours, theirs = best["mpt eval"], best["lm_eval --model hf"]
@@ -123,6 +138,7 @@ def bench_case(key: str, label: str, shots: int, limit, build, tmp: Path, args) 
     return {"case": key, "task": f"{label} {shots}-shot", "examples": n, "params": n_params,
             "ours_examples_per_s": n / ours[0], "ours_batch": ours[2], "lm_eval_examples_per_s": n / theirs[0],
             "lm_eval_batch": theirs[2], "speedup": theirs[0] / ours[0],
+            "ours_tokens": runs[0]["tokens"], "lm_eval_tokens": next(r["tokens"] for r in runs if r["harness"] != "mpt eval"),
             "identical_predictions": sum(a == b for a, b in zip(ours[1], theirs[1], strict=True)), "runs": runs}
 
 
@@ -153,15 +169,17 @@ def main() -> None:
                                     build_llama, Path(tmp), args))
     print(f"{args.device}, {torch.get_num_threads()} threads, load average at the end {os.getloadavg()[0]:.1f}; "
           "each time includes loading the model and the task")
-    print(f"{'case':<22} {'harness':<20} {'batch':>5} {'examples':>8} {'seconds':>8} {'examples/s':>10} {'load':>5}")
+    print(f"{'case':<22} {'harness':<20} {'batch':>5} {'examples':>8} {'seconds':>8} {'examples/s':>10} "
+          f"{'tokens':>8} {'forwards':>8} {'load':>5}")
     for c in cases:
         for r in c["runs"]:
             print(f"{c['case']:<22} {r['harness']:<20} {r['batch']:>5} {r['examples']:>8} {r['seconds']:>8.1f} "
-                  f"{r['examples'] / r['seconds']:>10.2f} {r['load']:>5.1f}")
+                  f"{r['examples'] / r['seconds']:>10.2f} {r['tokens']:>8} {r['forwards']:>8} {r['load']:>5.1f}")
     for c in cases:
         print(f"{c['case']} ({c['task']}, {c['params'] / 1e6:.0f}M params): ours {c['ours_examples_per_s']:.2f} ex/s "
               f"(batch {c['ours_batch']}), lm-eval {c['lm_eval_examples_per_s']:.2f} ex/s (batch {c['lm_eval_batch']}): "
-              f"{c['speedup']:.2f}x; identical predictions {c['identical_predictions']}/{c['examples']}")
+              f"{c['speedup']:.2f}x; tokens through the model {c['lm_eval_tokens'] / c['ours_tokens']:.2f}x fewer; "
+              f"identical predictions {c['identical_predictions']}/{c['examples']}")
     print(json.dumps({"bench": "eval", "device": args.device, "threads": torch.get_num_threads(),
                       "speedups": {c["case"]: round(c["speedup"], 3) for c in cases}, "cases": cases}))
 
