@@ -20,7 +20,13 @@ go on past ``max_seq_len``). The server, ``mpt.load(...).generate`` and the stat
 
 Chunked prefill: a :class:`Prefill` runs its prompts forward ``chunk`` tokens at a time into a cache
 of its own, so the scheduler can put a decode step of the running rows between two chunks: a long
-prompt joining no longer stalls everyone's stream for its whole prefill.
+prompt joining no longer stalls everyone's stream for its whole prefill. The same bound on tokens per
+forward is what lets a prompt longer than one forward's activations (The Great Gatsby, 76k tokens, into
+an MPT-7B shape) be read at all: :func:`~mpt.infer.generate.generate_ids` takes it as ``prefill_chunk``.
+
+Compiled decode: with ``compile`` (the default on CUDA) each decode step runs through
+:class:`~mpt.model.decode.StaticDecoder`: the same cache, attended over its whole bucketed buffer so
+the step has a fixed shape for ``torch.compile`` (CUDA graphs on GPU). Prefill stays eager.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import KVCache, MPTForCausalLM
+from ..model.decode import StaticDecoder
 from .logprobs import TopK, token_logprob
 from .sampling import SamplingParams, greedy_tokens, pick_token
 from .text import TextStream
@@ -68,8 +75,14 @@ class Update:
 
 class BatchEngine:
     def __init__(self, model: MPTForCausalLM, decode: Callable[[Sequence[int]], str] | None,
-                 stop_token_ids: Iterable[int], pad_token_id: int = 0) -> None:
-        """``decode``: token ids to text, for streamed text and stop strings; None: ids only (``Update.text`` "")."""
+                 stop_token_ids: Iterable[int], pad_token_id: int = 0, compile: bool | None = None) -> None:
+        """``decode``: token ids to text, for streamed text and stop strings; None: ids only (``Update.text`` "").
+
+        ``compile``: decode steps over a static cache through ``torch.compile`` (:mod:`mpt.model.decode`).
+        None (the default) means on CUDA, where CUDA graphs remove the per-kernel launch cost that bounds
+        batch-1 decode and the compile (tens of seconds) is paid once per process; off on CPU, where the
+        compile takes longer than most short generations it would speed up (``compile=True`` for long ones).
+        """
         self.model = model
         self.decode = decode
         self.stop_token_ids = set(stop_token_ids)
@@ -83,6 +96,9 @@ class BatchEngine:
         self.mask: torch.Tensor | None = None  # (rows, L) long, 0 = padding
         self.padded = False  # whether the mask has a 0; if not, the model runs without it (no per-step check)
         self.logits: torch.Tensor | None = None  # (rows, V): scores for each row's next token
+        if compile is None:
+            compile = self.device.type == "cuda"
+        self.decoder = StaticDecoder(model, compile=True) if compile else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -106,11 +122,11 @@ class BatchEngine:
             r.text = TextStream(self.decode, r.params.stop) if self.decode is not None else None
         return Prefill(self, list(requests), chunk, reserve)
 
-    def add(self, requests: Sequence[Row], reserve: int = 16) -> None:
-        """Prefill these sequences together and merge them into the running batch."""
+    def add(self, requests: Sequence[Row], reserve: int = 16, chunk: int | None = None) -> None:
+        """Prefill these sequences together (``chunk`` tokens per forward; None: all) and merge them into the batch."""
         if not requests:
             return
-        prefill = self.prefill(requests, reserve=reserve)
+        prefill = self.prefill(requests, chunk, reserve=reserve)
         while not prefill.advance():
             pass
         self.join(prefill)
@@ -159,9 +175,12 @@ class BatchEngine:
         if self.rows:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
             ids = torch.tensor(tokens, device=self.device)[:, None]
-            out = self.model(ids, attention_mask=self.mask if self.padded else None, cache=self.cache,
-                             use_cache=True)
-            self.logits = out.logits[:, -1]
+            if self.decoder is not None:
+                self.logits = self.decoder(ids, self.cache, self.mask if self.padded else None)
+            else:
+                out = self.model(ids, attention_mask=self.mask if self.padded else None, cache=self.cache,
+                                 use_cache=True)
+                self.logits = out.logits[:, -1]
         return updates
 
     def _pick(self) -> list[int | Exception]:

@@ -4,7 +4,9 @@ It runs on the continuous-batching engine (batching.py) with every row joining a
 server, ``mpt.load(...).generate`` and this function share one decode loop and one stop rule. Like
 that engine, it is leaner than transformers' ``generate``, whose per-step bookkeeping (logits
 processors, mask rebuilding, cache concatenation) costs more than a small model's forward pass: the
-cache is preallocated for prompt + new tokens and only the last position's logits are kept.
+cache is preallocated for prompt + new tokens and only the last position's logits are kept. With
+``compile`` its decode steps run compiled over a static cache, and ``prefill_chunk`` bounds the
+tokens of one prefill forward (both the engine's).
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from .sampling import SamplingParams
 def generate_ids(model: MPTForCausalLM, input_ids: torch.Tensor, max_new_tokens: int,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, compile: bool | None = None,
+                 prefill_chunk: int | None = None) -> torch.Tensor:
     """Return ``(B, T + n)`` token ids; a row that ends early (at ``eos_token_id``) is padded with it.
 
     Continues past ``max_seq_len`` for ALiBi models (no position embedding limits it); a model with
     learned position embeddings stops when its window is full (rows that end there are padded with
     ``eos_token_id``, or 0 without one). ``attention_mask`` marks left padding in a batch of prompts
     of different lengths. Sampled rows draw from ``generator`` one after the other.
+
+    ``compile``: decode through ``torch.compile`` over a static cache (default: on CUDA only; on CPU
+    the inductor compile takes ~10-60 s, more than most short generations save; see
+    :class:`~mpt.infer.batching.BatchEngine`). Greedy tokens are the eager ones.
+    ``prefill_chunk``: read the prompts at most this many tokens per forward (None: all at once), so a
+    very long prompt's activations stay bounded; the cache still holds the whole prompt.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -38,8 +47,8 @@ def generate_ids(model: MPTForCausalLM, input_ids: torch.Tensor, max_new_tokens:
             prompts, attention_mask.tolist(), strict=True)]
     params = SamplingParams(max_new_tokens, temperature, top_p, top_k)
     rows = [Row(i, ids, params, generator) for i, ids in enumerate(prompts)]
-    engine = BatchEngine(model, None, [] if eos_token_id is None else [eos_token_id])
-    engine.add(rows, reserve=max_new_tokens)
+    engine = BatchEngine(model, None, [] if eos_token_id is None else [eos_token_id], compile=compile)
+    engine.add(rows, reserve=max_new_tokens, chunk=prefill_chunk)
     while len(engine):
         for u in engine.step():
             if u.finish_reason == "error":

@@ -1,0 +1,140 @@
+"""The one-token decode step over a static KV cache, compiled with ``torch.compile`` when asked.
+
+The eager step (``model(ids, cache=KVCache)``) attends to a slice of the cache that grows by one
+column per token, so every step has a new shape: fine for eager PyTorch, but ``torch.compile`` would
+specialise (or go symbolic) on it and CUDA graphs could not replay it. Here the step always sees the
+cache's whole preallocated buffer, ``(rows, H, C, D)`` per layer: the new key/value is written in
+place at column ``pos`` (a tensor, so the compiled graph does not change with it) and the columns
+not yet written are masked out. The shapes change only when the batch's row count changes or the
+capacity ``C`` grows, and capacities are rounded to a few buckets (:func:`bucket`) so that few
+shapes ever occur.
+
+Numbers: the ALiBi bias of every real column is the eager one, ``slope * (j - pos)``, and the padding
+and unwritten columns get the same large negative value, so a masked key weighs exactly zero. The
+step reuses the model's own blocks (``MPTBlock.forward``), so only the embedding and mask building
+are repeated here. Greedy tokens are tested identical to the eager step (also past ``max_seq_len``).
+
+Compilation (:func:`compiled_step`): ``dynamic=False`` (one graph per shape); on CUDA
+``mode="reduce-overhead"``, which captures the step in a CUDA graph, so a batch-1 decode is no longer
+bound by launching a few hundred kernels. The cache buffers are marked as static addresses there,
+because CUDA graphs cannot replay a step whose mutated inputs move.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .attention import AttentionInputs
+from .cache import KVCache
+
+log = logging.getLogger("mpt.model")
+
+
+def bucket(n: int) -> int:
+    """Round ``n`` up to a capacity with at most 12.5 % slack: 64, then multiples of 2**(bits(n) - 4)."""
+    if n <= 64:
+        return 64
+    step = 1 << max(n.bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+class _StaticView:
+    """The ``update`` surface ``MPTAttention`` calls, writing column ``pos`` of fixed-shape buffers in place."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor) -> None:
+        self.keys, self.values, self.pos = keys, values, pos
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.keys[layer_idx].index_copy_(2, self.pos, k)
+        self.values[layer_idx].index_copy_(2, self.pos, v)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor,
+                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` written at cache column ``pos`` (a 1-element long tensor).
+
+    ``key_mask`` ``(rows, C)`` bool: True for every real token up to and including column ``pos``.
+    """
+    tr = model.transformer
+    x = tr.wte(ids)
+    if tr.wpe is not None:  # a row's position counts its real tokens (left padding starts at 0, as eager)
+        x = x + tr.wpe(key_mask.long().sum(1, keepdim=True) - 1)
+    x = tr.emb_drop(x)
+    C = key_mask.shape[1]
+    neg = torch.finfo(x.dtype).min
+    slopes = tr.alibi_slopes(x.device)
+    if slopes is None:
+        mask = torch.zeros(1, 1, 1, C, dtype=x.dtype, device=x.device)
+    else:
+        rel = torch.arange(C, device=x.device) - pos  # j - i, as the eager mask computes it
+        mask = (slopes[:, None, None] * rel).to(x.dtype)[None]
+    mask = mask.masked_fill(~key_mask[:, None, None, :], neg)
+    inp = AttentionInputs(1, C, slopes, key_mask, "torch", sdpa_mask=mask)
+    cache = _StaticView(keys, values, pos)
+    for block in tr.blocks:
+        x = block(x, inp, cache)
+    return model.logits(tr.norm_f(x))[:, -1]
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_step(device_type: str):
+    """``decode_step`` under ``torch.compile`` (one compiled function per device type, shared by all engines)."""
+    if device_type not in _COMPILED:
+        mode = "reduce-overhead" if device_type == "cuda" else None
+        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, mode=mode)
+    return _COMPILED[device_type]
+
+
+class StaticDecoder:
+    """Runs decode steps of a :class:`KVCache` over its whole (bucketed) buffer; ``compile``: through torch.compile."""
+
+    def __init__(self, model, compile: bool = True) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.step_fn = compiled_step(self.device.type) if compile else decode_step
+
+    def prepare(self, cache: KVCache, length: int) -> int:
+        """Make ``cache``'s buffers contiguous with a bucketed capacity above ``length``; return that capacity."""
+        cap = cache.keys[0].shape[2]
+        if cap > length and cap == bucket(cap) and all(k.is_contiguous() for k in cache.keys):
+            return cap
+        # Growing: by half again, so a long decode recompiles a handful of times, not every bucket.
+        new_cap = bucket(max(length + 1, cap if cap > length else (3 * (length + 1)) // 2))
+        for bufs in (cache.keys, cache.values):
+            for i, buf in enumerate(bufs):
+                new = buf.new_zeros(buf.shape[0], buf.shape[1], new_cap, buf.shape[3])
+                new[:, :, :length] = buf[:, :, :length]
+                if self.device.type == "cuda":
+                    torch._dynamo.mark_static_address(new)
+                bufs[i] = new
+        return new_cap
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` appended to ``cache``; ``mask`` ``(rows, L + 1)``, None: no padding."""
+        length = cache.get_seq_length()
+        cap = self.prepare(cache, length)
+        key_mask = torch.zeros(ids.shape[0], cap, dtype=torch.bool, device=self.device)
+        if mask is None:
+            key_mask[:, :length + 1] = True
+        else:
+            key_mask[:, :length + 1] = mask.bool()
+        pos = torch.tensor([length], device=self.device)
+        try:
+            logits = self.step_fn(self.model, ids, pos, key_mask, cache.keys, cache.values)
+        except Exception:
+            if self.step_fn is decode_step:
+                raise
+            # A model torch.compile cannot take (e.g. a custom quantised layer): decode eagerly instead.
+            # Rerunning is safe: the step only wrote column ``pos``, which it writes again.
+            log.warning("compiled decode failed; this engine decodes eagerly from now on", exc_info=True)
+            self.step_fn = decode_step
+            logits = decode_step(self.model, ids, pos, key_mask, cache.keys, cache.values)
+        cache.lengths = [length + 1] * len(cache.lengths)
+        # CUDA graphs reuse their output memory on the next replay; the engine keeps these logits a step.
+        return logits.clone() if self.device.type == "cuda" else logits

@@ -1,0 +1,97 @@
+"""Compiled decode (static cache + torch.compile) and chunked prefill give the eager tokens.
+
+The compiled test is slow on purpose: inductor compiles the tiny model's decode step once on CPU
+(about 15-35 s on 2 cores, most of this file's time). It uses one shape only (two left-padded rows,
+one capacity bucket, ``dynamic=False``), so it compiles exactly once.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from mpt import KVCache, MPTForCausalLM
+from mpt.infer import generate_ids
+from mpt.model.decode import StaticDecoder, bucket, decode_step
+
+from ..model.helpers import tiny_config
+
+
+def _model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return MPTForCausalLM(tiny_config(**overrides)).eval()
+
+
+def _padded_prompts(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 97, (2, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 is a 4-token prompt, left-padded
+    return ids, mask
+
+
+def test_compiled_greedy_decode_equals_eager_past_max_seq_len(caplog):
+    model = _model()
+    ids, mask = _padded_prompts()
+    n = 30  # 7 + 30 positions, past max_seq_len = 24: ALiBi goes on
+    eager = generate_ids(model, ids, n, attention_mask=mask, compile=False)
+    with caplog.at_level(logging.WARNING, logger="mpt.model"):
+        compiled = generate_ids(model, ids, n, attention_mask=mask, compile=True)
+    # The engine falls back to eager decode if compiling fails; that must not be what passed here.
+    assert not [r for r in caplog.records if "compiled decode failed" in r.getMessage()]
+    assert eager.shape == (2, 7 + n)
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("positions", [{}, {"learned_pos_emb": True, "attn_config": {"alibi": False}}],
+                         ids=["alibi", "learned-positions"])
+def test_static_step_logits_equal_the_eager_step(positions):
+    """The uncompiled static step against the model's own forward, step by step, with padding and growth."""
+    model = _model(seed=3, **positions)
+    ids, mask = _padded_prompts(seed=4)
+    with torch.inference_mode():
+        eager_cache, static_cache = KVCache(2), KVCache(2)
+        out = model(ids, attention_mask=mask, cache=eager_cache, use_cache=True)
+        model(ids, attention_mask=mask, cache=static_cache, use_cache=True)
+        decoder = StaticDecoder(model, compile=False)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        steps = 16 if positions else 60  # ALiBi: past max_seq_len and past the first capacity bucket (64)
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+            want = model(tok, attention_mask=mask, cache=eager_cache, use_cache=True).logits[:, -1]
+            got = decoder(tok, static_cache, mask)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert static_cache.get_seq_length() == eager_cache.get_seq_length()
+            tok = want.argmax(-1, keepdim=True)
+    assert static_cache.keys[0].shape[2] == bucket(static_cache.keys[0].shape[2])
+
+
+def test_capacity_buckets_are_few_and_tight():
+    assert bucket(1) == bucket(64) == 64
+    assert bucket(65) == 72 and bucket(1800 + 128) == 2048 and bucket(76_000) == 81_920
+    for n in range(1, 5000):
+        b = bucket(n)
+        assert n <= b <= max(64, n * 1.125 + 1) and bucket(b) == b
+
+
+def test_the_step_writes_only_its_column():
+    model = _model(seed=5)
+    cache = KVCache(2)
+    with torch.inference_mode():
+        model(torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
+        StaticDecoder(model, compile=False).prepare(cache, 3)
+        before = [k.clone() for k in cache.keys]
+        key_mask = torch.zeros(1, cache.keys[0].shape[2], dtype=torch.bool)
+        key_mask[:, :4] = True
+        decode_step(model, torch.tensor([[8]]), torch.tensor([3]), key_mask, cache.keys, cache.values)
+    for b, k in zip(before, cache.keys, strict=True):
+        assert torch.equal(b[:, :, :3], k[:, :, :3]) and torch.equal(b[:, :, 4:], k[:, :, 4:])
+        assert not torch.equal(b[:, :, 3], k[:, :, 3])
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_chunked_prefill_gives_the_tokens_of_one_forward(chunk):
+    model = _model(seed=6)
+    ids, mask = _padded_prompts(seed=7)
+    whole = generate_ids(model, ids, 20, attention_mask=mask)
+    assert torch.equal(generate_ids(model, ids, 20, attention_mask=mask, prefill_chunk=chunk), whole)
