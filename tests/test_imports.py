@@ -50,3 +50,18 @@ def test_unknown_names_are_attribute_errors():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mpt.nope  # noqa: B018
+
+
+def test_the_cli_sets_a_passive_openmp_wait_before_torch_loads_unless_the_user_chose():
+    """OMP_WAIT_POLICY is read once, when torch's OpenMP runtime starts: it must be set before that."""
+    import os
+
+    probe = ("import os, sys\nimport mpt.cli\nimport torch\n"
+             "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert run.stdout.split()[-1] == "PASSIVE"
+    assert "torch" not in loaded_after("import mpt.cli")  # so the value is in place when torch starts OpenMP
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert run.stdout.split()[-1] == "ACTIVE"

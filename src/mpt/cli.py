@@ -12,9 +12,15 @@ filter and dedup sections of its ``PrepConfig``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .typed_cli import Command, Flag, add_config_arguments, build_config, resolve, split_overrides
+
+# Before torch loads its OpenMP runtime: threads that spin between parallel regions take a busy
+# machine's cores from the threads that need them (benchmarks/bench_contention.py: beside another job a
+# small CPU run slowed 6.7x spinning, 1.2x passive). A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 MODEL = Flag("Hugging Face-format MPT checkpoint folder (with tokenizer files) or hub name", positional=True)
 TOKENIZER = Flag("tokenizer folder or tokenizer.json (default: the model's)")

@@ -247,7 +247,7 @@ class Quickstart:
         samples = []
         for info in index.shards:
             verify_shard(folder / info.file, info)
-            shard = Shard(folder / info.file, np.dtype(index.dtype))
+            shard = Shard(folder / info.file, index.token_dtype())
             samples += [np.asarray(shard[i], dtype=np.int64) for i in range(len(shard))]
         full = torch.from_numpy(np.stack(samples[:MAX_VALIDATION_SAMPLES]))
         out = {}

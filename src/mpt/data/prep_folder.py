@@ -18,8 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..files import file_sha256
 from .atomic import TMP_SUFFIX, write_atomic
-from .shards import INDEX_FILE, ShardInfo, file_sha256
+from .shards import INDEX_FILE, ShardInfo
 
 RUN_FILE = "prep.json"
 PROGRESS_FILE = "prep-progress.json"

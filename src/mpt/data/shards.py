@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import file_sha256 as file_sha256  # re-exported: prep_folder.py imports it from here
+from ..files import file_sha256
 from .atomic import TMP_SUFFIX, publish, tmp_name, write_atomic
 
 MAGIC = b"MPTSHRD1"

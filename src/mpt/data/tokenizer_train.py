@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..chatml import CHATML_TEMPLATE
 from .readers import ReadStats, expand_inputs, read_documents
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
@@ -44,7 +45,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .finetune import CHATML_TEMPLATE  # imports torch: not at module level, for `--help`
 
     cfg.validate()
     files = expand_inputs(cfg.inputs)

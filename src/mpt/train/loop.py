@@ -31,7 +31,7 @@ from torch import nn
 
 from ..model import MPTForCausalLM
 from ..model.hf import load_pretrained
-from ..presets import load_model_config, model_info
+from ..presets import load_model_config, model_info, train_flops_per_token
 from . import checkpoint as ckpt
 from .data import build_batches, count_targets
 from .guard import SpikeGuard
@@ -320,7 +320,7 @@ def _resume(run: _Run, state: TrainState) -> None:
 def _build_monitor(run: _Run, seq_len: int) -> Monitor:
     config = run.model.config
     peak, peak_note = peak_tflops(run.d.device, run.recipe.log.peak_tflops)
-    flops_per_token = 6 * sum(p.numel() for p in run.model.parameters()) + 12 * config.n_layers * config.d_model * seq_len
+    flops_per_token = train_flops_per_token(sum(p.numel() for p in run.model.parameters()), config, seq_len)
     run.say(f"MFU: {peak_note}")
     return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard)
 

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..ranks import launch_env, rank_world
+
 
 @dataclass
 class Dist:
@@ -32,8 +34,7 @@ def init_distributed(device_choice: str) -> Dist:
     if device_choice == "cuda" and not cuda:
         raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu (or auto)")
     use_cuda = cuda and device_choice != "cpu"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env_rank, world, local_rank = launch_env()
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
@@ -47,8 +48,8 @@ def init_distributed(device_choice: str) -> Dist:
         if store is None:
             dist.init_process_group(backend)
         else:
-            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+            dist.init_process_group(backend, store=store, rank=env_rank, world_size=world)
+    rank, _ = rank_world()
     return Dist(rank, world, local_rank, device)
 
 
