@@ -9,6 +9,8 @@ SHARED = Path(os.environ.get("MPT_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# as `mpt` sets it: the suite's torchrun ranks and subprocesses share 2 cores with pytest itself
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture
