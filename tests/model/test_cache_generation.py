@@ -96,3 +96,27 @@ def test_learned_position_embeddings_refuse_to_extrapolate():
     with pytest.raises(ValueError, match="max_seq_len=24.*learned_pos_emb"):
         model(torch.zeros(1, 25, dtype=torch.long))
 
+
+
+def test_transformers_generate_decodes_one_token_per_step_through_our_cache(monkeypatch):
+    """Our config's use_cache is False (MosaicML's), so without our default generate would rerun the whole sequence."""
+    model = _model(seed=4)
+    prompt = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(4))
+    seen = []
+    update = KVCache.update
+
+    def counting_update(self, k, v, layer_idx, *args, **kwargs):
+        seen.append((layer_idx, k.shape[2]))
+        return update(self, k, v, layer_idx, *args, **kwargs)
+
+    monkeypatch.setattr(KVCache, "update", counting_update)
+    out = model.generate(prompt, max_new_tokens=10, do_sample=False, min_new_tokens=10, pad_token_id=0,
+                         attention_mask=torch.ones_like(prompt))
+    assert [n for layer, n in seen if layer == 0] == [6] + [1] * 9
+    monkeypatch.setattr(KVCache, "update", update)
+    assert torch.equal(out, generate_ids(model, prompt, max_new_tokens=10))
+    beam_args = dict(max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0,
+                     attention_mask=torch.ones_like(prompt))
+    beams = model.generate(prompt, **beam_args)  # beam search reorders our cache
+    assert beams.shape == (2, 10)
+    assert torch.equal(beams, model.generate(prompt, use_cache=False, **beam_args))

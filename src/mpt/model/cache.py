@@ -3,7 +3,9 @@
 transformers' ``DynamicCache`` concatenates every step (copying the whole context each time);
 this one writes into spare capacity and doubles only when full, so a decode step touches the
 context only inside attention. It has the same ``update``/``get_seq_length`` surface as
-transformers' caches, and the model accepts either.
+transformers' caches (and the few flags and ``reorder_cache`` their ``generate`` reads), and the model
+accepts either; ``MPTForCausalLM.generate`` gives transformers' loop one of these by default. The
+compiled decode step (:mod:`mpt.model.decode`) attends over these same buffers at a fixed shape.
 """
 
 from __future__ import annotations
@@ -12,12 +14,28 @@ import torch
 
 
 class KVCache:
+    # transformers' generate asks a cache passed to it whether its own compile path may use it: no (our
+    # compiled decode is mpt.model.decode, which uses this cache's buffers directly).
+    is_compileable = False
+
     def __init__(self, n_layers: int, capacity: int = 0) -> None:
         """``capacity``: tokens to reserve on first use (prompt + new tokens avoids any regrowth)."""
         self.capacity = capacity
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = [0] * n_layers
+
+    # What transformers' generate (5.x) reads off a cache it is given: plain attention in every layer,
+    # no sliding window, and crop() puts it back exactly.
+    is_croppable = True
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False] * len(self.lengths)
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.lengths)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
@@ -44,6 +62,10 @@ class KVCache:
     def crop(self, length: int) -> None:
         """Forget everything after the first ``length`` tokens (reuse a shared prefix)."""
         self.lengths = [min(n, length) for n in self.lengths]
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        """transformers' beam search: row ``i`` becomes row ``beam_idx[i]`` (rows may repeat)."""
+        self.select(beam_idx)
 
     def select(self, batch_index: torch.Tensor) -> None:
         """Keep only these batch rows (finished sequences leave the batch)."""

@@ -316,6 +316,22 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
 
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate``, decoding with our :class:`KVCache` unless told otherwise.
+
+        Our config's ``use_cache`` is False (as MosaicML's is, for training), which would make
+        transformers' loop run the whole sequence again for every new token; so unless the caller passes
+        a cache or ``use_cache=False``, a :class:`KVCache` is made here (transformers' own would
+        concatenate every step). For the faster loop, compiled decode included, see
+        :func:`mpt.infer.generate_ids`.
+        """
+        if kwargs.get("use_cache", True) and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            from .cache import KVCache
+
+            kwargs["use_cache"] = True
+            kwargs[_CACHE_FIELD] = KVCache(self.config.n_layers)
+        return super().generate(*args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, but a checkpoint whose tensors do not match is an error.
