@@ -11,11 +11,12 @@ from mpt.data.finetune import (
     IGNORE,
     Example,
     FinetuneConfig,
+    collate_packed,
     encode_chat,
     load_finetune,
-    pack_examples,
     packed_attention_mask,
     pad_collate,
+    plan_packing,
 )
 
 CHAT = [{"role": "system", "content": "You are terse."},
@@ -96,7 +97,7 @@ def test_padding_and_packing_keep_examples_apart():
     assert padded["input_ids"].tolist() == [[5, 6, 7], [8, 9, 1]]
     assert padded["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, 9, IGNORE]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    packed = pack_examples([a, b, c], seq_len=6, pad_id=1)
+    packed = collate_packed([[a, b], [c]], pad_id=1, width=6)
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1], [10, 11, 12, 13, 1, 1]]
     assert packed["sequence_id"].tolist() == [[0, 0, 0, 1, 1, -1], [0, 0, 0, 0, -1, -1]]
     # the first token of every packed example is never a label (it would be predicted across the boundary)
@@ -106,7 +107,7 @@ def test_padding_and_packing_keep_examples_apart():
     assert mask[0, 2].tolist() == [True, True, True, False, False, False]
     assert not mask[0, 5].any()
     with pytest.raises(ValueError, match="more than seq_len=3"):
-        pack_examples([c], seq_len=3, pad_id=1)
+        plan_packing([4], 3)
     assert packed["input_ids"].dtype == torch.long
 
 

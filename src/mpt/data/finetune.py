@@ -154,23 +154,6 @@ def pad_collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def pack_examples(examples: list[Example], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pack examples in order into rows of ``seq_len`` (next-fit); ``sequence_id`` is -1 on padding.
-
-    An example longer than ``seq_len`` is an error: truncate first with ``load_finetune``.
-    """
-    rows: list[list[Example]] = [[]]
-    used = 0
-    for i, e in enumerate(examples):
-        _check_fits(i, len(e.input_ids), seq_len)
-        if used + len(e.input_ids) > seq_len:
-            rows.append([])
-            used = 0
-        rows[-1].append(e)
-        used += len(e.input_ids)
-    return collate_packed(rows, pad_id, width=seq_len)
-
-
 def _check_fits(index: int, length: int, seq_len: int) -> None:
     if length > seq_len:
         raise ValueError(f"example {index} has {length} tokens, more than seq_len={seq_len}; "

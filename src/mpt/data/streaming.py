@@ -269,9 +269,6 @@ class StreamingDataset(IterableDataset):
                                  f"has {mine[key]}; resume with the same sources, proportions and seed")
         self.epoch, self.sample_in_epoch = int(state["epoch"]), int(state["sample_in_epoch"])
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.sample_in_epoch = epoch, 0
-
 
 class StreamingDataLoader(DataLoader):
     """A DataLoader that counts what it delivered, so ``state_dict()`` is exact mid-epoch.
