@@ -110,3 +110,23 @@ def test_server_with_int8_weights(llm8):
         assert chat.choices[0].finish_reason in ("stop", "length")
     finally:
         s.close()
+
+
+def test_chat_command_int8(checkpoint, capsys, monkeypatch):
+    import io
+
+    import mpt.infer.api as api
+    from mpt.cli import main
+
+    loaded = []
+    real_load = api.load
+
+    def load(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(api, "load", load)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/exit\n"))
+    assert main(["chat", str(checkpoint), "--quantize", "int8", "--max-new-tokens", "6", "--device", "cpu"]) == 0
+    assert getattr(loaded[0].model, "quantized", None) == "int8"
+    assert "assistant> " in capsys.readouterr().out

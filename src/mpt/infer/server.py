@@ -7,8 +7,9 @@ decode steps on the scheduler's thread (scheduler.py, batching.py). Errors use O
 ``{"error": {"message", "type", "param", "code"}}``.
 
 One client cannot hurt the others: limits are checked before work (body bytes before parsing,
-characters before tokenizing, capacity before queueing; tokenizing runs off the event loop), and a
-row that fails ends only its own request. ``GET /metrics`` serves Prometheus metrics; on SIGTERM
+characters before tokenizing, capacity before queueing; tokenizing runs off the event loop), a
+connection is cut when its headers or body arrive too slowly (``header_timeout``, ``body_timeout``)
+and their number is capped, and a row that fails ends only its own request. ``GET /metrics`` serves Prometheus metrics; on SIGTERM
 the server stops accepting, gives running rows ``shutdown_grace`` seconds, then cuts them with a
 final error event.
 """
