@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import KVCache, MPTForCausalLM
-from ..model.decode import StaticDecoder
+from ..model.decode import StaticDecoder, bucket
 from .logprobs import TopK, token_logprob
 from .sampling import SamplingParams, greedy_tokens, pick_token
 from .text import TextStream
@@ -249,7 +249,10 @@ class Prefill:
             mask[i, n - len(r.prompt_ids):] = 1
         self.ids, self.mask = ids.to(engine.device), mask.to(engine.device)
         self.padded = not bool(mask.all())
-        self.cache = KVCache(engine.model.config.n_layers, capacity=n + reserve)
+        # A compiling engine decodes over bucketed capacities: allocate one now, so joining a long prompt
+        # (76k tokens: tens of GB of cache on a 7B model) does not copy its cache into a new buffer.
+        capacity = bucket(n + reserve) if engine.decoder is not None else n + reserve
+        self.cache = KVCache(engine.model.config.n_layers, capacity=capacity)
         self.done = 0  # prompt positions already in the cache
         self.logits: torch.Tensor | None = None
 

@@ -48,8 +48,10 @@ class KVCache:
         if kbuf is None or end > kbuf.shape[2]:
             new_cap = max(end, self.capacity, 2 * (kbuf.shape[2] if kbuf is not None else 0))
             shape = (k.shape[0], k.shape[1], new_cap, k.shape[3])
-            new_k = k.new_empty(shape)
-            new_v = v.new_empty(shape)
+            # Zeros, not uninitialised memory: the compiled decode step (decode.py) attends over the whole
+            # buffer with the unwritten columns masked, and a masked NaN would still poison softmax @ V.
+            new_k = k.new_zeros(shape)
+            new_v = v.new_zeros(shape)
             if kbuf is not None:
                 new_k[:, :, :start] = kbuf[:, :, :start]
                 new_v[:, :, :start] = vbuf[:, :, :start]
