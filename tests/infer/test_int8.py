@@ -114,8 +114,10 @@ def test_server_with_int8_weights(llm8):
 
 def test_chat_command_int8(checkpoint, capsys, monkeypatch):
     import io
+    import sys
 
     import mpt.infer.api as api
+    import mpt.infer.chat_repl as chat_repl
     from mpt.cli import main
 
     loaded = []
@@ -126,7 +128,12 @@ def test_chat_command_int8(checkpoint, capsys, monkeypatch):
         return loaded[-1]
 
     monkeypatch.setattr(api, "load", load)
+    # run_chat's out/err defaults are the sys.stdout/stderr of its first import (another test's capture,
+    # closed by now): pass this test's streams.
+    real_chat = chat_repl.run_chat
+    monkeypatch.setattr(chat_repl, "run_chat", lambda llm, cfg: real_chat(llm, cfg, out=sys.stdout, err=sys.stderr))
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/exit\n"))
-    assert main(["chat", str(checkpoint), "--quantize", "int8", "--max-new-tokens", "6", "--device", "cpu"]) == 0
+    code = main(["chat", str(checkpoint), "--quantize", "int8", "--max-new-tokens", "6", "--device", "cpu"])
+    assert code == 0, capsys.readouterr()
     assert getattr(loaded[0].model, "quantized", None) == "int8"
     assert "assistant> " in capsys.readouterr().out
