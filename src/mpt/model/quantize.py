@@ -5,7 +5,8 @@ scale per output row (symmetric, per channel), a quarter of its float32 bytes. H
 depends on the device:
 
 - GPU: weight-only. The int8 weight is cast to the activations' dtype inside the call and multiplied
-  as usual; activations never lose precision.
+  as usual; activations never lose precision. This saves memory, not time (no fused kernel), and
+  has not yet run on a GPU in this project's tests.
 - CPU: each call also rounds its input to int8, one scale per token (row), and runs PyTorch's
   int8 x int8 -> int32 matmul (``torch._int_mm``, oneDNN/VNNI), then rescales. PyTorch has no fast
   float x int8 matmul on CPU: casting the weight each call (the GPU path) or
@@ -17,15 +18,15 @@ depends on the device:
 The tied embedding (MPT's output projection is its input embedding) is quantized once and serves
 both roles: an int8 ``lm_head`` for the logits and :class:`Int8Embedding` for the lookup, sharing one
 int8 table, so the vocabulary's weights also shrink to a quarter (at d_model 1024 and a 50k
-vocabulary they are a third of a 12-layer model). Norm weights, biases and the KV cache keep the
+vocabulary they are a third of an 8-layer model). Norm weights, biases and the KV cache keep the
 model's dtype. A quantized model is for inference: it is not trained, saved or exported.
 
 Why not a library: torchao 0.18 (PyTorch's quantization library) installs with torch 2.13, but on
 CPU its weight-only int8 tensor upcasts the whole weight on every call (measured 2x slower than
 float32, also under ``torch.compile``), and its dynamic-activation int8 path is the same
 int8 x int8 matmul as here with no measured gain. Once installed, transformers also imports it
-with every model (+5 s per command on our CI machine, and warnings about CUDA extensions on
-stderr), a cost every command would pay, quantized or not. bitsandbytes' int8 is a CUDA kernel.
+with every model (+5 s per command on the project's shared 2-core machine, and warnings about
+CUDA extensions on stderr), a cost every command would pay, quantized or not.
 """
 
 from __future__ import annotations
