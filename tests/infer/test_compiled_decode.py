@@ -1,8 +1,8 @@
 """Compiled decode (static cache + torch.compile) and chunked prefill give the eager tokens.
 
 The compiled test is slow on purpose: inductor compiles the tiny model's decode step once on CPU
-(about 15-35 s on 2 cores, most of this file's time). It uses one shape only (two left-padded rows,
-one capacity bucket, ``dynamic=False``), so it compiles exactly once.
+(about 15-35 s on 2 cores, most of this file's time; seconds once inductor's on-disk cache holds it).
+It uses one shape only (rows padded to 4, one capacity bucket, ``dynamic=False``), so it compiles once.
 """
 
 import logging
@@ -12,7 +12,7 @@ import torch
 
 from mpt import KVCache, MPTForCausalLM
 from mpt.infer import generate_ids
-from mpt.model.decode import StaticDecoder, bucket, decode_step
+from mpt.model.decode import StaticDecoder, bucket, decode_step, row_bucket
 
 from ..model.helpers import tiny_config
 
@@ -22,9 +22,9 @@ def _model(seed=0, **overrides):
     return MPTForCausalLM(tiny_config(**overrides)).eval()
 
 
-def _padded_prompts(seed=1):
+def _padded_prompts(seed=1, rows=2):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 97, (2, 7), generator=g)
+    ids = torch.randint(1, 97, (rows, 7), generator=g)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # row 1 is a 4-token prompt, left-padded
     return ids, mask
@@ -32,14 +32,19 @@ def _padded_prompts(seed=1):
 
 def test_compiled_greedy_decode_equals_eager_past_max_seq_len(caplog):
     model = _model()
-    ids, mask = _padded_prompts()
+    ids, mask = _padded_prompts(rows=4)
+    mask[3, :5] = 0
     n = 30  # 7 + 30 positions, past max_seq_len = 24: ALiBi goes on
-    eager = generate_ids(model, ids, n, attention_mask=mask, compile=False)
+    free = generate_ids(model, ids, n, attention_mask=mask, compile=False)[:, 7:]
+    # An end-of-sequence token that ends row 0 early but not row 2: the batch shrinks mid-decode (4 rows,
+    # then fewer; the compiled step pads them back to 4, so this still compiles once).
+    eos = next(int(t) for t in free[0, 1:] if int(t) not in free[2].tolist())
+    eager = generate_ids(model, ids, n, attention_mask=mask, eos_token_id=eos, compile=False)
     with caplog.at_level(logging.WARNING, logger="mpt.model"):
-        compiled = generate_ids(model, ids, n, attention_mask=mask, compile=True)
+        compiled = generate_ids(model, ids, n, attention_mask=mask, eos_token_id=eos, compile=True)
     # The engine falls back to eager decode if compiling fails; that must not be what passed here.
     assert not [r for r in caplog.records if "compiled decode failed" in r.getMessage()]
-    assert eager.shape == (2, 7 + n)
+    assert eager.shape == (4, 7 + n) and (eager[0, 7:] == eos).any() and not (eager[2, 7:] == eos).any()
     assert torch.equal(compiled, eager)
 
 
@@ -68,6 +73,7 @@ def test_static_step_logits_equal_the_eager_step(positions):
 
 def test_capacity_buckets_are_few_and_tight():
     assert bucket(1) == bucket(64) == 64
+    assert [row_bucket(n) for n in (1, 2, 3, 4, 5, 16)] == [1, 2, 4, 4, 8, 16]
     assert bucket(65) == 72 and bucket(1800 + 128) == 2048 and bucket(76_000) == 81_920
     for n in range(1, 5000):
         b = bucket(n)
@@ -79,7 +85,7 @@ def test_the_step_writes_only_its_column():
     cache = KVCache(2)
     with torch.inference_mode():
         model(torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
-        StaticDecoder(model, compile=False).prepare(cache, 3)
+        StaticDecoder(model, compile=False).prepare(cache, 3, 1)
         before = [k.clone() for k in cache.keys]
         key_mask = torch.zeros(1, cache.keys[0].shape[2], dtype=torch.bool)
         key_mask[:, :4] = True

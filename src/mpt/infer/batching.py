@@ -282,8 +282,9 @@ def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -
         for src_a, src_b, dst in ((a.keys[i], b.keys[i], merged.keys), (a.values[i], b.values[i], merged.values)):
             h, d = src_a.shape[1], src_a.shape[3]
             buf = src_a.new_zeros(ra + rb, h, n + 16, d)  # some room so the next steps do not regrow
-            buf[:ra, :, n - la:n] = src_a[:, :, :la]
-            buf[ra:, :, n - lb:n] = src_b[:, :, :lb]
+            # (a compiled decoder's buffers may hold padding rows past the live ones: take the live rows only)
+            buf[:ra, :, n - la:n] = src_a[:ra, :, :la]
+            buf[ra:, :, n - lb:n] = src_b[:rb, :, :lb]
             dst[i] = buf
         merged.lengths[i] = n
     mask = mask_a.new_zeros(ra + rb, n)

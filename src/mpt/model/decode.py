@@ -5,9 +5,11 @@ column per token, so every step has a new shape: fine for eager PyTorch, but ``t
 specialise (or go symbolic) on it and CUDA graphs could not replay it. Here the step always sees the
 cache's whole preallocated buffer, ``(rows, H, C, D)`` per layer: the new key/value is written in
 place at column ``pos`` (a tensor, so the compiled graph does not change with it) and the columns
-not yet written are masked out. The shapes change only when the batch's row count changes or the
-capacity ``C`` grows, and capacities are rounded to a few buckets (:func:`bucket`) so that few
-shapes ever occur.
+not yet written are masked out. The shapes change only when the batch's row count or the capacity
+``C`` crosses a bucket: rows are padded to a power of two (:func:`row_bucket`; a serving batch of 1-16
+rows meets five shapes, not sixteen) and capacities are rounded up by at most 12.5 % (:func:`bucket`).
+Padding rows get token 0 and attend to that token alone; every operation is row-wise, so they never
+touch the real rows, and their logits are dropped.
 
 Numbers: the ALiBi bias of every real column is the eager one, ``slope * (j - pos)``, and the padding
 and unwritten columns get the same large negative value, so a masked key weighs exactly zero. The
@@ -38,6 +40,11 @@ def bucket(n: int) -> int:
         return 64
     step = 1 << max(n.bit_length() - 4, 0)
     return -(-n // step) * step
+
+
+def row_bucket(rows: int) -> int:
+    """Rows a decode step runs with: the next power of two (padding rows are computed and dropped)."""
+    return 1 << max(rows - 1, 0).bit_length()
 
 
 class _StaticView:
@@ -98,17 +105,19 @@ class StaticDecoder:
         self.device = next(model.parameters()).device
         self.step_fn = compiled_step(self.device.type) if compile else decode_step
 
-    def prepare(self, cache: KVCache, length: int) -> int:
-        """Make ``cache``'s buffers contiguous with a bucketed capacity above ``length``; return that capacity."""
-        cap = cache.keys[0].shape[2]
-        if cap > length and cap == bucket(cap) and all(k.is_contiguous() for k in cache.keys):
+    def prepare(self, cache: KVCache, length: int, rows: int) -> int:
+        """Make ``cache``'s buffers contiguous, ``row_bucket(rows)`` rows (the rest zeros) and a bucketed capacity
+        above ``length``; return that capacity."""
+        n, cap = cache.keys[0].shape[0], cache.keys[0].shape[2]
+        if (n == row_bucket(rows) and cap > length and cap == bucket(cap)
+                and all(k.is_contiguous() for k in cache.keys)):
             return cap
         # Growing: by half again, so a long decode recompiles a handful of times, not every bucket.
         new_cap = bucket(max(length + 1, cap if cap > length else (3 * (length + 1)) // 2))
         for bufs in (cache.keys, cache.values):
             for i, buf in enumerate(bufs):
-                new = buf.new_zeros(buf.shape[0], buf.shape[1], new_cap, buf.shape[3])
-                new[:, :, :length] = buf[:, :, :length]
+                new = buf.new_zeros(row_bucket(rows), buf.shape[1], new_cap, buf.shape[3])
+                new[:rows, :, :length] = buf[:rows, :, :length]
                 if self.device.type == "cuda":
                     torch._dynamo.mark_static_address(new)
                 bufs[i] = new
@@ -117,13 +126,17 @@ class StaticDecoder:
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` appended to ``cache``; ``mask`` ``(rows, L + 1)``, None: no padding."""
-        length = cache.get_seq_length()
-        cap = self.prepare(cache, length)
-        key_mask = torch.zeros(ids.shape[0], cap, dtype=torch.bool, device=self.device)
+        length, rows = cache.get_seq_length(), ids.shape[0]
+        cap = self.prepare(cache, length, rows)
+        n = row_bucket(rows)
+        key_mask = torch.zeros(n, cap, dtype=torch.bool, device=self.device)
         if mask is None:
-            key_mask[:, :length + 1] = True
+            key_mask[:rows, :length + 1] = True
         else:
-            key_mask[:, :length + 1] = mask.bool()
+            key_mask[:rows, :length + 1] = mask.bool()
+        key_mask[rows:, length] = True  # padding rows attend to their own (zero) token: no all-masked softmax
+        if n > rows:
+            ids = torch.cat([ids, ids.new_zeros(n - rows, 1)])
         pos = torch.tensor([length], device=self.device)
         try:
             logits = self.step_fn(self.model, ids, pos, key_mask, cache.keys, cache.values)
@@ -137,4 +150,5 @@ class StaticDecoder:
             logits = decode_step(self.model, ids, pos, key_mask, cache.keys, cache.values)
         cache.lengths = [length + 1] * len(cache.lengths)
         # CUDA graphs reuse their output memory on the next replay; the engine keeps these logits a step.
+        logits = logits[:rows]
         return logits.clone() if self.device.type == "cuda" else logits
