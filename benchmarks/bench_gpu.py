@@ -136,8 +136,18 @@ def bench_train(args, tmp: Path) -> list[dict]:
         rows.append(train_ours(size, args.fields, args.seq, args.train_batch, args.warmup, args.train_steps, args, tmp))
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    rows.append(train_transformers(args.fields, args.seq, args.train_batch, args.warmup, args.train_steps, args))
-    return rows
+    batch = args.train_batch
+    while True:  # transformers' eager attention keeps every layer's (B, H, T, T) scores: halve the batch on OOM
+        try:
+            rows.append(train_transformers(args.fields, args.seq, batch, args.warmup, args.train_steps, args))
+            return rows
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                rows.append({"bench": f"train {args.hf_size} s{args.seq}", "impl": "transformers loop",
+                             "tok_s": None, "mfu": None, "note": "out of memory at batch 1"})
+                return rows
+            batch //= 2
+            torch.cuda.empty_cache()
 
 
 # ---- decode --------------------------------------------------------------------------------------

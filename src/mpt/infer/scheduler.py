@@ -5,7 +5,10 @@ a callback; the thread admits waiting requests whenever the batch has room (pref
 merging them into the running batch), runs one decode step for every row, and hands each update to
 its callback. A long prompt is prefilled ``prefill_chunk`` tokens per loop turn, each turn also
 running a decode step, so the running rows keep streaming while it joins. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
-before the next step. The model is only ever touched from this thread.
+before the next step. The model is only ever touched from this thread. The decode step is the
+engine's: compiled over a static cache when the engine was built with ``compile`` (the default on
+CUDA, see :class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on
+this thread too.
 """
 
 from __future__ import annotations
