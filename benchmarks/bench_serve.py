@@ -57,12 +57,7 @@ def build_checkpoint(out: Path) -> str:
     tok.save_pretrained(out)
     torch.manual_seed(0)
     save_pretrained(MPTForCausalLM(load_model_config("mpt-tiny")), out)
-    # `transformers serve` builds the class config.json's `architectures` names from the transformers
-    # namespace; ours ("MPTForCausalLM") is not there (AttributeError at start-up), transformers' own MPT
-    # class reads the same weights. Our loader goes by model_type and ignores the field.
-    config = json.loads((out / "config.json").read_text())
-    config["architectures"] = ["MptForCausalLM"]
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    # config.json names transformers' MptForCausalLM (save_pretrained writes it), which `transformers serve` needs
     return source
 
 

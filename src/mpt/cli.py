@@ -26,6 +26,7 @@ MODEL = Flag("Hugging Face-format MPT checkpoint folder (with tokenizer files) o
 TOKENIZER = Flag("tokenizer folder or tokenizer.json (default: the model's)")
 DEVICE = Flag("cpu, cuda, cuda:1 ... (default: cuda when available)")
 DTYPE = Flag("weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+QUANTIZE = Flag("int8: int8 weights for the linear layers (a quarter of fp32's bytes; faster on CPU)")
 SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling mass"),
             "top_k": Flag("sample among the k likeliest tokens (0: off)"),
             "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
@@ -147,7 +148,7 @@ COMMANDS = [
             "JSON lines.",
             "example: mpt generate ./my-mpt 'Once upon a time' --max-new-tokens 50; echo 'Hello' | mpt generate "
             "./my-mpt",
-            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE,
+            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE, "quantize": QUANTIZE,
                    "prompt": Flag("the prompt (default: --file, else stdin)", positional=True),
                    "file": Flag("read the prompt from this file ('-' for stdin)"),
                    "each_line": Flag("every non-empty line is a separate prompt"),
@@ -160,7 +161,7 @@ COMMANDS = [
             "Chat with a model in the terminal. The conversation is rendered with the tokenizer's chat template "
             "(ChatML when it has none); when it no longer fits the context the oldest turns are dropped, and a "
             "note says so. Type /reset to start over, /exit or Ctrl-D to leave.",
-            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE,
+            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE, "quantize": QUANTIZE,
                    "system": Flag("system prompt"),
                    "context_length": Flag("prompt + reply tokens (default: max_seq_len)"),
                    "max_new_tokens": Flag("tokens per reply (default: 256, at most half the context)"),
@@ -173,6 +174,7 @@ COMMANDS = [
             "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1",
             flags={"model": Flag(MODEL.help, positional=True, required=True), "tokenizer": TOKENIZER,
                    "device": DEVICE, "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
+                   "quantize": QUANTIZE,
                    "host": Flag("address to bind (default: 127.0.0.1, this machine only)"),
                    "port": Flag("port"),
                    "api_key": Flag("require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "
@@ -186,7 +188,17 @@ COMMANDS = [
                                           "(default: 64)"),
                    "max_n": Flag("largest n (choices per request)"),
                    "allow_origin": Flag("browser origin allowed to call a server without an API key "
-                                        "(repeatable)", repeat=True)}),
+                                        "(repeatable)", repeat=True),
+                   "log_level": Flag("uvicorn's log level"),
+                   "max_body_bytes": Flag("largest request body; larger ones get HTTP 413"),
+                   "header_timeout": Flag("seconds a client may take to send its request headers (then 408, "
+                                          "closed)"),
+                   "body_timeout": Flag("seconds a client may take to send its request body (then 408, closed)"),
+                   "max_connections": Flag("open connections at most; more get HTTP 503"),
+                   "shutdown_grace": Flag("on SIGTERM, seconds running requests may take to finish before they "
+                                          "are cut with a final event"),
+                   "prefill_chunk": Flag("prompt tokens read per forward while other rows decode (a long prompt "
+                                         "joins in chunks)")}),
     Command("export", "mpt.tools:ExportConfig", "mpt.tools:export",
             "export a checkpoint: Hugging Face format (default) or ONNX",
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "
@@ -198,6 +210,8 @@ COMMANDS = [
                                positional=True),
                    "dst": Flag("output folder", positional=True),
                    "format": Flag("output format"),
+                   "adapter": Flag("a LoRA run's training checkpoint: write the adapter alone in PEFT's format "
+                                   "instead of the merged model"),
                    "tokenizer": Flag("hf from a training checkpoint: folder whose tokenizer files to copy "
                                      "alongside (default: the tokenizer recorded with the run)"),
                    "prefill_only": Flag("onnx: export only prefill.onnx"),

@@ -38,6 +38,7 @@ def test_ours_loads_in_plain_transformers_with_same_logits(tmp_path, name):
         save_pretrained(ours, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "mpt" and "auto_map" not in saved
+    assert saved["architectures"] == ["MptForCausalLM"]  # the class tools like `transformers serve` look up
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(theirs) is MptForCausalLM
     ids = _ids(cfg)

@@ -9,6 +9,7 @@ tensor names. Writes safetensors + ``config.json`` with ``model_type: "mpt"``, w
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def save_pretrained(model: MPTForCausalLM, dst: str | Path, tokenizer_from: str 
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, safe_serialization=True)
+    # transformers names our class in `architectures`; tools that pick the class from it (`transformers
+    # serve`, vLLM) need transformers' own name for MPT, which reads the same files
+    config_file = dst / "config.json"
+    fields = json.loads(config_file.read_text())
+    fields["architectures"] = ["MptForCausalLM"]
+    config_file.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     copy_tokenizer_files(tokenizer_from, dst)
     return ignored
 
