@@ -293,13 +293,17 @@ def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -
     return merged, mask
 
 
-def run(engine: BatchEngine, requests: Sequence[Row], max_rows: int = 16) -> Iterator[Update]:
-    """Generate for all ``requests`` with at most ``max_rows`` decoding at once; waiting ones join as rows finish."""
+def run(engine: BatchEngine, requests: Sequence[Row], max_rows: int = 16,
+        prefill_chunk: int | None = None) -> Iterator[Update]:
+    """Generate for all ``requests`` with at most ``max_rows`` decoding at once; waiting ones join as rows finish.
+
+    ``prefill_chunk``: prompt tokens per prefill forward (None: whole prompts), for prompts too long for one.
+    """
     waiting = list(requests)
     limit = min(max_rows, engine.max_rows or max_rows)
     while waiting or len(engine):
         free = limit - len(engine)
         if free > 0 and waiting:
-            engine.add(waiting[:free])
+            engine.add(waiting[:free], chunk=prefill_chunk)
             waiting = waiting[free:]
         yield from engine.step()
