@@ -101,3 +101,17 @@ def test_chunked_prefill_gives_the_tokens_of_one_forward(chunk):
     ids, mask = _padded_prompts(seed=7)
     whole = generate_ids(model, ids, 20, attention_mask=mask)
     assert torch.equal(generate_ids(model, ids, 20, attention_mask=mask, prefill_chunk=chunk), whole)
+
+
+def test_run_with_chunked_prefill_gives_the_tokens_of_whole_prompts():
+    from mpt.infer.batching import BatchEngine, Row, run
+    from mpt.infer.sampling import SamplingParams
+
+    model = _model(seed=8)
+
+    def rows():
+        return [Row(i, p, SamplingParams(8)) for i, p in enumerate([[5, 6, 7, 8, 9, 10, 11], [3, 4], [9] * 5])]
+    whole, chunked = rows(), rows()
+    list(run(BatchEngine(model, None, []), whole, max_rows=2))
+    list(run(BatchEngine(model, None, []), chunked, max_rows=2, prefill_chunk=3))
+    assert [r.out_ids for r in chunked] == [r.out_ids for r in whole] and all(len(r.out_ids) == 8 for r in whole)
