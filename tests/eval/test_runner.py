@@ -53,11 +53,11 @@ def test_plan_sorts_prefixes_then_suffixes():
     chunks = plan(prefixes, rows_of, row_len, max_rows=2, max_tokens=10**9)
     assert chunks[0].prefix_batches == [[0, 1], [2]]
     assert chunks[0].batches == [[7], [5, 0], [4, 1], [3, 6]]  # 8+12+8+4 padded tokens, not 16+10+6+1
-    # a chunk's cache holds at most 70 tokens (2 x 30); suffix rows count the 30-token prefix they
-    # attend to: 2 x (30 + 6) > 70, 2 x (30 + 2) <= 70
-    chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=70)
+    # a chunk's cache holds at most 280 / 4 = 70 tokens (2 x 30), and 2 x max_rows examples
+    chunks = plan(prefixes, rows_of, row_len, max_rows=64, max_tokens=280)
+    assert [c.groups for c in chunks] == [[2, 3], [0], []] and chunks[0].batches == [[7, 5, 4, 3, 6]]
+    chunks = plan(prefixes, rows_of, row_len, max_rows=1, max_tokens=10**9)
     assert [c.groups for c in chunks] == [[2, 3], [0], []]
-    assert chunks[0].batches == [[7], [5], [4], [3, 6]]
 
 
 def test_common_prefix():

@@ -109,7 +109,7 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
 
     ``batch_size`` caps the sequences per forward pass and ``max_batch_tokens`` their padded tokens
     (a row counted with the shared prefix it attends to); one chunk of shared prefixes, cached
-    once, also holds at most ``max_batch_tokens`` tokens (see :mod:`mpt.eval.runner`).
+    once, holds at most a quarter of that (see :mod:`mpt.eval.runner`).
     """
     from tqdm.auto import tqdm
 

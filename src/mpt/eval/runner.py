@@ -10,9 +10,9 @@ Speed comes from three things, none of which changes a score:
   alone: our MPT's ALiBi bias depends only on distances, and a Hugging Face model (Llama's RoPE,
   GPT-2's learned positions, ...) is given every token's own position (``position_ids``) and
   runs on its own cache class (``DynamicCache``).
-* **Dense batches.** Examples are sorted by prefix length; a run of them whose prefixes fit one
-  cache (examples x longest prefix <= ``max_tokens``) forms a chunk, whose prefixes run in
-  batches and land, left-padded, in that one cache. Every option of the chunk is then sorted by
+* **Dense batches.** Examples are sorted by prefix length; a run of them (two batches' worth,
+  their prefixes within ``max_tokens / 4`` cached tokens) forms a chunk, whose prefixes run in
+  batches and land, left-padded, in one cache. Every option of the chunk is then sorted by
   suffix length, so suffix batches are cut from hundreds of rows of similar length, each batch
   taking the cache rows it needs. Batches are cut by an exact dynamic programme: the fewest
   padded tokens plus a fixed cost per forward, within ``max_rows`` sequences and ``max_tokens``
@@ -32,7 +32,7 @@ sliding window is set. Any other model gets right-padded whole sequences and its
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -123,28 +123,29 @@ class _Driver:
             return [(k[:, :, :n], v[:, :, :n]) for k, v, n in zip(cache.keys, cache.values, cache.lengths, strict=True)]
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def from_kv(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], room: int):
-        """A cache holding ``pairs``, with space for ``room`` more tokens."""
+    def from_kv(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+        """A cache holding the first ``length`` columns of ``pairs``; our cache writes the new tokens
+        into the columns after them (so they must exist), a Hugging Face cache appends."""
         if self.kind == "ours":
             from ..model import KVCache
 
             cache = KVCache(self.config.n_layers)
-            for layer, (k, v) in enumerate(pairs):
-                n = k.shape[2]
-                cache.keys[layer] = torch.cat([k, k.new_empty(*k.shape[:2], room, k.shape[3])], dim=2)
-                cache.values[layer] = torch.cat([v, v.new_empty(*v.shape[:2], room, v.shape[3])], dim=2)
-                cache.lengths[layer] = n
+            cache.keys, cache.values = [k for k, _ in pairs], [v for _, v in pairs]
+            cache.lengths = [length] * len(pairs)
             return cache
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=pairs, config=self.config)
+        return DynamicCache(ddp_cache_data=[(k[:, :, :length], v[:, :, :length]) for k, v in pairs],
+                            config=self.config)
 
 
 class _PrefixCache:
-    """The keys and values of a chunk's prefixes, left-padded to one width, one row per example."""
+    """The keys and values of a chunk's prefixes, left-padded to one width, one row per example,
+    followed by ``room`` free columns, so that rows taken for a suffix pass arrive with space for
+    the suffix in the same copy."""
 
-    def __init__(self, n: int, width: int, device) -> None:
-        self.width = width
+    def __init__(self, n: int, width: int, room: int, device) -> None:
+        self.width, self.room = width, room
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.mask = torch.zeros(n, width, dtype=torch.long, device=device)
 
@@ -153,19 +154,21 @@ class _PrefixCache:
         rows, w = slice(first, first + mask.shape[0]), slice(self.width - mask.shape[1], self.width)
         if self.pairs is None:
             # zeros, not empty: a masked key still multiplies its value by 0, and 0 * NaN is NaN
-            self.pairs = [(k.new_zeros(len(self.mask), k.shape[1], self.width, k.shape[3]),
-                           v.new_zeros(len(self.mask), v.shape[1], self.width, v.shape[3])) for k, v in pairs]
+            size = self.width + self.room
+            self.pairs = [(k.new_zeros(len(self.mask), k.shape[1], size, k.shape[3]),
+                           v.new_zeros(len(self.mask), v.shape[1], size, v.shape[3])) for k, v in pairs]
         for (kb, vb), (k, v) in zip(self.pairs, pairs, strict=True):
             kb[rows, :, w] = k
             vb[rows, :, w] = v
         self.mask[rows, w] = mask
 
     def take(self, index: torch.Tensor, width: int):
-        """Rows ``index``, last ``width`` columns: (keys and values per layer, key mask, real prefix lengths)."""
-        cols = slice(self.width - width, self.width)
+        """Rows ``index``: keys and values per layer (the last ``width`` prefix columns, then the free
+        ones), key mask and real prefix lengths."""
+        cols = slice(self.width - width, self.width + self.room)
         # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
         pairs = [(k[index, :, cols], v[index, :, cols]) for k, v in self.pairs]
-        mask = self.mask[index, cols]
+        mask = self.mask[index, self.width - width:]
         return pairs, mask, mask.sum(1)
 
 
@@ -226,6 +229,7 @@ class _Chunk:
     prefix_len: int  # the longest prefix: the cache's width
     prefix_batches: list[list[int]]  # indices into ``groups``
     batches: list[list[int]]  # row ids
+    rows: list[int] = field(default_factory=list)  # every row id of the chunk
 
 
 def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_rows: int, max_tokens: int,
@@ -233,8 +237,9 @@ def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_
     """Prefix passes and suffix batches for examples with ``prefixes[g]`` shared tokens whose rows
     ``rows_of[g]`` have ``row_len[r]`` suffix tokens.
 
-    Examples are sorted by prefix length and taken into a chunk while its cache (examples x longest
-    prefix) holds at most ``max_tokens`` tokens; the chunk's prefixes run in batches of at most
+    Examples are sorted by prefix length and taken into a chunk of at most ``2 * max_rows`` examples
+    whose cache (examples x longest prefix) holds at most ``max_tokens / 4`` tokens; the chunk's
+    prefixes run in batches of at most
     ``max_rows`` examples and ``max_tokens`` padded tokens. All rows of the chunk are then sorted by
     suffix length and cut into batches (:func:`_split`) of at most ``max_rows`` rows, each row
     counted with the padded prefix it attends to, so the budget also bounds the replicated cache.
@@ -242,7 +247,10 @@ def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_
     """
     longest_row = [max((row_len[r] for r in rows), default=0) for rows in rows_of]
     with_prefix = sorted((g for g, p in enumerate(prefixes) if p > 0), key=lambda g: (-prefixes[g], -longest_row[g]))
-    chunks = [_Chunk(gs, prefixes[gs[0]], [], []) for gs in _fill(with_prefix, prefixes, len(prefixes), max_tokens)]
+    # A chunk spans two prefix batches' worth of examples: enough rows for the suffix sort, while its
+    # cache stays small and its suffix rows attend to prefixes of similar length.
+    chunks = [_Chunk(gs, prefixes[gs[0]], [], [])
+              for gs in _fill(with_prefix, prefixes, 2 * max_rows, max(max_tokens // 4, 1))]
     alone = [g for g, p in enumerate(prefixes) if p == 0]
     if alone:
         chunks.append(_Chunk([], 0, [], []))
@@ -252,6 +260,7 @@ def plan(prefixes: list[int], rows_of: list[list[int]], row_len: list[int], max_
                                       overhead=overhead)
         rows = [r for g in (chunk.groups or alone) for r in rows_of[g]]
         rows.sort(key=lambda r: -row_len[r])
+        chunk.rows = rows
         chunk.batches = _split(rows, row_len, max_rows, max_tokens, fixed=chunk.prefix_len, overhead=overhead)
     return chunks
 
@@ -305,9 +314,11 @@ def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: 
     row_len = [len(seqs[r]) - prefixes[group_of[r]] for r in range(len(seqs))]
     scores: list[SeqScore | None] = [None] * len(seqs)
     pending = [len(rows) for rows in rows_of]
-    overhead = 64 if driver.device.type == "cpu" else 1024  # a forward's fixed cost, in tokens (launches on GPU)
+    # What one more forward costs, in tokens: small matrices run well below peak on CPU (measured:
+    # a 50-token forward of a 135M model at a fraction of a 3,000-token one's rate); on GPU, launches.
+    overhead = 512 if driver.device.type == "cpu" else 2048
     for chunk in plan(prefixes, rows_of, row_len, max(batch_size, 1), max_tokens, overhead):
-        prefix = _prefix_passes(driver, chunk, groups, prefixes, pad_id) if chunk.groups else None
+        prefix = _prefix_passes(driver, chunk, groups, prefixes, row_len, pad_id) if chunk.groups else None
         slot = {g: i for i, g in enumerate(chunk.groups)}
         for batch in chunk.batches:
             cut = [prefixes[group_of[r]] for r in batch]
@@ -336,9 +347,10 @@ def _ids(rows: list[list[int]], width: int, pad_id: int, device, left: bool):
 
 
 def _prefix_passes(driver: _Driver, chunk: _Chunk, groups: list[ScoreGroup], prefixes: list[int],
-                   pad_id: int) -> _PrefixCache:
+                   row_len: list[int], pad_id: int) -> _PrefixCache:
     """The chunk's shared prefixes through the model, left-padded, into one cache."""
-    out = _PrefixCache(len(chunk.groups), chunk.prefix_len, driver.device)
+    room = max(row_len[r] for r in chunk.rows) if driver.kind == "ours" else 0
+    out = _PrefixCache(len(chunk.groups), chunk.prefix_len, room, driver.device)
     for batch in chunk.prefix_batches:  # consecutive slots, longest prefix first
         members = [chunk.groups[i] for i in batch]
         ids, mask = _ids([groups[g].seqs[0][:prefixes[g]] for g in members], prefixes[members[0]], pad_id,
@@ -360,7 +372,7 @@ def _suffix_pass(driver: _Driver, rows: list[list[int]], starts: list[int], slot
     cache = key_mask = positions = None
     if prefix is not None:
         pairs, prefix_mask, prefix_len = prefix.take(torch.tensor(slots, device=device), width)
-        cache = driver.from_kv(pairs, longest)
+        cache = driver.from_kv(pairs, width)
         # Right padding needs no mask (a real token never looks right); the prefix's left padding does.
         key_mask = torch.cat([prefix_mask, torch.ones_like(ids)], dim=1)
         # A padding column repeats its row's last position, so no position exceeds the real ones.
