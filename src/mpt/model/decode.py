@@ -24,6 +24,7 @@ because CUDA graphs cannot replay a step whose mutated inputs move.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -93,7 +94,11 @@ def compiled_step(device_type: str):
     """``decode_step`` under ``torch.compile`` (one compiled function per device type, shared by all engines)."""
     if device_type not in _COMPILED:
         mode = "reduce-overhead" if device_type == "cuda" else None
-        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, mode=mode)
+        # A server meets a shape per (row bucket, capacity bucket): more than dynamo's default limit of 8
+        # recompiles, past which fullgraph=True raises (and the engine would decode eagerly from then on).
+        # (torch.compile takes recompile_limit since torch 2.10; older versions keep the global limit.)
+        extra = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
+        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, mode=mode, **extra)
     return _COMPILED[device_type]
 
 
