@@ -96,7 +96,7 @@ def compiled_step(device_type: str):
         mode = "reduce-overhead" if device_type == "cuda" else None
         # A server meets a shape per (row bucket, capacity bucket): more than dynamo's default limit of 8
         # recompiles, past which fullgraph=True raises (and the engine would decode eagerly from then on).
-        # (torch.compile takes recompile_limit since torch 2.10; older versions keep the global limit.)
+        # (recent torch.compile takes recompile_limit; older versions keep the global limit of 8.)
         extra = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
         _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, mode=mode, **extra)
     return _COMPILED[device_type]
