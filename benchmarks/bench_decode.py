@@ -6,11 +6,14 @@ over the growing cache, ``compile=True`` the static-cache step compiled by induc
 is why compiling is opt-in); the timed runs are interleaved (eager, compiled, eager, ...) so both see
 the same machine load, and the median counts. The tokens must be identical.
 
-Models (random weights, fp32): ``small`` is bench_model.py's (d_model 256, 4 layers, vocab 50,432:
+Models (random weights, fp32): ``tiny`` (d_model 128, 4 layers, vocab 4,096: a step is mostly per-op
+overhead, which compiling removes), ``small`` is bench_model.py's (d_model 256, 4 layers, vocab 50,432:
 the vocabulary projection dominates a step), ``body`` a model whose blocks outweigh its vocabulary
-(d_model 768, 6 layers, vocab 8,192).
+(d_model 768, 6 layers, vocab 8,192). At batch 1 on a CPU the larger two are bound by reading their
+weights from memory every step, which no compiler changes; on a GPU the overhead share is far larger
+(a 7B step is hundreds of kernel launches), which CUDA graphs remove.
 
-    python benchmarks/bench_decode.py [--threads 2] [--new-tokens 128] [--repeats 3] [--models small,body]
+    python benchmarks/bench_decode.py [--threads 2] [--new-tokens 128] [--repeats 3] [--models tiny,small,body]
 
 Prints a table, then one JSON line.
 """
@@ -27,7 +30,8 @@ import torch
 from mpt import MPTConfig, MPTForCausalLM
 from mpt.infer import generate_ids
 
-MODELS = {"small": dict(d_model=256, n_heads=4, n_layers=4, vocab_size=50432),
+MODELS = {"tiny": dict(d_model=128, n_heads=4, n_layers=4, vocab_size=4096),
+          "small": dict(d_model=256, n_heads=4, n_layers=4, vocab_size=50432),
           "body": dict(d_model=768, n_heads=12, n_layers=6, vocab_size=8192)}
 
 
@@ -37,7 +41,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", default="32,512", help="prompt lengths")
-    parser.add_argument("--models", default="small,body")
+    parser.add_argument("--models", default="tiny,small,body")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     new, results = args.new_tokens, []
@@ -45,7 +49,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = MPTForCausalLM(MPTConfig(**MODELS[name], max_seq_len=2048)).eval()
         for n in (int(x) for x in args.prompts.split(",")):
-            prompt = torch.randint(0, 8192, (1, n), generator=torch.Generator().manual_seed(n))
+            prompt = torch.randint(0, MODELS[name]["vocab_size"], (1, n), generator=torch.Generator().manual_seed(n))
             start = time.perf_counter()
             compiled_out = generate_ids(model, prompt, new, compile=True)  # compiles this shape
             first = time.perf_counter() - start
