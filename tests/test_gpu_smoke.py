@@ -3,8 +3,9 @@
 The GPU script cannot run in CI, so this runs each of its sections (`mpt train` read from its own
 metrics.jsonl beside a transformers loop, compiled/eager/transformers decode at batch 1 and in a
 batch, the chunked Great Gatsby prefill, `mpt eval` vs lm-eval) as a subprocess, and checks its JSON.
-It takes about 20 s on 2 cores once inductor's cache holds the tiny decode graphs; a cold cache adds
-the CPU compile of three decode shapes (about 30-60 s).
+It takes about 25 s on 2 shared cores once inductor's on-disk cache holds the tiny decode graphs; with
+a cold cache, compiling its two decode shapes (batch 1 and 4) on the CPU makes it about 90 s. The
+smoke trains without `train.compile` (compiling blocks on CPU would add more); the GPU run compiles.
 """
 
 import json
