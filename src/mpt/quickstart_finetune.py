@@ -81,11 +81,12 @@ def response_perplexity(model_dir: Path, tokenizer: Path, conversations: Path, m
 
 def chat_replies(model_dir: Path, prompts: list[str], max_new_tokens: int, seed: int) -> list[dict]:
     """Greedy-free, seeded replies to single-turn chats, rendered as `mpt chat` renders them."""
+    from .chatml import END_OF_TURN
     from .infer import load
     from .infer.chat import Message, render
 
     llm = load(model_dir, device="cpu")
     texts = [render([Message("user", p)], llm.tokenizer) for p in prompts]
-    outs = llm.generate(texts, max_new_tokens=max_new_tokens, temperature=0.7, top_k=40, stop="<|im_end|>",
+    outs = llm.generate(texts, max_new_tokens=max_new_tokens, temperature=0.7, top_k=40, stop=END_OF_TURN,
                         seed=seed)
     return [{"user": p, "assistant": o.text.strip()} for p, o in zip(prompts, outs, strict=True)]

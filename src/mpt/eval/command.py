@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..ranks import launch_env
 from .tasks import EvalTaskError
 
 
@@ -103,13 +104,13 @@ def _init_distributed(device: str | None) -> tuple[int, str | None]:
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; each rank uses its own GPU."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    _, world, local = launch_env()
+    if world <= 1:
         return 0, device
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     return torch.distributed.get_rank(), device

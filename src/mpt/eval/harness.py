@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..ranks import rank_world
 from .encode import Encoded, encode_prompt, needs_prefix_space
 from .runner import ScoreGroup, generate_greedy, score_groups
 from .scoring import choice_scores, cut_at_stop, pick, qa_correct
@@ -73,12 +74,6 @@ def max_answer_tokens(tokenizer, records: list[dict]) -> int:
     return max([1, *(len(ids) for ids in tokenizer(texts)["input_ids"])])  # one batched call: fast
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _cost(p: Prompt) -> int:
     """Characters the model reads for ``p`` (shared context once, each option once)."""
     return len(p.preamble) + sum(map(len, p.contexts)) + sum(map(len, p.continuations))
@@ -125,7 +120,7 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
     prefix_space = needs_prefix_space(tokenizer)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
-    rank, world = _dist()
+    rank, world = rank_world()
     was_training = model.training
     model.eval()
     results, examples = [], []

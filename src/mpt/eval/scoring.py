@@ -19,10 +19,6 @@ import re
 import string
 
 
-def lm_correct(greedy_matches: bool) -> bool:
-    return bool(greedy_matches)
-
-
 def choice_scores(logprobs: list[float], n_tokens: list[int], char_lens: list[int], normalization: str) -> list[float]:
     """The number compared across options: higher is better."""
     if normalization == "token":

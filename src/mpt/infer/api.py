@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..chatml import END_OF_TURN
 from .batching import BatchEngine, Row, run
 from .sampling import SamplingParams
 
@@ -35,7 +36,7 @@ class StreamChunk:
 def stop_token_ids(tokenizer) -> list[int]:
     """EOS, and ChatML's end-of-turn token when the vocabulary has it as one token."""
     ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    im_end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
         ids.append(im_end)
     return ids

@@ -1,6 +1,7 @@
 """In-context-learning evaluation on the live model during training (``eval.icl`` in the recipe).
 
-It runs ``mpt eval``'s harness on every rank at once, each rank scoring every world-size-th example.
+It runs ``mpt eval``'s harness on every rank at once, the examples shared out by length (costliest
+first to the least-loaded rank) so every rank does about the same work.
 The ranks do different numbers of forward passes (their examples differ in length), so no forward
 may contain a collective: under FSDP all parameters are gathered once before the evaluation (the
 same all-gathers on every rank) and stay gathered until it ends, and a DDP model is evaluated
