@@ -113,3 +113,11 @@ def test_repetition_penalty_matches_transformers(llm):
 def test_bad_sampling_settings_are_named(llm, field, value):
     with pytest.raises(ValueError, match=field):
         llm.generate("Hello", **{"max_new_tokens": 4, field: value})
+
+
+def test_generate_compiled_and_in_prefill_chunks_gives_the_eager_tokens(llm):
+    """mpt.load(...).generate passes compile and prefill_chunk to the engine: same greedy tokens."""
+    prompt = llm.encode(PROMPTS[3] * 3)
+    eager = llm.generate([prompt], max_new_tokens=6)[0].token_ids
+    assert llm.generate([prompt], max_new_tokens=6, prefill_chunk=8)[0].token_ids == eager
+    assert llm.generate([prompt], max_new_tokens=6, compile=True)[0].token_ids == eager

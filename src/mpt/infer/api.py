@@ -68,9 +68,10 @@ class LLM:
             return backend.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def engine(self) -> BatchEngine:
+    def engine(self, compile: bool | None = None) -> BatchEngine:
+        """``compile``: decode through torch.compile over a static cache (default: on CUDA only)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return BatchEngine(self.model, self.decode, self.stop_token_ids, pad_token_id=pad)
+        return BatchEngine(self.model, self.decode, self.stop_token_ids, pad_token_id=pad, compile=compile)
 
     def requests(self, prompts: Sequence[str | list[int]], params: SamplingParams) -> list[Row]:
         """One engine request per prompt; prompt ``i`` samples with seed ``seed + i``."""
@@ -87,26 +88,32 @@ class LLM:
     def stream(self, prompts: str | Sequence[str | list[int]], max_new_tokens: int = 128,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
                stop: str | list[str] | None = None, seed: int | None = None,
-               batch_size: int = 16) -> Iterator[StreamChunk]:
+               batch_size: int = 16, compile: bool | None = None,
+               prefill_chunk: int | None = None) -> Iterator[StreamChunk]:
         """Yield text as it is generated, for one prompt or a batch (``chunk.index`` says which)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         params = SamplingParams(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                 [stop] if isinstance(stop, str) else list(stop or []), seed)
-        for u in run(self.engine(), self.requests(prompts, params), batch_size):
+        for u in run(self.engine(compile), self.requests(prompts, params), batch_size, prefill_chunk=prefill_chunk):
             yield StreamChunk(u.key, u.text, u.token_id, u.finish_reason)
 
     def generate(self, prompts: str | Sequence[str | list[int]], max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
                  stop: str | list[str] | None = None, seed: int | None = None,
-                 batch_size: int = 16) -> Completion | list[Completion]:
-        """Continue each prompt; a single string gives one :class:`Completion`, a list gives a list."""
+                 batch_size: int = 16, compile: bool | None = None,
+                 prefill_chunk: int | None = None) -> Completion | list[Completion]:
+        """Continue each prompt; a single string gives one :class:`Completion`, a list gives a list.
+
+        ``compile``: see :meth:`engine`; ``prefill_chunk``: read long prompts at most this many tokens per
+        forward (a 76k-token book into a 7B model's memory).
+        """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
         params = SamplingParams(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                 [stop] if isinstance(stop, str) else list(stop or []), seed)
         reqs = self.requests(prompts, params)
-        for _ in run(self.engine(), reqs, batch_size):
+        for _ in run(self.engine(compile), reqs, batch_size, prefill_chunk=prefill_chunk):
             pass
         out = [Completion(r.text.text, r.out_ids, len(r.prompt_ids), r.finish_reason) for r in reqs]
         return out[0] if single else out
