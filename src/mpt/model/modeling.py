@@ -285,8 +285,8 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        # a head of its own runs its own forward (an int8 head multiplies differently)
+        logits = F.linear(hidden, self.transformer.wte.weight) if self.lm_head is None else self.lm_head(hidden)
         scale = self.config.resolved_logit_scale
         return logits * scale if scale is not None else logits
 

@@ -31,8 +31,6 @@ CUDA extensions on stderr), a cost every command would pay, quantized or not.
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,17 +117,8 @@ def quantize_model(model: nn.Module, method: str | None = "int8") -> nn.Module:
         head = Int8Linear(wte.weight, None).to(wte.weight.device)
         model.lm_head = head
         transformer.wte = Int8Embedding(head, wte.weight.dtype)  # the float table is freed here
-    if isinstance(getattr(model, "lm_head", None), Int8Linear):
-        # MPTForCausalLM.logits multiplies by lm_head.weight itself; an int8 head must run its own forward.
-        model.logits = types.MethodType(_head_logits, model)
     model.quantized = method
     return model
-
-
-def _head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-    logits = self.lm_head(hidden)
-    scale = self.config.resolved_logit_scale
-    return logits * scale if scale is not None else logits
 
 
 def weight_bytes(model: nn.Module) -> int:
