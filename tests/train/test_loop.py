@@ -167,6 +167,15 @@ def test_compiled_blocks_and_selective_checkpointing_follow_the_eager_run(tmp_pa
                   .splitlines() if '"loss"' in line]
         return losses, load_file(tmp_path / name / "hf" / "model.safetensors")
 
+    from mpt import MPTConfig
+    from mpt.train.parallel import parallelize
+
+    model = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=32))
+    parallelize(model, "none", "full", 1, 2, compile=True)
+    blocks = model.transformer.blocks
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)  # compiled in place
+    assert [type(b).__name__ for b in blocks] == ["CheckpointWrapper", "MPTBlock"]  # every 2nd checkpointed
+
     eager, eager_w = run("eager")
     compiled, compiled_w = run("compiled", compile=True)
     selective, selective_w = run("selective", activation_checkpointing=2)
