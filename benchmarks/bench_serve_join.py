@@ -4,8 +4,9 @@ Builds the mpt-tiny preset (random weights, seeded; tokenizer as in bench_serve.
 in-process with uvicorn on a loopback port, starts C greedy streaming clients, and once they are
 all streaming sends one request with a P-token prompt. Reports the gaps between consecutive
 tokens the streaming clients received before the long prompt arrived and while it was being
-prefilled (until its answer), p50 / p95 / max, once with whole-prompt prefill (--prefill-chunk 0)
-and once chunked. Target (issue 12): p95 during within 2x of before. Prints a table, then JSON.
+prefilled (until its answer), p50 / p95 / max: with whole-prompt prefill (--prefill-chunk 0), with
+fixed chunks of --chunk tokens (--prefill-stall 0), and with the server's defaults (chunks paced by
+measured step times). Target (issue 12): p95 during within 2x of before. Prints a table, then JSON.
 
     python benchmarks/bench_serve_join.py [--prompt-tokens 2000] [--clients 4] [--chunk 256] [--threads 2]
 """
@@ -44,14 +45,15 @@ def gaps(arrivals: list[float], start: float, end: float) -> list[float]:
     return [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False) if start <= b <= end]
 
 
-def measure(llm, chunk: int, args) -> dict:
+def measure(llm, label: str, chunk: int, stall: float, args) -> dict:
     import httpx
 
     from mpt.infer.server import ServeConfig, create_app, uvicorn_server
 
     port = free_port()
     app = create_app(llm, ServeConfig(model="m", model_name="m", context_length=args.prompt_tokens + 4096,
-                                      prefill_chunk=chunk, max_batch_size=args.clients + 1))
+                                      prefill_chunk=chunk, prefill_stall=stall,
+                                      max_batch_size=args.clients + 1))
     server = uvicorn_server(app, "127.0.0.1", port, "warning")
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()
@@ -87,7 +89,7 @@ def measure(llm, chunk: int, args) -> dict:
         xs = sorted(xs)
         return {"n": len(xs), "p50": statistics.median(xs), "p95": xs[int(0.95 * (len(xs) - 1))], "max": xs[-1]}
 
-    return {"chunk": chunk, "join_ms": (join_end - join_start) * 1000, "before": stats(before),
+    return {"prefill": label, "chunk": chunk, "stall": stall, "join_ms": (join_end - join_start) * 1000, "before": stats(before),
             "during": stats(during)}
 
 
@@ -108,14 +110,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_checkpoint(Path(tmp))
         llm = load(tmp, device=args.device)
-        rows = [measure(llm, chunk, args) for chunk in (0, args.chunk)]
+        from mpt.infer.serve_config import ServeConfig
+
+        default = ServeConfig()
+        rows = [measure(llm, "whole prompt", 0, 0.0, args),
+                measure(llm, f"chunk {args.chunk}", args.chunk, 0.0, args),
+                measure(llm, "paced (default)", default.prefill_chunk, default.prefill_stall, args)]
     print(f"{args.clients} streaming clients, one {args.prompt_tokens}-token prompt joins; gaps between tokens (ms)")
-    print(f"{'prefill':>14} {'join ms':>8} {'before p50':>10} {'p95':>7} {'during p50':>10} {'p95':>7} {'max':>7} "
+    print(f"{'prefill':>16} {'join ms':>8} {'before p50':>10} {'p95':>7} {'during p50':>10} {'p95':>7} {'max':>7} "
           f"{'p95 ratio':>9}")
     for r in rows:
         b, d = r["before"], r["during"]
-        label = "whole prompt" if r["chunk"] == 0 else f"chunk {r['chunk']}"
-        print(f"{label:>14} {r['join_ms']:8.0f} {b['p50']:10.1f} {b['p95']:7.1f} {d['p50']:10.1f} {d['p95']:7.1f} "
+        print(f"{r['prefill']:>16} {r['join_ms']:8.0f} {b['p50']:10.1f} {b['p95']:7.1f} {d['p50']:10.1f} {d['p95']:7.1f} "
               f"{d['max']:7.1f} {d['p95'] / b['p95']:9.2f}")
     print(json.dumps({"device": str(llm.device), "threads": args.threads, "rows": rows}))
 

@@ -197,8 +197,11 @@ COMMANDS = [
                    "max_connections": Flag("open connections at most; more get HTTP 503"),
                    "shutdown_grace": Flag("on SIGTERM, seconds running requests may take to finish before they "
                                           "are cut with a final event"),
-                   "prefill_chunk": Flag("prompt tokens read per forward while other rows decode (a long prompt "
-                                         "joins in chunks)")}),
+                   "prefill_chunk": Flag("prompt tokens per prefill forward at most (bounds a long prompt's "
+                                         "memory; 0: whole prompts)"),
+                   "prefill_stall": Flag("while rows decode, a joining prompt is read in chunks that each take "
+                                         "about this many decode steps, so streams keep flowing (0: chunks of "
+                                         "--prefill-chunk tokens)")}),
     Command("export", "mpt.tools:ExportConfig", "mpt.tools:export",
             "export a checkpoint: Hugging Face format (default) or ONNX",
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "

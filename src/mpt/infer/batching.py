@@ -256,10 +256,18 @@ class Prefill:
         self.done = 0  # prompt positions already in the cache
         self.logits: torch.Tensor | None = None
 
+    @property
+    def left(self) -> int:
+        """Prompt positions not yet in the cache."""
+        return self.ids.shape[1] - self.done
+
     @torch.inference_mode()
-    def advance(self) -> bool:
-        """Run the next chunk forward; True once the whole prompt is in the cache (``logits`` then set)."""
-        end = min(self.done + self.chunk, self.ids.shape[1])
+    def advance(self, tokens: int | None = None) -> bool:
+        """Run the next ``tokens`` positions (at most ``chunk``; None: ``chunk``) forward.
+
+        True once the whole prompt is in the cache (``logits`` then set).
+        """
+        end = min(self.done + min(tokens or self.chunk, self.chunk), self.ids.shape[1])
         out = self.engine.model(self.ids[:, self.done:end], attention_mask=self.mask[:, :end] if self.padded else None,
                                 cache=self.cache, use_cache=True, logits_to_keep=1)
         self.done = end

@@ -3,9 +3,15 @@
 Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and
 a callback; the thread admits waiting requests whenever the batch has room (prefilling them and
 merging them into the running batch), runs one decode step for every row, and hands each update to
-its callback. A long prompt is prefilled ``prefill_chunk`` tokens per loop turn, each turn also
-running a decode step, so the running rows keep streaming while it joins. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
-before the next step. The model is only ever touched from this thread. The decode step is the
+its callback. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
+before the next step.
+
+Prefill pacing: while rows are decoding, a joining prompt is prefilled a chunk per loop turn, each turn
+also running a decode step, so the running rows keep streaming. The chunk is sized from measured
+times so that it takes about ``prefill_stall`` decode steps: the running rows' inter-token gap then
+stays near ``1 + prefill_stall`` times a plain step's, on a CPU or a GPU alike (a fixed token count
+would be far too small for one and too large for the other). With no row decoding there is nobody
+to stall and a prompt runs ``prefill_chunk`` tokens per forward, which bounds its activations. The model is only ever touched from this thread. The decode step is the
 engine's: compiled over a static cache when the engine was built with ``compile`` (the default on
 CUDA, see :class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on
 this thread too.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
@@ -26,9 +33,15 @@ log = logging.getLogger("mpt.serve")
 
 
 class Scheduler:
-    def __init__(self, engine: BatchEngine, max_batch_size: int = 16, prefill_chunk: int | None = None) -> None:
+    MIN_CHUNK = 16  # prompt tokens per paced chunk at least, so a slow model still makes progress
+
+    def __init__(self, engine: BatchEngine, max_batch_size: int = 16, prefill_chunk: int | None = None,
+                 prefill_stall: float = 1.0) -> None:
         self.engine = engine
         self.prefill_chunk = prefill_chunk
+        self.prefill_stall = prefill_stall  # 0: chunks of prefill_chunk tokens whatever the timing
+        self._step_s: float | None = None  # a decode step's seconds (moving average)
+        self._prefill_rate: float | None = None  # prefilled prompt positions x rows per second (last chunk)
         self._prefill: Prefill | None = None  # rows joining, their prompts partly run
         self._cancel_on_join: set[Hashable] = set()  # cancelled while prefilling: they leave as soon as they join
         self.max_rows = min(max_batch_size, engine.max_rows or max_batch_size)
@@ -88,8 +101,12 @@ class Scheduler:
             updates = self._admit()
             size = len(self.engine)
             try:
+                start = time.perf_counter()
                 updates += self.engine.step()
-                self.steps += size > 0  # decode steps actually run, not idle turns of the loop
+                if size:
+                    self.steps += 1  # decode steps actually run, not idle turns of the loop
+                    took = time.perf_counter() - start
+                    self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
             except Exception as err:  # the batch's forward pass failed (e.g. out of memory): all its rows fail
                 log.error("decode step failed:\n%s", traceback.format_exc())
                 updates += [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}")
@@ -109,7 +126,12 @@ class Scheduler:
                     return []
                 joining, self._waiting = self._waiting[:free], self._waiting[free:]
                 self._prefill = self.engine.prefill(joining, self.prefill_chunk)
-            if self._prefill.advance():
+            tokens, before = self._chunk_tokens(len(self._prefill.rows)), self._prefill.done
+            start = time.perf_counter()
+            done = self._prefill.advance(tokens)
+            if tokens is not None and self._prefill.done - before == tokens:  # a whole paced chunk: time it
+                self._prefill_rate = tokens * len(self._prefill.rows) / max(time.perf_counter() - start, 1e-9)
+            if done:
                 prefill, self._prefill = self._prefill, None
                 self.engine.join(prefill)
                 cancelled, self._cancel_on_join = self._cancel_on_join, set()
@@ -119,6 +141,17 @@ class Scheduler:
             self._prefill, self._cancel_on_join = None, set()
             return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
         return []
+
+    def _chunk_tokens(self, rows: int) -> int | None:
+        """Prompt positions to prefill this turn: about ``prefill_stall`` decode steps' worth while rows
+        decode (a small first chunk measures the rate); None (``prefill_chunk``) when none do."""
+        if not len(self.engine) or not self.prefill_stall:
+            return None
+        if self._step_s is None or self._prefill_rate is None:
+            tokens = self.MIN_CHUNK
+        else:
+            tokens = max(self.MIN_CHUNK, int(self._prefill_rate * self._step_s * self.prefill_stall / rows))
+        return min(tokens, self.prefill_chunk) if self.prefill_chunk else tokens
 
     @staticmethod
     def _run_call(fn: Callable[[], object], future: Future) -> None:

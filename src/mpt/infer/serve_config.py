@@ -42,9 +42,11 @@ class ServeConfig:
     # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
     allow_origin: list[str] = field(default_factory=list)
     shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
-    # Prompt tokens run per decode step while a request joins (0: whole prompts at once): running rows keep
-    # streaming while a long prompt is prefilled.
-    prefill_chunk: int = 256
+    # Prompt tokens per prefill forward at most (0: whole prompts at once): bounds a long prompt's activations.
+    prefill_chunk: int = 512
+    # While rows decode, a joining prompt is prefilled in chunks each taking about this many decode steps,
+    # so the running rows' inter-token gap stays near (1 + this) x a plain step (0: prefill_chunk-token chunks).
+    prefill_stall: float = 1.0
 
     def validate(self) -> ServeConfig:
         """Check what can be checked before the model is loaded."""
@@ -57,6 +59,9 @@ class ServeConfig:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
         if self.prefill_chunk < 0:
             raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: whole prompts)")
+        if not self.prefill_stall >= 0:
+            raise ValueError(f"prefill_stall={self.prefill_stall} is invalid: must be >= 0 decode steps (0: fixed "
+                             "prefill_chunk-token chunks)")
         if not self.header_timeout > 0:
             raise ValueError(f"header_timeout={self.header_timeout} is invalid: must be > 0 seconds")
         for name in ("body_timeout", "shutdown_grace"):

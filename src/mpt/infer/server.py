@@ -135,7 +135,7 @@ class Server:
     def __init__(self, llm: LLM, cfg: ServeConfig) -> None:
         self.llm = llm
         self.cfg = cfg.resolve(llm)
-        self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size, cfg.prefill_chunk or None)
+        self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size, cfg.prefill_chunk or None, cfg.prefill_stall)
         self.jobs: set[Job] = set()
         self.admitting = 0  # requests past the capacity check that are still tokenizing (not in jobs yet)
         self.draining = False  # SIGTERM arrived: new requests get 503
