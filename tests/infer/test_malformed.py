@@ -43,6 +43,8 @@ FIELDS = {
     "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), values),
     "repetition_penalty": st.one_of(st.floats(-1, 3), st.floats(), values),
     "logprobs": values,
+    "logit_bias": st.one_of(st.dictionaries(st.one_of(st.integers(-5, 2**40).map(str), st.text(max_size=4)),
+                                            st.one_of(st.floats(-150, 150), st.floats()), max_size=4), values),
 }
 bodies = st.one_of(
     st.binary(max_size=64),  # not JSON at all

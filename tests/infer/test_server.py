@@ -106,6 +106,12 @@ def test_api_key_is_required(server):
     (dict(temperature=-0.1), "temperature", None),
     (dict(top_p=0), "top_p", None),
     (dict(presence_penalty=1.0), None, None),
+    (dict(extra_body={"logit_bias": {"fox": 5}}), "logit_bias", None),
+    (dict(logit_bias={"1000000000": 5}), "logit_bias", "invalid_token_id"),
+    (dict(logit_bias={"3": 100.5}), "logit_bias", None),
+    (dict(logit_bias={str(i): 1 for i in range(301)}), "logit_bias", None),
+    (dict(best_of=2), "best_of", None),
+    (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format", None),
 ])
 def test_bad_requests_are_4xx_with_openai_errors(server, kw, param, code):
     args = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, **kw}
@@ -115,6 +121,32 @@ def test_bad_requests_are_4xx_with_openai_errors(server, kw, param, code):
     assert err.value.body["param"] == param and err.value.body["code"] == code
     assert err.value.body["message"] and err.value.body["type"] == "invalid_request_error"
     assert server.client().completions.create(model="tiny", prompt="Hi", max_tokens=2).choices  # still serving
+
+
+def test_logit_bias_moves_the_scores_it_names(server, llm):
+    """+100 on one token makes greedy decoding repeat it; -100 on the greedy choice leaves the runner-up,
+    taken from the model's own scores."""
+    import torch
+
+    ids = llm.encode("Hello world")
+    with torch.no_grad():
+        top2 = llm.model(torch.tensor([ids])).logits[0, -1].topk(2).indices.tolist()
+    c = server.client()
+    banned = c.completions.create(model="tiny", prompt="Hello world", max_tokens=1, temperature=0,
+                                  logit_bias={str(top2[0]): -100})
+    assert banned.choices[0].text == llm.decode([top2[1]])
+    assert llm.generate("Hello world", max_new_tokens=1).text == llm.decode([top2[0]])  # the bias did it
+    forced = llm.encode(" fox")[0]
+    r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                  temperature=0, logit_bias={str(forced): 100})
+    assert r.choices[0].message.content == llm.decode([forced] * 5)
+
+
+def test_chat_functions_are_refused_not_ignored(server):
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=2, functions=[{"name": "f", "parameters": {}}])
+    assert err.value.body["param"] == "functions"
 
 
 def test_missing_messages_and_bad_roles(server):

@@ -2,7 +2,8 @@
 
 Strict: a string where a number belongs is an error, as with OpenAI, not silently converted.
 Options that would change the answer but that we do not implement (suffix, presence/frequency
-penalties, tools, chat logprobs) are refused with a 400 rather than ignored. The legacy completions
+penalties, tools and functions, chat logprobs, ``best_of`` > 1, a ``response_format`` other than text)
+are refused with a 400 rather than ignored; ``logit_bias`` is honoured. The legacy completions
 API's ``prompt`` as token ids, ``logprobs`` and ``echo`` (with ``max_tokens: 0``) are served, as by
 OpenAI and vLLM: that is how lm-eval's ``local-completions`` scores text through a server. Every number has
 bounds and no float may be NaN or infinite, so no value a client sends can overflow later.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class APIError(Exception):
@@ -40,6 +41,15 @@ MAX_STOP_CHARS = 256
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
+MAX_LOGIT_BIAS = 300
+
+
+class ResponseFormat(BaseModel):
+    """Only plain text: JSON modes would need constrained decoding, which this server does not do."""
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
@@ -56,6 +66,10 @@ class _Request(BaseModel):
     seed: Annotated[int, Field(ge=-2**63, lt=2**64)] | None = None  # what torch.Generator.manual_seed takes
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    # Token id (a JSON object's keys are strings) -> a number added to its score; OpenAI's bounds and count.
+    logit_bias: (Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)]
+                 | None) = None
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     @model_validator(mode="after")
@@ -64,6 +78,19 @@ class _Request(BaseModel):
             if getattr(self, name) != 0:
                 raise ValueError(f"{name} is not supported by this server (use repetition_penalty)")
         return self
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key in bias or {}:
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"key {key!r} is not a token id (a non-negative integer, as a string)")
+        return bias
+
+    @property
+    def token_bias(self) -> dict[int, float] | None:
+        """``logit_bias`` with integer keys (checked at parsing)."""
+        return {int(k): b for k, b in self.logit_bias.items()} if self.logit_bias else None
 
     @property
     def stops(self) -> list[str]:
@@ -80,6 +107,7 @@ class CompletionRequest(_Request):
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # 20: vLLM's limit (OpenAI's is 5)
     suffix: None = None
+    best_of: Literal[1] | None = None
 
     def check_scoring(self) -> None:
         """What the fields allow only together; refused with a 400 naming the field."""
@@ -117,6 +145,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: Literal[False] | None = None
     tools: None = None
+    functions: None = None
 
 
 def parse(model: type[BaseModel], body: bytes):

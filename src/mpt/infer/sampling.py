@@ -22,6 +22,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # generation ends before the first of these strings
     seed: int | None = None
     logprobs: int | None = None  # report each new token's log-probability and this many top alternatives
+    logit_bias: dict[int, float] | None = None  # added to these tokens' scores before picking (OpenAI's field)
 
     def validate(self) -> SamplingParams:
         def bad(name: str, allowed: str) -> ValueError:
@@ -43,13 +44,16 @@ class SamplingParams:
             raise bad("stop", "must be a string or a list of strings")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer or None")
+        if self.logit_bias and not all(isinstance(t, int) and t >= 0 and math.isfinite(b)
+                                       for t, b in self.logit_bias.items()):
+            raise bad("logit_bias", "must map token ids (integers >= 0) to finite numbers")
         return self
 
     @property
     def greedy(self) -> bool:
-        """The next token is the argmax of the raw scores (no temperature, no repetition penalty), so rows
+        """The next token is the argmax of the raw scores (no temperature, penalty or bias), so rows
         with these settings can be picked together (:func:`greedy_tokens`)."""
-        return self.temperature < GREEDY_BELOW and self.repetition_penalty == 1.0
+        return self.temperature < GREEDY_BELOW and self.repetition_penalty == 1.0 and not self.logit_bias
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -91,6 +95,10 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
         score = logits.gather(1, idx)
         score = torch.where(score > 0, score / params.repetition_penalty, score * params.repetition_penalty)
         logits = logits.scatter(1, idx, score)
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        bias = torch.tensor(list(params.logit_bias.values()), device=logits.device, dtype=torch.float32)
+        logits = logits.float().index_add(1, ids, bias[None])
     logits = _sanitised(logits)
     temperature = params.temperature if params.temperature >= GREEDY_BELOW else 0.0
     return int(sample_next(logits, temperature, params.top_k, params.top_p, generator)[0])

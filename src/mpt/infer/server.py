@@ -213,8 +213,13 @@ class Server:
                                 f"you requested {longest + max_tokens} tokens ({longest} in the prompt, "
                                 f"{max_tokens} for the completion)", param="max_tokens",
                            code="context_length_exceeded")
+        bias = req.token_bias
+        vocab = self.llm.model.config.vocab_size
+        if bias and max(bias) >= vocab:
+            raise APIError(400, f"logit_bias names token id {max(bias)}, outside this model's vocabulary (ids "
+                                f"0..{vocab - 1})", param="logit_bias", code="invalid_token_id")
         return SamplingParams(max_tokens, req.temperature, req.top_p, req.top_k, req.repetition_penalty,
-                              stop, req.seed, logprobs).validate()
+                              stop, req.seed, logprobs, bias).validate()
 
     def encode(self, text: str) -> list[int]:
         # An empty prompt starts from the document separator, as for GPT-style models.
