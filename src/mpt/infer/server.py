@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import sys
 import time
 import uuid
@@ -517,8 +518,31 @@ def header_timeout_protocol(seconds: float):
     body = json.dumps(APIError(408, f"the request headers did not arrive within {seconds:g} s",
                                code="request_timeout").body()).encode()
 
+    unavailable = json.dumps(APIError(503, "the server has too many open connections; retry shortly (raise "
+                                           "--max-connections if this is expected load)",
+                                      code="too_many_connections").body()).encode()
+
     class HeaderTimeoutProtocol(H11Protocol):
         header_timer: asyncio.TimerHandle | None = None
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # uvicorn answers past its limit_concurrency with a plain-text 503; clients parse OpenAI's error
+            # body, so the same check (open connections, running requests) is made here instead.
+            app, limit, self.limit_concurrency = self.app, self.limit_concurrency, None
+
+            async def guarded(scope, receive, send) -> None:
+                if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
+                    logging.getLogger("mpt.serve").warning("refused a request: %d connections open, %d requests running (limit %d)",
+                                len(self.connections), len(self.tasks), limit)
+                    await send({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"), (b"connection", b"close"),
+                        (b"content-length", str(len(unavailable)).encode()), (b"retry-after", b"1")]})
+                    await send({"type": "http.response.body", "body": unavailable})
+                    return
+                await app(scope, receive, send)
+
+            self.app = guarded
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -569,8 +593,8 @@ def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level,
         http=header_timeout_protocol(cfg.header_timeout),
-        # Connections (and requests) past this get 503 from uvicorn; with the header timeout, sockets held
-        # by slow clients are freed within header_timeout seconds.
+        # Connections (and requests) past this get 503 (HeaderTimeoutProtocol); with the header timeout,
+        # sockets held by slow clients are freed within header_timeout seconds.
         limit_concurrency=cfg.max_connections or 2 * cfg.max_concurrent + 32,
         timeout_keep_alive=5,  # an idle keep-alive connection closes after this
         # uvicorn waits this long for open responses after SIGTERM; ours end at shutdown_grace, with a margin
