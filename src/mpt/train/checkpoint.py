@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..data.atomic import fsync_dir
 from ..files import file_sha256
@@ -198,8 +198,34 @@ def _reader(path) -> dict:
 
 # ---- save ------------------------------------------------------------------------------------------
 
-def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) -> Path:
-    """Every rank calls this; returns the final path. ``trainer_state`` must carry ``run_name``."""
+def _trainable_keys(model) -> set[str]:
+    """The state-dict names of the parameters that train, as DCP names them (without the wrappers' prefixes)."""
+    inner = getattr(model, "module", model)  # DDP
+    return {name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+            for name, p in inner.named_parameters() if p.requires_grad}
+
+
+def _state_dicts(model, optimizer, trainable_only: bool) -> dict:
+    """``{"model", "optim"}`` as DCP saves and loads them; ``trainable_only`` leaves the frozen weights out."""
+    if not trainable_only:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    keys = _trainable_keys(model)
+    # ignore_frozen_params drops frozen parameters but not the extra entries a layer adds to its state
+    # dict (bitsandbytes' quantization state), which belong to the base too
+    kept = {k: v for k, v in model_sd.items() if k in keys}
+    if kept.keys() != keys:
+        raise CheckpointError(f"trainable parameters missing from the state dict: {sorted(keys - kept.keys())[:5]}")
+    return {"model": kept, "optim": optim_sd}
+
+
+def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, trainable_only: bool = False) -> Path:
+    """Every rank calls this; returns the final path. ``trainer_state`` must carry ``run_name``.
+
+    ``trainable_only`` (QLoRA) saves the parameters that train and the optimizer state, not the frozen
+    base: it is rebuilt from where it came from, and the manifest records that the checkpoint needs it.
+    """
     root = location(folder)
     final = root / f"step-{step:08d}"
     staging = root / f"step-{step:08d}.tmp" if _is_local(root) else final
@@ -217,9 +243,8 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
             # belongs to a trajectory that was rolled back. Either way it is not the newest good one.
             _remove(final)
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
     with _quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, **_writer(staging))
+        dcp.save(_state_dicts(model, optimizer, trainable_only), **_writer(staging))
     buffer = io.BytesIO()
     torch.save(rng_state(), buffer)
     (staging / f"rank{rank_world()[0]}.pt").write_bytes(buffer.getvalue())
@@ -228,7 +253,7 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int) ->
         (staging / "config.json").write_text(getattr(model, "module", model).config.to_json_string())
         files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for p in sorted(staging.iterdir(), key=lambda p: p.name) if p.is_file()}
-        manifest = json.dumps(dict(trainer_state, files=files), indent=1)
+        manifest = json.dumps(dict(trainer_state, trainable_only=trainable_only, files=files), indent=1)
         if _is_local(root):
             with open(staging / "trainer_state.json", "w") as f:
                 f.write(manifest)
@@ -297,11 +322,12 @@ def load(path, model, optimizer) -> tuple[dict, dict | None]:
     Raises on every rank alike when the DCP data cannot be read (DCP gathers the failure).
     """
     state = verify(path)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    sd = {"model": model_sd, "optim": optim_sd}
+    trainable_only = state.get("trainable_only", False)
+    sd = _state_dicts(model, optimizer, trainable_only)
     with _quiet():
         dcp.load(sd, **_reader(path))
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"],
+                   options=StateDictOptions(strict=not trainable_only))
     rank_file = path / f"rank{rank_world()[0]}.pt"
     rng = _read_rng(rank_file) if rank_file.is_file() else None
     return state, rng
@@ -350,7 +376,8 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = Fal
     One process, no process group (``no_dist``): rank 0 calls this alone at the end of training while
     the other ranks wait, so it must not take part in any collective. The tokenizer recorded with
     the run (``trainer_state.json``) is copied unless ``tokenizer_from`` names another. A LoRA run's
-    checkpoint exports merged (a plain MPT folder) or, with ``adapter_only``, as a PEFT adapter.
+    checkpoint exports merged (a plain MPT folder) or, with ``adapter_only``, as a PEFT adapter. A QLoRA
+    run's checkpoint holds only the adapters: the merge re-reads its ``init_from`` and dequantizes it.
     """
     from ..model import MPTConfig, MPTForCausalLM
     from ..model.hf import save_pretrained
@@ -369,17 +396,23 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = Fal
         model = MPTForCausalLM(config)
     model = model.to_empty(device="cpu")
     lora = state.get("lora")
+    if lora is not None and lora.get("quantize_base") and not adapter_only:
+        _load_dequantized_base(model, path, state)
     if lora is not None:  # the same wrapping as in training, so the saved names match
         from .lora import apply_lora
         from .recipe import LoraSection
 
-        model = apply_lora(model, LoraSection(**lora), log=lambda *_: None)
+        # plain LoRA layers over a QLoRA run's dequantized base: peft's 4-bit merge would round the
+        # merged weights to NF4 again, the plain merge adds the adapters in fp32
+        model = apply_lora(model, LoraSection(**dict(lora, quantize_base=False)), log=lambda *_: None)
     elif adapter_only:
         raise CheckpointError(f"{path} holds no LoRA adapter (its run had no model.lora); export the whole model")
-    sd = {"model": model.state_dict()}
+    trainable_only = state.get("trainable_only", False)
+    keep = _trainable_keys(model) if trainable_only else None
+    sd = {"model": {k: v for k, v in model.state_dict().items() if keep is None or k in keep}}
     with _quiet():
         dcp.load(sd, **_reader(path), no_dist=True)
-    model.load_state_dict(sd["model"])
+    model.load_state_dict(sd["model"], strict=not trainable_only)
     if adapter_only:
         model.save_pretrained(str(out_dir))  # PEFT's format: adapter_config.json + adapter_model.safetensors
         return path
@@ -389,6 +422,30 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = Fal
         tokenizer_from = local_tokenizer_folder(state.get("tokenizer"))
     save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
     return path
+
+
+def _load_dequantized_base(model, path, state: dict) -> None:
+    """A QLoRA run's base as it trained: ``init_from``'s weights through NF4 and back, in ``model``."""
+    from ..model.hf import load_pretrained
+    from .qlora import dequantize_base, quantize_base
+
+    init_from = state.get("init_from")
+    try:
+        base = load_pretrained(init_from, dtype=torch.float32)
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} holds only the adapters of a QLoRA run; its base, model.init_from = "
+                              f"{init_from!r}, cannot be read ({err}). Restore it, or export the adapter alone "
+                              "(--adapter)") from err
+    model.load_state_dict(base.state_dict())
+    # NF4 rounding is made where training made it: a CPU's and a GPU's kernels could round a
+    # value on a code boundary differently
+    on = state.get("base_quantized_on", "cpu")
+    if on == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"{path}: the base was quantized on a GPU and is re-quantized on the CPU for the merge; "
+                      "a weight on an NF4 code boundary may round to the other code", stacklevel=2)
+        on = "cpu"
+    quantize_base(model, torch.float32, torch.device(on))
+    dequantize_base(model)
 
 
 def local_tokenizer_folder(tokenizer: str | None) -> str | None:

@@ -39,6 +39,7 @@ from .microbatch import find_micro_batch_size
 from .monitor import Monitor, peak_tflops
 from .optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
 from .parallel import Dist, all_reduce_max, all_reduce_sum, init_distributed, parallelize
+from .qlora import logical_numel
 from .recipe import Recipe, parse_duration
 from .watchdog import Watchdog
 
@@ -122,6 +123,11 @@ def _build_model(recipe: Recipe, log, device: torch.device) -> nn.Module:
     if m.lora is not None:
         from .lora import apply_lora
 
+        if m.lora.quantize_base:
+            from .qlora import quantize_base
+
+            dtype = torch.bfloat16 if recipe.train.precision == "bf16" else torch.float32
+            log(quantize_base(model, dtype, device).describe(dtype))
         model = apply_lora(model, m.lora, log)
     return model
 
@@ -265,13 +271,20 @@ def _build_icl(recipe: Recipe, tokenizer: str | None):
     return InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt.local_tokenizer_folder(tokenizer))
 
 
+def _quantized(recipe: Recipe) -> bool:
+    return recipe.model.lora is not None and recipe.model.lora.quantize_base
+
+
 def _parallelize(recipe: Recipe, model: nn.Module, d: Dist):
     """(wrapped, autocast): FSDP2 / HSDP / DDP from outside the model, per-block compile, precision."""
     t, p = recipe.train, recipe.parallel
     model.to(d.device)
     model.train()
     bf16 = t.precision == "bf16"
-    wrapped = parallelize(model, p.strategy, p.fsdp_sharding, d.world_size, t.activation_checkpointing, p.replicas,
+    strategy = p.strategy
+    if strategy == "auto" and _quantized(recipe):
+        strategy = "ddp"  # FSDP2 cannot shard 4-bit weights (the recipe refuses fsdp itself)
+    wrapped = parallelize(model, strategy, p.fsdp_sharding, d.world_size, t.activation_checkpointing, p.replicas,
                           d.device.type, compile=t.compile, bf16_params=bf16)
     # autocast as well under FSDP's bf16 parameters: the ops it keeps in fp32 (softmax, the loss) stay there
     return wrapped, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -305,6 +318,10 @@ def _resume(run: _Run, state: TrainState) -> None:
             run.say("fresh initialisation (no checkpoint to resume from)")
         return
     state.last_ckpt, saved, rng = found
+    if saved.get("trainable_only") and saved.get("init_from") != recipe.model.init_from:
+        raise ckpt.CheckpointError(f"{state.last_ckpt} holds adapters trained on the 4-bit base "
+                                   f"{saved.get('init_from')!r}, but model.init_from is {recipe.model.init_from!r}; "
+                                   "use the same base, or another checkpoint.folder")
     state.step, state.tokens = saved["step"], saved["tokens"]
     run.batches.load_state_dict(saved["data"])
     run.guard.load_state_dict(saved["guard"])
@@ -320,7 +337,8 @@ def _resume(run: _Run, state: TrainState) -> None:
 def _build_monitor(run: _Run, seq_len: int) -> Monitor:
     config = run.model.config
     peak, peak_note = peak_tflops(run.d.device, run.recipe.log.peak_tflops)
-    flops_per_token = train_flops_per_token(sum(p.numel() for p in run.model.parameters()), config, seq_len)
+    params = sum(logical_numel(p) for p in run.model.parameters())  # a 4-bit tensor's numel counts bytes
+    flops_per_token = train_flops_per_token(params, config, seq_len)
     run.say(f"MFU: {peak_note}")
     return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard)
 
@@ -330,9 +348,13 @@ def _save(run: _Run, state: TrainState) -> None:
                      "guard": run.guard.state_dict(), "world_size": run.d.world_size, "run_name": run.recipe.run_name,
                      "tokenizer": run.tokenizer,
                      "lora": asdict(run.recipe.model.lora) if run.recipe.model.lora else None}
+    quantized = _quantized(run.recipe)
+    if quantized:  # the checkpoint holds the adapters; this is where the 4-bit base comes from
+        trainer_state.update(init_from=run.recipe.model.init_from, base_quantized_on=run.d.device.type)
     c = run.recipe.checkpoint
     with run.watchdog.phase():
-        state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep)
+        state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep,
+                                    trainable_only=quantized)
         run.monitor.plot()
     run.say(f"saved checkpoint {state.last_ckpt}")
 

@@ -84,6 +84,8 @@ class LoraSection:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["Wqkv", "out_proj", "up_proj", "down_proj"])
+    # QLoRA: the frozen base's block linear layers in 4-bit NF4 (bitsandbytes); needs model.init_from
+    quantize_base: bool = False
 
     def validate(self, path: str = "model.lora") -> None:
         if self.r < 1:
@@ -107,6 +109,10 @@ class ModelSection:
     def validate(self, path: str) -> None:
         if self.preset is None and self.init_from is None:
             raise _err(path, "preset", None, "give a preset or init_from")
+        if self.lora is not None and self.lora.quantize_base and self.init_from is None:
+            # checkpoints hold only the adapters; resume and export re-read the base from init_from
+            raise _err(path, "lora.quantize_base", True, "QLoRA quantizes a pretrained base: set model.init_from to "
+                       "a Hugging Face-format checkpoint")
 
 
 @dataclass
@@ -320,6 +326,11 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self, path: str) -> None:
+        lora = self.model.lora
+        if lora is not None and lora.quantize_base and self.parallel.strategy in ("fsdp", "hsdp"):
+            raise ConfigError(f"`parallel.strategy` = {self.parallel.strategy!r} with `model.lora.quantize_base` = "
+                              "true: FSDP2 cannot shard bitsandbytes' 4-bit weights; use parallel.strategy=ddp "
+                              "(auto picks ddp for a quantized base) or none")
         _, unit = parse_duration(self.train.max_duration)
         if unit == "ep" and self.data.kind == "pretrain" and len(self.data.sources) > 1:
             raise ConfigError("`train.max_duration` in epochs needs a single data source; use ba or tok")
