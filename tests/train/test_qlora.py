@@ -127,6 +127,8 @@ def test_qlora_layers_are_bitsandbytes_4bit_under_peft(base):
     from mpt.train.recipe import LoraSection
 
     model = load_pretrained(base, dtype=torch.float32)
+    with pytest.raises(LoraError, match="quantize the base first"):
+        apply_lora(model, LoraSection(quantize_base=True))
     report = quantize_base(model, torch.float32, torch.device("cpu"))
     wrapped = apply_lora(model, LoraSection(r=4, alpha=8, quantize_base=True), log=lambda *_: None)
     layer = wrapped.base_model.model.transformer.blocks[0].attn.Wqkv

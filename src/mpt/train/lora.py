@@ -33,6 +33,10 @@ def apply_lora(model: nn.Module, cfg: LoraSection, log=print):
     import peft
 
     cfg.validate()
+    if cfg.quantize_base and not getattr(model, "is_loaded_in_4bit", False):
+        # quantizing needs the run's device and dtype, which a LoRA config does not know
+        raise LoraError("model.lora.quantize_base: quantize the base first (mpt.train.qlora.quantize_base), "
+                        "then apply LoRA")
     available = linear_names(model)
     unknown = [t for t in cfg.target_modules if t not in available]
     if unknown:
