@@ -74,7 +74,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_resumes_bit_identical_and_exports(
     assert len(model_keys) == 2 * 4 * 2 and all(".lora_A." in k or ".lora_B." in k for k in model_keys), model_keys
     assert [k for k in keys if k.startswith("optim.state.")]
     manifest = json.loads((last / "trainer_state.json").read_text())
-    assert manifest["trainable_only"] and manifest["init_from"] == str(base)
+    assert manifest["trainable_only"] and manifest["init_from"] == str(base.resolve())
     assert manifest["base_quantized_on"] == "cpu"
 
     # resume: 4 steps, then the same command to 8 -> the same adapters, bit for bit (the base is

@@ -275,6 +275,12 @@ def _quantized(recipe: Recipe) -> bool:
     return recipe.model.lora is not None and recipe.model.lora.quantize_base
 
 
+def _base_source(recipe: Recipe) -> str | None:
+    """``init_from`` as a QLoRA checkpoint records it: a local folder absolute (export may run elsewhere)."""
+    given = recipe.model.init_from
+    return str(Path(given).resolve()) if given and Path(given).exists() else given
+
+
 def _parallelize(recipe: Recipe, model: nn.Module, d: Dist):
     """(wrapped, autocast): FSDP2 / HSDP / DDP from outside the model, per-block compile, precision."""
     t, p = recipe.train, recipe.parallel
@@ -318,9 +324,9 @@ def _resume(run: _Run, state: TrainState) -> None:
             run.say("fresh initialisation (no checkpoint to resume from)")
         return
     state.last_ckpt, saved, rng = found
-    if saved.get("trainable_only") and saved.get("init_from") != recipe.model.init_from:
+    if saved.get("trainable_only") and saved.get("init_from") != _base_source(recipe):
         raise ckpt.CheckpointError(f"{state.last_ckpt} holds adapters trained on the 4-bit base "
-                                   f"{saved.get('init_from')!r}, but model.init_from is {recipe.model.init_from!r}; "
+                                   f"{saved.get('init_from')!r}, but model.init_from is {_base_source(recipe)!r}; "
                                    "use the same base, or another checkpoint.folder")
     state.step, state.tokens = saved["step"], saved["tokens"]
     run.batches.load_state_dict(saved["data"])
@@ -350,7 +356,7 @@ def _save(run: _Run, state: TrainState) -> None:
                      "lora": asdict(run.recipe.model.lora) if run.recipe.model.lora else None}
     quantized = _quantized(run.recipe)
     if quantized:  # the checkpoint holds the adapters; this is where the 4-bit base comes from
-        trainer_state.update(init_from=run.recipe.model.init_from, base_quantized_on=run.d.device.type)
+        trainer_state.update(init_from=_base_source(run.recipe), base_quantized_on=run.d.device.type)
     c = run.recipe.checkpoint
     with run.watchdog.phase():
         state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep,
