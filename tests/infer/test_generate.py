@@ -89,6 +89,28 @@ def test_greedy_rows_picked_together_equal_picked_one_by_one():
             pick_token(logits[bad], greedy, [], None)
 
 
+def test_the_blockwise_row_max_equals_torch_max_ties_and_nan_included():
+    """greedy_tokens' CPU fast path (blocks of 64 scores) gives max(dim=-1)'s values and first indices."""
+    from mpt.infer.sampling import _row_max
+
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(8, 50432, generator=g)
+    logits[0, [1000, 40000]] = 9.0  # a tie across blocks: the first index
+    logits[1, [130, 140]] = 9.0  # a tie within a block
+    logits[2, 5] = float("nan")  # NaN: the row's maximum is NaN, as with max
+    logits[3] = torch.arange(50432.0).flip(0)  # the best score in the first block, at index 0
+    logits[4, -1] = 99.0  # in the last block
+    logits[5] = 0.0  # every score tied: index 0
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        best, ids = _row_max(x)
+        ref_best, ref_ids = x.max(dim=-1)
+        assert torch.equal(best.nan_to_num(7.0), ref_best.nan_to_num(7.0))
+        assert ids[[0, 1, 3, 4, 5]].tolist() == [1000, 130, 0, 50431, 0]
+        assert torch.equal(ids[[0, 1, 3, 4, 5, 6, 7]], ref_ids[[0, 1, 3, 4, 5, 6, 7]])
+    assert greedy_tokens(logits)[2] is None and greedy_tokens(logits)[4] == 50431
+
+
 def test_a_broken_model_is_an_error_not_garbage_tokens():
     model = tiny_model(seed=9)
     with torch.no_grad():
