@@ -202,11 +202,15 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     for name, parallel in [("lora-auto", {}), ("lora-ddp", {"strategy": "ddp"})]:
         jobs.append({"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel,
                                                      model=_lora_model(tmp / "lora-base"))})
+    # QLoRA with the defaults (auto: replicated, as FSDP cannot shard 4-bit weights)
+    jobs.append({"name": "qlora-auto", "recipe": _recipe(tmp / "qlora-auto", shards,
+                                                         model=_lora_model(tmp / "lora-base", quantize=True))})
     return tmp, _jobs(2, jobs, tmp / "jobs")
 
 
-def _lora_model(base: Path) -> dict:
-    """A saved tiny MPT to finetune with LoRA (written once, the first time it is asked for)."""
+def _lora_model(base: Path, quantize: bool = False) -> dict:
+    """A saved tiny MPT to finetune with LoRA (written once, the first time it is asked for); ``quantize``:
+    QLoRA over its 4-bit base."""
     if not base.is_dir():
         from mpt import MPTConfig, MPTForCausalLM
         from mpt.model.hf import save_pretrained
@@ -214,7 +218,8 @@ def _lora_model(base: Path) -> dict:
         torch.manual_seed(5)
         save_pretrained(MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=32)),
                         base)
-    return {"preset": None, "init_from": str(base), "fields": {}, "lora": {"r": 4, "alpha": 8}}
+    return {"preset": None, "init_from": str(base), "fields": {},
+            "lora": {"r": 4, "alpha": 8, "quantize_base": quantize}}
 
 
 ICL_VOCAB = 320
@@ -298,14 +303,21 @@ def test_bf16_fsdp_on_two_ranks_follows_the_one_process_bf16_run(two_ranks, shar
     _close(weights, _exported(one), atol=2e-2)
 
 
-@pytest.mark.parametrize("name", ["lora-auto", "lora-ddp"])
+@pytest.mark.parametrize("name", ["lora-auto", "lora-ddp", "qlora-auto"])
 def test_lora_on_two_ranks_follows_the_one_process_lora_run(two_ranks, shards, tmp_path, name):
+    quantize = name.startswith("qlora")
+    if quantize:
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install -e '.[qlora]'")
     tmp, outcomes = two_ranks
     assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
     one = tmp_path / "one"
-    train(from_dict(Recipe, _recipe(one, shards, model=_lora_model(tmp / "lora-base"))), log=lambda *a: None)
+    train(from_dict(Recipe, _recipe(one, shards, model=_lora_model(tmp / "lora-base", quantize))),
+          log=lambda *a: None)
     assert _losses(tmp / name) == pytest.approx(_losses(one), rel=1e-4)
     _close(_exported(tmp / name), _exported(one))
+    if quantize:  # the 2-rank run really held a 4-bit base: its checkpoints hold the adapters alone
+        state = json.loads((complete_checkpoints(tmp / name / "ckpt")[-1] / "trainer_state.json").read_text())
+        assert state["trainable_only"] and state["base_quantized_on"] == "cpu"
 
 
 def test_resharding_4_then_2_then_1_ranks_follows_the_one_process_run(four_ranks, two_ranks, reference, shards):
