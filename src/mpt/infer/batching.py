@@ -256,11 +256,6 @@ class Prefill:
         self.done = 0  # prompt positions already in the cache
         self.logits: torch.Tensor | None = None
 
-    @property
-    def left(self) -> int:
-        """Prompt positions not yet in the cache."""
-        return self.ids.shape[1] - self.done
-
     @torch.inference_mode()
     def advance(self, tokens: int | None = None) -> bool:
         """Run the next ``tokens`` positions (at most ``chunk``; None: ``chunk``) forward.

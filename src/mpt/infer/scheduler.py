@@ -11,10 +11,11 @@ also running a decode step, so the running rows keep streaming. The chunk is siz
 times so that it takes about ``prefill_stall`` decode steps: the running rows' inter-token gap then
 stays near ``1 + prefill_stall`` times a plain step's, on a CPU or a GPU alike (a fixed token count
 would be far too small for one and too large for the other). With no row decoding there is nobody
-to stall and a prompt runs ``prefill_chunk`` tokens per forward, which bounds its activations. The model is only ever touched from this thread. The decode step is the
-engine's: compiled over a static cache when the engine was built with ``compile`` (the default on
-CUDA, see :class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on
-this thread too.
+to stall and a prompt runs ``prefill_chunk`` tokens per forward, which bounds its activations.
+
+The model is only ever touched from this thread. The decode step is the engine's: compiled over a
+static cache when the engine was built with ``compile`` (the default on CUDA, see
+:class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on this thread too.
 """
 
 from __future__ import annotations

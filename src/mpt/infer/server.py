@@ -503,7 +503,8 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
 
 def header_timeout_protocol(seconds: float):
-    """uvicorn's h11 protocol, closing a connection whose request line and headers take over ``seconds``.
+    """uvicorn's h11 protocol, closing a connection whose request line and headers take over ``seconds``,
+    and answering past the connection limit with OpenAI's error body.
 
     uvicorn times out only an idle keep-alive connection, and any byte cancels that: a client that
     opens a socket and sends a header line now and then would hold it (and a place under the
@@ -533,8 +534,9 @@ def header_timeout_protocol(seconds: float):
 
             async def guarded(scope, receive, send) -> None:
                 if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
-                    logging.getLogger("mpt.serve").warning("refused a request: %d connections open, %d requests running (limit %d)",
-                                len(self.connections), len(self.tasks), limit)
+                    logging.getLogger("mpt.serve").warning(
+                        "refused a request: %d connections open, %d requests running (limit %d)",
+                        len(self.connections), len(self.tasks), limit)
                     await send({"type": "http.response.start", "status": 503, "headers": [
                         (b"content-type", b"application/json"), (b"connection", b"close"),
                         (b"content-length", str(len(unavailable)).encode()), (b"retry-after", b"1")]})
