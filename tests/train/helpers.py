@@ -28,6 +28,19 @@ def make_shards(folder: Path, samples: int = 64, seq_len: int = SEQ, vocab: int 
     return folder
 
 
+def save_tiny_base(folder: Path, seed: int = 3) -> Path:
+    """A 'pretrained' model to finetune: a tiny MPT in the shards' vocabulary, saved in transformers' format."""
+    import torch
+
+    from mpt import MPTForCausalLM
+    from mpt.model.hf import save_pretrained
+    from tests.model.helpers import tiny_config
+
+    torch.manual_seed(seed)
+    save_pretrained(MPTForCausalLM(tiny_config(vocab_size=VOCAB, max_seq_len=SEQ)), folder)
+    return folder
+
+
 def recipe_dict(tmp: Path, data: Path, **sections) -> dict:
     base = {
         "run_name": "test",

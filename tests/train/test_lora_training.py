@@ -9,25 +9,18 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
-from mpt import MPTForCausalLM
 from mpt.config import from_dict
-from mpt.model.hf import save_pretrained
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import complete_checkpoints, export_hf
-from tests.model.helpers import tiny_config
 
-from .helpers import SEQ, VOCAB, make_shards, recipe_dict
+from .helpers import SEQ, VOCAB, make_shards, recipe_dict, save_tiny_base
 
 peft = pytest.importorskip("peft", reason="LoRA needs `pip install peft`")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A 'pretrained' model to finetune: a tiny MPT saved in transformers' format."""
-    folder = tmp_path_factory.mktemp("base") / "hf"
-    torch.manual_seed(3)
-    save_pretrained(MPTForCausalLM(tiny_config(vocab_size=VOCAB, max_seq_len=SEQ)), folder)
-    return folder
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "hf")
 
 
 def _run(tmp, data, base, steps: int, messages=None, **sections):

@@ -12,18 +12,16 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
-from mpt import MPTForCausalLM
 from mpt.config import ConfigError, from_dict
-from mpt.model.hf import load_pretrained, save_pretrained
+from mpt.model.hf import load_pretrained
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import CheckpointError, complete_checkpoints, export_hf
 from mpt.train.loop import validation_loss
 from mpt.train.lora import LoraError
 from mpt.train.parallel import Dist
 from mpt.train.qlora import quantize_base
-from tests.model.helpers import tiny_config
 
-from .helpers import SEQ, VOCAB, make_shards, recipe_dict
+from .helpers import SEQ, VOCAB, make_shards, recipe_dict, save_tiny_base
 
 peft = pytest.importorskip("peft", reason="LoRA needs `pip install peft`")
 bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs `pip install 'mpt[qlora]'` (bitsandbytes)")
@@ -31,10 +29,7 @@ bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs `pip install 'mpt[
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base") / "hf"
-    torch.manual_seed(3)
-    save_pretrained(MPTForCausalLM(tiny_config(vocab_size=VOCAB, max_seq_len=SEQ)), folder)
-    return folder
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "hf")
 
 
 def _recipe(tmp, data, base, steps: int, **sections) -> dict:
@@ -115,9 +110,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_resumes_bit_identical_and_exports(
     assert (a - c).abs().max() > 0.1  # the merge used the 4-bit base, not the original weights
 
     # resuming against another base would pair the adapters with weights they never saw
-    other = tmp_path / "other-base"
-    torch.manual_seed(4)
-    save_pretrained(MPTForCausalLM(tiny_config(vocab_size=VOCAB, max_seq_len=SEQ)), other)
+    other = save_tiny_base(tmp_path / "other-base", seed=4)
     with pytest.raises(CheckpointError, match="trained on the 4-bit base"):
         _run(tmp_path / "straight", data, base, 9, model={"init_from": str(other)})
 
