@@ -27,6 +27,8 @@ TOKENIZER = Flag("tokenizer folder or tokenizer.json (default: the model's)")
 DEVICE = Flag("cpu, cuda, cuda:1 ... (default: cuda when available)")
 DTYPE = Flag("weights dtype (default: bfloat16 on GPU, float32 on CPU)")
 QUANTIZE = Flag("int8: int8 weights for the linear layers (a quarter of fp32's bytes; faster on CPU)")
+COMPILE = Flag("decode steps through torch.compile over a static cache: auto = on for CUDA (CUDA graphs), off on "
+               "CPU (each new batch shape compiles for tens of seconds there)")
 SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling mass"),
             "top_k": Flag("sample among the k likeliest tokens (0: off)"),
             "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
@@ -155,7 +157,7 @@ COMMANDS = [
                    "json": Flag("print JSON lines (text, finish_reason, token counts)"),
                    "stop": Flag("stop before this string (repeatable)", repeat=True),
                    "batch_size": Flag("prompts decoded together"),
-                   "max_new_tokens": Flag("tokens to generate"), **SAMPLING}),
+                   "max_new_tokens": Flag("tokens to generate"), "compile": COMPILE, **SAMPLING}),
     Command("chat", "mpt.infer.commands:ChatCommandConfig", "mpt.infer.commands:chat",
             "interactive chat (ChatML), replies streamed",
             "Chat with a model in the terminal. The conversation is rendered with the tokenizer's chat template "
@@ -174,7 +176,7 @@ COMMANDS = [
             "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1",
             flags={"model": Flag(MODEL.help, positional=True, required=True), "tokenizer": TOKENIZER,
                    "device": DEVICE, "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
-                   "quantize": QUANTIZE,
+                   "quantize": QUANTIZE, "compile": COMPILE,
                    "host": Flag("address to bind (default: 127.0.0.1, this machine only)"),
                    "port": Flag("port"),
                    "api_key": Flag("require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "

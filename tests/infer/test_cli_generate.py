@@ -34,3 +34,15 @@ def test_generate_errors_are_clear(checkpoint, capsys):
     assert main(["generate", str(checkpoint), "Hi", "--temperature", "-1"]) == 2
     assert "temperature=-1.0 is invalid" in capsys.readouterr().err
     assert main(["generate", str(checkpoint), "Hi", "--file", "x.txt"]) == 2
+
+
+def test_generate_with_compiled_decode_steps_gives_the_eager_text(llm, checkpoint, capsys):
+    """--compile on runs the decode steps through torch.compile (even on CPU): the same greedy text."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    assert main(["generate", str(checkpoint), "Hello world", "--max-new-tokens", "6", "--device", "cpu",
+                 "--compile", "on"]) == 0
+    assert capsys.readouterr().out == llm.generate("Hello world", max_new_tokens=6).text + "\n"
+    assert counters["stats"]["unique_graphs"] >= 1  # it was compiled, not run eagerly

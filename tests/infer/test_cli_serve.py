@@ -47,3 +47,13 @@ def test_mpt_serve_command(checkpoint, llm):
             proc.kill()
             out = proc.communicate()[0]
     assert "serving 'tiny' at http://127.0.0.1" in out and "key required" in out
+
+
+@pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
+def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
+    """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    from mpt.infer.server import ServeConfig, create_app
+
+    app = create_app(llm, ServeConfig(model="tiny", compile=mode))
+    assert (app.state.server.scheduler.engine.decoder is not None) is compiled

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .chat_repl import ChatConfig
+from .serve_config import CompileMode, compile_flag
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Quantize = Literal["int8"]
@@ -46,6 +47,7 @@ class GenerateConfig(ModelSource):
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    compile: CompileMode = "auto"     # compiled decode steps (auto: on CUDA only)
 
     def prompts(self) -> list[str]:
         if self.prompt is not None and self.file is not None:
@@ -71,7 +73,7 @@ def generate(cfg: GenerateConfig) -> None:
     llm = cfg.load()
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
               repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed,
-              batch_size=cfg.batch_size)
+              batch_size=cfg.batch_size, compile=compile_flag(cfg.compile))
     start = time.perf_counter()
     if len(prompts) == 1 and not cfg.json:
         n = 0

@@ -40,7 +40,7 @@ from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .sampling import SamplingParams
 from .scheduler import Scheduler
-from .serve_config import ServeConfig
+from .serve_config import ServeConfig, compile_flag
 
 
 @dataclass
@@ -136,7 +136,8 @@ class Server:
     def __init__(self, llm: LLM, cfg: ServeConfig) -> None:
         self.llm = llm
         self.cfg = cfg.resolve(llm)
-        self.scheduler = Scheduler(llm.engine(), cfg.max_batch_size, cfg.prefill_chunk or None, cfg.prefill_stall)
+        self.scheduler = Scheduler(llm.engine(compile_flag(cfg.compile)), cfg.max_batch_size, cfg.prefill_chunk or None,
+                                   cfg.prefill_stall)
         self.jobs: set[Job] = set()
         self.admitting = 0  # requests past the capacity check that are still tokenizing (not in jobs yet)
         self.draining = False  # SIGTERM arrived: new requests get 503
