@@ -52,8 +52,21 @@ def test_mpt_serve_command(checkpoint, llm):
 @pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
 def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
     """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
-    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
     from mpt.infer.server import ServeConfig, create_app
 
     app = create_app(llm, ServeConfig(model="tiny", compile=mode))
     assert (app.state.server.scheduler.engine.decoder is not None) is compiled
+
+
+def test_a_compiled_server_answers_with_the_eager_text(llm):
+    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text."""
+    from .conftest import RunningServer
+
+    s = RunningServer(llm, compile="on", context_length=256)
+    try:
+        for prompt in ("Hello world", "The quick brown fox"):
+            r = s.client().completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
+            assert r.choices[0].text == llm.generate(prompt, max_new_tokens=8).text
+        assert s.state.scheduler.engine.decoder is not None
+    finally:
+        s.close()
