@@ -77,6 +77,8 @@ class ServeConfig:
         for name in ("body_timeout", "shutdown_grace"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 0 seconds")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile={self.compile!r} is invalid: use auto, on or off")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"quantize={self.quantize!r} is invalid: use int8 (or none)")
         self.allow_origin = [o.rstrip("/") for o in self.allow_origin]
