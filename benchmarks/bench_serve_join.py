@@ -4,7 +4,7 @@ Builds the mpt-tiny preset (random weights, seeded; tokenizer as in bench_serve.
 in-process with uvicorn on a loopback port, starts C greedy streaming clients, and once they are
 all streaming sends one request with a P-token prompt. Reports the gaps between consecutive
 tokens the streaming clients received before the long prompt arrived and while it was being
-prefilled (until its answer), p50 / p95 / max: with whole-prompt prefill (--prefill-chunk 0), with
+prefilled (until its answer), p50 / p95 / max: with whole-prompt prefill (--prefill-chunk 0 --prefill-stall 0), with
 fixed chunks of --chunk tokens (--prefill-stall 0), and with the server's defaults (chunks paced by
 measured step times). Target (issue 12): p95 during within 2x of before. Prints a table, then JSON.
 

@@ -200,7 +200,7 @@ COMMANDS = [
                    "shutdown_grace": Flag("on SIGTERM, seconds running requests may take to finish before they "
                                           "are cut with a final event"),
                    "prefill_chunk": Flag("prompt tokens per prefill forward at most (bounds a long prompt's "
-                                         "memory; 0: whole prompts)"),
+                                         "memory; 0: no bound)"),
                    "prefill_stall": Flag("while rows decode, a joining prompt is read in chunks that each take "
                                          "about this many decode steps, so streams keep flowing (0: chunks of "
                                          "--prefill-chunk tokens)")}),

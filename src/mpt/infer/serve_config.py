@@ -52,7 +52,7 @@ class ServeConfig:
     # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
     allow_origin: list[str] = field(default_factory=list)
     shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
-    # Prompt tokens per prefill forward at most (0: whole prompts at once): bounds a long prompt's activations.
+    # Prompt tokens per prefill forward at most (0: no bound): bounds a long prompt's activations.
     prefill_chunk: int = 512
     # While rows decode, a joining prompt is prefilled in chunks each taking about this many decode steps,
     # so the running rows' inter-token gap stays near (1 + this) x a plain step (0: prefill_chunk-token chunks).
@@ -68,7 +68,7 @@ class ServeConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
         if self.prefill_chunk < 0:
-            raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: whole prompts)")
+            raise ValueError(f"prefill_chunk={self.prefill_chunk} is invalid: must be >= 0 (0: no bound)")
         if not self.prefill_stall >= 0:
             raise ValueError(f"prefill_stall={self.prefill_stall} is invalid: must be >= 0 decode steps (0: fixed "
                              "prefill_chunk-token chunks)")
