@@ -41,6 +41,31 @@ def save_tiny_base(folder: Path, seed: int = 3) -> Path:
     return folder
 
 
+def assert_resume_gives_the_same_adapters(tmp: Path, run) -> None:
+    """A LoRA run resumed (4 steps, then the same command to 8, in ``tmp/resumed``) ends with the adapters of
+    the straight 8-step run already in ``tmp/straight``, bit for bit, and they trained.
+
+    ``run(folder, steps, messages)`` runs the recipe; both adapters are exported to ``tmp/a-straight`` and
+    ``tmp/a-resumed``.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from mpt.train.checkpoint import export_hf
+
+    run(tmp / "resumed", 4, None)
+    messages = []
+    run(tmp / "resumed", 8, messages)
+    assert any("resumed from" in m and "step-00000004" in m for m in messages), messages
+    for name in ("straight", "resumed"):
+        export_hf(tmp / name / "ckpt", tmp / f"a-{name}", adapter_only=True)
+    ours, again = (load_file(tmp / f / "adapter_model.safetensors") for f in ("a-straight", "a-resumed"))
+    assert ours.keys() == again.keys() and len(ours) == 2 * 4 * 2  # A and B, 4 targets, 2 layers
+    for name in ours:
+        assert torch.equal(ours[name], again[name]), name
+    assert any(t.abs().sum() > 0 for n, t in ours.items() if "lora_B" in n)  # B starts at zero: it trained
+
+
 def recipe_dict(tmp: Path, data: Path, **sections) -> dict:
     base = {
         "run_name": "test",

@@ -13,7 +13,14 @@ from mpt.config import from_dict
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import complete_checkpoints, export_hf
 
-from .helpers import SEQ, VOCAB, make_shards, recipe_dict, save_tiny_base
+from .helpers import (
+    SEQ,
+    VOCAB,
+    assert_resume_gives_the_same_adapters,
+    make_shards,
+    recipe_dict,
+    save_tiny_base,
+)
 
 peft = pytest.importorskip("peft", reason="LoRA needs `pip install peft`")
 
@@ -47,19 +54,7 @@ def test_lora_run_trains_only_adapters_resumes_bit_identical_and_exports_both_wa
     assert base_keys  # the frozen base is in the checkpoint too: a checkpoint is self-contained
 
     # resume: 4 steps, then the same command to 8 -> the same adapters, bit for bit
-    _run(tmp_path / "resumed", data, base, 4)
-    resumed_messages = []
-    _run(tmp_path / "resumed", data, base, 8, resumed_messages)
-    assert any("resumed from" in m and "step-00000004" in m for m in resumed_messages), resumed_messages
-    export_hf(tmp_path / "straight" / "ckpt", tmp_path / "a-straight", adapter_only=True)
-    export_hf(tmp_path / "resumed" / "ckpt", tmp_path / "a-resumed", adapter_only=True)
-    from safetensors.torch import load_file
-
-    ours, again = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("a-straight", "a-resumed"))
-    assert ours.keys() == again.keys() and len(ours) == 2 * 4 * 2  # A and B, 4 targets, 2 layers
-    for name in ours:
-        assert torch.equal(ours[name], again[name]), name
-    assert any(t.abs().sum() > 0 for n, t in ours.items() if "lora_B" in n)  # B starts at zero: it trained
+    assert_resume_gives_the_same_adapters(tmp_path, lambda folder, steps, msgs: _run(folder, data, base, steps, msgs))
 
     # the base weights did not move: the merged export minus the adapters' product is the base
     export_hf(tmp_path / "straight" / "ckpt", tmp_path / "merged")

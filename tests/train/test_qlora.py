@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
@@ -21,7 +20,14 @@ from mpt.train.lora import LoraError
 from mpt.train.parallel import Dist
 from mpt.train.qlora import quantize_base
 
-from .helpers import SEQ, VOCAB, make_shards, recipe_dict, save_tiny_base
+from .helpers import (
+    SEQ,
+    VOCAB,
+    assert_resume_gives_the_same_adapters,
+    make_shards,
+    recipe_dict,
+    save_tiny_base,
+)
 
 peft = pytest.importorskip("peft", reason="LoRA needs `pip install peft`")
 bnb = pytest.importorskip("bitsandbytes", reason="QLoRA needs `pip install 'mpt[qlora]'` (bitsandbytes)")
@@ -74,17 +80,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_resumes_bit_identical_and_exports(
 
     # resume: 4 steps, then the same command to 8 -> the same adapters, bit for bit (the base is
     # re-quantized from init_from identically)
-    _run(tmp_path / "resumed", data, base, 4)
-    resumed = []
-    _run(tmp_path / "resumed", data, base, 8, resumed)
-    assert any("resumed from" in m and "step-00000004" in m for m in resumed), resumed
-    export_hf(tmp_path / "straight" / "ckpt", tmp_path / "a-straight", adapter_only=True)
-    export_hf(tmp_path / "resumed" / "ckpt", tmp_path / "a-resumed", adapter_only=True)
-    ours, again = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("a-straight", "a-resumed"))
-    assert ours.keys() == again.keys() and len(ours) == 2 * 4 * 2
-    for name in ours:
-        assert torch.equal(ours[name], again[name]), name
-    assert any(t.abs().sum() > 0 for n, t in ours.items() if "lora_B" in n)
+    assert_resume_gives_the_same_adapters(tmp_path, lambda folder, steps, msgs: _run(folder, data, base, steps, msgs))
 
     # the adapter through peft on our 4-bit base is the model that trained: its validation loss is
     # the one the loop measured on the live model at step 8
