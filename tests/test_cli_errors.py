@@ -70,9 +70,10 @@ def test_expected_failures_are_one_line_with_exit_code_2(folders, case):
         assert out.stderr.strip() == errors[0]
 
 
-def test_debug_shows_the_traceback(folders):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(folders):
     out = run("generate", "./no-such-model", "hi", "--debug", cwd=folders)
-    assert out.returncode == 1 and "Traceback" in out.stderr and "FileNotFoundError" in out.stderr
+    assert out.returncode == 2 and "Traceback" in out.stderr and "FileNotFoundError" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "mpt generate: error: no such model folder: ./no-such-model"
 
 
 def test_third_party_progress_bars_only_with_verbose(folders):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from .typed_cli import Command, Flag, add_config_arguments, build_config, resolve, split_overrides
 
@@ -50,6 +51,9 @@ PREP_FLAGS = {
     "shard_mb": Flag("shard size in MiB (default: 64)"),
     "skip_bad": Flag("skip (and count) malformed JSON lines, records without the text field and binary files "
                      "instead of stopping"),
+    "max_record_bytes": Flag("most bytes one record may hold once decompressed (a jsonl line, a whole text file, a "
+                             "JSON array file): a larger one is an error, or with --skip-bad skipped and counted; "
+                             "it is held whole, a few times over, so this bounds memory"),
     "batch_docs": Flag("documents tokenized together"),
     "workers": Flag("processes for the filters and near-dedup fingerprints (default: all cores; the tokenizer "
                     "always uses all cores)"),
@@ -273,8 +277,10 @@ def _set_only(fields: dict) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import load_recipe, train
+    from .train.recipe import load_recipe
 
+    # The recipe is checked before the loop's module brings in torch (seconds), so a mistyped key
+    # is an error at once.
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
         import yaml
@@ -291,6 +297,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"memory estimate: not available ({err})")
         print(f"recipe {args.recipe} is valid")
         return 0
+    from .train.loop import train
+
     return 143 if train(recipe).interrupted else 0
 
 
@@ -422,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if args.debug or not isinstance(err, expected_errors()):
+        if not isinstance(err, expected_errors()):
             raise
+        if args.debug:  # the traceback too, but an expected error keeps its exit code
+            traceback.print_exc()
         print(f"{args.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -39,14 +41,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                pass
         raise ConfigError(f"`{path}` = {value!r}: expected {' or '.join(_type_name(a) for a in args)}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
@@ -138,3 +139,33 @@ def load_yaml(path: str | Path) -> dict:
 
 def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def optional_fields(cls: type, name: str) -> type:
+    """A dataclass with ``cls``'s fields, each ``T | None = None`` (nested dataclasses likewise).
+
+    For a section that overrides another declaration field by field: None keeps that one's value,
+    and the types and allowed values stay those of ``cls``.
+    """
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            inner = optional_fields(tp, f"{name}_{f.name}")
+            specs.append((f.name, inner, dataclasses.field(default_factory=inner)))
+        else:
+            specs.append((f.name, tp | None, None))
+    return dataclasses.make_dataclass(name, specs)
+
+
+def set_fields(obj: Any) -> dict:
+    """The fields of an ``optional_fields`` instance that are not None (nested sections as dicts of theirs)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = set_fields(value) or None
+        if value is not None:
+            out[f.name] = value
+    return out

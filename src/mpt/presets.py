@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from .model import MPTConfig
+if TYPE_CHECKING:
+    from .model import MPTConfig
 
 
 def preset_names() -> list[str]:
@@ -18,6 +20,13 @@ def preset_names() -> list[str]:
 
 def load_model_config(name_or_path: str, **overrides) -> MPTConfig:
     """A preset name (``mpt-7b``, or ``7b``) or a YAML file of MPTConfig fields."""
+    from .model import MPTConfig
+
+    return MPTConfig(**{**preset_fields(name_or_path), **overrides})
+
+
+def preset_fields(name_or_path: str) -> dict:
+    """The MPTConfig fields a preset name or YAML file sets, as a dict (no torch, no transformers)."""
     path = Path(name_or_path)
     if not path.suffix:
         name = name_or_path if name_or_path.startswith("mpt-") else f"mpt-{name_or_path}"
@@ -32,7 +41,7 @@ def load_model_config(name_or_path: str, **overrides) -> MPTConfig:
     fields = yaml.safe_load(text) or {}
     if not isinstance(fields, dict):
         raise ValueError(f"{name_or_path}: expected a mapping of MPTConfig fields, got {type(fields).__name__}")
-    return MPTConfig(**{**fields, **overrides})
+    return fields
 
 
 def train_flops_per_token(params: int, cfg: MPTConfig, seq_len: int | None = None) -> float:

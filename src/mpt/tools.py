@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .model.fields import AttnImpl
+
 
 @dataclass
 class ModelInfoConfig:
@@ -51,7 +53,7 @@ class ConvertConfig:
     src: str                                                        # checkpoint folder or hub name
     dst: str                                                        # output folder
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: keep
-    attn_impl: Literal["torch", "flash", "flex"] | None = None      # default: keep
+    attn_impl: AttnImpl | None = None                               # default: keep
 
 
 def convert(cfg: ConvertConfig) -> None:

@@ -189,7 +189,7 @@ def test_compiled_blocks_and_selective_checkpointing_follow_the_eager_run(tmp_pa
 def test_flex_attention_is_the_cuda_default_unless_the_recipe_names_a_backend():
     from mpt import MPTConfig
     from mpt.train.loop import _use_flex
-    from mpt.train.recipe import ModelFields
+    from mpt.train.recipe import ModelFieldOverrides as ModelFields
 
     config, cuda, cpu = MPTConfig(d_model=32, n_heads=2, n_layers=1), torch.device("cuda"), torch.device("cpu")
     assert _use_flex(config, ModelFields(), cuda) and not _use_flex(config, ModelFields(), cpu)

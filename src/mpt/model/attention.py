@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .fields import ATTN_IMPLS
+
 
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0, device: torch.device | str | None = None) -> torch.Tensor:
     """Per-head ALiBi slopes, float32, shape ``(n_heads,)``.
@@ -183,4 +185,4 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inp: AttentionInpu
                               softmax_scale=scale, causal=True, alibi_slopes=slopes)
         return out.transpose(1, 2)
 
-    raise ValueError(f"attn_impl {inp.impl!r} is unknown; allowed: torch, flash, flex")
+    raise ValueError(f"attn_impl {inp.impl!r} is unknown; allowed: {', '.join(ATTN_IMPLS)}")

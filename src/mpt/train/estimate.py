@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..model import MPTConfig
 from ..presets import load_model_config, model_info
-from .recipe import Recipe
+from .recipe import Recipe, model_overrides
 
 GIB = 1024**3
 LOSS_CHUNK_BYTES = 128 * 1024**2
@@ -61,7 +61,7 @@ def recipe_model_config(recipe: Recipe) -> MPTConfig:
         raise ValueError(f"model.init_from={m.init_from!r} has no config.json yet and model.preset is null: "
                          "give model.preset (the architecture of init_from) for a memory estimate")
     fields = base.to_dict()
-    fields.update(m.fields.overrides(base.attn_config, base.init_config))
+    fields.update(model_overrides(m.fields, base.attn_config, base.init_config))
     return MPTConfig(**fields)
 
 

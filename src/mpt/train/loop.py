@@ -40,7 +40,7 @@ from .monitor import Monitor, peak_tflops
 from .optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
 from .parallel import Dist, all_reduce_max, all_reduce_sum, init_distributed, parallelize
 from .qlora import logical_numel
-from .recipe import Recipe, parse_duration
+from .recipe import Recipe, model_overrides, parse_duration
 from .watchdog import Watchdog
 
 
@@ -107,13 +107,13 @@ def _build_model(recipe: Recipe, log, device: torch.device) -> nn.Module:
     if m.init_from:
         model = load_pretrained(m.init_from, dtype=torch.float32)
         c = model.config
-        for key, value in m.fields.overrides(c.attn_config, c.init_config).items():  # e.g. a longer max_seq_len
+        for key, value in model_overrides(m.fields, c.attn_config, c.init_config).items():  # e.g. a longer max_seq_len
             setattr(c, key, value)
         c.validate()
         log(f"model: {m.init_from} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
     else:
         base = load_model_config(m.preset)
-        config = load_model_config(m.preset, **m.fields.overrides(base.attn_config, base.init_config))
+        config = load_model_config(m.preset, **model_overrides(m.fields, base.attn_config, base.init_config))
         model = MPTForCausalLM(config)
         log(f"model: {m.preset} ({model_info(config).params / 1e6:.2f}M parameters)")
     if _use_flex(model.config, m.fields, device):

@@ -5,75 +5,34 @@ Paths in a recipe are relative to the current directory, so the same recipe runs
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from ..config import ConfigError, apply_overrides, from_dict, load_yaml
+from ..config import ConfigError, apply_overrides, from_dict, load_yaml, optional_fields, set_fields
+from ..model.fields import ModelFields as MPTFields
+from ..model.fields import check_fields, resolved
+from ..presets import preset_fields
 
 
 def _err(path: str, key: str, value, why: str) -> ConfigError:
     return ConfigError(f"`{path + '.' if path else ''}{key}` = {value!r}: {why}")
 
 
-@dataclass
-class AttnFields:
-    """``attn_config`` keys a recipe may change; None keeps the preset's (or checkpoint's) value."""
-
-    attn_impl: Literal["torch", "flash", "flex"] | None = None
-    attn_pdrop: float | None = None
-    clip_qkv: float | None = None
-    qk_ln: bool | None = None
-    softmax_scale: float | None = None
-    attn_uses_sequence_id: bool | None = None  # document masking for packed samples
-    alibi: bool | None = None
-    alibi_bias_max: int | None = None
+# Every MPTConfig field, each None by default (keep the preset's or checkpoint's value); types and
+# allowed values come from the model's one declaration (model/fields.py).
+ModelFieldOverrides = optional_fields(MPTFields, "ModelFieldOverrides")
 
 
-@dataclass
-class InitFields:
-    """``init_config`` keys a recipe may change (weight initialisation of a fresh model)."""
-
-    name: Literal["kaiming_normal_", "small_init_", "normal_"] | None = None
-    init_std: float | None = None
-    emb_init_std: float | None = None
-    init_gain: float | None = None
-
-
-@dataclass
-class ModelFields:
-    """MPTConfig fields that override the preset's (or, with init_from, the checkpoint's).
-
-    Typed so that a misspelt or mistyped field is an error naming its key path before any work
-    starts; MPTConfig then checks the values together (e.g. d_model divisible by n_heads).
-    """
-
-    d_model: int | None = None
-    n_heads: int | None = None
-    n_layers: int | None = None
-    expansion_ratio: float | None = None
-    max_seq_len: int | None = None
-    vocab_size: int | None = None
-    resid_pdrop: float | None = None
-    emb_pdrop: float | None = None
-    learned_pos_emb: bool | None = None
-    logit_scale: float | None = None
-    no_bias: bool | None = None
-    embedding_fraction: float | None = None
-    norm_type: Literal["low_precision_layernorm", "layernorm"] | None = None
-    layer_norm_epsilon: float | None = None
-    tie_word_embeddings: bool | None = None
-    attn_config: AttnFields = field(default_factory=AttnFields)
-    init_config: InitFields = field(default_factory=InitFields)
-
-    def overrides(self, base_attn: dict, base_init: dict) -> dict:
-        """The fields that are set, with attn_config / init_config merged into the base's dicts."""
-        out = {k: v for k, v in vars(self).items() if v is not None and k not in ("attn_config", "init_config")}
-        for name, base in (("attn_config", base_attn), ("init_config", base_init)):
-            given = {k: v for k, v in vars(getattr(self, name)).items() if v is not None}
-            if given:
-                out[name] = {**base, **given}
-        return out
+def model_overrides(fields, base_attn: dict, base_init: dict) -> dict:
+    """The fields a recipe sets, with attn_config / init_config merged into the base's dicts."""
+    out = set_fields(fields)
+    for name, base in (("attn_config", base_attn), ("init_config", base_init)):
+        if name in out:
+            out[name] = {**base, **out[name]}
+    return out
 
 
 @dataclass
@@ -103,7 +62,7 @@ class LoraSection:
 class ModelSection:
     preset: str | None = "mpt-tiny"      # a preset name or YAML file of MPTConfig fields
     init_from: str | None = None         # a Hugging Face-format checkpoint to finetune from
-    fields: ModelFields = field(default_factory=ModelFields)  # MPTConfig fields overriding the preset
+    fields: ModelFieldOverrides = field(default_factory=ModelFieldOverrides)  # MPTConfig fields over the preset's
     lora: LoraSection | None = None      # train LoRA adapters instead of every weight
 
     def validate(self, path: str) -> None:
@@ -113,6 +72,18 @@ class ModelSection:
             # checkpoints hold only the adapters; resume and export re-read the base from init_from
             raise _err(path, "lora.quantize_base", True, "QLoRA quantizes a pretrained base: set model.init_from to "
                        "a Hugging Face-format checkpoint")
+        base = self.base_fields()
+        if base is not None:  # the architecture is checked here, before the loop imports torch
+            check_fields(resolved({**base, **model_overrides(self.fields, base.get("attn_config") or {},
+                                                             base.get("init_config") or {})}))
+
+    def base_fields(self) -> dict | None:
+        """The fields the overrides apply to: init_from's config.json (a local folder), else the preset's;
+        None when init_from is a hub name or does not exist yet (the loop reports that)."""
+        if self.init_from:
+            config = Path(self.init_from) / "config.json"
+            return json.loads(config.read_text()) if config.is_file() else None
+        return preset_fields(self.preset)
 
 
 @dataclass
