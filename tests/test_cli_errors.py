@@ -43,6 +43,8 @@ def folders(tmp_path_factory):
 CASES = {
     "local-looking path never goes to the hub": (
         ["generate", "./no-such-model", "hi"], "mpt generate: error: no such model folder: ./no-such-model"),
+    "a near miss of a folder here": (
+        ["generate", "./ckp", "hi"], "mpt generate: error: no such model folder: ./ckp; did you mean ./ckpt?"),
     "hub name that cannot be loaded": (
         ["generate", "no-such-model", "hi"], "mpt generate: error: no such model folder or hub model: no-such-model"),
     "checkpoint without tokenizer names the real flag": (
@@ -68,6 +70,26 @@ def test_expected_failures_are_one_line_with_exit_code_2(folders, case):
     assert len(errors) == 1 and message.format(root=folders) in errors[0], out.stderr
     if argv[0] != "prep":  # prep's own progress line may precede the error
         assert out.stderr.strip() == errors[0]
+
+
+def test_a_hub_name_without_a_reachable_hub_fails_once_and_at_once(folders):
+    """Without HF_HUB_OFFLINE the hub client would retry DNS with back-off for ~30 s ("Retrying in 8s")."""
+    import socket
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy")}
+    start = time.monotonic()
+    out = subprocess.run([MPT, "generate", "ckp", "hi"], capture_output=True, text=True, env=env, cwd=folders,
+                         timeout=300)
+    took = time.monotonic() - start
+    assert out.returncode == 2 and "Retrying" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError:  # this machine, like CI, has no route to the hub
+        assert "the Hugging Face hub (huggingface.co) cannot be reached" in out.stderr, out.stderr
+        assert out.stderr.strip().endswith("did you mean ./ckpt?"), out.stderr
+        assert took < 20, took  # the hub client's retries took ~30 s; torch is not even imported now
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(folders):

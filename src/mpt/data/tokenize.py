@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpt.paths import first_line, looks_local
+from mpt.paths import check_hub_reachable, first_line, looks_local
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
@@ -41,6 +41,7 @@ def load_tokenizer(path_or_name: str | Path = DEFAULT_TOKENIZER, eos_token: str 
         else:
             raise FileNotFoundError(f"no such tokenizer file or folder: {name}")
     else:
+        check_hub_reachable(name, "tokenizer")
         try:
             tok = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as err:

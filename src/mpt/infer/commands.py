@@ -27,6 +27,9 @@ class ModelSource:
     quantize: Quantize | None = None  # int8: int8 weights for the linear layers (mpt.model.quantize)
 
     def load(self):
+        from ..paths import check_model_name
+
+        check_model_name(self.model)  # in a fraction of a second, before torch and transformers load
         from .api import load
 
         return load(self.model, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype,

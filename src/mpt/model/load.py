@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mpt.paths import first_line, looks_local
+from mpt.paths import check_hub_reachable, did_you_mean, first_line, looks_local
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -58,10 +58,13 @@ def read_config_dict(path: str | Path) -> dict:
         if not (Path(name) / "config.json").is_file():
             raise FileNotFoundError(f"{name} has no config.json: not a Hugging Face-format checkpoint "
                                     "(convert one with `mpt convert SRC DST`)")
+    else:
+        check_hub_reachable(name, "model")
     try:
         fields, _ = PretrainedConfig.get_config_dict(name)
     except OSError as err:
-        raise FileNotFoundError(f"no such model folder or hub model: {name} ({first_line(err)})") from err
+        raise FileNotFoundError(f"no such model folder or hub model: {name} ({first_line(err)}){did_you_mean(name)}"
+                                ) from err
     return fields
 
 
