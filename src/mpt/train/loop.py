@@ -395,12 +395,20 @@ def _export(run: _Run, state: TrainState) -> Path | None:
     return Path(out)
 
 
-def _progress_bar(run: _Run, state: TrainState):
-    if not run.d.is_main:
+def _progress_bar(run: _Run, state: TrainState, log):
+    """Rank 0's bar, shown only on a terminal (in a file, thousands of ``\r`` redraws bury the step lines).
+
+    While it shows, the run's messages go through ``bar.write`` (the bar is cleared, the line printed,
+    the bar redrawn), so "saved checkpoint ..." never lands on the bar's line.
+    """
+    if not run.d.is_main or not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=run.total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=run.total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    if log is print:  # a caller's own log function is left alone
+        run.say = lambda *parts, **_: bar.write(" ".join(map(str, parts)))
+    return bar
 
 
 def train(recipe: Recipe, log=print) -> TrainResult:
@@ -429,7 +437,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     run.monitor = _build_monitor(run, seq_len)
     preemption = _Preemption()
     last_icl: dict[str, float] = {}
-    bar = _progress_bar(run, state)
+    bar = _progress_bar(run, state, log)
 
     # ---- the loop ----------------------------------------------------------------------------------
     try:
@@ -449,14 +457,14 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             if result.skipped is None:
                 state.final_loss = result.loss
             else:
-                say(f"step {state.step}: skipped ({result.skipped})")
+                run.say(f"step {state.step}: skipped ({result.skipped})")
             line = run.monitor.step(state.step, total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                                                         "skipped": result.skipped or ""},
                                     result.tokens, time.perf_counter() - start, d.device)
             if bar is not None:
                 bar.update(1)
-                if state.step % recipe.log.every_batches == 0 or state.step == total:
-                    bar.write(line)
+            if state.step % recipe.log.every_batches == 0 or state.step == total:
+                run.say(line)  # through the bar while it shows; the step line alone without one
 
             if result.rollback:
                 with run.watchdog.phase():
@@ -474,7 +482,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             if stop or (every and state.step % every == 0) or state.step == total:
                 _save(run, state)
             if stop:
-                say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
+                run.say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
                     "resume)")
                 return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, None,
                                    interrupted=True, icl=last_icl)

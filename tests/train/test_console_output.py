@@ -1,0 +1,73 @@
+"""What `mpt train` prints: on a terminal the bar and the messages never share a line; into a pipe or a
+file there is no bar (no ``\\r`` redraws), only the step lines and messages."""
+
+import fcntl
+import os
+import pty
+import re
+import select
+import shutil
+import struct
+import subprocess
+import termios
+
+import yaml
+
+from .helpers import make_shards, recipe_dict
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _recipe(tmp_path) -> str:
+    data = make_shards(tmp_path / "data")
+    recipe = recipe_dict(tmp_path, data, train={"max_duration": "6ba", "global_batch_size": 8, "micro_batch_size": 8},
+                         checkpoint={"folder": str(tmp_path / "ckpt"), "every_batches": 2, "keep": 2})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
+
+
+def test_on_a_terminal_messages_never_land_on_the_bars_line(tmp_path):
+    recipe = _recipe(tmp_path)
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # tqdm draws nothing at width 0
+    proc = subprocess.Popen([shutil.which("mpt"), "train", recipe], stdin=subprocess.DEVNULL, stdout=child,
+                            stderr=child, env=ENV)
+    os.close(child)
+    out = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 120)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output for 120 s: {out[-2000:]!r}")
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 0, out[-3000:]
+    text = out.decode()
+    assert "train:" in text and "step/s" in text  # the bar did show
+    text = text.replace("\r\n", "\n")  # the terminal's own line ends
+    saved = [line for line in text.split("\n") if "saved checkpoint" in line]
+    assert len(saved) == 3, text
+    for line in saved + [line for line in text.split("\n") if "loss" in line and "step 6/6" in line]:
+        visible = ANSI.sub("", line.rstrip("\r")).split("\r")[-1]  # what is left on that line once drawn
+        assert visible.startswith(("saved checkpoint", "step ")), repr(line)
+
+
+def test_into_a_pipe_there_is_no_bar_only_lines(tmp_path):
+    recipe = _recipe(tmp_path)
+    out = subprocess.run([shutil.which("mpt"), "train", recipe], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stdout + out.stderr and "step/s]" not in out.stderr, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0].split("/")[0] for line in lines if line.startswith("step ")] == \
+        [f"step {i}" for i in range(1, 7)], out.stdout
+    assert sum(line.startswith("saved checkpoint") for line in lines) == 3, out.stdout
