@@ -8,6 +8,7 @@ shows the traceback of an expected error.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -20,12 +21,39 @@ def quiet_third_parties(prog: str) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:  # imported already (a caller's process): switch off directly
-        from transformers.utils import logging
+        from transformers.utils import logging as tlog
 
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
     warnings.filterwarnings("once")
+    # "once" shows what Python hides by default: third parties' deprecation notices (torch.jit's, met
+    # when peft loads) say nothing to a user of `mpt`.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
     warnings.formatwarning = lambda message, *_args, **_kw: f"{prog}: warning: {message}\n"
+    # Libraries that log through an unconfigured logger reach stderr through logging's last resort:
+    # bitsandbytes' "Failed to load CPU gemm_4bit_forward ..." on every import, lm-eval's INFO lines.
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+NOISY_LOGGERS = ("bitsandbytes", "lm_eval", "lm-eval", "peft", "accelerate", "datasets", "evaluate")
+
+
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' own bars ("Loading weights", "Writing model shards") off inside, for the Python API as
+    for the commands; ``MPT_VERBOSE=1`` (set by ``--verbose``) leaves them on."""
+    from transformers.utils import logging as tlog
+
+    hide = tlog.is_progress_bar_enabled() and os.environ.get("MPT_VERBOSE") != "1"
+    if hide:
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            tlog.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -34,7 +62,9 @@ def command_output(prog: str, verbose: bool) -> Iterator[None]:
     for callers that run ``main()`` inside their own process (tests, notebooks)."""
     saved = warnings.formatwarning
     with warnings.catch_warnings():
-        if not verbose:
+        if verbose:
+            os.environ["MPT_VERBOSE"] = "1"
+        else:
             quiet_third_parties(prog)
         try:
             yield

@@ -9,11 +9,12 @@ import select
 import shutil
 import struct
 import subprocess
+import sys
 import termios
 
 import yaml
 
-from .helpers import make_shards, recipe_dict
+from .helpers import make_shards, recipe_dict, save_tiny_base
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -71,3 +72,33 @@ def test_into_a_pipe_there_is_no_bar_only_lines(tmp_path):
     assert [line.split(":")[0].split("/")[0] for line in lines if line.startswith("step ")] == \
         [f"step {i}" for i in range(1, 7)], out.stdout
     assert sum(line.startswith("saved checkpoint") for line in lines) == 3, out.stdout
+
+
+def test_lora_training_prints_no_third_party_noise(tmp_path):
+    """peft brings in bitsandbytes, which logged "Failed to load CPU gemm_4bit_forward ..." on import, and
+    torch.jit's deprecation notice showed as "mpt train: warning: ..."; neither says anything to the user."""
+    recipe = yaml.safe_load(open(_recipe(tmp_path)))
+    recipe["model"] = {"preset": None, "init_from": str(save_tiny_base(tmp_path / "base")), "lora": {"r": 4}}
+    recipe["train"]["max_duration"] = "2ba"
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(recipe))
+    out = subprocess.run([shutil.which("mpt"), "train", str(tmp_path / "lora.yaml")], capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "", out.stderr
+    assert "LoRA r=4" in out.stdout and "saved checkpoint" in out.stdout
+    assert not [line for line in out.stdout.splitlines() if "warning" in line.lower() or "kernels" in line]
+
+
+def test_the_python_api_shows_no_transformers_bars(tmp_path):
+    code = ("from mpt import MPTConfig, MPTForCausalLM, load\n"
+            "from mpt.model.hf import save_pretrained\n"
+            "m = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=416, max_seq_len=32))\n"
+            f"save_pretrained(m, {str(tmp_path / 'a')!r})\n"
+            f"m.save_pretrained({str(tmp_path / 'b')!r})\n"
+            f"MPTForCausalLM.from_pretrained({str(tmp_path / 'b')!r})\n")
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code.replace("/a'", "/c'").replace("/b'", "/d'")],
+                          capture_output=True, text=True, env={**env, "MPT_VERBOSE": "1"}, timeout=300)
+    assert "Writing model shards" in loud.stderr and "Loading weights" in loud.stderr, loud.stderr

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..console import transformers_bars_off
 from .attention import alibi_slopes, attend, prepare
 from .config import MPTConfig
 from .loss import linear_cross_entropy
@@ -332,6 +333,11 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
             kwargs[_CACHE_FIELD] = KVCache(self.config.n_layers)
         return super().generate(*args, **kwargs)
 
+    def save_pretrained(self, *args, **kwargs):
+        """transformers' writer, without its "Writing model shards" bar (``MPT_VERBOSE=1`` shows it)."""
+        with transformers_bars_off():
+            return super().save_pretrained(*args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, but a checkpoint whose tensors do not match is an error.
@@ -341,8 +347,9 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         want_info = kwargs.pop("output_loading_info", False)
         # Mismatched shapes are collected (not raised by transformers) so one error lists all problems.
         kwargs.setdefault("ignore_mismatched_sizes", True)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                              **kwargs)
+        with transformers_bars_off():
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
         problems = []
         for key, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
                            ("mismatched_keys", "wrong shape")):
