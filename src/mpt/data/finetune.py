@@ -10,6 +10,7 @@ Formats (one JSON object per line):
   :data:`~mpt.chatml.CHATML_TEMPLATE`;
   loss on each assistant turn's content and its ``<|im_end|>``, not on the role header or the
   newline after it. The mask is found from token character offsets, so it needs no special tokens.
+  Special-token strings inside content are encoded as the plain text they are.
 
 Over-long examples follow ``FinetuneConfig.truncation``: ``"truncate"`` keeps the first
 ``max_seq_len`` tokens (an example left with no trained token is dropped), ``"drop"`` drops it,
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..chatml import CHATML_TEMPLATE as CHATML_TEMPLATE  # re-exported: callers that import it from here
-from ..chatml import render_chatml
+from ..chatml import chatml_segments, render_chatml, special_strings, text_pieces
 from .readers import DataInputError
 
 IGNORE = -100
@@ -68,15 +69,23 @@ class Example:
 
 
 def encode_chat(tokenizer, messages: list[dict]) -> Example:
-    """``tokenizer`` is a ``tokenizers.Tokenizer``; ids equal ``apply_chat_template`` with CHATML_TEMPLATE."""
-    text, spans = render_chatml((m["role"], m["content"]) for m in messages)
-    enc = tokenizer.encode(text, add_special_tokens=False)
+    """``tokenizer`` is a ``tokenizers.Tokenizer``; ids equal ``apply_chat_template`` with CHATML_TEMPLATE, except
+    that special-token strings inside message content stay plain text (:func:`mpt.chatml.text_pieces`): a
+    chat that writes ``<|im_end|>`` in a message must not teach the model to end (or forge) turns with it."""
+    turns = [(m["role"], m["content"]) for m in messages]
+    text, spans = render_chatml(turns)
+    pieces = text_pieces(chatml_segments(turns), special_strings(tokenizer))
+    ids, offsets, at = [], [], 0
+    for piece, enc in zip(pieces, tokenizer.encode_batch(pieces, add_special_tokens=False), strict=True):
+        ids += enc.ids
+        offsets += [(at + a, at + b) for a, b in enc.offsets]
+        at += len(piece)
     labels = []
-    for tid, (start, end) in zip(enc.ids, enc.offsets, strict=True):
+    for tid, (start, end) in zip(ids, offsets, strict=True):
         # a token is trained when it lies in a trained span; offsets may be trimmed of spaces, so use its start
         trained = any(a <= start < b or (start == end and a < start <= b) for a, b in spans)
         labels.append(tid if trained else IGNORE)
-    return Example(list(enc.ids), labels)
+    return Example(ids, labels)
 
 
 def encode_prompt_response(tokenizer, prompt: str, response: str, eos_id: int) -> Example:

@@ -3,10 +3,15 @@
 A tokenizer that carries its own ``chat_template`` is rendered with it; otherwise ChatML
 (MPT-7B-Chat's format) by :func:`mpt.chatml.render_chatml`, the renderer finetuning uses too,
 which is what ``apply_chat_template`` gives with the ChatML template (tested).
+
+:func:`encode_prompt` turns messages into token ids with their content encoded as text: a
+special-token string a user writes (``<|im_end|>``) stays those characters, so a message cannot
+close its turn and forge another (see :mod:`mpt.chatml`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +47,33 @@ def render(messages: Sequence[Message], tokenizer=None) -> str:
         return tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
                                              tokenize=False, add_generation_prompt=True)
     return render_chatml(messages)
+
+
+def encode_prompt(messages: Sequence[Message], tokenizer, encode: Callable[[str], list[int]]) -> list[int]:
+    """Token ids of the prompt for the assistant's next turn; special-token strings inside message content are
+    encoded as plain text (``encode``: text to ids, special-token strings in it to their ids).
+
+    The template is rendered once with a marker for each message's content, which shows where content
+    goes; ordinary content then encodes exactly as the rendered text does.
+    """
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use characters: no template writes them
+    skeleton = render([Message(m.role, mark) for m, mark in zip(messages, marks, strict=True)], tokenizer)
+    parts = re.split("(\ue000\\d+\ue001)", skeleton)
+    segments = [(messages[int(p[1:-1])].content, True) if i % 2 else (p, False) for i, p in enumerate(parts)]
+    text = render(messages, tokenizer)
+    specials = chatml.special_strings(tokenizer) if tokenizer is not None else [chatml.START_OF_TURN,
+                                                                                  chatml.END_OF_TURN]
+    if "".join(t for t, _ in segments) != text:
+        # The template changes content (e.g. trims it), so where content lies in the text is unknown: encode
+        # the text whole, which is safe only if no content holds a special-token string.
+        for i, m in enumerate(messages):
+            bad = next((s for s in specials if s in m.content), None)
+            if bad is not None:
+                raise ValueError(f"messages[{i}].content holds {bad!r}, a special token of this tokenizer, and "
+                                 "its chat template changes message content, so it cannot be kept as plain text: "
+                                 "remove it")
+        return encode(text)
+    return [t for piece in chatml.text_pieces(segments, specials) for t in encode(piece)]
 
 
 def fit_history(messages: list[Message], count_tokens: Callable[[str], int], budget: int,

@@ -11,6 +11,7 @@ bounds and no float may be NaN or infinite, so no value a client sends can overf
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,7 +39,69 @@ class StreamOptions(BaseModel):
 # (OpenAI allows 4; none of its users needs a stop string longer than a paragraph).
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
-StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type, as a client would name it."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_stop(stop: object) -> object:
+    """What is wrong with ``stop``, said plainly (pydantic's union errors named the wrong member's type)."""
+    if stop is None:
+        return stop
+    if not isinstance(stop, str | list):
+        raise ValueError(f"stop must be a string or a list of at most {MAX_STOPS} strings, not {_kind(stop)}")
+    if isinstance(stop, list) and len(stop) > MAX_STOPS:
+        raise ValueError(f"stop holds {len(stop)} strings; at most {MAX_STOPS} stop strings are allowed")
+    for i, s in enumerate([stop] if isinstance(stop, str) else stop):
+        where = "stop" if isinstance(stop, str) else f"stop[{i}]"
+        if not isinstance(s, str):
+            raise ValueError(f"{where} is {_kind(s)}; each stop must be a string")
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(f"{where} has {len(s)} characters; a stop string may have at most {MAX_STOP_CHARS}")
+    return stop
+
+
+def _check_token_ids(ids: list, where: str) -> None:
+    if not ids:
+        raise ValueError(f"{where} is an empty list of token ids; a prompt needs at least one token")
+    for i, t in enumerate(ids):
+        if not isinstance(t, int) or isinstance(t, bool):
+            raise ValueError(f"{where}[{i}] is {_kind(t)}; token ids are integers (a list of token ids cannot "
+                             "mix in other values)")
+        if not 0 <= t <= MAX_TOKEN_ID:
+            raise ValueError(f"{where}[{i}] = {t} is not a token id (0 or more, below 2**31)")
+
+
+def _check_prompt(prompt: object) -> object:
+    """The four shapes OpenAI's legacy API takes, with an error that says which part is wrong."""
+    shapes = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list):
+        raise ValueError(f"prompt must be {shapes}, not {_kind(prompt)}")
+    if not prompt:
+        raise ValueError(f"prompt is an empty list; send {shapes}")
+    first = prompt[0]
+    if isinstance(first, str):
+        for i, p in enumerate(prompt):
+            if not isinstance(p, str):
+                raise ValueError(f"prompt[{i}] is {_kind(p)}; a list of prompts holds strings, or lists of "
+                                 "token ids, not both")
+    elif isinstance(first, list):
+        for i, p in enumerate(prompt):
+            if not isinstance(p, list):
+                raise ValueError(f"prompt[{i}] is {_kind(p)}; a list of token-id prompts holds lists of integers")
+            _check_token_ids(p, f"prompt[{i}]")
+    elif isinstance(first, int) and not isinstance(first, bool):
+        _check_token_ids(prompt, "prompt")
+    else:
+        raise ValueError(f"prompt[0] is {_kind(first)}; the prompt must be {shapes}")
+    return prompt
 
 
 MAX_LOGIT_BIAS = 300
@@ -62,7 +125,7 @@ class _Request(BaseModel):
     n: Annotated[int, Field(ge=1, le=128)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    stop: str | list[str] | None = None  # checked by _check_stop
     seed: Annotated[int, Field(ge=-2**63, lt=2**64)] | None = None  # what torch.Generator.manual_seed takes
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
@@ -78,6 +141,11 @@ class _Request(BaseModel):
             if getattr(self, name) != 0:
                 raise ValueError(f"{name} is not supported by this server (use repetition_penalty)")
         return self
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, stop: object) -> object:
+        return _check_stop(stop)
 
     @field_validator("logit_bias")
     @classmethod
@@ -97,17 +165,24 @@ class _Request(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
-
-
 class CompletionRequest(_Request):
-    prompt: (str | Annotated[list[str], Field(min_length=1)] | TokenIds
-             | Annotated[list[TokenIds], Field(min_length=1)])
+    prompt: str | list[str] | list[int] | list[list[int]]  # checked by _check_prompt
     max_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None  # 0: score the prompt only (echo)
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # 20: vLLM's limit (OpenAI's is 5)
     suffix: None = None
     best_of: Literal[1] | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, prompt: object) -> object:
+        return _check_prompt(prompt)
+
+    @property
+    def scoring(self) -> bool:
+        """Echo with at most one new token: lm-eval's log-likelihood requests (``max_tokens: 1``, the new
+        token dropped) and score-only ones (``max_tokens: 0``). Limited by their tokens, not by --max-n."""
+        return self.echo and self.max_tokens is not None and self.max_tokens <= 1
 
     def check_scoring(self) -> None:
         """What the fields allow only together; refused with a 400 naming the field."""
@@ -135,6 +210,18 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, content: object) -> object:
+        part = '{"type": "text", "text": "..."}'
+        if not isinstance(content, str | list):
+            raise ValueError(f"must be a string or a list of {part} parts, not {_kind(content)}")
+        for i, p in enumerate(content if isinstance(content, list) else []):
+            if not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)):
+                raise ValueError(f"part {i} must be {part} (this server takes text only), not "
+                                 f"{json.dumps(p)[:80] if isinstance(p, dict) else _kind(p)}")
+        return content
+
     @property
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -160,4 +247,5 @@ def parse(model: type[BaseModel], body: bytes):
             msg = "the request body must be a JSON object" if e["type"] == "model_type" else e["msg"]
             raise APIError(400, msg.removeprefix("Value error, ")) from None
         loc = ".".join(str(p) for p in e["loc"])
-        raise APIError(400, f"{loc}: {e['msg']}", param=str(e["loc"][0])) from None
+        msg = e["msg"].removeprefix("Value error, ")  # our validators' messages name the field themselves
+        raise APIError(400, msg if msg.startswith(loc) else f"{loc}: {msg}", param=str(e["loc"][0])) from None

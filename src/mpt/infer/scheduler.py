@@ -13,6 +13,11 @@ stays near ``1 + prefill_stall`` times a plain step's, on a CPU or a GPU alike (
 would be far too small for one and too large for the other). With no row decoding there is nobody
 to stall and a prompt runs ``prefill_chunk`` tokens per forward, which bounds its activations.
 
+Scoring (``echo`` with ``logprobs``: :meth:`Scheduler.score`) is paced the same way, with its own
+measured rate (every position's logits cost more than a prefill's last one): a chunk per loop turn,
+taking turns with a joining prompt's chunks, so neither a long scoring request nor a burst of
+joining prompts holds up the other or the running streams.
+
 The model is only ever touched from this thread. The decode step is the engine's: compiled over a
 static cache when the engine was built with ``compile`` (the default on CUDA, see
 :class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on this thread too.
@@ -29,6 +34,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 
 from .batching import BatchEngine, Prefill, Row, Update
+from .logprobs import PromptScorer
 
 log = logging.getLogger("mpt.serve")
 
@@ -43,6 +49,9 @@ class Scheduler:
         self.prefill_stall = prefill_stall  # 0: chunks of prefill_chunk tokens whatever the timing
         self._step_s: float | None = None  # a decode step's seconds (moving average)
         self._prefill_rate: float | None = None  # prefilled prompt positions x rows per second (last chunk)
+        self._score_rate: float | None = None  # scored prompt positions per second (last chunk)
+        self._scoring: list[tuple[PromptScorer, Future]] = []  # oldest first; one chunk of the first per turn
+        self._score_turn = False  # whether this loop turn's side work is scoring (else a prefill chunk)
         self._prefill: Prefill | None = None  # rows joining, their prompts partly run
         self._cancel_on_join: set[Hashable] = set()  # cancelled while prefilling: they leave as soon as they join
         self.max_rows = min(max_batch_size, engine.max_rows or max_batch_size)
@@ -63,7 +72,7 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         joining = len(self._prefill.rows) if self._prefill is not None else 0
-        return len(self._waiting) + self._inbox.qsize() + joining
+        return len(self._waiting) + self._inbox.qsize() + joining + len(self._scoring)
 
     def start(self) -> Scheduler:
         self._thread.start()
@@ -83,13 +92,21 @@ class Scheduler:
         self._inbox.put((fn, future))
         return future
 
+    def score(self, scorer: PromptScorer) -> Future:
+        """Score ``scorer``'s prompts on the decode thread, a paced chunk per loop turn; the future gets its
+        ``results``. Cancelling the future drops the work at the next turn."""
+        future: Future = Future()
+        self._inbox.put((scorer, future))
+        return future
+
     def cancel(self, keys: Sequence[Hashable]) -> None:
         with self._lock:
             self._cancelled.update(keys)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._take_inbox(block=not self._waiting and not len(self.engine) and self._prefill is None)
+            self._take_inbox(block=not self._waiting and not len(self.engine) and self._prefill is None
+                             and not self._scoring)
             with self._lock:
                 cancelled, self._cancelled = self._cancelled, set()
             if cancelled:
@@ -99,7 +116,13 @@ class Scheduler:
                     self._cancel_on_join |= cancelled & {r.key for r in self._prefill.rows}
                 for key in cancelled:
                     self._callbacks.pop(key, None)
-            updates = self._admit()
+            self._scoring = [(s, f) for s, f in self._scoring if not f.cancelled()]  # their clients left
+            if self._scoring and (self._score_turn or not self._admissible()):
+                updates = []
+                self._score_chunk()
+            else:
+                updates = self._admit()
+            self._score_turn = not self._score_turn
             size = len(self.engine)
             try:
                 start = time.perf_counter()
@@ -127,7 +150,7 @@ class Scheduler:
                     return []
                 joining, self._waiting = self._waiting[:free], self._waiting[free:]
                 self._prefill = self.engine.prefill(joining, self.prefill_chunk)
-            tokens, before = self._chunk_tokens(len(self._prefill.rows)), self._prefill.done
+            tokens, before = self._chunk_tokens(len(self._prefill.rows), self._prefill_rate), self._prefill.done
             start = time.perf_counter()
             done = self._prefill.advance(tokens)
             if tokens is not None and self._prefill.done - before == tokens:  # a whole paced chunk: time it
@@ -143,15 +166,40 @@ class Scheduler:
             return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
         return []
 
-    def _chunk_tokens(self, rows: int) -> int | None:
-        """Prompt positions to prefill this turn: about ``prefill_stall`` decode steps' worth while rows
-        decode (a small first chunk measures the rate); None (``prefill_chunk``) when none do."""
+    def _admissible(self) -> bool:
+        """Whether :meth:`_admit` has work: a prefill under way, or rows waiting for a free slot."""
+        return self._prefill is not None or (bool(self._waiting) and len(self.engine) < self.max_rows)
+
+    def _score_chunk(self) -> None:
+        """One paced chunk of the oldest scoring request; its future gets the results (or the error) at the end."""
+        scorer, future = self._scoring[0]
+        tokens = self._chunk_tokens(1, self._score_rate)
+        try:
+            start = time.perf_counter()
+            done = scorer.advance(tokens)
+            if tokens is not None and scorer.ran == tokens:
+                self._score_rate = tokens / max(time.perf_counter() - start, 1e-9)
+        except Exception as err:  # this request's scoring failed (e.g. out of memory): it alone gets the error
+            log.error("scoring failed:\n%s", traceback.format_exc())
+            self._scoring.pop(0)
+            if future.set_running_or_notify_cancel():
+                future.set_exception(err)
+            return
+        if done:
+            self._scoring.pop(0)
+            if future.set_running_or_notify_cancel():
+                future.set_result(scorer.results)
+
+    def _chunk_tokens(self, rows: int, rate: float | None) -> int | None:
+        """Prompt positions to run this turn: about ``prefill_stall`` decode steps' worth at ``rate`` (positions x
+        rows per second) while rows decode (a small first chunk measures the rate); None (``prefill_chunk``)
+        when none do."""
         if not len(self.engine) or not self.prefill_stall:
             return None
-        if self._step_s is None or self._prefill_rate is None:
+        if self._step_s is None or rate is None:
             tokens = self.MIN_CHUNK
         else:
-            tokens = max(self.MIN_CHUNK, int(self._prefill_rate * self._step_s * self.prefill_stall / rows))
+            tokens = max(self.MIN_CHUNK, int(rate * self._step_s * self.prefill_stall / rows))
         return min(tokens, self.prefill_chunk) if self.prefill_chunk else tokens
 
     @staticmethod
@@ -178,7 +226,9 @@ class Scheduler:
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
-                if callable(item[0] if item else None):
+                if isinstance(item[0] if item else None, PromptScorer):
+                    self._scoring.append(item)
+                elif callable(item[0] if item else None):
                     self._run_call(*item)
                 elif item is not None:
                     requests, callback = item

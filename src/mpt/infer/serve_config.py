@@ -42,6 +42,9 @@ class ServeConfig:
     max_batch_size: int = 16  # rows decoded together
     max_concurrent: int = 64  # requests in flight, running or waiting; more get 429
     max_n: int = 8  # choices per request (n x prompts)
+    # Prompt tokens (x n) a scoring request (echo with max_tokens 0 or 1: lm-eval's) may send; such requests
+    # are not limited by max_n, so lm-eval's --batch_size 64 is one request. Default: 32 x context_length.
+    max_score_tokens: int | None = None
     log_level: str = "info"
     # Limits checked before any work (CLI: --max-prompt-chars, --max-body-bytes, --max-connections).
     max_prompt_chars: int | None = None  # default: context_length x the longest token, in characters
@@ -63,7 +66,7 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} is invalid: use 0..65535")
         for name in ("max_batch_size", "max_concurrent", "max_n", "context_length", "max_tokens",
-                     "max_prompt_chars", "max_body_bytes", "max_connections"):
+                     "max_prompt_chars", "max_body_bytes", "max_connections", "max_score_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} is invalid: must be >= 1")
@@ -82,8 +85,13 @@ class ServeConfig:
         if self.quantize not in (None, "int8"):
             raise ValueError(f"quantize={self.quantize!r} is invalid: use int8 (or none)")
         self.allow_origin = [o.rstrip("/") for o in self.allow_origin]
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            # An empty key once counted as "a key is set": the no-key protections were skipped, and an empty
+            # bearer token matched it.
+            raise ValueError(f"api_key={self.api_key!r} is invalid: a key must be non-empty, without leading or "
+                             "trailing whitespace (leave --api-key out to serve without a key, this machine only)")
         if self.api_key is None:
-            self.api_key = os.environ.get("MPT_API_KEY") or None
+            self.api_key = os.environ.get("MPT_API_KEY", "").strip() or None  # empty: no key, as if unset
         return self
 
     def resolve(self, llm: LLM) -> ServeConfig:
@@ -94,6 +102,7 @@ class ServeConfig:
         if self.context_length < 2:
             raise ValueError(f"context_length={self.context_length} is invalid: must be >= 2")
         self.max_tokens = min(self.max_tokens or self.context_length, self.context_length - 1)
+        self.max_score_tokens = self.max_score_tokens or 32 * self.context_length
         if self.max_prompt_chars is None:
             # No prompt with more characters than this can fit in the context, whatever it says.
             longest = max((len(t) for t in llm.tokenizer.get_vocab()), default=1)

@@ -20,12 +20,14 @@ import asyncio
 import hmac
 import json
 import logging
+import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import TypeVar
 
 import torch
 from fastapi import FastAPI, Request
@@ -33,14 +35,28 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .api import LLM
 from .batching import Row, Update
-from .chat import END_OF_TURN, Message, render
+from .chat import END_OF_TURN, Message, encode_prompt
 from .guard import ClientGone, check_local_request, read_body
-from .logprobs import prompt_logprobs
+from .logprobs import PromptScorer
 from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from .sampling import SamplingParams
 from .scheduler import Scheduler
 from .serve_config import ServeConfig, compile_flag
+
+T = TypeVar("T")
+
+class _DecodeCache:
+    """One token's text, decoded once per request: a scored prompt names the same alternatives again and again."""
+
+    def __init__(self, decode) -> None:
+        self.decode, self.texts = decode, {}
+
+    def __call__(self, token: int) -> str:
+        text = self.texts.get(token)
+        if text is None:
+            text = self.texts[token] = self.decode([token])
+        return text
 
 
 @dataclass
@@ -105,19 +121,14 @@ class Job:
             self.unfinished.clear()
         self.server.jobs.discard(self)
 
-    async def updates(self, request: Request | None = None) -> AsyncIterator[Update]:
-        """Updates until every choice finished; polls for a client disconnect while waiting."""
+    async def updates(self) -> AsyncIterator[Update]:
+        """Updates until every choice finished (a client that leaves is noticed by :func:`unless_gone` or, when
+        streaming, by starlette, which cancels the response and so this)."""
         open_keys = {r.key for r in self.requests}
         tokens = 0
         try:
             while open_keys:
-                try:
-                    u = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-                except TimeoutError:
-                    if request is not None and await request.is_disconnected():
-                        self.cancel()
-                        return
-                    continue
+                u = await self.queue.get()
                 if u.finish_reason == "error":
                     self.cancel()
                     message = u.error if u.status != 500 else f"generation failed: {u.error}"
@@ -130,6 +141,32 @@ class Job:
                 yield u
         finally:
             self.server.record(self, tokens, finished=not open_keys)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body was read already: what comes is the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or :class:`ClientGone` as soon as the client disconnects, ``work`` then cancelled.
+
+    Waiting for the disconnect itself, not polling between tokens: a poll after 0.5 s without a token never
+    came while the model decoded, so a client that left kept its rows (and its place under --max-concurrent)
+    for the whole generation.
+    """
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its cleanup (freeing rows) runs now
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
 
 
 class Server:
@@ -171,15 +208,25 @@ class Server:
 
     def check_size(self, req, texts: list[str], param: str, prompts: int = 1) -> None:
         """Choices and characters: what can be refused before the text is tokenized."""
-        if req.n * prompts > self.cfg.max_n:
+        if req.n > self.cfg.max_n or (req.n * prompts > self.cfg.max_n and not getattr(req, "scoring", False)):
+            # (scoring requests, lm-eval's batches of prompts, are limited by their tokens: check_score_tokens)
             raise APIError(400, f"n={req.n} x {prompts} prompt(s) is more than the limit of {self.cfg.max_n} "
-                                "choices per request", param="n")
+                                "choices per request (--max-n)", param="n")
         chars = max(len(t) for t in texts)
         if chars > self.cfg.max_prompt_chars:
             raise APIError(400, f"the {param} has {chars} characters; this server accepts at most "
                                 f"{self.cfg.max_prompt_chars} (--max-prompt-chars), more than its context of "
                                 f"{self.cfg.context_length} tokens can hold", param=param,
                            code="context_length_exceeded")
+
+    def check_score_tokens(self, req, prompts: list[list[int]]) -> None:
+        """A scoring request's prompt tokens (times n), within --max-score-tokens."""
+        total = req.n * sum(len(p) for p in prompts)
+        if total > self.cfg.max_score_tokens:
+            raise APIError(400, f"the {len(prompts)} prompt(s) x n={req.n} hold {total} tokens to score; this server "
+                                f"scores at most {self.cfg.max_score_tokens} per request (--max-score-tokens): send "
+                                "fewer prompts per request (e.g. a smaller lm-eval --batch_size)", param="prompt",
+                           code="too_many_tokens")
 
     async def body(self, request: Request) -> bytes:
         return await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
@@ -252,7 +299,11 @@ class Server:
                         prompts=len(req.prompts))
 
         def tokenize() -> list[list[int]]:
-            return [self.token_ids(p, i) if isinstance(p, list) else self.encode(p) for i, p in enumerate(req.prompts)]
+            prompts = [self.token_ids(p, i) if isinstance(p, list) else self.encode(p)
+                       for i, p in enumerate(req.prompts)]
+            if req.scoring:
+                self.check_score_tokens(req, prompts)
+            return prompts
 
         if req.echo or req.logprobs is not None:
             return await self._scored_completion(request, req, tokenize)
@@ -260,7 +311,8 @@ class Server:
         return await self._respond(request, req, job, chat=False)
 
     async def _scored_completion(self, request: Request, req: CompletionRequest, tokenize):
-        """``echo`` and/or ``logprobs``: the prompt's scores (computed on the decode thread) and the new tokens'."""
+        """``echo`` and/or ``logprobs``: the prompt's scores (computed on the decode thread, a paced chunk at a
+        time) and the new tokens'."""
         k = req.logprobs
         if req.max_tokens == 0:
             self.check_room()
@@ -268,56 +320,71 @@ class Server:
             try:
                 prompts = await asyncio.to_thread(tokenize)
                 self.check_context(req, prompts)
-                scores = await self._score(prompts, k)
+                scores = await unless_gone(request, self._score(prompts, k))
             finally:
                 self.admitting -= 1
             rows = {p * req.n + c: _Collected(finish="length") for p in range(len(prompts)) for c in range(req.n)}
         else:
             job = await self.admit(req, tokenize, req.max_tokens, 16, req.stops, logprobs=k)
-            prompts = [r.prompt_ids for r in job.requests[::req.n]]
-            scores = await self._score(prompts, k) if req.echo else None
-            rows = await self._collect(request, job)
-            if rows is None:
-                return JSONResponse({"error": "client disconnected"}, status_code=499)
+            try:
+                prompts = [r.prompt_ids for r in job.requests[::req.n]]
+                scores = await unless_gone(request, self._score(prompts, k)) if req.echo else None
+                rows = await unless_gone(request, self._collect(job))
+            finally:
+                job.cancel()
+        # Thousands of tokens with their alternatives to decode and serialize: off the event loop, which
+        # meanwhile sends the other clients' streamed tokens.
+        body = await asyncio.to_thread(self._scored_body, req, prompts, scores, rows)
+        return Response(body, media_type="application/json")
+
+    def _scored_body(self, req: CompletionRequest, prompts: list[list[int]], scores, rows) -> bytes:
+        k = req.logprobs
+        decode = _DecodeCache(self.llm.decode)
         choices = []
         for i in sorted(rows):
             row, ids = rows[i], prompts[i // req.n]
             text = "".join(row.texts)
             tokens, lps, tops = row.ids, row.logprobs, row.tops
             if req.echo:
-                text = (req.prompts[i // req.n] if isinstance(req.prompts[i // req.n], str) else self.llm.decode(ids)) \
-                    + text
+                prompt = req.prompts[i // req.n]
+                text = (prompt if isinstance(prompt, str) else self.llm.decode(ids)) + text
                 tokens, lps, tops = ids + tokens, scores[i // req.n][0] + lps, scores[i // req.n][1] + tops
             choices.append({"index": i, "text": text, "finish_reason": row.finish,
-                            "logprobs": None if k is None else self._logprobs_body(tokens, lps, tops)})
+                            "logprobs": None if k is None else self._logprobs_body(tokens, lps, tops, decode)})
         generated = sum(len(r.ids) for r in rows.values())
-        return JSONResponse({"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
-                             "created": int(time.time()), "model": self.cfg.model_name, "choices": choices,
-                             "usage": self._usage(sum(len(p) for p in prompts), generated)})
+
+        def dumps(value) -> str:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+        # A choice at a time: json.dumps holds the GIL for the whole of what it is given (3 MB, 200 ms for
+        # 8 x 2,000 tokens), and the event loop needs it to send the other clients' tokens.
+        head = dumps({"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time()),
+                      "model": self.cfg.model_name})
+        usage = dumps(self._usage(sum(len(p) for p in prompts), generated))
+        return f'{head[:-1]},"choices":[{",".join(dumps(c) for c in choices)}],"usage":{usage}}}'.encode()
 
     async def _score(self, prompts: list[list[int]], k: int | None) -> list[tuple[list, list]]:
         if k is None:
             return [([None] * len(p), [None] * len(p)) for p in prompts]
-        model = self.llm.model
-        future = self.scheduler.call(lambda: [prompt_logprobs(model, ids, k) for ids in prompts])
-        return await asyncio.wrap_future(future)
+        scorer = PromptScorer(self.llm.model, prompts, k, chunk=self.cfg.prefill_chunk or None)
+        return await asyncio.wrap_future(self.scheduler.score(scorer))  # cancelled with it: the work is dropped
 
-    def _logprobs_body(self, ids: list[int], lps: list, tops: list) -> dict:
+    @staticmethod
+    def _logprobs_body(ids: list[int], lps: list, tops: list, decode) -> dict:
         """OpenAI's legacy shape: parallel lists of token strings, log-probabilities, top alternatives, offsets."""
-        decode = self.llm.decode
-        tokens = [decode([t]) for t in ids]
+        tokens = [decode(t) for t in ids]
         offsets, at = [], 0
         for t in tokens:
             offsets.append(at)
             at += len(t)
         return {"tokens": tokens, "token_logprobs": lps, "text_offset": offsets,
-                "top_logprobs": [None if top is None else {decode([t]): lp for t, lp in top} for top in tops]}
+                "top_logprobs": [None if top is None else {decode(t): lp for t, lp in top} for top in tops]}
 
-    async def _collect(self, request: Request, job: Job) -> dict[int, _Collected] | None:
-        """Every choice's updates, gathered; None when the client went away first."""
+    async def _collect(self, job: Job) -> dict[int, _Collected]:
+        """Every choice's updates, gathered (wrap it in :func:`unless_gone`: nothing here watches the client)."""
         rows = {r.key[1]: _Collected() for r in job.requests}
         try:
-            async for u in job.updates(request):
+            async for u in job.updates():
                 row = rows[u.key[1]]
                 row.texts.append(u.text)
                 if u.token_id is not None:
@@ -328,15 +395,22 @@ class Server:
                     row.finish = u.finish_reason
         finally:
             job.cancel()
-        return None if any(r.finish is None for r in rows.values()) else rows
+        return rows
 
     async def chat_completions(self, request: Request):
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await self.body(request))
         self.check_model(req.model)
         messages = [Message("system" if m.role == "developer" else m.role, m.text) for m in req.messages]
         self.check_size(req, ["".join(m.content for m in messages)], "messages")
-        job = await self.admit(req, lambda: [self.encode(render(messages, self.llm.tokenizer))],
-                               req.max_completion_tokens or req.max_tokens, None, req.stops + [END_OF_TURN])
+
+        def tokenize() -> list[list[int]]:
+            try:
+                return [encode_prompt(messages, self.llm.tokenizer, self.llm.encode)]
+            except ValueError as err:
+                raise APIError(400, str(err), param="messages") from None
+
+        job = await self.admit(req, tokenize, req.max_completion_tokens or req.max_tokens, None,
+                               req.stops + [END_OF_TURN])
         return await self._respond(request, req, job, chat=True)
 
     async def _respond(self, request: Request, req, job: Job, chat: bool):
@@ -346,9 +420,7 @@ class Server:
             return StreamingResponse(self._sse(job, req, chat, prompt_tokens, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        rows = await self._collect(request, job)
-        if rows is None:  # the client went away; nobody reads this
-            return JSONResponse({"error": "client disconnected"}, status_code=499)
+        rows = await unless_gone(request, self._collect(job))
         choices = []
         for i in sorted(rows):
             text, finish = "".join(rows[i].texts), rows[i].finish
@@ -448,7 +520,7 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
     # With a key, the schema pages would be the only unguarded view of the API, and a browser cannot send
     # the key to them: they are off. Without one they are as open as the API itself.
-    docs = {} if key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs = {} if not key else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="mpt serve", description="OpenAI-compatible API for an MPT model", lifespan=lifespan, **docs)
     app.state.server = server
     page = resources.files("mpt.infer").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -473,11 +545,12 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     async def guard(request: Request, call_next):
         path = request.url.path
         try:
-            if key is None:
+            if not key:  # (ServeConfig refuses an empty key; should one get here, it must not turn checks off)
                 check_local_request(request, server.cfg.host, server.cfg.allow_origin)
             elif path.startswith("/v1") or path == "/metrics":
                 scheme, _, given = request.headers.get("authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                given = given.strip()
+                if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.encode(), key.encode()):
                     msg = ("Incorrect API key provided" if given else
                            "Missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
                     raise APIError(401, msg, code="invalid_api_key")
@@ -581,8 +654,10 @@ def header_timeout_protocol(seconds: float):
     return HeaderTimeoutProtocol
 
 
-def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
-    """A uvicorn server with this app's limits, whose SIGTERM / Ctrl-C drains the running rows first."""
+def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info", on_listen=None):
+    """A uvicorn server with this app's limits, whose SIGTERM / Ctrl-C drains the running rows first.
+
+    ``on_listen``: called once the server accepts connections (the banner)."""
     import uvicorn
 
     server: Server = app.state.server
@@ -592,6 +667,11 @@ def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
         def handle_exit(self, sig, frame) -> None:
             server.drain()
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if on_listen is not None and not self.should_exit:
+                on_listen()
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level,
@@ -608,18 +688,48 @@ def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
     return DrainingServer(config)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The server's address, taken before the model loads: a busy port is a one-line error in a second, not
+    one after the model loaded and the banner said it was serving. Not yet listening (uvicorn starts that)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ValueError(f"host={host!r} is not an address of this machine ({err.strerror}): use e.g. 127.0.0.1 "
+                         "or 0.0.0.0") from None
+    family, _, _, _, address = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a just-closed port is free
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}; stop what uses port {port} or "
+                      "choose another --port") from None
+    return sock
+
+
 def serve(cfg: ServeConfig) -> None:
-    """Load the model, then serve until interrupted."""
+    """Take the port, load the model, then serve until interrupted."""
     from .api import load
 
     cfg.validate()
-    llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize)
-    app = create_app(llm, cfg)
-    base = f"http://{cfg.host}:{cfg.port}"
-    print(f"serving '{cfg.model_name}' at {base}/v1 (OpenAI API; key {'required' if cfg.api_key else 'not required'})"
-          f", chat page at {base}/ ; context {cfg.context_length} tokens, batch {cfg.max_batch_size}"
-          + (f", {cfg.quantize} weights" if cfg.quantize else ""), flush=True)
-    warning = cfg.exposure_warning()
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    uvicorn_server(app, cfg.host, cfg.port, cfg.log_level).run()
+    sock = bind(cfg.host, cfg.port)
+    try:
+        llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize)
+        app = create_app(llm, cfg)
+    except BaseException:
+        sock.close()
+        raise
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
+    base = f"http://{cfg.host}:{port}"
+
+    def banner() -> None:
+        key = "required" if cfg.api_key else "not required"
+        print(f"serving '{cfg.model_name}' at {base}/v1 (OpenAI API; key {key}), chat page at {base}/ ; context "
+              f"{cfg.context_length} tokens, batch {cfg.max_batch_size}"
+              + (f", {cfg.quantize} weights" if cfg.quantize else ""), flush=True)
+        warning = cfg.exposure_warning()
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+
+    uvicorn_server(app, cfg.host, port, cfg.log_level, on_listen=banner).run(sockets=[sock])
