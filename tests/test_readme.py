@@ -1,4 +1,5 @@
-"""Every `mpt` command shown in the README parses with the real argument parser."""
+"""Every `mpt` command shown in the README parses with the real argument parser, builds its checked config
+(a recipe with its overrides, a --config file), and no two examples write into the same place."""
 
 import re
 import shlex
@@ -33,8 +34,46 @@ def test_the_readme_shows_commands():
     assert any(c.startswith("mpt quickstart") for c in cmds)
 
 
+def _config(command: str, tmp_path):
+    """The checked config the command would run with (the recipe for `mpt train`), built as `mpt` builds it."""
+    from mpt.train.recipe import load_recipe
+    from mpt.typed_cli import build_config
+
+    parsed = parse(shlex.split(command)[1:])  # argparse exits (SystemExit) on anything it cannot parse
+    if parsed.command == "train":
+        return load_recipe(str(README.parent / parsed.recipe), parsed.overrides)
+    if getattr(parsed, "_cls", None) is None:  # lm-eval's own arguments pass through unparsed
+        return None
+    if parsed._config and not Path(parsed._config).exists():  # written by a heredoc earlier in the README
+        heredoc = re.search(rf"cat > {re.escape(parsed._config)} <<'YAML'\n(.*?)\nYAML", README.read_text(), re.S)
+        assert heredoc, f"{command}: --config {parsed._config} is neither shipped nor shown in the README"
+        (tmp_path / parsed._config).write_text(heredoc.group(1))
+        parsed._config = str(tmp_path / parsed._config)
+    return build_config(parsed._cls, parsed, parsed._overrides, parsed._parser)
+
+
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_parses(command):
-    args = shlex.split(command)[1:]
-    parsed = parse(args)  # as `mpt` parses it; argparse exits (SystemExit) on anything it cannot parse
-    assert callable(parsed.func)
+def test_readme_command_builds_its_checked_config(command, tmp_path):
+    _config(command, tmp_path)  # a misspelt key or a bad value raises here
+
+
+def test_readme_examples_write_into_folders_of_their_own(tmp_path):
+    """Two trainings that do not resume one another never share an export or a metrics folder, and no two
+    other commands write the same output."""
+    runs, outputs = {}, {}
+    for command in readme_commands():
+        cfg = _config(command, tmp_path)
+        if cfg is None or "--dry-run" in command:
+            continue
+        if hasattr(cfg, "checkpoint"):  # a training recipe: the same checkpoint folder resumes the same run
+            run = (cfg.run_name, cfg.checkpoint.export_hf, cfg.log.folder)
+            assert runs.setdefault(cfg.checkpoint.folder, run) == run, command
+            continue
+        for name in ("out", "output", "markdown", "examples", "dst"):
+            target = getattr(cfg, name, None)
+            if isinstance(target, str):
+                assert outputs.setdefault(target, command) == command, f"{command} and {outputs[target]}: {target}"
+    exports = [r[1] for r in runs.values() if r[1]]
+    logs = [r[2] for r in runs.values()]
+    assert len(set(exports)) == len(exports) and len(set(logs)) == len(logs), runs
+    assert len(runs) >= 2 and not set(exports) & set(outputs)

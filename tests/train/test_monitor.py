@@ -4,6 +4,8 @@ and one FLOPs-per-token formula (model-info and the training step line)."""
 import json
 import struct
 
+import torch
+
 from mpt.presets import load_model_config, model_info, train_flops_per_token
 from mpt.train.monitor import plot_curves, read_metrics
 
@@ -35,3 +37,22 @@ def test_flops_per_token_is_llm_foundrys_formula():
     assert train_flops_per_token(1000, cfg, seq_len=10) == 6 * 1000 + 12 * 32 * 4096 * 10
     info = model_info(cfg)  # at max_seq_len 2048 by default
     assert info.train_flops_per_token == 6 * info.params + 12 * 32 * 4096 * 2048
+
+
+def test_a_fresh_run_sets_an_earlier_runs_metrics_aside_and_a_resumed_one_appends(tmp_path):
+    from mpt.train.monitor import Monitor
+
+    def write_step(fresh: bool, loss: float, messages: list) -> None:
+        m = Monitor(tmp_path, True, 1.0, None, "", False, fresh=fresh, log=messages.append)
+        m.step(1, 2, {"loss": loss, "lr": 0.1, "grad_norm": 1.0}, 8, 0.1, torch.device("cpu"))
+
+    messages: list[str] = []
+    write_step(True, 1.0, messages)
+    write_step(False, 2.0, messages)       # the same run, resumed: one file
+    assert not messages and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    write_step(True, 3.0, messages)        # another run in the same log folder
+    write_step(True, 4.0, messages)
+    rows = {p.name: [json.loads(line)["loss"] for line in p.read_text().splitlines()]
+            for p in tmp_path.glob("metrics*.jsonl")}
+    assert rows == {"metrics-1.jsonl": [1.0, 2.0], "metrics-2.jsonl": [3.0], "metrics.jsonl": [4.0]}
+    assert "moved them to metrics-1.jsonl" in messages[0] and "metrics-2.jsonl" in messages[1]

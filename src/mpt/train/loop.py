@@ -340,13 +340,14 @@ def _resume(run: _Run, state: TrainState) -> None:
     run.say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
 
 
-def _build_monitor(run: _Run, seq_len: int) -> Monitor:
+def _build_monitor(run: _Run, seq_len: int, fresh: bool) -> Monitor:
     config = run.model.config
     peak, peak_note = peak_tflops(run.d.device, run.recipe.log.peak_tflops)
     params = sum(logical_numel(p) for p in run.model.parameters())  # a 4-bit tensor's numel counts bytes
     flops_per_token = train_flops_per_token(params, config, seq_len)
     run.say(f"MFU: {peak_note}")
-    return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard)
+    return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard,
+                   fresh=fresh, log=run.say)
 
 
 def _save(run: _Run, state: TrainState) -> None:
@@ -434,7 +435,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     state = TrainState()
     if recipe.checkpoint.autoresume:
         _resume(run, state)
-    run.monitor = _build_monitor(run, seq_len)
+    run.monitor = _build_monitor(run, seq_len, fresh=state.step == 0)
     preemption = _Preemption()
     last_icl: dict[str, float] = {}
     bar = _progress_bar(run, state, log)

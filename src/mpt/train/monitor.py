@@ -39,7 +39,7 @@ class Monitor:
     """Rank 0 writes; other ranks only keep the step timer (for the watchdog)."""
 
     def __init__(self, folder: str | Path, is_main: bool, flops_per_token: float, peak: float | None,
-                 peak_note: str, tensorboard: bool) -> None:
+                 peak_note: str, tensorboard: bool, fresh: bool = False, log=print) -> None:
         self.folder = Path(folder)
         self.is_main = is_main
         self.flops_per_token = flops_per_token
@@ -50,10 +50,24 @@ class Monitor:
         self.tb = None
         if is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                self._set_aside_old_metrics(log)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def _set_aside_old_metrics(self, log) -> None:
+        """A run that starts afresh never appends to another run's rows: those move to metrics-N.jsonl."""
+        path = self.folder / "metrics.jsonl"
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        n = 1
+        while (self.folder / f"metrics-{n}.jsonl").exists():
+            n += 1
+        path.rename(self.folder / f"metrics-{n}.jsonl")
+        log(f"{path} held an earlier run's metrics; moved them to metrics-{n}.jsonl (give each run its own "
+            "log.folder to keep them apart)")
 
     def step(self, step: int, total: int, metrics: dict, tokens: int, seconds: float, device: torch.device) -> str:
         self.step_times.append(seconds)
