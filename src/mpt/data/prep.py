@@ -37,7 +37,7 @@ from .prep_folder import (
     remove_run,
     save_progress,
 )
-from .readers import DataInputError, Document, ReadStats, expand_inputs, read_documents
+from .readers import MAX_RECORD_BYTES, DataInputError, Document, ReadStats, expand_inputs, read_documents
 from .shards import INDEX_FILE, ShardWriter, read_index
 from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
 
@@ -57,6 +57,8 @@ class PrepConfig:
     eos_token: str | None = None    # default: <|endoftext|>, </s>, ... whichever the tokenizer has
     shard_bytes: int = 1 << 26
     skip_bad: bool = False
+    # decompressed bytes one record (jsonl line, text file, JSON array file) may hold: it is held whole
+    max_record_bytes: int = MAX_RECORD_BYTES
     batch_docs: int = 1024
     workers: int | None = None      # processes for filters and dedup fingerprints; default: all cores
     chunk_chars: int = 1 << 18      # characters tokenized at once (memory); long documents are cut into pieces
@@ -78,6 +80,8 @@ class PrepConfig:
             raise ValueError(f"vocab_size={self.vocab_size} must be >= 1")
         if self.shard_bytes < 1024:
             raise ValueError(f"shard_bytes={self.shard_bytes} is too small; use at least 1024 (default 64 MiB)")
+        if self.max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes={self.max_record_bytes} must be >= 1 (default {MAX_RECORD_BYTES:,})")
         if self.batch_docs < 1:
             raise ValueError(f"batch_docs={self.batch_docs} must be >= 1")
         if self.chunk_chars < 1000:
@@ -146,6 +150,8 @@ class PrepSummary:
     binary_skipped: int = 0         # text-suffix files holding NUL bytes (with --skip-bad; else an error)
     bad_json_skipped: int = 0
     missing_field_skipped: int = 0
+    too_large_skipped: int = 0      # records over --max-record-bytes (with --skip-bad; else an error)
+    corrupt_skipped: int = 0        # files cut short or corrupt (.gz, .parquet): each skipped from the damage on
     invalid_utf8_replaced: int = 0
     empty_dropped: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
@@ -173,7 +179,8 @@ class PrepSummary:
         filt = ", ".join(f"{k} {v:,}" for k, v in sorted(self.filtered.items())) or "none"
         return [
             f"read      {self.records_read:,} records from {self.files} files ({self.text_chars / 1e6:,.1f} M characters of text)",
-            f"skipped   {self.binary_skipped:,} binary files, {self.bad_json_skipped:,} malformed JSON, {self.missing_field_skipped:,} without the text field; "
+            f"skipped   {self.binary_skipped:,} binary files, {self.bad_json_skipped:,} malformed JSON, {self.missing_field_skipped:,} without the text field, "
+            f"{self.too_large_skipped:,} over --max-record-bytes, {self.corrupt_skipped:,} damaged files; "
             f"{self.invalid_utf8_replaced:,} with invalid UTF-8 kept with replacement characters",
             f"dropped   {self.empty_dropped:,} empty; by filter: {filt}",
             f"dedup     {self.exact_duplicates:,} exact and {self.near_duplicates:,} near duplicates removed",
@@ -438,7 +445,8 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
 
     bar = tqdm(desc="prep", unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
     # documents go through in windows, so memory stays bounded however large the input
-    for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split):
+    for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split,
+                              max_record_bytes=cfg.max_record_bytes):
         summary.text_chars += len(doc.text)
         window.append(doc)
         if len(window) >= 4 * cfg.batch_docs:
@@ -457,6 +465,8 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
     summary.binary_skipped = stats.binary
     summary.bad_json_skipped = stats.bad_json
     summary.missing_field_skipped = stats.missing_field
+    summary.too_large_skipped = stats.too_large
+    summary.corrupt_skipped = stats.corrupt
     summary.invalid_utf8_replaced = stats.invalid_utf8
     summary.bad_examples = stats.bad_examples
     summary.filtered = dict(filtered)

@@ -73,5 +73,5 @@ def train_and_describe(cfg: TokenizerTrainConfig) -> None:
     hf = train_tokenizer(cfg)
     st = hf.stats
     print(f"trained a byte-level BPE tokenizer with {len(hf):,} tokens on {st.records:,} records from {st.files} "
-          f"files ({st.bad_json + st.missing_field:,} bad records skipped); saved to {cfg.out} "
+          f"files ({st.skipped:,} bad records or files skipped); saved to {cfg.out} "
           f"(EOS <|endoftext|>={hf.eos_token_id}, PAD <|padding|>={hf.pad_token_id}, ChatML chat template)")
