@@ -1,6 +1,9 @@
-"""Synthetic token shards with a learnable pattern, small recipes, and process lookups for training tests."""
+"""Synthetic token shards with a learnable pattern, small recipes, process lookups, and a small disk for
+training tests."""
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +106,20 @@ def cmdline(pid: int) -> str:
         return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
     except OSError:  # the process ended meanwhile
         return ""
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "1200k"):
+    """A real filesystem of ``size`` (tmpfs) mounted at ``where``, to fill up; skips the test where mounting is
+    not allowed (it needs root). 1200k holds two of the tiny test model's checkpoints, not three."""
+    import pytest
+
+    where.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                           text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mount.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -191,3 +191,52 @@ def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
     # faulthandler's dump of the waiting rank: "Thread 0x... (most recent call first):" per thread, or
     # "Stack (most recent call first):" when the process has a single thread
     assert "(most recent call first):" in out and "File " in out, out[-3000:]
+
+
+def _wait_for_steps(run, proc, steps, timeout=120):
+    deadline = time.time() + timeout
+    while _logged_steps(run) < steps and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None and _logged_steps(run) >= steps, "the first run did not get going"
+
+
+def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_holder_frees_it(tmp_path, shards):
+    """Two `mpt train` processes on one folder: the second (another run name, or the same command twice) is
+    refused with one line naming the holder, which trains on; killed with SIGKILL, the holder's lock goes
+    with its process and the same command resumes."""
+    import socket
+
+    recipe, run = _recipe(tmp_path, shards, "holder", train={"max_duration": "100000ba"},
+                          checkpoint={"every_batches": 2})
+    folder = run / "ckpt"
+    holder = _start(recipe)
+    try:
+        _wait_for_steps(run, holder, 3)
+        other = yaml.safe_load(recipe.read_text())
+        other.update(run_name="other", log={"folder": str(tmp_path / "other-log")})
+        other["train"]["max_duration"] = "2ba"
+        other_recipe = tmp_path / "other.yaml"
+        other_recipe.write_text(yaml.safe_dump(other))
+        refusal = (f"mpt train: error: checkpoint.folder {folder} is in use by run 'test' (pid {holder.pid} on host "
+                   f"{socket.gethostname()}, since ")
+        for second in (other_recipe, recipe):
+            code, out = _finish(_start(second), timeout=120)
+            assert code == 2, out
+            lines = [line for line in out.splitlines() if "error" in line.lower()]
+            assert len(lines) == 1 and lines[0].startswith(refusal), out
+            assert lines[0].endswith(" UTC); wait for that run to end (or stop it), or use another checkpoint.folder")
+            assert "Traceback" not in out
+        steps = _logged_steps(run)
+        time.sleep(1)
+        assert holder.poll() is None and _logged_steps(run) > steps  # the holder never noticed
+    finally:
+        holder.kill()  # SIGKILL: the lock is the kernel's to release
+        holder.communicate()
+    assert holder.returncode == -signal.SIGKILL
+    newest = complete_checkpoints(folder)[-1]
+    end = int(newest.name.split("-")[1]) + 2
+    code, out = _finish(subprocess.Popen([_mpt(), "train", str(recipe), f"train.max_duration={end}ba"], env=ENV,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    assert code == 0, out
+    assert f"resumed from {newest}" in out
+    assert complete_checkpoints(folder)[-1].name == f"step-{end:08d}"

@@ -102,3 +102,105 @@ def test_wrong_credentials_for_the_checkpoint_bucket_are_a_clear_error_before_tr
     assert "AWS_SECRET_ACCESS_KEY" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "log" / "metrics.jsonl").exists()  # no step was run
     assert not fsspec.filesystem("s3").exists(url)
+
+
+def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_taken_over(tmp_path, s3_server):
+    """Object storage has no locks: a lease object with a heartbeat, every run a real `mpt train` process.
+
+    A second run is refused while the holder's heartbeat keeps its lease fresh. A holder stopped
+    (SIGSTOP) past checkpoint.lease_seconds loses it to the same command started again, and once
+    continued it stops before writing anything more. A holder killed (SIGKILL) leaves its lease behind,
+    stale after lease_seconds: the same command takes it over and resumes.
+    """
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    data = make_shards(tmp_path / "data")
+    url = f"s3://{s3_server.bucket}/runs/leased"
+    env = {**os.environ, **s3_server.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    fs = fsspec.filesystem("s3")
+    host = socket.gethostname()
+
+    def recipe(name, **changes):
+        path = tmp_path / f"{name}.yaml"
+        d = recipe_dict(tmp_path / name, data, checkpoint={"folder": url, "every_batches": 2, "lease_seconds": 2},
+                        train={"max_duration": "100000ba"})
+        d.update(changes)
+        path.write_text(yaml.safe_dump(d))
+        return path
+
+    def mpt_train(path, *overrides, log=None):
+        out = open(log, "w") if log else subprocess.PIPE  # a long run's output goes to a file, never a full pipe
+        return subprocess.Popen([sys.executable, "-m", "mpt.cli", "train", str(path), *overrides], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def steps_of(run):
+        metrics = tmp_path / run / "log" / "metrics.jsonl"
+        return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+    def wait_for_steps(proc, run, steps):
+        deadline = time.time() + 120
+        while steps_of(run) < steps and time.time() < deadline:
+            assert proc.poll() is None, "the run ended early"
+            time.sleep(0.05)
+
+    def newest():
+        fs.invalidate_cache()  # the listing this process cached before another process wrote
+        return complete_checkpoints(url)[-1]
+
+    first = mpt_train(recipe("first"), log=tmp_path / "first.log")
+    second = None
+    try:
+        wait_for_steps(first, "first", 3)
+        started = time.time()
+        out, _ = mpt_train(recipe("other", run_name="other"), "train.max_duration=2ba").communicate(timeout=120)
+        # by then the lease is older than lease_seconds: only the holder's heartbeat kept it fresh
+        assert time.time() - started > 2
+        assert f"mpt train: error: checkpoint.folder {url} is in use by run 'test' (pid {first.pid} on host " \
+               f"{host}, since " in out, out
+        assert "(a lease without a heartbeat for checkpoint.lease_seconds=2 is taken over; if that run is gone, " \
+               f"that is soon, or delete {url}/.lease.json)" in out, out
+        assert "Traceback" not in out and first.poll() is None
+
+        # the holder stalls: its lease is taken over by the same command started again
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        before = newest()
+        second = mpt_train(recipe("first"), log=tmp_path / "second.log")
+        wait_for_steps(second, "first", steps_of("first") + 3)
+        took_over = (tmp_path / "second.log").read_text()
+        assert f"took over the lease of run 'test' (pid {first.pid} on host {host}" in took_over, took_over
+        assert f"resumed from {before}" in took_over
+        os.kill(first.pid, signal.SIGCONT)  # it stops before it writes into the folder again
+        assert first.wait(timeout=60) == 2
+        said = (tmp_path / "first.log").read_text()
+        assert f"mpt train: error: checkpoint.folder {url}: this run's lease was taken over by run 'test' (pid " \
+               f"{second.pid} on host {host}, since " in said, said[-2000:]
+        assert "Stopping without saving, as another run may write here now" in said
+        assert not any(".damaged" in p for p in fs.ls(url, refresh=True))  # it replaced none of the new saves
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+
+    # the new holder is killed: its lease stays, and goes stale
+    assert second.returncode == -signal.SIGKILL
+    lease = json.loads(fs.cat_file(f"{url}/.lease.json"))
+    assert lease["pid"] == second.pid and lease["run_name"] == "test"
+    time.sleep(2)
+    last = newest()
+    end = int(last.name.split("-")[1]) + 2
+    out, _ = mpt_train(recipe("first"), f"train.max_duration={end}ba").communicate(timeout=120)
+    assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {second.pid} on host" in out, out
+    assert f"resumed from {last}" in out, out
+    assert newest().name == f"step-{end:08d}"
+    assert not fs.exists(f"{url}/.lease.json")  # released at the end

@@ -34,6 +34,7 @@ from ..model.hf import load_pretrained
 from ..presets import load_model_config, model_info, train_flops_per_token
 from . import checkpoint as ckpt
 from .data import build_batches, count_targets
+from .folder_lock import FolderLock, hold_folder
 from .guard import SpikeGuard
 from .microbatch import find_micro_batch_size
 from .monitor import Monitor, peak_tflops
@@ -184,6 +185,7 @@ class _Run:
     total: int
     micro: int = 0
     monitor: Monitor | None = None
+    lock: FolderLock | None = None       # on the checkpoint folder, held from before resuming to the export
 
 
 def train_step(run: _Run, batch: dict) -> StepResult:
@@ -314,11 +316,24 @@ def _choose_micro_batch(run: _Run) -> int:
     return micro
 
 
+def _setup(recipe: Recipe) -> dict:
+    """What a checkpoint holds besides the model's shape; a run resumes only a checkpoint of the same."""
+    return {"optimizer": recipe.optimizer.name, "lora": asdict(recipe.model.lora) if recipe.model.lora else None}
+
+
 def _resume(run: _Run, state: TrainState) -> None:
     """Continue from the newest checkpoint of this run that every rank can load, if there is one."""
     recipe = run.recipe
+
+    def restore(saved: dict, rng: dict | None) -> None:
+        run.batches.load_state_dict(saved["data"])
+        run.guard.load_state_dict(saved["guard"])
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+
     with run.watchdog.phase():
-        found = ckpt.load_latest(recipe.checkpoint.folder, run.wrapped, run.optimizer, recipe.run_name, log=run.say)
+        found = ckpt.load_latest(recipe.checkpoint.folder, run.wrapped, run.optimizer, recipe.run_name, log=run.say,
+                                 setup=_setup(recipe), restore=restore)
     if found is None:
         if not recipe.model.init_from:
             run.say("fresh initialisation (no checkpoint to resume from)")
@@ -329,11 +344,7 @@ def _resume(run: _Run, state: TrainState) -> None:
                                    f"{saved.get('init_from')!r}, but model.init_from is {_base_source(recipe)!r}; "
                                    "use the same base, or another checkpoint.folder")
     state.step, state.tokens = saved["step"], saved["tokens"]
-    run.batches.load_state_dict(saved["data"])
-    run.guard.load_state_dict(saved["guard"])
-    if rng is not None:
-        ckpt.set_rng_state(rng)
-    else:
+    if rng is None:
         run.say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
                 "re-seeding (dropout masks will differ from an uninterrupted run)")
         _seed_everything(recipe.train.seed + state.step * 1009 + run.d.rank)
@@ -353,15 +364,14 @@ def _build_monitor(run: _Run, seq_len: int, fresh: bool) -> Monitor:
 def _save(run: _Run, state: TrainState) -> None:
     trainer_state = {"step": state.step, "tokens": state.tokens, "data": run.batches.state_dict(),
                      "guard": run.guard.state_dict(), "world_size": run.d.world_size, "run_name": run.recipe.run_name,
-                     "tokenizer": run.tokenizer,
-                     "lora": asdict(run.recipe.model.lora) if run.recipe.model.lora else None}
+                     "tokenizer": run.tokenizer, **_setup(run.recipe)}
     quantized = _quantized(run.recipe)
     if quantized:  # the checkpoint holds the adapters; this is where the 4-bit base comes from
         trainer_state.update(init_from=_base_source(run.recipe), base_quantized_on=run.d.device.type)
     c = run.recipe.checkpoint
     with run.watchdog.phase():
         state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep,
-                                    trainable_only=quantized)
+                                    trainable_only=quantized, lock=run.lock, log=run.say)
         run.monitor.plot()
     run.say(f"saved checkpoint {state.last_ckpt}")
 
@@ -415,7 +425,12 @@ def _progress_bar(run: _Run, state: TrainState, log):
 def train(recipe: Recipe, log=print) -> TrainResult:
     d, rank_batch = _start(recipe)
     say = log if d.is_main else (lambda *a, **k: None)
+    c = recipe.checkpoint
+    with hold_folder(c.folder, recipe.run_name, c.lease_seconds, say) as lock:
+        return _train(recipe, log, d, rank_batch, say, lock)
 
+
+def _train(recipe: Recipe, log, d: Dist, rank_batch: int, say, lock: FolderLock) -> TrainResult:
     # ---- model, data, in-training evaluation (all validated before the first step) ----------
     model = _build_model(recipe, say, d.device)
     batches, seq_len = _build_data(recipe, model.config, rank_batch, d, say)
@@ -428,13 +443,15 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     wrapped, autocast = _parallelize(recipe, model, d)
     run = _Run(recipe, d, say, Watchdog(recipe.watchdog), model, wrapped, autocast,
                _build_optimizer(model, recipe, d.device), batches, SpikeGuard(recipe.spike), tokenizer,
-               _build_icl(recipe, tokenizer), total)
+               _build_icl(recipe, tokenizer), total, lock=lock)
     run.micro = _choose_micro_batch(run)  # before resuming: the trial must not disturb restored RNG state
 
     # ---- resume (all ranks agree on the checkpoint), monitoring ----------------------------------
     state = TrainState()
-    if recipe.checkpoint.autoresume:
+    if recipe.checkpoint.autoresume and not recipe.checkpoint.start_over:
         _resume(run, state)
+    if state.last_ckpt is None:  # before its first save: a fresh run must not replace checkpoints it did not write
+        ckpt.start_fresh(recipe.checkpoint.folder, recipe.run_name, recipe.checkpoint.start_over, say)
     run.monitor = _build_monitor(run, seq_len, fresh=state.step == 0)
     preemption = _Preemption()
     last_icl: dict[str, float] = {}

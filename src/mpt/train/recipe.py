@@ -205,6 +205,10 @@ class CheckpointSection:
     every_batches: int = 0               # 0: only at the end (and on SIGTERM)
     keep: int = 2
     autoresume: bool = True
+    # don't resume: move this run's checkpoints in the folder aside (renamed step-N.old) and start from scratch.
+    # For one command, not a recipe: the run's restart after a crash would start over again.
+    start_over: bool = False
+    lease_seconds: float = 120.0         # object storage: a run's lease not renewed this long is taken over
     export_hf: str | None = None         # write a Hugging Face checkpoint here at the end
 
     def validate(self, path: str) -> None:
@@ -212,6 +216,8 @@ class CheckpointSection:
             raise _err(path, "every_batches", self.every_batches, "must be >= 0")
         if self.keep < 1:
             raise _err(path, "keep", self.keep, "must be >= 1")
+        if not self.lease_seconds > 0:
+            raise _err(path, "lease_seconds", self.lease_seconds, "must be > 0")
 
 
 @dataclass
