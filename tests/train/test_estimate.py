@@ -25,7 +25,7 @@ def test_the_65k_storywriter_recipe_is_valid_and_fits_80_gb_gpus(capsys):
     assert e.activations_gib == pytest.approx((L * T * h * 4 + 34 * T * h) / GIB)   # checkpointed inputs + one block
     assert e.attention_gib == 0 and e.loss_gib == pytest.approx(0.125)              # flex; the fused loss's chunk
     assert 40 < e.total_gib < 70                                                     # 8 x 80 GB, as MosaicML trained it
-    lines = memory_lines(recipe, ranks=8)
+    lines = memory_lines(load_recipe(STORYWRITER, ["train.device=cuda"]), ranks=8)  # also where no CUDA is
     assert lines[0].startswith("memory estimate per GPU on 8 GPUs") and "65,536 tokens" in lines[0]
     assert f"total about {e.total_gib:,.1f} GiB" in lines[-1]
 
@@ -44,3 +44,24 @@ def test_an_init_from_without_config_and_no_preset_is_named(tmp_path):
     recipe = load_recipe(STORYWRITER, ["model.preset=null", f"model.init_from={tmp_path / 'nothing'}"])
     with pytest.raises(ValueError, match=r"nothing' has no config.json yet and model.preset is null"):
         estimate_memory(recipe)
+
+
+def test_a_dry_run_on_a_machine_without_cuda_estimates_for_the_cpu_process():
+    """mpt-tiny on this CPU trains in one process: not "per GPU on 8 GPUs ... 0.00B parameters"."""
+    import os
+
+    import torch
+
+    tiny = str(Path(STORYWRITER).with_name("mpt-tiny.yaml"))
+    env = os.environ.pop("WORLD_SIZE", None)
+    try:
+        lines = memory_lines(load_recipe(tiny, ["train.device=cpu"]))
+        assert lines[0].startswith("memory estimate per CPU process on 1 process(es)"), lines[0]
+        assert "1.31M parameters" in lines[0] and "CUDA" not in "\n".join(lines)
+        gpu = memory_lines(load_recipe(tiny, ["train.device=cuda"]))
+        assert gpu[0].startswith("memory estimate per GPU on 8 GPUs")
+        auto = memory_lines(load_recipe(tiny))
+        assert ("per CPU process" in auto[0]) == (not torch.cuda.is_available())
+    finally:
+        if env is not None:
+            os.environ["WORLD_SIZE"] = env

@@ -100,15 +100,27 @@ def estimate_memory(recipe: Recipe, ranks: int | None = None) -> MemoryEstimate:
                           min(LOSS_CHUNK_BYTES, tokens * cfg.vocab_size * 4) / GIB)
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e9 else f"{n / 1e6:,.2f}M"
+
+
 def memory_lines(recipe: Recipe, ranks: int | None = None) -> list[str]:
-    """The estimate as the lines `mpt train --dry-run` prints."""
+    """The estimate as the lines `mpt train --dry-run` prints: per GPU on one node, or, for a run that would
+    train on this machine's CPU (``train.device: cpu``, or ``auto`` without CUDA), per process."""
+    import torch
+
+    cpu = recipe.train.device == "cpu" or (recipe.train.device == "auto" and not torch.cuda.is_available())
+    if cpu:
+        ranks = ranks or int(os.environ.get("WORLD_SIZE", 1))
     e = estimate_memory(recipe, ranks)
     cfg = recipe_model_config(recipe)
     t = recipe.train
     micro = t.micro_batch_size if t.micro_batch_size != "auto" else 1
     how = f"sharded over {e.shard_ranks} ranks" if e.shard_ranks > 1 else "whole on each rank"
+    where = (f"per CPU process on {e.ranks} process(es) ($WORLD_SIZE, else 1)" if cpu
+             else f"per GPU on {e.ranks} GPUs ($WORLD_SIZE, else 8)")
     lines = [
-        f"memory estimate per GPU on {e.ranks} GPUs ($WORLD_SIZE, else 8): {e.params / 1e9:,.2f}B parameters, "
+        f"memory estimate {where}: {_count(e.params)} parameters, "
         f"micro-batch {micro} x {cfg.max_seq_len:,} tokens, {t.precision}, attention {cfg.attn_config['attn_impl']}, "
         f"activation checkpointing {'on' if t.activation_checkpointing else 'off'}",
         f"  training state {e.state_gib:,.1f} GiB (fp32 weights, gradients, {recipe.optimizer.name} state; {how})"
@@ -117,6 +129,9 @@ def memory_lines(recipe: Recipe, ranks: int | None = None) -> list[str]:
         + (f" + attention scores {e.attention_gib:,.1f} GiB (torch attention; flex or flash hold none)"
            if e.attention_gib else "")
         + f" + loss chunk {e.loss_gib:,.2f} GiB",
-        f"  total about {e.total_gib:,.1f} GiB, a floor: add the CUDA context and allocator slack (10-20%)",
+        f"  total about {e.total_gib:,.1f} GiB, a floor: add "
+        + ("the Python process, torch and allocator slack" if cpu else "the CUDA context and allocator slack (10-20%)"),
     ]
+    if cpu and recipe.train.device == "auto":
+        lines.append("  (no CUDA here: this run would train on the CPU; add train.device=cuda for the estimate per GPU)")
     return lines
