@@ -253,7 +253,7 @@ def test_gzip_bomb_stops_at_max_record_bytes(tmp_path):
                        f"--max-record-bytes {MAX_RECORD_BYTES:,} bytes once decompressed" in err
     assert "pass a larger --max-record-bytes" in err and "--skip-bad" in err
     cap_mib = MAX_RECORD_BYTES / 2**20
-    assert peak - base < cap_mib + 48, f"peak {peak:.0f} MiB, {base:.0f} MiB before the bomb"
+    assert peak - base < cap_mib + 64, f"peak {peak:.0f} MiB, {base:.0f} MiB before the bomb"
 
 
 def test_gzip_bomb_line_is_skipped_and_counted(neox, tmp_path):

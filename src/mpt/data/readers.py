@@ -4,7 +4,9 @@ Every document carries the file and line (or row) it came from, so that any late
 name them. A ``.txt`` file (or another plain-text file: ``.md``, ``.py``, ... see TEXT_SUFFIXES) is one document, read as Python's text mode reads it (a UTF-8
 byte-order mark removed, CRLF line ends turned into LF). Bad input is an error that says where
 and what to do, unless the caller asks to skip bad records, in which case each skip is counted
-in ``ReadStats``.
+in ``ReadStats``. Hostile input costs bounded time and memory: a record is read a piece at a time
+up to ``max_record_bytes`` (a gzip bomb, a sparse file of NULs), a damaged ``.gz`` or ``.parquet``
+is named where the damage is met, and a link loop under a folder or glob is walked once.
 """
 
 from __future__ import annotations
