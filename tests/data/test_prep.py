@@ -37,6 +37,12 @@ def test_prep_arxiv_concat_matches_tokenizer(shared, neox, tmp_path):
     assert summary.samples == n // 512 and summary.tokens_written == n
     assert summary.tail_tokens_dropped == len(expected) - n
     assert json.loads((out / "summary.json").read_text())["samples"] == summary.samples
+    assert summary.lines()[-1].startswith("took ") and "M characters/s" in summary.lines()[-1]
+    again = prep(PrepConfig(inputs=[str(src)], out=str(out), tokenizer=str(neox), seq_len=512,
+                            shard_bytes=200_000, progress=False))  # a finished folder: nothing to do
+    assert again.samples == summary.samples
+    assert again.lines()[-1] == ("took      nothing: the folder held this same run, finished (the summary above is "
+                                 "the one it wrote)")  # not "0.0 s (4,698,280,000.0 M characters/s)"
 
 
 def test_prep_docs_mode_formats_and_counts(neox, tmp_path):

@@ -188,7 +188,9 @@ class PrepSummary:
             f"{self.shards} shards, {self.bytes_written / 1e6:,.1f} MB"
             + (f"; {self.tail_tokens_dropped:,} final tokens did not fill a sample and were not written"
                if self.tail_tokens_dropped else ""),
-            f"took      {self.seconds:,.1f} s ({self.text_chars / 1e6 / max(self.seconds, 1e-9):,.1f} M characters/s)",
+            f"took      {self.seconds:,.1f} s ({self.text_chars / 1e6 / self.seconds:,.1f} M characters/s)"
+            if self.seconds else  # read back from a finished folder: no time was spent, none is reported
+            "took      nothing: the folder held this same run, finished (the summary above is the one it wrote)",
         ]
 
 
