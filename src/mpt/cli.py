@@ -49,8 +49,9 @@ PREP_FLAGS = {
     "eos_token": Flag("token appended to each document (default: <|endoftext|> or </s>)"),
     "shard_bytes": Flag("shard size in bytes (or --shard-mb)"),
     "shard_mb": Flag("shard size in MiB (default: 64)"),
-    "skip_bad": Flag("skip (and count) malformed JSON lines, records without the text field and binary files "
-                     "instead of stopping"),
+    "skip_bad": Flag("skip (and count) malformed JSON lines, records without the text field, records over "
+                     "--max-record-bytes, binary files and damaged .gz / .parquet files (from the damage on) instead "
+                     "of stopping"),
     "max_record_bytes": Flag("most bytes one record may hold once decompressed (a jsonl line, a whole text file, a "
                              "JSON array file): a larger one is an error, or with --skip-bad skipped and counted; "
                              "it is held whole, a few times over, so this bounds memory"),
