@@ -23,3 +23,16 @@ def test_train_save_reload_chat(shared, tmp_path, capsys):
 def test_bad_config(tmp_path):
     with pytest.raises(ValueError, match="vocab_size=100 is below 260"):
         train_tokenizer(TokenizerTrainConfig(inputs=["x"], out=str(tmp_path), vocab_size=100))
+
+
+def test_into_a_pipe_the_output_is_the_one_summary_line(shared, tmp_path):
+    """The Rust trainer's bars, drawn into a pipe, left three blank lines on stdout."""
+    import shutil
+    import subprocess
+
+    src = shared / "data" / "pretrain" / "arxiv_sample.jsonl"
+    out = subprocess.run([shutil.which("mpt"), "tokenizer", "train", str(src), "--out", str(tmp_path / "tok"),
+                          "--vocab-size", "1000"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("trained a byte-level BPE tokenizer") and out.stdout.count("\n") == 1, out.stdout
+    assert out.stderr == ""

@@ -55,7 +55,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                  special_tokens=cfg.special_tokens, show_progress=cfg.progress,
+                                  special_tokens=cfg.special_tokens, show_progress=cfg.progress and _terminal(),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     texts = (d.text for d in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats))
     tok.train_from_iterator(texts, trainer=trainer)
@@ -75,3 +75,10 @@ def train_and_describe(cfg: TokenizerTrainConfig) -> None:
     print(f"trained a byte-level BPE tokenizer with {len(hf):,} tokens on {st.records:,} records from {st.files} "
           f"files ({st.skipped:,} bad records or files skipped); saved to {cfg.out} "
           f"(EOS <|endoftext|>={hf.eos_token_id}, PAD <|padding|>={hf.pad_token_id}, ChatML chat template)")
+
+
+def _terminal() -> bool:
+    """The tokenizers trainer's bars draw on a terminal; into a pipe or file they leave only blank lines."""
+    import sys
+
+    return sys.stdout.isatty() and sys.stderr.isatty()
