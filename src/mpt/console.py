@@ -20,6 +20,7 @@ def quiet_third_parties(prog: str) -> None:
     # Read when those libraries are imported, which in `mpt` happens after this (lazy imports).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("LMEVAL_LOG_LEVEL", "ERROR")  # lm-eval sets its own logger's level from this
     if "transformers" in sys.modules:  # imported already (a caller's process): switch off directly
         from transformers.utils import logging as tlog
 
