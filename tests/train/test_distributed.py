@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from mpt.config import from_dict
 from mpt.train import Recipe, train
-from mpt.train.checkpoint import complete_checkpoints, export_hf
+from mpt.train.checkpoint import complete_checkpoints, export_hf, verify
 
 from .helpers import cmdline, descendants, make_shards, recipe_dict
 
@@ -491,3 +491,59 @@ def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_pa
             os.kill(frozen, signal.SIGKILL)
     assert code != 0
     assert "(most recent call first):" in out and "checkpoint.py" in out, out[-3000:]
+
+
+def test_checkpoint_folder_refusals_and_failures_are_met_by_both_ranks_alike(tmp_path, shards):
+    """One torchrun group of 2 ranks runs jobs one after another: a folder another process holds, a fresh run
+    over checkpoints it did not write, a changed optimizer, a disk that fills up during a save. Each is
+    the same one-line error on both ranks, and the next job runs (no rank is left waiting in a collective);
+    then start_over moves the old checkpoints aside and trains."""
+    from mpt.train.folder_lock import hold_folder
+
+    from .helpers import small_disk
+
+    shared, held = tmp_path / "shared", tmp_path / "held"
+    three = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 3, "vocab_size": 64, "max_seq_len": 32}}
+    jobs = [
+        {"name": "first", "recipe": _recipe(shared, shards, train={"max_duration": "4ba"})},
+        {"name": "held", "may_fail": True, "recipe": _recipe(held, shards)},
+        {"name": "fresh", "may_fail": True, "recipe": _recipe(shared, shards, checkpoint={"autoresume": False})},
+        {"name": "lion", "may_fail": True, "recipe": _recipe(shared, shards, optimizer={"name": "lion", "lr": 1e-4})},
+        {"name": "full", "may_fail": True, "recipe": _recipe(tmp_path / "full", shards, train={"max_duration": "12ba"},
+                                                             checkpoint={"folder": str(tmp_path / "disk" / "ckpt"),
+                                                                         "every_batches": 2})},
+        {"name": "start-over", "recipe": _recipe(shared, shards, model=three, checkpoint={"start_over": True})},
+    ]
+    where = tmp_path / "jobs"
+    where.mkdir()
+    for job in jobs:
+        job["outcome"] = str(where / f"{job['name']}.json")
+    spec = where / "jobs.json"
+    spec.write_text(json.dumps(jobs))
+    with small_disk(tmp_path / "disk"):
+        with hold_folder(held / "ckpt", "someone", 120.0, log=lambda *_: None):
+            code, out = _finish(_torchrun(2, str(WORKER), str(spec)), timeout=600)
+        assert code == 0, out[-5000:]
+        on_disk = complete_checkpoints(tmp_path / "disk" / "ckpt")
+        verify(on_disk[-1])
+    outcomes = {job["name"]: json.loads(Path(job["outcome"]).read_text()) for job in jobs}
+    expected = {
+        "held": f"checkpoint.folder {held / 'ckpt'} is in use by run 'someone' (pid {os.getpid()} on host "
+                f"{socket.gethostname()}, since ",
+        "fresh": f"checkpoint.folder {shared / 'ckpt'} already holds checkpoints of run 'test' (step-00000004) that "
+                 "this run, which does not resume them, would replace: use another checkpoint.folder, or set "
+                 "checkpoint.start_over=true",
+        "lion": f"{shared / 'ckpt' / 'step-00000004'} was written with other settings (optimizer.name: checkpoint "
+                "'adamw', recipe 'lion')",
+        "full": "no space left on the device while saving step ",
+    }
+    for name, start in expected.items():
+        error = outcomes[name]["error"]
+        assert error is not None and error.startswith(f"CheckpointError: {start}"), (name, error)
+        # every rank raised this very error, and went on to the next job
+        assert out.count(f"job {name}: {{'error': {error!r}}}") == 2, (name, out[-5000:])
+    assert f"the previous checkpoint {on_disk[-1].name} is intact" in outcomes["full"]["error"]
+    assert outcomes["first"]["error"] is None and outcomes["start-over"]["error"] is None
+    assert (shared / "ckpt" / "step-00000004.old").is_dir()
+    verify(shared / "ckpt" / "step-00000004.old")
+    assert json.loads((shared / "ckpt" / "step-00000008" / "config.json").read_text())["n_layers"] == 3
