@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 
-from ..data.atomic import write_atomic
 from ..ranks import rank_world
 from .checkpoint import CheckpointError, _is_local, agreed_problem, location
 
@@ -79,8 +78,10 @@ class _LocalLock(FolderLock):
                 holder = None
             raise CheckpointError(f"checkpoint.folder {root} is in use by {describe(holder)}; wait for that run to "
                                   "end (or stop it), or use another checkpoint.folder") from None
-        with contextlib.suppress(OSError):  # only a description for a refusal: a full disk must not stop the run
-            write_atomic(self._holder, json.dumps(me))
+        # Written in place: only a description for a refusal, which reads a torn one as unknown. (A
+        # temporary *.tmp beside it would look like a save in progress; a full disk must not stop the run.)
+        with contextlib.suppress(OSError):
+            self._holder.write_text(json.dumps(me))
 
     def release(self) -> None:
         self._holder.unlink(missing_ok=True)

@@ -451,7 +451,8 @@ def _train(recipe: Recipe, log, d: Dist, rank_batch: int, say, lock: FolderLock)
     if recipe.checkpoint.autoresume and not recipe.checkpoint.start_over:
         _resume(run, state)
     if state.last_ckpt is None:  # before its first save: a fresh run must not replace checkpoints it did not write
-        ckpt.start_fresh(recipe.checkpoint.folder, recipe.run_name, recipe.checkpoint.start_over, say)
+        with run.watchdog.phase():
+            ckpt.start_fresh(recipe.checkpoint.folder, recipe.run_name, recipe.checkpoint.start_over, say)
     run.monitor = _build_monitor(run, seq_len, fresh=state.step == 0)
     preemption = _Preemption()
     last_icl: dict[str, float] = {}
