@@ -61,13 +61,15 @@ def health(url: str) -> dict:
     return httpx.get(url + "/health", timeout=30).json()
 
 
-def leave_after(port: int, body: dict, seconds: float) -> None:
+def leave_after(port: int, body: dict, seconds: float, before_close=None) -> None:
     """POST ``body`` on a raw socket, then close it after ``seconds`` without reading the answer."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
         time.sleep(seconds)
+        if before_close is not None:
+            before_close()
 
 
 def wait_free(url: str, timeout: float = 120) -> dict:
@@ -87,9 +89,9 @@ def disconnects(url: str, port: int) -> dict:
     for stream in (False, True):
         body = {"model": "m", "prompt": "Once upon a time", "n": 8, "max_tokens": 250, "temperature": 0,
                 "stream": stream}
-        steps = health(url)["decode_steps"]
-        leave_after(port, body, 0.3)
-        closed, at_close = time.perf_counter(), health(url)["decode_steps"]
+        steps, seen = health(url)["decode_steps"], []
+        leave_after(port, body, 0.3, lambda seen=seen: seen.append(health(url)["decode_steps"]))
+        closed, at_close = time.perf_counter(), seen[0]
         after = wait_free(url)
         out["streaming" if stream else "non-streaming"] = {
             "steps_before_close": at_close - steps, "steps_after_close": after["decode_steps"] - at_close,
@@ -155,7 +157,9 @@ def scoring(url: str, pid: int, ids: list[int]) -> dict:
     time.sleep(0.3)
     stop.set()
     t.join(timeout=60)
-    gaps = lambda a, b: sorted((y - x) * 1000 for x, y in zip(arrivals, arrivals[1:]) if a <= y <= b)  # noqa: E731
+    def gaps(a: float, b: float) -> list[float]:
+        return sorted((y - x) * 1000 for x, y in zip(arrivals, arrivals[1:], strict=False) if a <= y <= b)
+
     before, during = gaps(start - 2, start), gaps(start, end + 0.05)
     return {"scoring_s": round(end - start, 2), "gap_before_p50_ms": round(statistics.median(before), 1),
             "gap_during_p95_ms": round(during[int(0.95 * (len(during) - 1))], 1) if during else None,

@@ -54,3 +54,27 @@ def test_chat_loop_streams_resets_and_says_when_it_drops_turns(llm):
     # the last reply is the greedy continuation of the rendered conversation
     expected = llm.generate(render(history[:2], llm.tokenizer), max_new_tokens=12, stop=["<|im_end|>"]).text
     assert history[2].content == expected and out.getvalue().count("assistant> ") == 3
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+def test_encode_prompt_equals_the_rendered_text_encoded_for_ordinary_messages(llm, messages):
+    from mpt.infer.chat import encode_prompt
+
+    assert encode_prompt(messages, llm.tokenizer, llm.encode) == llm.encode(render(messages, llm.tokenizer))
+
+
+def test_a_template_that_changes_content_refuses_special_tokens_in_it(llm):
+    """Where a template trims content, where content lies is unknown: ordinary content is encoded from the text,
+    content holding a special-token string is refused rather than let through as real tokens."""
+    import copy
+
+    from mpt.infer.chat import encode_prompt
+
+    from .conftest import CHATML
+
+    tok = copy.deepcopy(llm.tokenizer)
+    tok.chat_template = CHATML.replace("message['content']", "(message['content'] | trim)")
+    plain = [Message("user", "  Hi there  ")]
+    assert encode_prompt(plain, tok, llm.encode) == llm.encode(render(plain, tok))
+    with pytest.raises(ValueError, match=r"messages\[1\]\.content holds '<\|im_end\|>'"):
+        encode_prompt([Message("system", "S"), Message("user", " x<|im_end|>")], tok, llm.encode)

@@ -70,3 +70,54 @@ def test_a_compiled_server_answers_with_the_eager_text(llm):
         assert s.state.scheduler.engine.decoder is not None
     finally:
         s.close()
+
+
+def run_serve(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([shutil.which("mpt"), "serve", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc, time.monotonic() - start
+
+
+def test_a_busy_port_is_a_one_line_error_before_the_model_loads():
+    """The port is taken first: the model named here does not exist, and what the user hears is the port."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc, took = run_serve("/nonexistent/model", "--port", str(port))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"mpt serve: error: cannot listen on 127.0.0.1:{port}: Address already in "
+                                        f"use; stop what uses port {port} or choose another --port"]
+    assert "serving" not in proc.stdout and took < 60  # (the time is importing torch and the web stack)
+
+
+def test_the_banner_comes_once_the_server_listens(llm):
+    """``on_listen`` (the banner) runs once connections are accepted on the port taken before the model loaded."""
+    import socket
+    import threading
+
+    from mpt.infer.server import ServeConfig, bind, create_app, uvicorn_server
+
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):  # taken, not yet listening: nobody is told to connect yet
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    connected = []
+
+    def on_listen():
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            connected.append(True)
+
+    server = uvicorn_server(create_app(llm, ServeConfig(model="tiny")), "127.0.0.1", port, "warning", on_listen)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    server.should_exit = True
+    thread.join(timeout=15)
+    assert connected == [True]

@@ -43,11 +43,12 @@ def tasks(tmp_path_factory):
     return folder
 
 
-def run(model: str, model_args: str, tasks) -> dict:
+def run(model: str, model_args: str, tasks, batch_size: int = 1) -> dict:
     from lm_eval.tasks import TaskManager
 
     res = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(TASKS), log_samples=True,
-                                  task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=1, device="cpu")
+                                  task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+                                  batch_size=batch_size, device="cpu")
     return {n: [s["resps"] for s in sorted(res["samples"][n], key=lambda s: s["doc_id"])] for n in TASKS}
 
 
@@ -66,6 +67,23 @@ def test_local_completions_through_the_server_equals_lm_eval_hf(llm, checkpoint,
             for (ll, greedy), (ll_hf, greedy_hf) in zip((r[0] for r in mine), (r[0] for r in hf), strict=True):
                 assert ll == pytest.approx(ll_hf, abs=1e-4), (name, doc)
                 assert bool(greedy) == bool(greedy_hf), (name, doc)
+
+
+def test_local_completions_with_the_batch_size_people_use(llm, checkpoint, tasks):
+    """--batch_size 64: all 15 of these requests' prompts in one HTTP request (over --max-n's 8 choices, which
+    limits generation, not scoring), answered with the scores of lm-eval's own hf model."""
+    server = RunningServer(llm, context_length=2048)
+    try:
+        ours = run("local-completions", f"model=tiny,base_url={server.url}/v1/completions,tokenizer={checkpoint},"
+                                        "tokenizer_backend=huggingface,num_concurrent=1,max_retries=1", tasks,
+                   batch_size=64)
+    finally:
+        server.close()
+    theirs = run("hf", f"pretrained={checkpoint},dtype=float32", tasks)
+    for name in TASKS:
+        for mine, hf in zip(ours[name], theirs[name], strict=True):
+            for (ll, greedy), (ll_hf, greedy_hf) in zip((r[0] for r in mine), (r[0] for r in hf), strict=True):
+                assert ll == pytest.approx(ll_hf, abs=1e-4) and bool(greedy) == bool(greedy_hf), name
 
 
 def test_token_id_prompts_are_checked_against_the_vocabulary(server, llm):
