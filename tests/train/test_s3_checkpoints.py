@@ -204,3 +204,39 @@ def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_ta
     assert f"resumed from {last}" in out, out
     assert newest().name == f"step-{end:08d}"
     assert not fs.exists(f"{url}/.lease.json")  # released at the end
+
+
+def test_torchrun_restarting_a_group_takes_over_its_own_lease_at_once(tmp_path, s3_server):
+    """2 ranks under `torchrun --max-restarts 1`; rank 0, which holds the lease, is killed (SIGKILL). The
+    agent restarts the group: the new rank 0 takes over the earlier attempt's lease, fresh as it is
+    (lease_seconds 600 here), and the run resumes and finishes."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from .helpers import cmdline, descendants
+    from .test_distributed import ENV, _finish, _logged_steps, _port, _recipe, _torchrun
+
+    data = make_shards(tmp_path / "data", samples=160)
+    url = f"s3://{s3_server.bucket}/runs/restarted"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump(_recipe(
+        run, data, parallel={}, train={"max_duration": "12ba"},
+        checkpoint={"folder": url, "every_batches": 2, "lease_seconds": 600, "export_hf": None})))
+    proc = _torchrun(2, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), env=dict(ENV, **s3_server.env),
+                     extra=["--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}"])
+    deadline = time.time() + 180
+    while _logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
+    rank0 = [w for w in workers if b"\0RANK=0\0" in b"\0" + open(f"/proc/{w}/environ", "rb").read()]
+    assert len(workers) == 2 and len(rank0) == 1, workers
+    os.kill(rank0[0], signal.SIGKILL)
+    code, out = _finish(proc)
+    assert code == 0, out[-4000:]
+    assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {rank0[0]} on host" in out
+    assert "(an earlier attempt of this torchrun job)" in out
+    assert "resumed from" in out
