@@ -165,6 +165,11 @@ def attention_keys(attn_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attn_config.items() if k in ATTN_CONFIG_DEFAULTS or k not in _HF_NOISE}
 
 
+def saved_attn_impl(fields: dict[str, Any]) -> str | None:
+    """The attention backend a config.json names (any string: other code bases saved ``triton``), or None."""
+    return (fields.get("attn_config") or {}).get("attn_impl")
+
+
 def resolved(fields: dict[str, Any]) -> Any:
     """``fields`` (a preset's or config.json's, possibly partial) over the defaults, as ``check_fields`` reads them."""
     top = {**TOP_DEFAULTS, **{k: v for k, v in fields.items() if k not in NESTED}}

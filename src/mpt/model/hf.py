@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ATTN_IMPLS
+from .fields import ATTN_IMPLS, saved_attn_impl
 from .load import default_device, load_model, read_config_dict, usable_attn_impl
 from .modeling import MPTForCausalLM
 
@@ -27,7 +27,7 @@ def load_pretrained(src: str | Path, dtype: torch.dtype | None = None, attn_impl
     """For callers that place the model themselves (training's ``init_from``): weights on the CPU in
     ``dtype`` (default: as saved), attention chosen for this machine's default device."""
     if attn_impl is None:
-        saved = (read_config_dict(src).get("attn_config") or {}).get("attn_impl")
+        saved = saved_attn_impl(read_config_dict(src))
         attn_impl = usable_attn_impl(saved, default_device())
     return load_model(src, device="cpu", dtype=dtype or "auto", attn_impl=attn_impl)
 
@@ -67,7 +67,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str | None = None,
     Returns the model and the config fields transformers would ignore.
     """
     model = load_model(src, device="cpu", dtype=dtype or "auto", attn_impl=attn_impl)
-    saved = (read_config_dict(src).get("attn_config") or {}).get("attn_impl")
+    saved = saved_attn_impl(read_config_dict(src))
     if attn_impl is None and saved in ATTN_IMPLS:  # load_model picked a path for this machine; keep the file's
         model.config.attn_config["attn_impl"] = saved
     return model, save_pretrained(model, dst, tokenizer_from=src)

@@ -79,6 +79,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     linear layers' weights in int8 for inference (:mod:`mpt.model.quantize`).
     """
     from .config import MPTConfig
+    from .fields import saved_attn_impl
     from .modeling import MPTForCausalLM
     from .quantize import check_method, quantize_model
 
@@ -91,7 +92,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
 
         model = _read_weights(AutoModelForCausalLM, path, dtype=torch_dtype or "auto").to(device).eval()
         return quantize_model(model, quantize)
-    saved = (fields.get("attn_config") or {}).get("attn_impl")
+    saved = saved_attn_impl(fields)
     # Set before validation: a config saying `flash` must still load where flash-attn is missing.
     fields["attn_config"] = {**fields.get("attn_config", {}), "attn_impl": attn_impl or usable_attn_impl(saved, device)}
     config = MPTConfig.from_dict(fields)
