@@ -12,8 +12,8 @@ Layering: who may import whom (imports point one way, down this table)::
 
 - Leaf helpers import nothing from ``mpt``, so every layer may use them: ``paths`` (local path or
   hub name), ``files`` (SHA-256 of a file), ``ranks`` (rank and world size), ``chatml`` (the ChatML
-  renderer), ``console``, ``config`` (typed YAML configs), ``_lazy``. ``presets`` (model presets)
-  sits on ``model``, ``quickstart_report`` on ``train``.
+  renderer), ``console``, ``config`` (typed YAML configs), ``tables`` (text and Markdown tables),
+  ``_lazy``. ``presets`` (model presets) sits on ``model``, ``quickstart_report`` on ``train``.
 - ``mpt.cli`` only parses and dispatches; the work is in functions a user can import.
 
 Every package here imports lazily (PEP 562, :mod:`mpt._lazy`): ``import mpt`` and ``mpt --help``

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .tables import markdown_table
 from .train.monitor import plot_curves, read_metrics
 
 # The stage table must not suggest that a stage is free when its work happened in another one.
@@ -33,12 +34,6 @@ def _runs(qs) -> dict[str, dict]:
     return out
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def write_report(qs) -> Path:
     runs = _runs(qs)
     plot_curves(qs.dir / "loss_curves.png", [("training loss", {name: run["curve"] for name, run in runs.items()})])
@@ -52,7 +47,7 @@ def write_report(qs) -> Path:
           f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}; "
           f"total {sum(qs.timings.values()):.0f} s of stage time.", "",
-          "## Stages", "", _table(["stage", "seconds", "what the time covers"],
+          "## Stages", "", markdown_table(["stage", "seconds", "what the time covers"],
                                   [[k, f"{v:.1f}", STAGE_NOTES.get(k, "")] for k, v in qs.timings.items()]), "",
           "## Data", "",
           f"The Python standard library's own source files and their docstrings (code and prose), every 10th file "
@@ -67,7 +62,7 @@ def write_report(qs) -> Path:
           "schedule: one with ALiBi (MPT), its twin with learned position embeddings (table for 4x the training "
           "length) and no ALiBi.", "",
           "![loss curves](loss_curves.png)", "",
-          _table(["model", "steps", "tokens", "final loss", "tokens/s", "TFLOP/s", "MFU"],
+          markdown_table(["model", "steps", "tokens", "final loss", "tokens/s", "TFLOP/s", "MFU"],
                  [[n, str(r["steps"]), f"{r['tokens']:,}", f"{r['final_loss']:.3f}", f"{r['tok_s']:,.0f}",
                    f"{r['tflops']:.3f}", "n/a on CPU (no known peak)"] for n, r in runs.items()]), "",
           "## Validation perplexity and length extrapolation", "",
@@ -81,7 +76,7 @@ def write_report(qs) -> Path:
         a1, b1 = ppl["alibi"][lengths[0]], ppl["learned_pos_emb"].get(lengths[0])
         rows.append([length, f"{a:.2f} ({a / a1:.2f}x of 1x)",
                      f"{b:.2f} ({b / b1:.2f}x of 1x)" if b else "cannot run"])
-    md += [_table(["window", "ALiBi perplexity", "learned-position twin perplexity"], rows), ""]
+    md += [markdown_table(["window", "ALiBi perplexity", "learned-position twin perplexity"], rows), ""]
     if "icl_markdown" in evaluation:
         md += ["## In-context-learning evaluation", "", evaluation["icl_markdown"], ""]
     else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .model.fields import AttnImpl
+from .tables import text_table
 
 
 @dataclass
@@ -32,20 +33,8 @@ def print_model_info(cfg: ModelInfoConfig) -> None:
                      f"{c.d_model}/{c.n_heads}/{c.n_layers}", str(c.max_seq_len),
                      f"{info.train_flops_per_token / 1e9:,.2f}", f"{info.weights_gib_bf16:,.2f}",
                      f"{info.train_state_gib_lion:,.1f}", f"{info.train_state_gib_adamw:,.1f}"))
-    print_table(("preset", "params", "non-emb", "d/heads/layers", "seq", "GFLOP/token (train)",
-                 "weights bf16 GiB", "train state Lion GiB", "train state AdamW GiB"), rows)
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-
-    def line(cells) -> str:
-        return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))
-
-    print(line(header))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
+    print(text_table(("preset", "params", "non-emb", "d/heads/layers", "seq", "GFLOP/token (train)",
+                      "weights bf16 GiB", "train state Lion GiB", "train state AdamW GiB"), rows))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..tables import markdown_table, text_table
 from .gauntlet import GauntletResult
 from .harness import EvalOutput
 
@@ -28,17 +29,12 @@ def table(out: EvalOutput, gauntlet: GauntletResult | None = None) -> str:
     if gauntlet is not None:
         for name, v in {**gauntlet.categories, **gauntlet.averages}.items():
             rows.append((f"gauntlet/{name}", "", f"{v:.4f}", "", "", ""))
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [HEADER, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(HEADER, rows, left=2)
 
 
 def markdown(out: EvalOutput, gauntlet: GauntletResult | None = None, title: str = "") -> str:
     lines = [f"## {title}", ""] if title else []
-    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c.strip() for c in r) + " |" for r in _rows(out)]
+    lines.append(markdown_table(HEADER, _rows(out)))
     if gauntlet is not None:
         lines += ["", "| gauntlet | score |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in {**gauntlet.categories, **gauntlet.averages}.items()]
