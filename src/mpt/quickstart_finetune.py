@@ -13,6 +13,8 @@ import math
 import re
 from pathlib import Path
 
+from .data.readers import read_json_lines
+
 HOLDOUT = 20  # every 20th conversation is held out for the before / after perplexity
 CHAT_PROMPTS = ["What is Python?", "Give me three tips for writing clear code.", "What is a list comprehension?"]
 # the Dolly template: "...### Instruction:\n{instruction}\n\n### Response:\n" (with optional ### Input)
@@ -37,18 +39,11 @@ def chat_data(src: str | Path, folder: Path, limit: int | None = None) -> dict[s
     """Write folder/train.jsonl and folder/validation.jsonl of ``{"messages": [...]}`` lines."""
     folder.mkdir(parents=True, exist_ok=True)
     n = {"train": 0, "validation": 0}
-    with open(src, encoding="utf-8") as f, open(folder / "train.jsonl", "w") as train, \
-            open(folder / "validation.jsonl", "w") as val:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(folder / "train.jsonl", "w") as train, open(folder / "validation.jsonl", "w") as val:
+        for lineno, record in read_json_lines(src):
             if limit is not None and sum(n.values()) >= limit:
                 break
             where = f"{src}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from err
             split = "validation" if sum(n.values()) % HOLDOUT == HOLDOUT - 1 else "train"
             (val if split == "validation" else train).write(json.dumps({"messages": as_messages(record, where)})
                                                             + "\n")

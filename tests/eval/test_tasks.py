@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from mpt.data.readers import DataInputError
 from mpt.eval.suite import load_suite, task_from_dict
 from mpt.eval.tasks import (
     EvalTaskError,
@@ -24,7 +25,7 @@ MC = [{"query": f"Question: q{i}?\n", "choices": [f"a{i}", f"b{i}"], "gold": i %
 def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"query": "q", "choices": ["a"], "gold": 0}\n{"query": "q", oops}\n')
-    with pytest.raises(EvalTaskError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataInputError, match=r"bad\.jsonl:2: malformed JSON"):
         read_records(path)
 
 

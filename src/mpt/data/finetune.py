@@ -29,7 +29,6 @@ Long-context samples (e.g. 65,536 tokens) are pretraining-style: ``mpt prep --se
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 
 from ..chatml import CHATML_TEMPLATE as CHATML_TEMPLATE  # re-exported: callers that import it from here
 from ..chatml import chatml_segments, render_chatml, special_strings, text_pieces
-from .readers import DataInputError
+from .readers import DataInputError, read_json_lines
 
 IGNORE = -100
 
@@ -117,36 +116,28 @@ def load_finetune(path: str | Path, tokenizer, eos_id: int, cfg: FinetuneConfig 
     cfg = cfg or FinetuneConfig()
     cfg.validate()
     stats, out = FinetuneStats(), []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    for lineno, record in read_json_lines(path):
+        where = f"{path}:{lineno}"
+        stats.examples += 1
+        if _check_record(record, where) == "chat":
+            ex = encode_chat(tokenizer, record["messages"])
+        else:
+            ex = encode_prompt_response(tokenizer, record["prompt"], record["response"], eos_id)
+        if len(ex.input_ids) > cfg.max_seq_len:
+            if cfg.truncation == "error":
+                raise DataInputError(f"{where}: {len(ex.input_ids)} tokens is more than max_seq_len="
+                                     f"{cfg.max_seq_len}; raise max_seq_len or set truncation (data.truncation "
+                                     "in a recipe) to 'truncate' or 'drop'")
+            if cfg.truncation == "drop":
+                stats.dropped_too_long += 1
                 continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataInputError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix the line"
-                                     ) from err
-            stats.examples += 1
-            if _check_record(record, where) == "chat":
-                ex = encode_chat(tokenizer, record["messages"])
-            else:
-                ex = encode_prompt_response(tokenizer, record["prompt"], record["response"], eos_id)
-            if len(ex.input_ids) > cfg.max_seq_len:
-                if cfg.truncation == "error":
-                    raise DataInputError(f"{where}: {len(ex.input_ids)} tokens is more than max_seq_len="
-                                         f"{cfg.max_seq_len}; raise max_seq_len or set truncation (data.truncation "
-                                         "in a recipe) to 'truncate' or 'drop'")
-                if cfg.truncation == "drop":
-                    stats.dropped_too_long += 1
-                    continue
-                ex = Example(ex.input_ids[:cfg.max_seq_len], ex.labels[:cfg.max_seq_len])
-                if all(label == IGNORE for label in ex.labels):
-                    stats.dropped_too_long += 1   # the prompt alone filled the window: nothing to learn
-                    continue
-                stats.truncated += 1
-            stats.kept += 1
-            out.append(ex)
+            ex = Example(ex.input_ids[:cfg.max_seq_len], ex.labels[:cfg.max_seq_len])
+            if all(label == IGNORE for label in ex.labels):
+                stats.dropped_too_long += 1   # the prompt alone filled the window: nothing to learn
+                continue
+            stats.truncated += 1
+        stats.kept += 1
+        out.append(ex)
     return out, stats
 
 

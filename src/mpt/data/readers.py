@@ -295,6 +295,26 @@ def _json_problem(line: str) -> tuple[object, str | None]:
         return None, f"JSON nested more deeply than the parser follows (about {sys.getrecursionlimit():,} levels)"
 
 
+def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a small JSON-lines file (finetuning data, ICL tasks).
+
+    A line that is not one JSON object is a DataInputError naming the file and line. Lines end at
+    "\n" only: str.splitlines() would also split on U+2028, which occurs inside strings (triviaqa).
+    ``mpt prep``'s corpus reader (``read_documents``) streams instead, bounds a record's bytes and can
+    skip bad lines; it shares the parsing rules (``_json_problem``).
+    """
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record, problem = _json_problem(line)
+            if problem is not None:
+                raise DataInputError(f"{path}:{lineno}: {problem}; each line must be one JSON object")
+            if not isinstance(record, dict):
+                raise DataInputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
 def _lines(f, limit: int) -> Iterator[bytearray | bytes | None]:
     """The lines of binary file ``f`` without their newlines; None for a line of more than ``limit``
     bytes, as soon as that is known. Such a line is never held: the reading goes on past its rest

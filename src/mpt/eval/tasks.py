@@ -10,10 +10,11 @@ Nothing here tokenizes or runs a model; :mod:`mpt.eval.encode` turns a :class:`P
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..data.readers import read_json_lines
 
 TASK_TYPES = ("language_modeling", "multiple_choice", "schema", "generation_task_with_answers")
 NORMALIZATIONS = ("token", "none", "char")
@@ -96,26 +97,13 @@ class Prompt:
 
 # ---- reading and validating ------------------------------------------------------------------
 def read_records(path: str | Path) -> list[dict]:
-    """Parse a jsonl file; a bad line is an error naming the file and line.
-
-    Lines are split on "\\n" only: str.splitlines() would also split on U+0085 / U+2028, which
-    occur inside strings in triviaqa.jsonl.
-    """
+    """Parse a jsonl task file; a bad line is a DataInputError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} does not exist (give the folder holding the task files "
                                 "with --data-dir, or a full path)")
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalTaskError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); each line must "
-                                "be one JSON object") from None
-        if not isinstance(rec, dict):
-            raise EvalTaskError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+    for n, rec in read_json_lines(path):
         rec["_line"] = n
         records.append(rec)
     if not records:
