@@ -34,69 +34,21 @@ SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling 
             "top_k": Flag("sample among the k likeliest tokens (0: off)"),
             "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
 
-PREP_FLAGS = {
-    "inputs": Flag("files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset",
-                   positional=True, metavar="INPUT"),
-    "out": Flag("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one "
-                "continues, a finished one is left as it is)", required=True),
-    "tokenizer": Flag("tokenizer.json file, folder holding one, or hub name (downloads when online)"),
-    "text_field": Flag("JSON field / parquet column holding the text"),
-    "hf_split": Flag("split of hf:NAME inputs"),
-    "mode": Flag("concat: EOS-joined documents packed into --seq-len samples; docs: one document per sample "
-                 "(whole, for packed training with document masks)", choices=("concat", "docs")),
-    "seq_len": Flag("tokens per sample in concat mode"),
-    "vocab_size": Flag("declared vocabulary; a token id at or above it is an error (default: the tokenizer's)"),
-    "eos_token": Flag("token appended to each document (default: <|endoftext|> or </s>)"),
-    "shard_bytes": Flag("shard size in bytes (or --shard-mb)"),
-    "shard_mb": Flag("shard size in MiB (default: 64)"),
-    "skip_bad": Flag("skip (and count) malformed JSON lines, records without the text field, records over "
-                     "--max-record-bytes, binary files and damaged .gz / .parquet files (from the damage on) instead "
-                     "of stopping"),
-    "max_record_bytes": Flag("most bytes one record may hold once decompressed (a jsonl line, a whole text file, a "
-                             "JSON array file): a larger one is an error, or with --skip-bad skipped and counted; "
-                             "it is held whole, a few times over, so this bounds memory"),
-    "batch_docs": Flag("documents tokenized together"),
-    "workers": Flag("processes for the filters and near-dedup fingerprints (default: all cores; the tokenizer "
-                    "always uses all cores)"),
-    "chunk_chars": Flag("characters tokenized at once (bounds memory; long documents are cut into pieces)"),
-    "staging": Flag("local folder where a remote --out is built before upload (default: a temporary folder)"),
-    "progress": Flag("no progress bar"),
-    "mc4": Flag("the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% alphanumeric, most "
-                "common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words <= 50,000"),
-    "min_words": Flag("override the minimum word count (mC4: 200)"),
-    "max_words": Flag("override the maximum word count (mC4: 50,000)"),
-    "min_chars": Flag("drop documents shorter than this (off by default)"),
-    "max_chars": Flag("drop documents longer than this (off by default)"),
-    "exact_dedup": Flag("keep exact duplicates (removed by default)", names=("--no-exact-dedup",)),
-    "near_dedup": Flag("also remove near duplicates (MinHash LSH)"),
-    "near_dedup_threshold": Flag("estimated Jaccard similarity of word 5-grams above which a document is a near "
-                                 "duplicate (default: 0.8)"),
-}
-
 COMMANDS = [
     Command("model-info", "mpt.tools:ModelInfoConfig", "mpt.tools:print_model_info",
             "parameters, FLOPs per token and memory of model presets",
             "Print parameter count, training FLOPs per token (LLM Foundry's MFU formula) and memory for weights "
-            "and optimizer state. Nothing is built.",
-            flags={"preset": Flag("preset names (mpt-tiny, mpt-125m ... mpt-30b) or YAML files; default: all "
-                                  "presets", positional=True)}),
+            "and optimizer state. Nothing is built."),
     Command("convert", "mpt.tools:ConvertConfig", "mpt.tools:convert",
             "convert any MPT checkpoint to a transformers-loadable one",
             "Read an MPT checkpoint (ours, transformers' MptForCausalLM, or MosaicML's original layout; a local "
             "folder, or a hub name when online) and write safetensors + config.json that plain transformers "
-            "loads. Warns about config fields transformers' MPT does not honour.",
-            flags={"src": Flag("checkpoint folder or hub name, e.g. mosaicml/mpt-7b", positional=True),
-                   "dst": Flag("output folder", positional=True),
-                   "dtype": Flag("cast weights to this dtype (default: keep)"),
-                   "attn_impl": Flag("override attn_config.attn_impl (e.g. a checkpoint trained with flash, read "
-                                     "on CPU)")}),
+            "loads. Warns about config fields transformers' MPT does not honour."),
     Command("demo", "mpt.tools:DemoConfig", "mpt.tools:demo",
             "offline demo: build a preset, export, reload with transformers, generate",
             "Build a randomly initialised model from a preset, save it in Hugging Face format, reload it with "
             "plain transformers and compare logits, then generate past max_seq_len with the KV cache. Needs no "
-            "network and no data.",
-            flags={"preset": Flag("model preset"),
-                   "out": Flag("where to save the model (default: a temporary folder)")}),
+            "network and no data."),
     Command("prep", "mpt.data.prep:PrepCommand", "mpt.data.prep:prep_command",
             "clean, deduplicate, tokenize and shard text for training",
             "Read jsonl / json / txt / parquet files (also .gz), folders and globs; drop empty documents, apply "
@@ -105,8 +57,7 @@ COMMANDS = [
             "docs, for packed pretraining with document masks); write checksummed shards, index.json and "
             "summary.json to --out. Every dropped record is counted in the summary.",
             "example: mpt prep data/*.jsonl --out data/shards --seq-len 2048; filters and dedup also take "
-            "key=value overrides (filters.min_words=50, dedup.threshold=0.9)",
-            flags=PREP_FLAGS),
+            "key=value overrides (filters.min_words=50, dedup.threshold=0.9)"),
     Command("eval", "mpt.eval.command:EvalRunConfig", "mpt.eval.command:run_eval",
             "in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
             "Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, multiple_choice, schema, "
@@ -114,40 +65,14 @@ COMMANDS = [
             "write JSON, Markdown and per-example JSONL. Task files are read from --data-dir; nothing is "
             "downloaded.",
             "example: mpt eval ./my-mpt --tasks mpt7b --data-dir ../shared/data/eval --limit 100 "
-            "--output results.json",
-            flags={"model": Flag("our checkpoint, a Hugging Face-format MPT or any causal LM folder, or a hub name",
-                                 positional=True),
-                   "tasks": Flag("suite names (mpt7b), suite YAML files or bare .jsonl task files"),
-                   "data_dir": Flag("folder holding the task files named in the suite (default: $MPT_EVAL_DATA)"),
-                   "tokenizer": TOKENIZER,
-                   "gauntlet": Flag("gauntlet name or YAML (default: the suite's; 'none' to skip)"),
-                   "limit": Flag("evaluate only the first N examples of each task"),
-                   "num_fewshot": Flag("override every task's few-shot counts"),
-                   "batch_size": Flag("sequences per forward pass"),
-                   "max_batch_tokens": Flag("padded tokens per forward pass, bounding memory for long few-shot "
-                                            "prompts"),
-                   "max_seq_len": Flag("context window (default: the model's)"), "device": DEVICE,
-                   "dtype": Flag("weights dtype; auto: as saved (default: bfloat16 on GPU, float32 on CPU)",
-                                 choices=("auto", "float32", "bfloat16", "float16")),
-                   "output": Flag("write results (and gauntlet) as JSON here"),
-                   "markdown": Flag("write a Markdown table here"),
-                   "examples": Flag("write one JSON line per example (prompt, options, scores, prediction, gold) "
-                                    "here"),
-                   "progress": Flag("no progress bar")}),
+            "--output results.json"),
     Command("tokenizer train", "mpt.data.tokenizer_train:TokenizerTrainConfig",
             "mpt.data.tokenizer_train:train_and_describe",
             "train a byte-level BPE tokenizer on a corpus (Hugging Face format)",
             "Train a byte-level BPE tokenizer (GPT-NeoX style: NFC, no prefix space) with `tokenizers` on jsonl / "
             "json / txt / parquet files, folders or globs, and save it with transformers' save_pretrained: "
             "tokenizer.json, EOS <|endoftext|>, PAD <|padding|>, ChatML <|im_start|>/<|im_end|> and a ChatML chat "
-            "template.",
-            flags={"inputs": Flag("files, folders or globs (quote globs)", positional=True, metavar="INPUT"),
-                   "out": Flag("folder to save the tokenizer in"),
-                   "vocab_size": Flag("vocabulary size incl. special tokens"),
-                   "min_frequency": Flag("minimum count of a merge"),
-                   "text_field": Flag("JSON field / parquet column holding the text"),
-                   "skip_bad": Flag("skip (and count) malformed records instead of stopping"),
-                   "progress": Flag("no progress bar")}),
+            "template."),
     Command("generate", "mpt.infer.commands:GenerateConfig", "mpt.infer.commands:generate",
             "continue a prompt (argument, file or stdin), streamed",
             "Load a model and continue the prompt, printing text as it is generated, then the speed on stderr. "
@@ -214,19 +139,7 @@ COMMANDS = [
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "
             "load. --format onnx: write prefill.onnx (input_ids -> logits and the key/value cache) and "
             "decode.onnx (one token per row plus the cache -> logits and the grown cache), then check them with "
-            "onnxruntime against PyTorch. Rows of one batch must have the same length (no padding mask).",
-            flags={"src": Flag("Hugging Face-format MPT checkpoint folder (or hub name), or a training checkpoint "
-                               "(a step-N folder, or a checkpoint.folder: its newest complete checkpoint)",
-                               positional=True),
-                   "dst": Flag("output folder", positional=True),
-                   "format": Flag("output format"),
-                   "adapter": Flag("a LoRA run's training checkpoint: write the adapter alone in PEFT's format "
-                                   "instead of the merged model"),
-                   "tokenizer": Flag("hf from a training checkpoint: folder whose tokenizer files to copy "
-                                     "alongside (default: the tokenizer recorded with the run)"),
-                   "prefill_only": Flag("onnx: export only prefill.onnx"),
-                   "opset": Flag("onnx: opset version"),
-                   "check": Flag("onnx: skip the onnxruntime vs PyTorch check")}),
+            "onnxruntime against PyTorch. Rows of one batch must have the same length (no padding mask)."),
     Command("quickstart", "mpt.quickstart:QuickstartConfig", "mpt.quickstart:quickstart",
             "the whole pipeline offline in minutes, with a report",
             "Offline, on any machine with Python: build a corpus from the Python standard library's sources and "
@@ -234,22 +147,7 @@ COMMANDS = [
             "pretrain an mpt-tiny-class ALiBi model and a learned-position twin (with checkpoints), measure "
             "perplexity at 1x/2x/4x the training length, optionally run ICL tasks, export to Hugging Face "
             "format, generate samples, optionally chat-finetune it with LoRA (--finetune), and write OUT/report.md "
-            "and report.html. Re-running the command continues where it stopped.",
-            flags={"out": Flag("output folder"),
-                   "size": Flag("full: about 10 minutes on 2 CPU cores; ci: a reduced run of a minute or two",
-                                choices=("full", "ci")),
-                   "eval_tasks": Flag("ICL task files or suite names for `mpt eval` (none are needed)",
-                                      metavar="TASK"),
-                   "eval_data_dir": Flag("folder of the task files named by a suite"),
-                   "data": Flag("corpus instead of the standard library: files, folders, globs or hf:NAME (as "
-                                "`mpt prep`)", metavar="INPUT"),
-                   "tokenizer": Flag("use this tokenizer (tokenizer.json, folder or hub name) instead of training "
-                                     "one"),
-                   "finetune": Flag("add a stage: chat-finetune the model with LoRA on this jsonl of prompt/response "
-                                    "or messages records (e.g. Dolly), with held-out response perplexity before "
-                                    "and after and a few chat replies", metavar="FILE"),
-                   "force": Flag("use a non-empty --out folder that is not a quickstart run"),
-                   "seed": Flag("seed of every stage")}),
+            "and report.html. Re-running the command continues where it stopped."),
 ]
 
 

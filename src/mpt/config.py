@@ -13,12 +13,35 @@ import dataclasses
 import inspect
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one config field appears on the command line; fields with no Flag get the defaults."""
+
+    help: str = ""
+    positional: bool = False
+    names: tuple[str, ...] = ()  # spellings other than --field-name (e.g. "--no-progress")
+    repeat: bool = False         # a list given as --flag A --flag B
+    choices: tuple | None = None
+    metavar: str | None = None
+    required: bool = False       # for a field whose default means "not given" (ServeConfig.model = "")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+           **flag: Any) -> Any:
+    """A config field with its command-line help (and flag spelling, :class:`Flag`) declared beside it."""
+    meta = {"flag": Flag(help, **flag)}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 class ConfigError(ValueError):

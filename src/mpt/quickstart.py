@@ -25,20 +25,28 @@ from pathlib import Path
 
 import yaml
 
+from .config import option
+
 MARKER = "quickstart.json"
 
 
 @dataclass
 class QuickstartConfig:
-    out: str = "quickstart"
-    size: str = "full"                    # "full" (about 10 minutes on 2 cores) or "ci" (about 2)
-    eval_tasks: list[str] | None = None   # ICL task files or suite names for `mpt eval`
-    eval_data_dir: str | None = None
-    data: list[str] | None = None         # corpus files / folders / globs / hf:NAME instead of the stdlib
-    tokenizer: str | None = None          # a tokenizer.json, folder or hub name instead of training one
-    finetune: str | None = None           # jsonl of {prompt, response} or {messages}: adds LoRA chat finetuning
-    force: bool = False
-    seed: int = 17
+    out: str = option("quickstart", "output folder")
+    size: str = option("full", "full: about 10 minutes on 2 CPU cores; ci: a reduced run of a minute or two",
+                       choices=("full", "ci"))
+    eval_tasks: list[str] | None = option(None, "ICL task files or suite names for `mpt eval` (none are needed)",
+                                          metavar="TASK")
+    eval_data_dir: str | None = option(None, "folder of the task files named by a suite")
+    data: list[str] | None = option(None, "corpus instead of the standard library: files, folders, globs or hf:NAME "
+                                    "(as `mpt prep`)", metavar="INPUT")
+    tokenizer: str | None = option(None, "use this tokenizer (tokenizer.json, folder or hub name) instead of "
+                                   "training one")
+    finetune: str | None = option(None, "add a stage: chat-finetune the model with LoRA on this jsonl of "
+                                  "prompt/response or messages records (e.g. Dolly), with held-out response "
+                                  "perplexity before and after and a few chat replies", metavar="FILE")
+    force: bool = option(False, "use a non-empty --out folder that is not a quickstart run")
+    seed: int = option(17, "seed of every stage")
 
     def validate(self) -> None:
         if self.size not in SIZES:

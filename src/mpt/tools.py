@@ -6,16 +6,18 @@ Imports of torch and transformers happen inside the functions, so the configs lo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from .config import option
 from .model.fields import AttnImpl
 from .tables import text_table
 
 
 @dataclass
 class ModelInfoConfig:
-    preset: list[str] = field(default_factory=lambda: ["all"])  # preset names or YAML files; "all": every preset
+    preset: list[str] = option(help="preset names (mpt-tiny, mpt-125m ... mpt-30b) or YAML files; default: all "
+                               "presets", positional=True, factory=lambda: ["all"])
 
 
 def print_model_info(cfg: ModelInfoConfig) -> None:
@@ -39,10 +41,11 @@ def print_model_info(cfg: ModelInfoConfig) -> None:
 
 @dataclass
 class ConvertConfig:
-    src: str                                                        # checkpoint folder or hub name
-    dst: str                                                        # output folder
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: keep
-    attn_impl: AttnImpl | None = None                               # default: keep
+    src: str = option(help="checkpoint folder or hub name, e.g. mosaicml/mpt-7b", positional=True)
+    dst: str = option(help="output folder", positional=True)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = option(None, "cast weights to this dtype (default: keep)")
+    attn_impl: AttnImpl | None = option(None, "override attn_config.attn_impl (e.g. a checkpoint trained with flash, "
+                                        "read on CPU; default: keep)")
 
 
 def convert(cfg: ConvertConfig) -> None:
@@ -56,14 +59,17 @@ def convert(cfg: ConvertConfig) -> None:
 
 @dataclass
 class ExportConfig:
-    src: str                              # Hugging Face-format folder or hub name, or a training checkpoint
-    dst: str
-    format: Literal["hf", "onnx"] = "hf"
-    tokenizer: str | None = None          # hf from a training checkpoint: default, the run's tokenizer
-    adapter: bool = False                 # a LoRA run's checkpoint: the adapter alone (PEFT's format), not merged
-    prefill_only: bool = False            # onnx
-    opset: int = 18                       # onnx
-    check: bool = True                    # onnx: compare onnxruntime with PyTorch
+    src: str = option(help="Hugging Face-format MPT checkpoint folder (or hub name), or a training checkpoint (a "
+                      "step-N folder, or a checkpoint.folder: its newest complete checkpoint)", positional=True)
+    dst: str = option(help="output folder", positional=True)
+    format: Literal["hf", "onnx"] = option("hf", "output format")
+    tokenizer: str | None = option(None, "hf from a training checkpoint: folder whose tokenizer files to copy "
+                                   "alongside (default: the tokenizer recorded with the run)")
+    adapter: bool = option(False, "a LoRA run's training checkpoint: write the adapter alone in PEFT's format "
+                           "instead of the merged model")
+    prefill_only: bool = option(False, "onnx: export only prefill.onnx")
+    opset: int = option(18, "onnx: opset version")
+    check: bool = option(True, "onnx: skip the onnxruntime vs PyTorch check")
 
 
 def export(cfg: ExportConfig) -> None:
@@ -92,8 +98,8 @@ def export(cfg: ExportConfig) -> None:
 
 @dataclass
 class DemoConfig:
-    preset: str = "mpt-tiny"
-    out: str | None = None  # default: a temporary folder
+    preset: str = option("mpt-tiny", "model preset")
+    out: str | None = option(None, "where to save the model (default: a temporary folder)")
     seed: int = 0
 
 

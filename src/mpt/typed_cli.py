@@ -24,20 +24,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import apply_overrides, from_dict, load_yaml
+from .config import Flag, apply_overrides, from_dict, load_yaml
 
-
-@dataclass(frozen=True)
-class Flag:
-    """How one config field appears on the command line; fields with no Flag get the defaults."""
-
-    help: str = ""
-    positional: bool = False
-    names: tuple[str, ...] = ()  # spellings other than --field-name (e.g. "--no-progress")
-    repeat: bool = False         # a list given as --flag A --flag B
-    choices: tuple | None = None
-    metavar: str | None = None
-    required: bool = False       # for a field whose default means "not given" (ServeConfig.model = "")
+__all__ = ["Command", "Flag", "add_config_arguments", "build_config", "resolve", "split_overrides"]
 
 
 @dataclass
@@ -75,7 +64,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        spec = flags.get(f.name, Flag())
+        spec = flags.get(f.name) or f.metadata.get("flag") or Flag()
         tp, _ = _plain(hints[f.name])
         origin = typing.get_origin(tp)
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -113,7 +102,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict
             parser.add_argument(*(spec.names or (f"--{f.name.replace('_', '-')}",)), dest=f.name, **kw)
     parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
                         help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
-    parser.set_defaults(_required=[name for name, spec in flags.items() if spec.required])
+    parser.set_defaults(_required=[f.name for f in dataclasses.fields(cls)
+                                   if (flags.get(f.name) or f.metadata.get("flag") or Flag()).required])
 
 
 def split_overrides(argv: list[str], cls: type, parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import option
 from . import remote
 from .atomic import write_atomic
 from .dedup import DedupConfig, Deduplicator, fingerprint
@@ -41,31 +42,44 @@ from .readers import MAX_RECORD_BYTES, DataInputError, Document, ReadStats, expa
 from .shards import INDEX_FILE, ShardWriter, read_index
 from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
 
+_INPUTS = "files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset"
+_OUT = ("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one continues, a "
+        "finished one is left as it is)")
+
 
 @dataclass
 class PrepConfig:
-    inputs: list[str]
-    out: str
-    tokenizer: str = DEFAULT_TOKENIZER
-    text_field: str = "text"
-    hf_split: str = "train"         # for hf:NAME inputs
-    # "concat": EOS-joined documents cut into seq_len samples; "docs": one whole document per sample,
-    # which training packs into rows with document masks (data.packing: true)
-    mode: str = "concat"
-    seq_len: int = 2048
-    vocab_size: int | None = None   # declared vocabulary (e.g. the model's); default: the tokenizer's
-    eos_token: str | None = None    # default: <|endoftext|>, </s>, ... whichever the tokenizer has
-    shard_bytes: int = 1 << 26
-    skip_bad: bool = False
-    # decompressed bytes one record (jsonl line, text file, JSON array file) may hold: it is held whole
-    max_record_bytes: int = MAX_RECORD_BYTES
-    batch_docs: int = 1024
-    workers: int | None = None      # processes for filters and dedup fingerprints; default: all cores
-    chunk_chars: int = 1 << 18      # characters tokenized at once (memory); long documents are cut into pieces
-    staging: str | None = None      # local folder where a remote --out is built before upload; default: a temp folder
+    inputs: list[str] = option(help=_INPUTS, positional=True, metavar="INPUT")
+    out: str = option(help=_OUT, required=True)
+    tokenizer: str = option(DEFAULT_TOKENIZER, "tokenizer.json file, folder holding one, or hub name (downloads "
+                            "when online)")
+    text_field: str = option("text", "JSON field / parquet column holding the text")
+    hf_split: str = option("train", "split of hf:NAME inputs")
+    mode: str = option("concat", "concat: EOS-joined documents packed into --seq-len samples; docs: one document "
+                       "per sample (whole, for packed training with document masks: data.packing)",
+                       choices=("concat", "docs"))
+    seq_len: int = option(2048, "tokens per sample in concat mode")
+    vocab_size: int | None = option(None, "declared vocabulary (e.g. the model's); a token id at or above it is an "
+                                    "error (default: the tokenizer's)")
+    eos_token: str | None = option(None, "token appended to each document (default: <|endoftext|> or </s>)")
+    shard_bytes: int = option(1 << 26, "shard size in bytes (or --shard-mb)")
+    skip_bad: bool = option(False, "skip (and count) malformed JSON lines, records without the text field, records "
+                            "over --max-record-bytes, binary files and damaged .gz / .parquet files (from the damage "
+                            "on) instead of stopping")
+    max_record_bytes: int = option(MAX_RECORD_BYTES, "most bytes one record may hold once decompressed (a jsonl "
+                                   "line, a whole text file, a JSON array file): a larger one is an error, or with "
+                                   "--skip-bad skipped and counted; it is held whole, a few times over, so this "
+                                   "bounds memory")
+    batch_docs: int = option(1024, "documents tokenized together")
+    workers: int | None = option(None, "processes for the filters and near-dedup fingerprints (default: all cores; "
+                                 "the tokenizer always uses all cores)")
+    chunk_chars: int = option(1 << 18, "characters tokenized at once (bounds memory; long documents are cut into "
+                              "pieces)")
+    staging: str | None = option(None, "local folder where a remote --out is built before upload (default: a "
+                                 "temporary folder)")
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    progress: bool = True
+    progress: bool = option(True, "no progress bar")
 
     def validate(self) -> None:
         if not self.inputs:
@@ -103,17 +117,20 @@ class PrepCommand(PrepConfig):
     only so that they may come from ``--config``; ``validate`` still requires them.
     """
 
-    inputs: list[str] = field(default_factory=list)
-    out: str = ""
-    shard_mb: float | None = None           # shard size in MiB; sets shard_bytes
-    mc4: bool = False                       # the MPT-7B mC4 filter rules (FilterConfig.mc4())
-    min_words: int | None = None            # the single filter bounds, after --mc4
-    max_words: int | None = None
-    min_chars: int | None = None
-    max_chars: int | None = None
-    exact_dedup: bool = True
-    near_dedup: bool = False
-    near_dedup_threshold: float | None = None
+    inputs: list[str] = option(help=_INPUTS, positional=True, metavar="INPUT", factory=list)
+    out: str = option("", _OUT, required=True)
+    shard_mb: float | None = option(None, "shard size in MiB, setting shard_bytes (default: 64)")
+    mc4: bool = option(False, "the MPT-7B mC4 quality rules: most common character alphabetic, >= 92%% "
+                       "alphanumeric, most common word <= 7.5%% of words (> 500 words) or <= 30%%, 200 <= words "
+                       "<= 50,000 (FilterConfig.mc4())")
+    min_words: int | None = option(None, "override the minimum word count (mC4: 200)")
+    max_words: int | None = option(None, "override the maximum word count (mC4: 50,000)")
+    min_chars: int | None = option(None, "drop documents shorter than this (off by default)")
+    max_chars: int | None = option(None, "drop documents longer than this (off by default)")
+    exact_dedup: bool = option(True, "keep exact duplicates (removed by default)", names=("--no-exact-dedup",))
+    near_dedup: bool = option(False, "also remove near duplicates (MinHash LSH)")
+    near_dedup_threshold: float | None = option(None, "estimated Jaccard similarity of word 5-grams above which a "
+                                                "document is a near duplicate (default: 0.8)")
 
     def to_config(self) -> PrepConfig:
         base = {f.name: getattr(self, f.name) for f in fields(PrepConfig)}

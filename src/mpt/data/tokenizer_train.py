@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..chatml import CHATML_TEMPLATE
+from ..config import option
 from .readers import ReadStats, expand_inputs, read_documents
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
@@ -19,14 +20,14 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>", "<|im_start|>", "<|im_end|>"]
 
 @dataclass
 class TokenizerTrainConfig:
-    inputs: list[str]
-    out: str
-    vocab_size: int = 8192
-    min_frequency: int = 2
-    text_field: str = "text"
-    skip_bad: bool = False
+    inputs: list[str] = option(help="files, folders or globs (quote globs)", positional=True, metavar="INPUT")
+    out: str = option(help="folder to save the tokenizer in")
+    vocab_size: int = option(8192, "vocabulary size incl. special tokens")
+    min_frequency: int = option(2, "minimum count of a merge")
+    text_field: str = option("text", "JSON field / parquet column holding the text")
+    skip_bad: bool = option(False, "skip (and count) malformed records instead of stopping")
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
-    progress: bool = True
+    progress: bool = option(True, "no progress bar")
 
     def validate(self) -> None:
         if not self.inputs:

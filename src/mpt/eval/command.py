@@ -6,30 +6,35 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..config import option
 from ..ranks import launch_env
 from .tasks import EvalTaskError
 
 
 @dataclass
 class EvalRunConfig:
-    model: str
-    tasks: list[str] = field(default_factory=lambda: ["mpt7b"])  # suite names, suite YAMLs, .jsonl files
-    data_dir: str | None = None
-    tokenizer: str | None = None
-    gauntlet: str | None = None  # None: the suite's own; "none": skip
-    limit: int | None = None
-    num_fewshot: list[int] | None = None  # override every task's few-shot counts
-    batch_size: int = 64
-    max_batch_tokens: int = 65536
-    max_seq_len: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    output: str | None = None  # JSON
-    markdown: str | None = None
-    examples: str | None = None  # per-example JSONL
-    progress: bool = True
+    model: str = option(help="our checkpoint, a Hugging Face-format MPT or any causal LM folder, or a hub name",
+                        positional=True)
+    tasks: list[str] = option(help="suite names (mpt7b), suite YAML files or bare .jsonl task files",
+                              factory=lambda: ["mpt7b"])
+    data_dir: str | None = option(None, "folder holding the task files named in the suite (default: $MPT_EVAL_DATA)")
+    tokenizer: str | None = option(None, "tokenizer folder or tokenizer.json (default: the model's)")
+    gauntlet: str | None = option(None, "gauntlet name or YAML (default: the suite's; 'none' to skip)")
+    limit: int | None = option(None, "evaluate only the first N examples of each task")
+    num_fewshot: list[int] | None = option(None, "override every task's few-shot counts")
+    batch_size: int = option(64, "sequences per forward pass")
+    max_batch_tokens: int = option(65536, "padded tokens per forward pass, bounding memory for long few-shot prompts")
+    max_seq_len: int | None = option(None, "context window (default: the model's)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dtype: str | None = option(None, "weights dtype; auto: as saved (default: bfloat16 on GPU, float32 on CPU)",
+                               choices=("auto", "float32", "bfloat16", "float16"))
+    output: str | None = option(None, "write results (and gauntlet) as JSON here")
+    markdown: str | None = option(None, "write a Markdown table here")
+    examples: str | None = option(None, "write one JSON line per example (prompt, options, scores, prediction, gold) "
+                                  "here")
+    progress: bool = option(True, "no progress bar")
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
