@@ -70,6 +70,10 @@ def test_a_damaged_checkpoint_on_s3_falls_back_to_the_older_one(tmp_path, s3_ser
     assert any("step-00000008 cannot be used" in m and "checksum" in m for m in messages), messages
     assert any(f"resumed from {url}/step-00000004" in m for m in messages)
     assert result.steps == 9
+    # saving step 8 again kept the damaged one, renamed and whole, out of the listing
+    assert f"{url}/step-00000008 could not be used; it is kept as step-00000008.damaged for inspection" in messages
+    assert fs.cat_file(shard.replace("step-00000008", "step-00000008.damaged")) == bytes(raw)
+    assert [p.name for p in complete_checkpoints(url)] == ["step-00000008", "step-00000009"]
 
 
 def test_a_bucket_that_does_not_exist_is_a_clear_error_before_training(tmp_path, s3_server):

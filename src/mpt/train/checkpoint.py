@@ -215,8 +215,16 @@ def set_aside(path, why: str):
     if _is_local(path):
         os.replace(path, aside)
         fsync_dir(path.parent)
-    else:
-        path.fs.mv(path.path, aside.path, recursive=True)
+        return aside
+    # Object stores rename object by object (s3fs's recursive mv trips over the folder's own key): copy
+    # all, then delete the manifest first, so that a move cut short never leaves a checkpoint that counts.
+    fs, src = path.fs, path.path.rstrip("/")
+    names = [f[len(src) + 1:] for f in fs.find(src)]
+    for name in names:
+        fs.copy(f"{src}/{name}", f"{aside.path.rstrip('/')}/{name}")
+    for name in sorted(names, key=lambda n: n != "trainer_state.json"):
+        fs.rm_file(f"{src}/{name}")
+    fs.invalidate_cache(src)
     return aside
 
 

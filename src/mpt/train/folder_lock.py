@@ -66,8 +66,10 @@ class _LocalLock(FolderLock):
     def __init__(self, root, me: dict) -> None:
         from filelock import FileLock, Timeout
 
+        made = [p for p in (root, *root.parents) if not p.exists()]
+        self._made = made[-1] if made else None  # the outermost folder this run creates
         root.mkdir(parents=True, exist_ok=True)
-        self._holder = root / HOLDER_NAME
+        self._root, self._holder = root, root / HOLDER_NAME
         self._lock = FileLock(str(root / LOCK_NAME), timeout=0)
         try:
             self._lock.acquire()
@@ -85,7 +87,21 @@ class _LocalLock(FolderLock):
 
     def release(self) -> None:
         self._holder.unlink(missing_ok=True)
+        if self._made is None or any(p.name != LOCK_NAME for p in self._root.iterdir()):
+            self._lock.release()
+            return
+        # This run made the folder and ended before writing anything into it (a recipe or data error):
+        # it leaves none behind. The lock file goes while still held: filelock (4.x) refuses a lock won on
+        # an unlinked file, so a run that opened it meanwhile cannot hold it beside a newer one.
+        (self._root / LOCK_NAME).unlink(missing_ok=True)
         self._lock.release()
+        for folder in (self._root, *self._root.parents):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another run's now), or gone
+                break
+            if folder == self._made:
+                break
 
 
 class _Lease(FolderLock):
