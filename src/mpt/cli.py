@@ -1,12 +1,10 @@
-"""`mpt <command>`: a table of commands, each a typed config and the function that runs it.
+"""`mpt <command>`: one list of commands, each a typed config and the function that runs it.
 
-The flags of a command come from its config dataclass (:mod:`mpt.typed_cli`); every command also
-takes ``--config FILE.yaml`` and ``key=value`` overrides. Only the chosen command's config module is
-imported, and those import neither torch nor transformers, so ``--help`` answers at once -- except
-``serve``, whose config lives in the server module (torch, FastAPI).
-``train`` declares its arguments here: its recipe is a YAML file with overrides already. ``prep``'s
-shorthand flags (``--mc4``, ``--min-words`` ...) are fields of ``PrepCommand``, folded into the nested
-filter and dedup sections of its ``PrepConfig``.
+A command's flags come from its config dataclass, help texts included (:func:`mpt.config.option`;
+:mod:`mpt.typed_cli` builds the parser); every command also takes ``--config FILE.yaml`` and
+``key=value`` overrides. Only the chosen command's config module is imported, and none imports torch
+or transformers, so ``--help`` answers at once. ``train`` (a recipe YAML with overrides) and
+``lm-eval`` (lm-eval's own command line) declare their arguments here.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ import argparse
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .typed_cli import Command, Flag, add_config_arguments, build_config, resolve, split_overrides
 
@@ -34,6 +34,90 @@ SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling 
             "top_k": Flag("sample among the k likeliest tokens (0: off)"),
             "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
 
+# ---- the commands that declare their own arguments -------------------------------------------------
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="YAML recipe, e.g. configs/train/mpt-tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides with dotted keys, e.g. train.precision=bf16")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it resolved, and exit")
+
+
+def _set_only(fields: dict) -> dict:
+    """The model-field overrides a recipe sets (None means "the preset's value")."""
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = _set_only(value) or None
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.recipe import load_recipe
+
+    # The recipe is checked before the loop's module brings in torch (seconds), so a mistyped key
+    # is an error at once.
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        import yaml
+
+        from .config import to_dict
+        from .train.estimate import memory_lines
+
+        resolved = to_dict(recipe)
+        resolved["model"]["fields"] = _set_only(resolved["model"]["fields"])  # the rest is the preset's
+        print(yaml.safe_dump(resolved, sort_keys=False))
+        try:
+            print("\n".join(memory_lines(recipe)))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"memory estimate: not available ({err})")
+        print(f"recipe {args.recipe} is valid")
+        return 0
+    from .train.loop import train
+
+    return 143 if train(recipe).interrupted else 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from .eval.lm_eval_adapter import main as lm_eval_main
+
+    sys.argv = ["mpt lm-eval", *args.rest]
+    lm_eval_main()
+    return 0
+
+
+@dataclass
+class OwnArguments:
+    """A command that declares its own arguments: ``train`` (a recipe YAML with overrides) and ``lm-eval``
+    (lm-eval's command line, passed through)."""
+
+    name: str
+    help: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], object]
+    func: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+
+
+TRAIN = OwnArguments(
+    "train", "pretrain or finetune from a YAML recipe (single process or torchrun)",
+    "Train from a recipe: model, data, optimizer, schedule, batch sizes, duration, precision, parallelism, "
+    "checkpointing, logging. The recipe is validated before any work starts. Starting the same command again "
+    "resumes from the latest complete checkpoint (checkpoint.autoresume). Run under `torchrun --nproc_per_node N` "
+    "for several processes (FSDP2 by default).",
+    _train_arguments, cmd_train,
+    "example: mpt train configs/train/mpt-tiny.yaml train.max_duration=20ba optimizer.lr=1e-3")
+LM_EVAL = OwnArguments(
+    "lm-eval", "lm-evaluation-harness with `--model mpt` registered (or `export` a task)",
+    "Run lm-eval's command line with our model class registered as `mpt` (`mpt lm-eval --model mpt --model_args "
+    "pretrained=DIR --tasks ...`), or `mpt lm-eval export LABEL OUT_DIR ...` to write one of our tasks as a local "
+    "lm-eval task. Same as `python -m mpt.eval.lm_eval_adapter`.",
+    lambda p: p.add_argument("rest", nargs=argparse.REMAINDER, help="lm_eval arguments"), cmd_lm_eval)
+
+
+
+# ---- every command, in the order --help lists them ---------------------------------------------------
 COMMANDS = [
     Command("model-info", "mpt.tools:ModelInfoConfig", "mpt.tools:print_model_info",
             "parameters, FLOPs per token and memory of model presets",
@@ -73,6 +157,7 @@ COMMANDS = [
             "json / txt / parquet files, folders or globs, and save it with transformers' save_pretrained: "
             "tokenizer.json, EOS <|endoftext|>, PAD <|padding|>, ChatML <|im_start|>/<|im_end|> and a ChatML chat "
             "template."),
+    TRAIN,
     Command("generate", "mpt.infer.commands:GenerateConfig", "mpt.infer.commands:generate",
             "continue a prompt (argument, file or stdin), streamed",
             "Load a model and continue the prompt, printing text as it is generated, then the speed on stderr. "
@@ -148,82 +233,13 @@ COMMANDS = [
             "perplexity at 1x/2x/4x the training length, optionally run ICL tasks, export to Hugging Face "
             "format, generate samples, optionally chat-finetune it with LoRA (--finetune), and write OUT/report.md "
             "and report.html. Re-running the command continues where it stopped."),
+    LM_EVAL,
 ]
 
 
-# ---- the command that declares its own arguments (its recipe is a YAML file with overrides already) ----
 def prep_config(args: argparse.Namespace):
     """The PrepConfig that `mpt prep` with these parsed arguments runs (--config, overrides, flags folded)."""
     return build_config(args._cls, args, args._overrides, args._parser).to_config()
-
-
-def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="YAML recipe, e.g. configs/train/mpt-tiny.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides with dotted keys, e.g. train.precision=bf16")
-    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it resolved, and exit")
-
-
-def _set_only(fields: dict) -> dict:
-    """The model-field overrides a recipe sets (None means "the preset's value")."""
-    out = {}
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            value = _set_only(value) or None
-        if value is not None:
-            out[key] = value
-    return out
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train.recipe import load_recipe
-
-    # The recipe is checked before the loop's module brings in torch (seconds), so a mistyped key
-    # is an error at once.
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.dry_run:
-        import yaml
-
-        from .config import to_dict
-        from .train.estimate import memory_lines
-
-        resolved = to_dict(recipe)
-        resolved["model"]["fields"] = _set_only(resolved["model"]["fields"])  # the rest is the preset's
-        print(yaml.safe_dump(resolved, sort_keys=False))
-        try:
-            print("\n".join(memory_lines(recipe)))
-        except (ValueError, FileNotFoundError) as err:
-            print(f"memory estimate: not available ({err})")
-        print(f"recipe {args.recipe} is valid")
-        return 0
-    from .train.loop import train
-
-    return 143 if train(recipe).interrupted else 0
-
-
-def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from .eval.lm_eval_adapter import main as lm_eval_main
-
-    sys.argv = ["mpt lm-eval", *args.rest]
-    lm_eval_main()
-    return 0
-
-
-CUSTOM = {
-    "train": ("pretrain or finetune from a YAML recipe (single process or torchrun)",
-              "Train from a recipe: model, data, optimizer, schedule, batch sizes, duration, precision, "
-              "parallelism, checkpointing, logging. The recipe is validated before any work starts. Starting the "
-              "same command again resumes from the latest complete checkpoint (checkpoint.autoresume). Run under "
-              "`torchrun --nproc_per_node N` for several processes (FSDP2 by default).",
-              _train_arguments, cmd_train, None),
-    "lm-eval": ("lm-evaluation-harness with `--model mpt` registered (or `export` a task)",
-                "Run lm-eval's command line with our model class registered as `mpt` (`mpt lm-eval --model mpt "
-                "--model_args pretrained=DIR --tasks ...`), or `mpt lm-eval export LABEL OUT_DIR ...` to write one "
-                "of our tasks as a local lm-eval task. Same as `python -m mpt.eval.lm_eval_adapter`.",
-                lambda p: p.add_argument("rest", nargs=argparse.REMAINDER, help="lm_eval arguments"), cmd_lm_eval,
-                None),
-}
-TRAIN_EPILOG = "example: mpt train configs/train/mpt-tiny.yaml train.max_duration=20ba optimizer.lr=1e-3"
 
 
 # ---- building the parser ------------------------------------------------------------------------
@@ -233,9 +249,6 @@ def _generated(command: Command):
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
     return run
-
-
-COMMON = {"verbose", "debug", "prog", "func", "command"}
 
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -259,10 +272,8 @@ def _build(only: str | None) -> tuple[argparse.ArgumentParser, list[tuple[type, 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     leaves = []
-    entries = [(c.name, c) for c in COMMANDS] + list(CUSTOM.items())
-    for name, entry in sorted(entries, key=lambda e: ORDER.index(e[0])):
-        head, _, tail = name.partition(" ")
-        help_ = entry.help if isinstance(entry, Command) else entry[0]
+    for entry in COMMANDS:  # in the order --help lists them
+        head, _, tail = entry.name.partition(" ")
         where = sub
         if tail:  # a group such as `mpt tokenizer train`
             if head not in groups:
@@ -272,33 +283,19 @@ def _build(only: str | None) -> tuple[argparse.ArgumentParser, list[tuple[type, 
             where = groups[head]
         if only is not None and head != only:
             if not tail:
-                where.add_parser(head, help=help_)
+                where.add_parser(head, help=entry.help)
             continue
+        p = where.add_parser(tail or head, help=entry.help, description=entry.description, epilog=entry.epilog)
         if isinstance(entry, Command):
-            p = where.add_parser(tail or head, help=help_, description=entry.description, epilog=entry.epilog)
             cls = resolve(entry.config)
             add_config_arguments(p, cls, entry.flags)
             p.set_defaults(func=_generated(entry), _cls=cls, _parser=p, _overrides=[])
             leaves.append((cls, p))
         else:
-            _, description, arguments, func, config = entry
-            # With a config, only the flags given are stored: they are laid over --config and overrides.
-            p = where.add_parser(name, help=help_, description=description,
-                                 epilog=TRAIN_EPILOG if name == "train" else None,
-                                 argument_default=argparse.SUPPRESS if config else None)
-            arguments(p)
-            p.set_defaults(func=func)
-            if config:
-                p.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
-                               help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
-                p.set_defaults(_config=None, _overrides=[])
-                leaves.append((resolve(config), p))
+            entry.arguments(p)
+            p.set_defaults(func=entry.func)
         _add_common_flags(p)
     return parser, leaves
-
-
-ORDER = ["model-info", "convert", "demo", "prep", "eval", "tokenizer train", "train", "generate", "chat", "serve",
-         "export", "quickstart", "lm-eval"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
