@@ -1,5 +1,7 @@
 """Checkpoint safety in one process: pruning never loses the newest good checkpoint, resume falls back
-past damage of any file, loading cannot run code, torn metrics lines are harmless."""
+past damage of any file (crafted but self-consistent ones included) and a damaged checkpoint saved over
+is kept, loading cannot run code, a fresh run never replaces checkpoints it did not write, settings that
+differ on resume are named, a full disk (a real small filesystem) says so, torn metrics lines are harmless."""
 
 import hashlib
 import json

@@ -1,4 +1,5 @@
-"""Real processes: SIGKILL and SIGTERM mid-run, torchrun with 2 ranks, resharded resume.
+"""Real processes: SIGKILL and SIGTERM mid-run, torchrun with 2 ranks, resharded resume, and a second run
+refused on a checkpoint folder in use (until the holder dies).
 
 Every run here is `mpt train` in a subprocess, exactly as a user (or a supervisor) starts it.
 """

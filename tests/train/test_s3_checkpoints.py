@@ -2,7 +2,8 @@
 
 `checkpoint.folder: s3://bucket/run` saves through DCP's fsspec storage, autoresume reads it back,
 `mpt export` turns it into a transformers folder, an upload cut short (no manifest) is never taken
-for a checkpoint, and a missing bucket is a clear error before any step.
+for a checkpoint, and a missing bucket is a clear error before any step. One run at a time holds a
+folder through a lease object with a heartbeat, taken over once stale or by a restarted torchrun group.
 """
 
 import fsspec

@@ -56,6 +56,7 @@ _COMPLETE_NAME = re.compile(r"^step-(\d{8})$")
 # what resuming reads from a manifest: a checkpoint whose manifest lacks one is damaged like any other
 _MANIFEST_FIELDS = {"step": int, "tokens": int, "data": dict, "guard": dict, "run_name": str, "world_size": int,
                     "files": dict}
+_OPTIONAL_FIELDS = {"optimizer": str, "lora": (dict, type(None)), "trainable_only": bool}  # older manifests lack them
 
 
 class CheckpointError(ValueError):
@@ -463,6 +464,9 @@ def verify(path) -> dict:
         raise CheckpointError(f"{path}: trainer_state.json is not an object (damaged)")
     for key, kind in _MANIFEST_FIELDS.items():
         if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: trainer_state.json has no valid {key!r} (damaged)")
+    for key, kind in _OPTIONAL_FIELDS.items():
+        if key in state and not isinstance(state[key], kind):
             raise CheckpointError(f"{path}: trainer_state.json has no valid {key!r} (damaged)")
     for name, want in state["files"].items():
         p = path / name

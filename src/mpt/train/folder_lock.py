@@ -11,8 +11,10 @@ a second run is refused with one line naming the holder.
 - Object storage (``s3://...``) has no locks: a lease object ``folder/.lease.json`` names the holder
   and a heartbeat thread renews it every ``lease_seconds / 4``. It is created only where none exists
   and replaced only if unchanged since it was read (S3's conditional writes), so of two runs racing
-  for it exactly one wins. A lease not renewed for ``checkpoint.lease_seconds`` belongs to a run that
-  died and is taken over; a run that stalled that long and lost its lease stops before its next save.
+  for it exactly one wins (other fsspec stores lack conditional writes: there a replace checks, then
+  writes). A lease not renewed for ``checkpoint.lease_seconds`` belongs to a run that died and is taken
+  over; a run that stalled that long and lost its lease stops before its next save. A group that
+  ``torchrun --max-restarts`` restarts (the same job, a later attempt) takes its earlier lease at once.
 
 Rank 0 takes the lock alone; every rank learns the outcome through one collective, so all ranks
 refuse or all proceed.
