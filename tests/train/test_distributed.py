@@ -7,6 +7,8 @@
 - SIGKILL of one rank under `torchrun --max-restarts 1`: the group restarts, resumes, and ends
   bit-identical to an uninterrupted run. SIGTERM on 2 ranks: saves, exits, resumes bit-identical.
 - A newest checkpoint that only rank 1 cannot load: both ranks resume from the same older one.
+- Checkpoint-folder refusals and failures (a held folder, a fresh run over another run's checkpoints,
+  a changed optimizer, a full disk): the same one-line error on both ranks, and the group goes on.
 - Two nodes (two torchrun agents, c10d rendezvous): one run to the end; then one node dies mid-run,
   is started again, and the job resumes and finishes by itself.
 """
