@@ -150,7 +150,7 @@ class Scheduler:
                     return []
                 joining, self._waiting = self._waiting[:free], self._waiting[free:]
                 self._prefill = self.engine.prefill(joining, self.prefill_chunk)
-            tokens, before = self._chunk_tokens(len(self._prefill.rows), self._prefill_rate), self._prefill.done
+            tokens, before = self._chunk_tokens(len(self._prefill.rows)), self._prefill.done
             start = time.perf_counter()
             done = self._prefill.advance(tokens)
             if tokens is not None and self._prefill.done - before == tokens:  # a whole paced chunk: time it
@@ -173,7 +173,7 @@ class Scheduler:
     def _score_chunk(self) -> None:
         """One paced chunk of the oldest scoring request; its future gets the results (or the error) at the end."""
         scorer, future = self._scoring[0]
-        tokens = self._chunk_tokens(1, self._score_rate)
+        tokens = self._chunk_tokens(1, self._score_rate or 0.0)
         try:
             start = time.perf_counter()
             done = scorer.advance(tokens)
@@ -190,13 +190,14 @@ class Scheduler:
             if future.set_running_or_notify_cancel():
                 future.set_result(scorer.results)
 
-    def _chunk_tokens(self, rows: int, rate: float | None) -> int | None:
+    def _chunk_tokens(self, rows: int, rate: float | None = None) -> int | None:
         """Prompt positions to run this turn: about ``prefill_stall`` decode steps' worth at ``rate`` (positions x
-        rows per second) while rows decode (a small first chunk measures the rate); None (``prefill_chunk``)
-        when none do."""
+        rows per second; default: the prefill rate; 0: not measured yet) while rows decode (a small first chunk
+        measures the rate); None (``prefill_chunk``) when none do."""
+        rate = self._prefill_rate if rate is None else rate
         if not len(self.engine) or not self.prefill_stall:
             return None
-        if self._step_s is None or rate is None:
+        if self._step_s is None or not rate:
             tokens = self.MIN_CHUNK
         else:
             tokens = max(self.MIN_CHUNK, int(rate * self._step_s * self.prefill_stall / rows))
