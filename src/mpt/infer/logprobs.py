@@ -90,12 +90,3 @@ class PromptScorer:
             self.prompt, self.done, self.cache = self.prompt + 1, 0, None
         return self.finished
 
-
-def prompt_logprobs(model: MPTForCausalLM, ids: list[int], k: int, chunk: int | None = None
-                    ) -> tuple[list[float | None], list[TopK | None]]:
-    """For each prompt token, its log-probability given the ones before it (None for the first) and the
-    ``k`` best alternatives at its position."""
-    scorer = PromptScorer(model, [ids], k, chunk=chunk)
-    while not scorer.advance():
-        pass
-    return scorer.results[0]

@@ -86,12 +86,6 @@ class Scheduler:
     def submit(self, requests: Sequence[Row], on_update: Callable[[Update], None]) -> None:
         self._inbox.put((list(requests), on_update))
 
-    def call(self, fn: Callable[[], object]) -> Future:
-        """Run ``fn`` on the decode thread between two steps (the model is only touched from there)."""
-        future: Future = Future()
-        self._inbox.put((fn, future))
-        return future
-
     def score(self, scorer: PromptScorer) -> Future:
         """Score ``scorer``'s prompts on the decode thread, a paced chunk per loop turn; the future gets its
         ``results``. Cancelling the future drops the work at the next turn."""
@@ -203,15 +197,6 @@ class Scheduler:
             tokens = max(self.MIN_CHUNK, int(rate * self._step_s * self.prefill_stall / rows))
         return min(tokens, self.prefill_chunk) if self.prefill_chunk else tokens
 
-    @staticmethod
-    def _run_call(fn: Callable[[], object], future: Future) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except Exception as err:  # it is the caller's to report; the decode thread goes on
-            future.set_exception(err)
-
     def _deliver(self, u: Update) -> None:
         callback = self._callbacks.get(u.key)
         if u.finish_reason is not None:
@@ -229,8 +214,6 @@ class Scheduler:
             while True:
                 if isinstance(item[0] if item else None, PromptScorer):
                     self._scoring.append(item)
-                elif callable(item[0] if item else None):
-                    self._run_call(*item)
                 elif item is not None:
                     requests, callback = item
                     for r in requests:

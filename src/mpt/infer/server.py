@@ -46,6 +46,7 @@ from .serve_config import ServeConfig, compile_flag
 
 T = TypeVar("T")
 
+
 class _DecodeCache:
     """One token's text, decoded once per request: a scored prompt names the same alternatives again and again."""
 
