@@ -16,23 +16,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .typed_cli import Command, Flag, add_config_arguments, build_config, resolve, split_overrides
+from .typed_cli import Command, add_config_arguments, build_config, resolve, split_overrides
 
 # Before torch loads its OpenMP runtime: threads that spin between parallel regions take a busy
 # machine's cores from the threads that need them (benchmarks/bench_contention.py: beside another job a
 # small CPU run slowed 6.7x spinning, 1.2x passive). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-MODEL = Flag("Hugging Face-format MPT checkpoint folder (with tokenizer files) or hub name", positional=True)
-TOKENIZER = Flag("tokenizer folder or tokenizer.json (default: the model's)")
-DEVICE = Flag("cpu, cuda, cuda:1 ... (default: cuda when available)")
-DTYPE = Flag("weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-QUANTIZE = Flag("int8: int8 weights for the linear layers (a quarter of fp32's bytes; faster on CPU)")
-COMPILE = Flag("decode steps through torch.compile over a static cache: auto = on for CUDA (CUDA graphs), off on "
-               "CPU (each new batch shape compiles for tens of seconds there)")
-SAMPLING = {"temperature": Flag("0 is greedy"), "top_p": Flag("nucleus sampling mass"),
-            "top_k": Flag("sample among the k likeliest tokens (0: off)"),
-            "repetition_penalty": Flag("> 1 discourages repeats"), "seed": Flag("seed for sampling (default: random)")}
 
 # ---- the commands that declare their own arguments -------------------------------------------------
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,61 +153,18 @@ COMMANDS = [
             "With --each-line every line is a prompt; they are generated together in one batch and printed as "
             "JSON lines.",
             "example: mpt generate ./my-mpt 'Once upon a time' --max-new-tokens 50; echo 'Hello' | mpt generate "
-            "./my-mpt",
-            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE, "quantize": QUANTIZE,
-                   "prompt": Flag("the prompt (default: --file, else stdin)", positional=True),
-                   "file": Flag("read the prompt from this file ('-' for stdin)"),
-                   "each_line": Flag("every non-empty line is a separate prompt"),
-                   "json": Flag("print JSON lines (text, finish_reason, token counts)"),
-                   "stop": Flag("stop before this string (repeatable)", repeat=True),
-                   "batch_size": Flag("prompts decoded together"),
-                   "max_new_tokens": Flag("tokens to generate"), "compile": COMPILE, **SAMPLING}),
+            "./my-mpt"),
     Command("chat", "mpt.infer.commands:ChatCommandConfig", "mpt.infer.commands:chat",
             "interactive chat (ChatML), replies streamed",
             "Chat with a model in the terminal. The conversation is rendered with the tokenizer's chat template "
             "(ChatML when it has none); when it no longer fits the context the oldest turns are dropped, and a "
-            "note says so. Type /reset to start over, /exit or Ctrl-D to leave.",
-            flags={"model": MODEL, "tokenizer": TOKENIZER, "device": DEVICE, "dtype": DTYPE, "quantize": QUANTIZE,
-                   "system": Flag("system prompt"),
-                   "context_length": Flag("prompt + reply tokens (default: max_seq_len)"),
-                   "max_new_tokens": Flag("tokens per reply (default: 256, at most half the context)"),
-                   **SAMPLING}),
+            "note says so. Type /reset to start over, /exit or Ctrl-D to leave."),
     Command("serve", "mpt.infer.serve_config:ServeConfig", "mpt.infer.server:serve",
             "OpenAI-compatible HTTP server with a web chat page",
             "Serve a model over an OpenAI-compatible API (GET /v1/models, POST /v1/completions, POST "
             "/v1/chat/completions, streaming with stream: true; GET /health) and a chat page at /. Concurrent "
             "requests share decode steps (continuous batching).",
-            "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1",
-            flags={"model": Flag(MODEL.help, positional=True, required=True), "tokenizer": TOKENIZER,
-                   "device": DEVICE, "dtype": Flag(DTYPE.help, choices=("float32", "bfloat16", "float16")),
-                   "quantize": QUANTIZE, "compile": COMPILE,
-                   "host": Flag("address to bind (default: 127.0.0.1, this machine only)"),
-                   "port": Flag("port"),
-                   "api_key": Flag("require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "
-                                   "key)"),
-                   "model_name": Flag("model id clients send (default: the folder name)"),
-                   "context_length": Flag("prompt + max_tokens limit per request (default: the model's "
-                                          "max_seq_len)"),
-                   "max_tokens": Flag("largest max_tokens allowed (default: the context)"),
-                   "max_batch_size": Flag("sequences decoded together"),
-                   "max_concurrent": Flag("requests in flight (running or queued); more get HTTP 429 "
-                                          "(default: 64)"),
-                   "max_n": Flag("largest n (choices per request)"),
-                   "allow_origin": Flag("browser origin allowed to call a server without an API key "
-                                        "(repeatable)", repeat=True),
-                   "log_level": Flag("uvicorn's log level"),
-                   "max_body_bytes": Flag("largest request body; larger ones get HTTP 413"),
-                   "header_timeout": Flag("seconds a client may take to send its request headers (then 408, "
-                                          "closed)"),
-                   "body_timeout": Flag("seconds a client may take to send its request body (then 408, closed)"),
-                   "max_connections": Flag("open connections at most; more get HTTP 503"),
-                   "shutdown_grace": Flag("on SIGTERM, seconds running requests may take to finish before they "
-                                          "are cut with a final event"),
-                   "prefill_chunk": Flag("prompt tokens per prefill forward at most (bounds a long prompt's "
-                                         "memory; 0: no bound)"),
-                   "prefill_stall": Flag("while rows decode, a joining prompt is read in chunks that each take "
-                                         "about this many decode steps, so streams keep flowing (0: chunks of "
-                                         "--prefill-chunk tokens)")}),
+            "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1"),
     Command("export", "mpt.tools:ExportConfig", "mpt.tools:export",
             "export a checkpoint: Hugging Face format (default) or ONNX",
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "
@@ -288,7 +234,7 @@ def _build(only: str | None) -> tuple[argparse.ArgumentParser, list[tuple[type, 
         p = where.add_parser(tail or head, help=entry.help, description=entry.description, epilog=entry.epilog)
         if isinstance(entry, Command):
             cls = resolve(entry.config)
-            add_config_arguments(p, cls, entry.flags)
+            add_config_arguments(p, cls)
             p.set_defaults(func=_generated(entry), _cls=cls, _parser=p, _overrides=[])
             leaves.append((cls, p))
         else:

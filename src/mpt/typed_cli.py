@@ -1,18 +1,12 @@
 """A command line generated from a typed config: one dataclass -> argparse flags, a YAML file, overrides.
 
-Every ``mpt`` command is a config dataclass plus one function. This layer turns the dataclass's
-fields into flags (``batch_size: int = 64`` -> ``--batch-size N``, its help ending "(default: 64)", ``progress: bool = True`` ->
-``--no-progress``, ``Literal`` -> choices, ``list[X]`` -> several values), so options are declared
-once, in the config. Each command also takes ``--config FILE.yaml`` (the config as YAML) and
-``key=value`` overrides, as ``mpt train RECIPE key=value`` does; flags given on the command line
-win over overrides, which win over the file. The merged mapping is checked by
-:func:`mpt.config.from_dict`, so a wrong type or an unknown key names its key path.
-
-Why not tyro or jsonargparse: both would generate flags from the same dataclasses, but the flag
-spellings users already type (``--no-progress``, ``--each-line``, repeated ``--stop``) and
-LLM Foundry-style ``a.b=c`` overrides would need per-field annotations in configs owned by other
-modules, and both import far more than argparse at start-up, where ``mpt --help`` must be
-instant. This file is the whole layer.
+Fields become flags (``batch_size: int = 64`` -> ``--batch-size N``, help ending "(default: 64)";
+``progress: bool = True`` -> ``--no-progress``; ``Literal`` -> choices; ``list[X]`` -> several values),
+their help and spelling declared beside the field with :func:`mpt.config.option`. Each command also
+takes ``--config FILE.yaml`` and ``key=value`` overrides; flags win over overrides, overrides over the
+file; :func:`mpt.config.from_dict` checks the merged mapping. Not tyro or jsonargparse: the flag
+spellings users type (``--no-progress``, repeated ``--stop``) and ``a.b=c`` overrides would need
+annotations of their own, and both import far more than argparse where ``--help`` must be instant.
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Flag, apply_overrides, from_dict, load_yaml
@@ -39,7 +33,6 @@ class Command:
     help: str
     description: str = ""
     epilog: str | None = None
-    flags: dict[str, Flag] = field(default_factory=dict)
 
 
 def resolve(spec: str) -> Any:
@@ -58,13 +51,17 @@ def _plain(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict[str, Flag]) -> None:
+def _flag(f: dataclasses.Field) -> Flag:
+    return f.metadata.get("flag") or Flag()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per init field of ``cls``; defaults stay in the dataclass (argparse stores only what is given)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        spec = flags.get(f.name) or f.metadata.get("flag") or Flag()
+        spec = _flag(f)
         tp, _ = _plain(hints[f.name])
         origin = typing.get_origin(tp)
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -102,8 +99,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, flags: dict
             parser.add_argument(*(spec.names or (f"--{f.name.replace('_', '-')}",)), dest=f.name, **kw)
     parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
                         help="read the options from this YAML file (flags and KEY=VALUE overrides win)")
-    parser.set_defaults(_required=[f.name for f in dataclasses.fields(cls)
-                                   if (flags.get(f.name) or f.metadata.get("flag") or Flag()).required])
+    parser.set_defaults(_required=[f.name for f in dataclasses.fields(cls) if _flag(f).required])
 
 
 def split_overrides(argv: list[str], cls: type, parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:

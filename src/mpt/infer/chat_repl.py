@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
+from ..config import option
+from . import options as opts
 from .chat import END_OF_TURN, Message, fit_history, render
 
 if TYPE_CHECKING:  # annotations only: `mpt chat --help` must not import torch
@@ -17,14 +19,14 @@ HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
 @dataclass
 class ChatConfig:
-    system: str | None = None
-    max_new_tokens: int | None = None  # default: 256, at most half the context
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    context_length: int | None = None  # default: the model's max_seq_len
+    system: str | None = option(None, "system prompt")
+    max_new_tokens: int | None = option(None, "tokens per reply (default: 256, at most half the context)")
+    temperature: float = option(0.7, opts.TEMPERATURE)
+    top_p: float = option(0.95, opts.TOP_P)
+    top_k: int = option(0, opts.TOP_K)
+    repetition_penalty: float = option(1.0, opts.REPETITION_PENALTY)
+    seed: int | None = option(None, opts.SEED)
+    context_length: int | None = option(None, "prompt + reply tokens (default: max_seq_len)")
 
     def validate(self, llm: LLM) -> ChatConfig:
         self.context_length = self.context_length or llm.model.config.max_seq_len

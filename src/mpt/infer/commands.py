@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from ..config import option
+from . import options as opts
 from .chat_repl import ChatConfig
 from .serve_config import CompileMode, compile_flag
 
@@ -20,11 +22,11 @@ Quantize = Literal["int8"]
 
 @dataclass(kw_only=True)
 class ModelSource:
-    model: str                        # Hugging Face-format MPT folder (with tokenizer files) or hub name
-    tokenizer: str | None = None      # default: the model's
-    device: str | None = None         # default: cuda when available
-    dtype: Dtype | None = None        # default: bfloat16 on GPU, float32 on CPU
-    quantize: Quantize | None = None  # int8: int8 weights for the linear layers (mpt.model.quantize)
+    model: str = option(help=opts.MODEL, positional=True)
+    tokenizer: str | None = option(None, opts.TOKENIZER)
+    device: str | None = option(None, opts.DEVICE)
+    dtype: Dtype | None = option(None, opts.DTYPE)
+    quantize: Quantize | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
 
     def load(self):
         from ..paths import check_model_name
@@ -38,19 +40,19 @@ class ModelSource:
 
 @dataclass(kw_only=True)
 class GenerateConfig(ModelSource):
-    prompt: str | None = None         # default: --file, else stdin
-    file: str | None = None           # '-' for stdin
-    each_line: bool = False           # every non-empty line is a prompt
-    json: bool = False                # JSON lines: text, finish_reason, token counts
-    stop: list[str] = field(default_factory=list)
-    batch_size: int = 16
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    compile: CompileMode = "auto"     # compiled decode steps (auto: on CUDA only)
+    prompt: str | None = option(None, "the prompt (default: --file, else stdin)", positional=True)
+    file: str | None = option(None, "read the prompt from this file ('-' for stdin)")
+    each_line: bool = option(False, "every non-empty line is a separate prompt")
+    json: bool = option(False, "print JSON lines (text, finish_reason, token counts)")
+    stop: list[str] = option(help="stop before this string (repeatable)", repeat=True, factory=list)
+    batch_size: int = option(16, "prompts decoded together")
+    max_new_tokens: int = option(128, "tokens to generate")
+    temperature: float = option(0.0, opts.TEMPERATURE)
+    top_p: float = option(1.0, opts.TOP_P)
+    top_k: int = option(0, opts.TOP_K)
+    repetition_penalty: float = option(1.0, opts.REPETITION_PENALTY)
+    seed: int | None = option(None, opts.SEED)
+    compile: CompileMode = option("auto", opts.COMPILE)
 
     def prompts(self) -> list[str]:
         if self.prompt is not None and self.file is not None:

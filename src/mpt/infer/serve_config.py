@@ -6,9 +6,12 @@ It lives apart from the server so that ``mpt serve --help`` (built from these fi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from ..config import option
+from . import options as opts
 
 if TYPE_CHECKING:
     from .api import LLM
@@ -27,39 +30,46 @@ def compile_flag(mode: CompileMode) -> bool | None:
 
 @dataclass
 class ServeConfig:
-    model: str = ""
-    tokenizer: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    quantize: Literal["int8"] | None = None  # int8 weights for the linear layers (mpt.model.quantize)
-    compile: CompileMode = "auto"  # compiled decode steps (auto: on CUDA only)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # None: $MPT_API_KEY, else no key required
-    model_name: str | None = None  # default: the checkpoint folder's name
-    context_length: int | None = None  # prompt + max_tokens; default: the model's max_seq_len
-    max_tokens: int | None = None  # largest max_tokens a request may ask for; default: the context
-    max_batch_size: int = 16  # rows decoded together
-    max_concurrent: int = 64  # requests in flight, running or waiting; more get 429
-    max_n: int = 8  # choices per request (n x prompts)
-    # Prompt tokens (x n) a scoring request (echo with max_tokens 0 or 1: lm-eval's) may send; such requests
-    # are not limited by max_n, so lm-eval's --batch_size 64 is one request. Default: 32 x context_length.
-    max_score_tokens: int | None = None
-    log_level: str = "info"
-    # Limits checked before any work (CLI: --max-prompt-chars, --max-body-bytes, --max-connections).
-    max_prompt_chars: int | None = None  # default: context_length x the longest token, in characters
-    max_body_bytes: int = 8 * 2**20  # larger request bodies get 413 before they are read
-    body_timeout: float = 30.0  # seconds a client may take to send its request body (then 408)
-    header_timeout: float = 10.0  # seconds a client may take to send its request line and headers (then 408, closed)
-    max_connections: int | None = None  # open connections; more get 503 from uvicorn (default: 2 x max_concurrent + 32)
-    # Browser origins (e.g. http://localhost:3000) allowed to call a server that has no API key (--allow-origin).
-    allow_origin: list[str] = field(default_factory=list)
-    shutdown_grace: float = 10.0  # after SIGTERM, seconds running rows may finish before they are cut
-    # Prompt tokens per prefill forward at most (0: no bound): bounds a long prompt's activations.
-    prefill_chunk: int = 512
-    # While rows decode, a joining prompt is prefilled in chunks each taking about this many decode steps,
-    # so the running rows' inter-token gap stays near (1 + this) x a plain step (0: prefill_chunk-token chunks).
-    prefill_stall: float = 1.0
+    model: str = option("", opts.MODEL, positional=True, required=True)
+    tokenizer: str | None = option(None, opts.TOKENIZER)
+    device: str | None = option(None, opts.DEVICE)
+    dtype: str | None = option(None, opts.DTYPE, choices=("float32", "bfloat16", "float16"))
+    quantize: Literal["int8"] | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
+    compile: CompileMode = option("auto", opts.COMPILE)
+    host: str = option("127.0.0.1", "address to bind (default: 127.0.0.1, this machine only)")
+    port: int = option(8000, "port (0: any free one; the banner names it)")
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "
+                                 "key; an empty key is refused)")
+    model_name: str | None = option(None, "model id clients send (default: the folder name)")
+    context_length: int | None = option(None, "prompt + max_tokens limit per request (default: the model's "
+                                        "max_seq_len)")
+    max_tokens: int | None = option(None, "largest max_tokens allowed (default: the context)")
+    max_batch_size: int = option(16, "sequences decoded together")
+    max_concurrent: int = option(64, "requests in flight (running or queued); more get HTTP 429")
+    max_n: int = option(8, "largest n x prompts of a generating request")
+    # lm-eval's scoring requests (echo with max_tokens 0 or 1) are limited by tokens, not by max_n, so its
+    # --batch_size 64 is one request.
+    max_score_tokens: int | None = option(None, "prompt tokens (x n) a scoring request (echo with max_tokens 0 or "
+                                          "1, as lm-eval sends) may hold; not limited by --max-n (default: 32 x "
+                                          "the context)")
+    log_level: str = option("info", "uvicorn's log level")
+    # Limits checked before any work is done.
+    max_prompt_chars: int | None = option(None, "prompt characters at most, checked before tokenizing (default: "
+                                          "the context x the longest token)")
+    max_body_bytes: int = option(8 * 2**20, "largest request body; larger ones get HTTP 413 before they are read")
+    body_timeout: float = option(30.0, "seconds a client may take to send its request body (then 408, closed)")
+    header_timeout: float = option(10.0, "seconds a client may take to send its request headers (then 408, closed)")
+    max_connections: int | None = option(None, "open connections at most; more get HTTP 503 (default: 2 x "
+                                         "max_concurrent + 32)")
+    allow_origin: list[str] = option(help="browser origin (e.g. http://localhost:3000) allowed to call a server "
+                                     "without an API key (repeatable)", repeat=True, factory=list)
+    shutdown_grace: float = option(10.0, "on SIGTERM, seconds running requests may take to finish before they are "
+                                   "cut with a final event")
+    prefill_chunk: int = option(512, "prompt tokens per prefill forward at most (bounds a long prompt's memory; 0: "
+                                "no bound)")
+    prefill_stall: float = option(1.0, "while rows decode, a joining prompt is read in chunks that each take about "
+                                  "this many decode steps, so streams keep flowing (0: chunks of --prefill-chunk "
+                                  "tokens)")
 
     def validate(self) -> ServeConfig:
         """Check what can be checked before the model is loaded."""
