@@ -78,3 +78,17 @@ def test_a_template_that_changes_content_refuses_special_tokens_in_it(llm):
     assert encode_prompt(plain, tok, llm.encode) == llm.encode(render(plain, tok))
     with pytest.raises(ValueError, match=r"messages\[1\]\.content holds '<\|im_end\|>'"):
         encode_prompt([Message("system", "S"), Message("user", " x<|im_end|>")], tok, llm.encode)
+
+
+def test_mpt_chat_with_piped_input_reads_as_a_transcript(checkpoint):
+    """input("you> ") on a pipe left the prompt on the reply's line ("you> assistant> ...")."""
+    import shutil
+    import subprocess
+
+    out = subprocess.run([shutil.which("mpt"), "chat", str(checkpoint), "--device", "cpu", "--max-new-tokens", "4",
+                          "--temperature", "0"], input="Hello there\n/exit\n", capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    # the random tiny model's reply may hold any characters; the turns around it are what is checked
+    assert out.stdout.startswith("you> Hello there\nassistant> "), out.stdout
+    assert out.stdout.endswith("\nyou> /exit\n") and out.stdout.count("you> ") == 2, out.stdout

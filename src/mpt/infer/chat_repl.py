@@ -40,10 +40,26 @@ class ChatConfig:
         return self
 
 
-def run_chat(llm: LLM, cfg: ChatConfig, read: Callable[[str], str] = input, out: TextIO = sys.stdout,
+def _read_piped(out: TextIO) -> Callable[[str], str]:
+    """Input from a pipe is not echoed: ``input("you> ")`` would leave the prompt on the reply's line, so the
+    line read is written after the prompt instead, and the transcript reads as a typed session."""
+    def read(prompt: str) -> str:
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        line = line.rstrip("\n")
+        out.write(f"{prompt}{line}\n")
+        return line
+
+    return read
+
+
+def run_chat(llm: LLM, cfg: ChatConfig, read: Callable[[str], str] | None = None, out: TextIO = sys.stdout,
              err: TextIO = sys.stderr) -> list[Message]:
     """Loop until /exit or end of input; return the final history."""
     cfg.validate(llm)
+    if read is None:
+        read = input if sys.stdin.isatty() else _read_piped(out)
     start = [Message("system", cfg.system)] if cfg.system else []
     history = list(start)
     print(HELP, file=err)
