@@ -456,12 +456,7 @@ def prune(folder, newest, run_name: str, keep: int) -> list:
 def verify(path) -> dict:
     """The trainer state of a checkpoint whose manifest is whole and whose files all match it; CheckpointError
     otherwise."""
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: trainer_state.json unreadable ({err})") from err
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: trainer_state.json is not an object (damaged)")
+    state = _json_object(path, "trainer_state.json")
     for key, kind in _MANIFEST_FIELDS.items():
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path}: trainer_state.json has no valid {key!r} (damaged)")
@@ -478,14 +473,19 @@ def verify(path) -> dict:
     return state
 
 
-def _saved_config(path) -> dict:
+def _json_object(path, name: str) -> dict:
+    """``path/name`` as a JSON object; unreadable or not an object is a CheckpointError (damage)."""
     try:
-        saved = json.loads((path / "config.json").read_text())
+        value = json.loads((path / name).read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: config.json unreadable ({err})") from err
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: config.json is not an object (damaged)")
-    return saved
+        raise CheckpointError(f"{path}: {name} unreadable ({err})") from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {name} is not an object (damaged)")
+    return value
+
+
+def _saved_config(path) -> dict:
+    return _json_object(path, "config.json")
 
 
 def check_same_shape(path, config, saved: dict | None = None) -> None:
