@@ -7,7 +7,7 @@ from pathlib import Path
 import mpt
 
 SRC = Path(mpt.__file__).parent
-LEAVES = {"paths", "files", "ranks", "chatml", "console", "config", "tables", "_lazy"}
+LEAVES = {"paths", "files", "storage", "ranks", "chatml", "console", "config", "tables", "_lazy"}
 ALLOWED = {  # a package or module -> the parts of mpt it may import (leaf helpers: always)
     "model": set(),
     "data": set(),

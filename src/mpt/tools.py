@@ -81,11 +81,11 @@ def export(cfg: ExportConfig) -> None:
         print(f"wrote {', '.join(str(f) for f in files)}")
         return
     from .model.hf import convert
-    from .train.checkpoint import complete_checkpoints, export_hf, location
+    from .train.export import export_hf, find_checkpoint
 
-    src = location(cfg.src)  # a local folder, or a checkpoint folder on object storage (s3://...)
-    if (src / "trainer_state.json").is_file() or complete_checkpoints(src):  # a training checkpoint
-        used = export_hf(src, cfg.dst, tokenizer_from=cfg.tokenizer, adapter_only=cfg.adapter)
+    found = find_checkpoint(cfg.src)  # in a local folder, or a checkpoint folder on object storage (s3://...)
+    if found is not None:  # a training checkpoint
+        used = export_hf(found, cfg.dst, tokenizer_from=cfg.tokenizer, adapter_only=cfg.adapter)
         what = "a PEFT adapter" if cfg.adapter else "a Hugging Face-format checkpoint"
         print(f"wrote {what} to {cfg.dst} from training checkpoint {used}")
         return

@@ -13,7 +13,8 @@ import pytest
 
 from mpt.data import Source, StreamConfig, StreamingDataLoader, StreamingDataset, read_index
 from mpt.data.prep import PrepConfig, prep
-from mpt.data.remote import RemoteAccessError, list_files, upload_folder
+from mpt.data.shards import INDEX_FILE
+from mpt.storage import RemoteAccessError, list_files, upload_folder
 
 from .conftest import write_numbered_shards
 
@@ -95,7 +96,7 @@ def test_upload_killed_midway_never_looks_complete_and_the_same_command_finishes
 def test_two_readers_share_one_cache_and_eviction_spares_other_files(s3_server, tmp_path):
     local = write_numbered_shards(tmp_path / "numbers", 120, per_shard=10)
     url = f"s3://{s3_server.bucket}/numbers"
-    upload_folder(local, url, sorted(p.name for p in local.iterdir()))
+    upload_folder(local, url, sorted(p.name for p in local.iterdir()), last=INDEX_FILE)
     shard_bytes = max(s.bytes for s in read_index(local).shards)
     cache = tmp_path / "cache"
     key_dir = cache / "0123456789abcdef"
@@ -141,7 +142,7 @@ def test_missing_bucket_and_refused_credentials_are_clear_errors(s3_server, neox
     assert list_files(url) == []
     # the same for a training run reading shards (a fresh process: fsspec keeps one client per process)
     shards = write_numbered_shards(tmp_path / "numbers", 20)
-    upload_folder(shards, url, sorted(p.name for p in shards.iterdir()))
+    upload_folder(shards, url, sorted(p.name for p in shards.iterdir()), last=INDEX_FILE)
     read = ("from mpt.data import Source, StreamConfig, StreamingDataset\n"
             f"StreamingDataset(StreamConfig([Source({url!r})], batch_size=2))")
     run = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env, timeout=120)

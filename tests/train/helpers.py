@@ -54,7 +54,7 @@ def assert_resume_gives_the_same_adapters(tmp: Path, run) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from mpt.train.checkpoint import export_hf
+    from mpt.train.export import export_hf
 
     run(tmp / "resumed", 4, None)
     messages = []

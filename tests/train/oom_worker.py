@@ -18,6 +18,7 @@ import mpt.train.loop as loop
 from mpt.config import from_dict
 from mpt.train import Recipe, train
 from mpt.train.microbatch import find_micro_batch_size
+from mpt.train.parallel import unwrap
 
 
 def _out_of_memory(*_):
@@ -25,7 +26,7 @@ def _out_of_memory(*_):
 
 
 def _inject(model, where: str, fits: int) -> list:
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     block = model.transformer.blocks[-1]
 
     def too_big(x) -> bool:

@@ -33,7 +33,8 @@ from safetensors.torch import load_file
 
 from mpt.config import from_dict
 from mpt.train import Recipe, train
-from mpt.train.checkpoint import complete_checkpoints, export_hf, verify
+from mpt.train.checkpoint import complete_checkpoints, verify
+from mpt.train.export import export_hf
 
 from .helpers import cmdline, descendants, make_shards, recipe_dict
 

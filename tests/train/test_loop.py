@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 from mpt import MPTForCausalLM
 from mpt.config import from_dict
 from mpt.train import Recipe, train
-from mpt.train.checkpoint import CheckpointError, complete_checkpoints, export_hf
+from mpt.train.checkpoint import CheckpointError, complete_checkpoints
+from mpt.train.export import export_hf
 
 from .helpers import make_shards, recipe_dict
 

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from mpt.config import from_dict
 from mpt.train import Recipe, train
-from mpt.train.checkpoint import complete_checkpoints, export_hf
+from mpt.train.checkpoint import complete_checkpoints
+from mpt.train.export import export_hf
 
 from .helpers import (
     SEQ,

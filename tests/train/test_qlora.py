@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 from mpt.config import ConfigError, from_dict
 from mpt.model.hf import load_pretrained
 from mpt.train import Recipe, train
-from mpt.train.checkpoint import CheckpointError, complete_checkpoints, export_hf
+from mpt.train.checkpoint import CheckpointError, complete_checkpoints
+from mpt.train.export import export_hf
 from mpt.train.loop import validation_loss
 from mpt.train.lora import LoraError
 from mpt.train.parallel import Dist

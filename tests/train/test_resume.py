@@ -18,7 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mpt.train.checkpoint import complete_checkpoints, export_hf
+from mpt.train.checkpoint import complete_checkpoints
+from mpt.train.export import export_hf
 
 from .helpers import cmdline, descendants, make_shards, recipe_dict
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from ..files import file_sha256
-from .remote import RemoteAccessError, explain, filesystem, is_local, local_path
+from ..storage import RemoteAccessError, explain, filesystem, is_local, local_path
 from .shards import INDEX_FILE, Shard, ShardError, ShardIndex, ShardInfo, verify_shard
 
 _CACHED_SHARD = re.compile(r"[0-9a-f]{16}/shard-\d{5}\.bin")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
 from ..config import option
-from . import remote
-from .atomic import write_atomic
+from ..storage import write_atomic
 from .dedup import DedupConfig, Deduplicator, fingerprint
 from .filters import FilterConfig, first_failed_rule
 from .prep_folder import (
@@ -319,12 +319,12 @@ def _staging(cfg: PrepConfig) -> Path:
 
 def _remote_state(cfg: PrepConfig, claim: dict) -> PrepSummary | None:
     """Check a remote --out before any work: reachable, and empty or this same run (the summary if finished)."""
-    names = remote.list_files(cfg.out)
+    names = storage.list_files(cfg.out)
     base = cfg.out.rstrip("/")
-    recorded = remote.read_text(f"{base}/{RUN_FILE}") if RUN_FILE in names else None
+    recorded = storage.read_text(f"{base}/{RUN_FILE}") if RUN_FILE in names else None
     check_claim(cfg.out, names, recorded, claim)
     if INDEX_FILE in names:
-        return PrepSummary.from_json(remote.read_text(f"{base}/{SUMMARY_FILE}"))
+        return PrepSummary.from_json(storage.read_text(f"{base}/{SUMMARY_FILE}"))
     return None
 
 
@@ -337,12 +337,12 @@ def prep(cfg: PrepConfig) -> PrepSummary:
     cfg.validate()
     files = expand_inputs(cfg.inputs)        # fail on a missing input before loading anything
     claim = _claim(cfg, files)
-    is_remote = not remote.is_local(cfg.out)
+    is_remote = not storage.is_local(cfg.out)
     if is_remote:
         done = _remote_state(cfg, claim)
         if done is not None:
             return done
-    out = _staging(cfg) if is_remote else Path(remote.local_path(cfg.out))
+    out = _staging(cfg) if is_remote else Path(storage.local_path(cfg.out))
     progress = open_folder(out, claim)
     if progress is None:
         summary = PrepSummary.from_json((out / SUMMARY_FILE).read_text())
@@ -353,7 +353,7 @@ def prep(cfg: PrepConfig) -> PrepSummary:
         summary = _run(cfg, files, out, progress)
     if is_remote:
         shards = [s.file for s in read_index(out).shards]
-        remote.upload_folder(out, cfg.out, [RUN_FILE, *shards, SUMMARY_FILE])
+        storage.upload_folder(out, cfg.out, [RUN_FILE, *shards, SUMMARY_FILE], last=INDEX_FILE)
         remove_run(out)      # uploaded: the local copy would only fill the disk
     return summary
 

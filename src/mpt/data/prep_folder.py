@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..files import file_sha256
-from .atomic import TMP_SUFFIX, write_atomic
+from ..storage import TMP_SUFFIX, write_atomic
 from .shards import INDEX_FILE, ShardInfo
 
 RUN_FILE = "prep.json"

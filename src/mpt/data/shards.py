@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import file_sha256
-from .atomic import TMP_SUFFIX, publish, tmp_name, write_atomic
+from ..storage import TMP_SUFFIX, publish, tmp_name, write_atomic
 
 MAGIC = b"MPTSHRD1"
 FORMAT = "mpt-shards"

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from ..config import option
-from ..ranks import launch_env
+from ..ranks import join_process_group, launch_env, rank_world
 from .tasks import EvalTaskError
 
 
@@ -113,9 +113,7 @@ def _init_distributed(device: str | None) -> tuple[int, str | None]:
     if world <= 1:
         return 0, device
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    join_process_group(cuda)
     if cuda:
-        torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    return torch.distributed.get_rank(), device
+    return rank_world()[0], device

@@ -1,54 +1,42 @@
-"""Sharded, atomic, verified training checkpoints with ``torch.distributed.checkpoint`` (DCP).
+"""Sharded, atomic, verified training checkpoints with ``torch.distributed.checkpoint`` (DCP): save, verify, load, prune.
 
-Layout of ``checkpoint.folder`` (a local folder or an fsspec URL such as ``s3://bucket/run``)::
-
-    step-00000120/           a complete checkpoint: it has trainer_state.json, written last
-      .metadata, *.distcp    DCP: model + optimizer, sharded by rank, reshardable on load
-      rank0.pt, rank1.pt     per-rank RNG states (tensors and plain lists; loaded with weights_only)
-      config.json            the model config (so `mpt export` needs nothing else)
-      trainer_state.json     the manifest: step, tokens, data position, guard state, run name, the
-                             tokenizer, and a size + SHA-256 of every other file
-    step-00000130.tmp/       (local folders) a save in progress, or one a crash interrupted
-
-A local save writes into ``*.tmp`` and is renamed after every rank finished and the manifest is
-written. Object stores have no atomic rename of a folder, so there a save writes into its final
-name and the manifest is the last object uploaded: an upload cut short leaves a folder without a
-manifest, which is never read as a checkpoint. On load the manifest is checked; a damaged checkpoint
-is reported and the next older one is used — and all ranks agree on which one before any loads it.
-
-Pruning (``keep``) only ever deletes intact checkpoints of this run that are older than the one just
-written; the newest good checkpoint, damaged ones (kept for inspection) and other runs' are never touched.
-A damaged checkpoint in the way of a new save at its step is renamed ``step-N.damaged``. A run that does
-not resume never replaces or prunes checkpoints it did not write: it refuses a folder holding checkpoints
-of its run name, unless ``checkpoint.start_over`` moves them aside (``step-N.old``). One run at a time
-holds a folder (folder_lock.py).
-
-Remote folders use ``universal_pathlib`` (a pathlib API over fsspec) so that the same code walks both.
+``checkpoint.folder`` (local, or an fsspec URL such as ``s3://bucket/run``) holds ``step-NNNNNNNN/`` folders of
+DCP shards (model + optimizer, reshardable), per-rank RNG files, ``config.json`` and ``trainer_state.json``: the
+manifest (step, tokens, data position, guard, run name, tokenizer, size + SHA-256 of every other file), written
+last. A local save is built in ``step-N.tmp`` and renamed; on object storage the manifest is the last object, so
+a cut upload never counts. On load a damaged checkpoint is reported and all ranks agree on an older one. Pruning
+deletes only this run's intact checkpoints older than the newest; damaged ones are renamed ``step-N.damaged``, and
+a run that does not resume refuses (or with ``start_over`` sets aside as ``step-N.old``) its name's checkpoints.
+Hugging Face export is export.py; RNG state rng.py; paths and atomic writes ``mpt.storage``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
-import os
-import random
 import re
-import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from ..data.atomic import fsync_dir
 from ..files import file_sha256
-from ..ranks import rank_world
+from ..ranks import agreed_problem, any_rank, rank_world
+from ..storage import (
+    CREDENTIALS,
+    bucket_of,
+    is_local_path,
+    location,
+    remove_tree,
+    rename_durably,
+    write_atomic,
+)
+from .parallel import unwrap
+from .rng import read_rng, rng_bytes
 
 SHAPE_FIELDS = ("d_model", "n_heads", "n_layers", "vocab_size", "expansion_ratio", "tie_word_embeddings",
                 "learned_pos_emb", "no_bias")
@@ -63,47 +51,23 @@ class CheckpointError(ValueError):
     pass
 
 
-def location(folder):
-    """A pathlib.Path for local folders (and file:// URLs), a UPath for any other fsspec URL."""
-    text = str(folder)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    if "://" in text:
-        from upath import UPath
-
-        return UPath(text)
-    return Path(text)
-
-
-def _is_local(path) -> bool:
-    return isinstance(path, Path)
-
-
-def _remove(path) -> None:
-    if _is_local(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.fs.rm(path.path, recursive=True)
-
-
 def check_folder(folder) -> None:
     """Before any step: an object-store folder's bucket must exist and be reachable with these credentials.
 
     (s3fs would otherwise create a mistyped bucket on the first save, or fail only then.)
     """
     root = location(folder)
-    if _is_local(root):
+    if is_local_path(root):
         return
-    bucket = root.path.strip("/").split("/", 1)[0]
+    bucket = bucket_of(str(folder))
     try:
         root.fs.info(bucket)  # unlike exists(), tells a refused request from a missing bucket
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint.folder {folder}: bucket {bucket!r} does not exist; create it first, "
                               "or fix checkpoint.folder") from err
     except (PermissionError, OSError) as err:
-        raise CheckpointError(f"checkpoint.folder {folder}: cannot reach bucket {bucket!r} ({err}); check the "
-                              "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE), the endpoint "
-                              "(AWS_ENDPOINT_URL_S3) and that they may use this bucket") from err
+        raise CheckpointError(f"checkpoint.folder {folder}: cannot reach bucket {bucket!r} ({err}); check "
+                              f"{CREDENTIALS} and that they may use this bucket") from err
 
 
 @contextlib.contextmanager
@@ -117,30 +81,6 @@ def _quiet():
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def all_ranks_agree(ok: bool) -> bool:
-    """True only if ``ok`` on every rank: a decision that changes control flow is taken by all or none."""
-    if not dist.is_initialized():
-        return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) == 0
-
-
-def agreed_problem(problem: str | None) -> str | None:
-    """Every rank's problem (None: it had none), gathered: the lowest failing rank's on every rank.
-
-    For steps some ranks can fail alone (a write, rank 0's bookkeeping): all ranks then raise the same
-    one-line error instead of some waiting forever in the next collective.
-    """
-    if not dist.is_initialized():
-        return problem
-    gathered: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, problem)
-    return next((p if r == 0 else f"rank {r}: {p}" for r, p in enumerate(gathered) if p is not None), None)
 
 
 def _raise_agreed(problem: str | None) -> None:
@@ -213,9 +153,8 @@ def set_aside(path, why: str):
         aside = path.parent / (f"{path.name}.{why}" if n == 1 else f"{path.name}.{why}-{n}")
         if not aside.exists():
             break
-    if _is_local(path):
-        os.replace(path, aside)
-        fsync_dir(path.parent)
+    if is_local_path(path):
+        rename_durably(path, aside)
         return aside
     # Object stores rename object by object (s3fs's recursive mv trips over the folder's own key): copy
     # all, then delete the manifest first, so that a move cut short never leaves a checkpoint that counts.
@@ -254,42 +193,10 @@ def start_fresh(folder, run_name: str, start_over: bool, log=print) -> None:
     _barrier()
 
 
-# ---- RNG state as tensors and plain values, so that loading it can never run code ----------------
-
-def rng_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _read_rng(path) -> dict:
-    with path.open("rb") as f:
-        return torch.load(io.BytesIO(f.read()), weights_only=True)
-
-
 # ---- DCP storage for local folders and URLs ------------------------------------------------------
 
 def _writer(path) -> dict:
-    if _is_local(path):
+    if is_local_path(path):
         return {"checkpoint_id": str(path)}
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
@@ -297,7 +204,7 @@ def _writer(path) -> dict:
 
 
 def _reader(path) -> dict:
-    if _is_local(path):
+    if is_local_path(path):
         return {"checkpoint_id": str(path)}
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
@@ -308,9 +215,8 @@ def _reader(path) -> dict:
 
 def _trainable_keys(model) -> set[str]:
     """The state-dict names of the parameters that train, as DCP names them (without the wrappers' prefixes)."""
-    inner = getattr(model, "module", model)  # DDP
     return {name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-            for name, p in inner.named_parameters() if p.requires_grad}
+            for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
 def _state_dicts(model, optimizer, trainable_only: bool) -> dict:
@@ -339,7 +245,7 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
     """
     root = location(folder)
     final = root / f"step-{step:08d}"
-    staging = root / f"step-{step:08d}.tmp" if _is_local(root) else final
+    staging = root / f"step-{step:08d}.tmp" if is_local_path(root) else final
     run_name = trainer_state["run_name"]
     rank = rank_world()[0]
 
@@ -359,9 +265,7 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
     try:
         with _quiet():
             dcp.save(_state_dicts(model, optimizer, trainable_only), **_writer(staging))  # raises on all ranks alike
-        buffer = io.BytesIO()
-        torch.save(rng_state(), buffer)
-        (staging / f"rank{rank}.pt").write_bytes(buffer.getvalue())
+        (staging / f"rank{rank}.pt").write_bytes(rng_bytes())
     except (Exception, CheckpointException) as err:  # DCP's is a BaseException
         problem = _save_failed(err, root, step, run_name, staging)
     message = agreed_problem(problem)
@@ -377,21 +281,21 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
         message = agreed_problem(problem)
     if message is not None:
         if rank == 0 and not complete:
-            _remove(staging)  # never a checkpoint: no manifest; it would only hold the space it ran out of
+            remove_tree(staging)  # never a checkpoint: no manifest; it would only hold the space it ran out of
         raise CheckpointError(message)
     return final
 
 
 def _clear_the_way(root, final, run_name: str, log) -> None:
     """Rank 0, before a save at ``final``'s step: what stands there is removed only if it never was a checkpoint."""
-    if _is_local(root):  # object stores have no folders to make (and s3fs would make a bucket)
+    if is_local_path(root):  # object stores have no folders to make (and s3fs would make a bucket)
         root.mkdir(parents=True, exist_ok=True)
-    _remove(root / f"{final.name}.tmp")  # a save a crash interrupted (the folder lock rules out a live one)
+    remove_tree(root / f"{final.name}.tmp")  # a save a crash interrupted (the folder lock rules out a live one)
     if not final.exists():
         return
     manifest = _manifest(final)
-    if manifest is None and not _is_local(root):
-        _remove(final)  # an upload cut short before its manifest: never a checkpoint
+    if manifest is None and not is_local_path(root):
+        remove_tree(final)  # an upload cut short before its manifest: never a checkpoint
         return
     owner = (manifest or {}).get("run_name", run_name)
     if owner != run_name:
@@ -403,18 +307,13 @@ def _clear_the_way(root, final, run_name: str, log) -> None:
 
 def _write_manifest(root, staging, final, model, trainer_state: dict, trainable_only: bool) -> None:
     """Rank 0, after every rank's files are written: the manifest, written last, makes the checkpoint."""
-    (staging / "config.json").write_text(getattr(model, "module", model).config.to_json_string())
+    (staging / "config.json").write_text(unwrap(model).config.to_json_string())
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(staging.iterdir(), key=lambda p: p.name) if p.is_file()}
     manifest = json.dumps(dict(trainer_state, trainable_only=trainable_only, files=files), indent=1)
-    if _is_local(root):
-        with open(staging / "trainer_state.json", "w") as f:
-            f.write(manifest)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(staging)
-        os.replace(staging, final)
-        fsync_dir(root)
+    if is_local_path(root):
+        write_atomic(staging / "trainer_state.json", manifest)
+        rename_durably(staging, final)
     else:
         (final / "trainer_state.json").write_text(manifest)  # last object: the checkpoint now counts
 
@@ -447,7 +346,7 @@ def prune(folder, newest, run_name: str, keep: int) -> list:
     older = [p for p in run_checkpoints(folder, run_name) if _step_of(p) < _step_of(newest) and _intact(p)]
     doomed = older[:max(0, len(older) - (keep - 1))]
     for old in doomed:
-        _remove(old)
+        remove_tree(old)
     return doomed
 
 
@@ -538,7 +437,7 @@ def load(path, model, optimizer) -> tuple[dict, dict | None]:
                    options=StateDictOptions(strict=not trainable_only))
     rank_file = path / f"rank{rank_world()[0]}.pt"
     try:
-        rng = _read_rng(rank_file) if rank_file.is_file() else None
+        rng = read_rng(rank_file) if rank_file.is_file() else None
     except Exception as err:  # empty, truncated, or a pickle weights_only refuses
         raise CheckpointError(f"{rank_file}: unreadable RNG state ({_one_line(err)})") from err
     return state, rng
@@ -554,7 +453,7 @@ def load_latest(folder, model, optimizer, run_name: str, log=print, setup: dict 
     damage. ``restore(state, rng)`` applies the rest of the trainer state (data position, guard, RNG);
     when it fails, the checkpoint is damaged too.
     """
-    config = getattr(model, "module", model).config
+    config = unwrap(model).config
     candidates = run_checkpoints(folder, run_name)
     others = len(complete_checkpoints(folder)) - len(candidates)
     if others:
@@ -566,7 +465,7 @@ def load_latest(folder, model, optimizer, run_name: str, log=print, setup: dict 
             saved_config = _saved_config(path)
         except CheckpointError as err:
             problem = err
-        if not all_ranks_agree(problem is None):
+        if any_rank(problem is not None):
             log(f"checkpoint {path} cannot be used: {problem or 'damaged as seen by another rank'}; "
                 "trying an older one")
             continue
@@ -580,7 +479,7 @@ def load_latest(folder, model, optimizer, run_name: str, log=print, setup: dict 
                 restore(state, rng)
         except Exception as err:  # anything a verified yet crafted or damaged file can raise while it is applied
             problem = err if isinstance(err, CheckpointError) else f"{_one_line(err)} while applying it"
-        if not all_ranks_agree(problem is None):
+        if any_rank(problem is not None):
             log(f"checkpoint {path} cannot be used: {problem or 'failed to load on another rank'}; "
                 "trying an older one")
             continue
@@ -592,44 +491,9 @@ def load_latest(folder, model, optimizer, run_name: str, log=print, setup: dict 
     return None
 
 
-def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = False) -> Path:
-    """A training checkpoint -> a Hugging Face-format folder.
-
-    One process, no process group (``no_dist``): rank 0 calls this alone at the end of training while
-    the other ranks wait, so it must not take part in any collective. The tokenizer recorded with
-    the run (``trainer_state.json``) is copied unless ``tokenizer_from`` names another. A LoRA run's
-    checkpoint exports merged (a plain MPT folder) or, with ``adapter_only``, as a PEFT adapter. A QLoRA
-    run's checkpoint holds only the adapters: the merge re-reads its ``init_from`` and dequantizes it.
-    """
-    from ..model import MPTConfig, MPTForCausalLM
-    from ..model.hf import save_pretrained
-
-    checkpoint = location(checkpoint)
-    if (checkpoint / "trainer_state.json").is_file():
-        path = checkpoint
-    else:
-        found = complete_checkpoints(checkpoint)
-        if not found:
-            raise FileNotFoundError(f"{checkpoint} is neither a checkpoint (step-N folder) nor a folder of them")
-        path = found[-1]
-    state = verify(path)
-    config = MPTConfig.from_dict(json.loads((path / "config.json").read_text()))
-    with torch.device("meta"):
-        model = MPTForCausalLM(config)
-    model = model.to_empty(device="cpu")
-    lora = state.get("lora")
-    if lora is not None and lora.get("quantize_base") and not adapter_only:
-        _load_dequantized_base(model, path, state)
-    if lora is not None:  # the same wrapping as in training, so the saved names match
-        from .lora import apply_lora
-        from .recipe import LoraSection
-
-        # plain LoRA layers over a QLoRA run's dequantized base: peft's 4-bit merge would round the
-        # merged weights to NF4 again, the plain merge adds the adapters in fp32
-        model = apply_lora(model, LoraSection(**dict(lora, quantize_base=False)), log=lambda *_: None)
-    elif adapter_only:
-        raise CheckpointError(f"{path} holds no LoRA adapter (its run had no model.lora); export the whole model")
-    trainable_only = state.get("trainable_only", False)
+def load_weights(path, model, trainable_only: bool) -> None:
+    """One process, no process group: the model weights of checkpoint ``path`` into a plain, unwrapped
+    ``model`` (``trainable_only``: the checkpoint holds only the parameters that train)."""
     keep = _trainable_keys(model) if trainable_only else None
     sd = {"model": {k: v for k, v in model.state_dict().items() if keep is None or k in keep}}
     try:
@@ -638,46 +502,3 @@ def export_hf(checkpoint, out_dir, tokenizer_from=None, adapter_only: bool = Fal
     except CheckpointException as err:  # a BaseException: `mpt export` would show its traceback
         raise CheckpointError(f"{path}: cannot be read ({_one_line(err)})") from None
     model.load_state_dict(sd["model"], strict=not trainable_only)
-    if adapter_only:
-        model.save_pretrained(str(out_dir))  # PEFT's format: adapter_config.json + adapter_model.safetensors
-        return path
-    if lora is not None:
-        model = model.merge_and_unload()
-    if tokenizer_from is None:
-        tokenizer_from = local_tokenizer_folder(state.get("tokenizer"))
-    save_pretrained(model.eval(), out_dir, tokenizer_from=tokenizer_from)
-    return path
-
-
-def _load_dequantized_base(model, path, state: dict) -> None:
-    """A QLoRA run's base as it trained: ``init_from``'s weights through NF4 and back, in ``model``."""
-    from ..model.hf import load_pretrained
-    from .qlora import dequantize_base, quantize_base
-
-    init_from = state.get("init_from")
-    try:
-        base = load_pretrained(init_from, dtype=torch.float32)
-    except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} holds only the adapters of a QLoRA run; its base, model.init_from = "
-                              f"{init_from!r}, cannot be read ({err}). Restore it, or export the adapter alone "
-                              "(--adapter)") from err
-    model.load_state_dict(base.state_dict())
-    # NF4 rounding is made where training made it: a CPU's and a GPU's kernels could round a
-    # value on a code boundary differently
-    on = state.get("base_quantized_on", "cpu")
-    if on == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"{path}: the base was quantized on a GPU and is re-quantized on the CPU for the merge; "
-                      "a weight on an NF4 code boundary may round to the other code", stacklevel=2)
-        on = "cpu"
-    quantize_base(model, torch.float32, torch.device(on))
-    dequantize_base(model)
-
-
-def local_tokenizer_folder(tokenizer: str | None) -> str | None:
-    """The local folder holding the tokenizer's files, or None (a hub name, a synthetic label)."""
-    if tokenizer is None:
-        return None
-    path = Path(tokenizer)
-    if path.is_file():
-        return str(path.parent)
-    return str(path) if path.is_dir() else None

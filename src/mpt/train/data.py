@@ -258,7 +258,11 @@ class FinetuneBatches:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def build_batches(cfg: DataSection, rank_batch: int, seed: int, rank: int, world: int, max_seq_len: int, log=print):
+Batches = PretrainBatches | PackedPretrainBatches | FinetuneBatches  # what the training loop draws from
+
+
+def build_batches(cfg: DataSection, rank_batch: int, seed: int, rank: int, world: int, max_seq_len: int,
+                  log=print) -> Batches:
     if cfg.kind == "pretrain" and cfg.packing:
         if cfg.num_workers:
             log(f"data.num_workers={cfg.num_workers} is not used with packing: rows are built in the training "

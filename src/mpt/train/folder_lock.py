@@ -30,8 +30,9 @@ import threading
 import time
 import uuid
 
-from ..ranks import rank_world
-from .checkpoint import CheckpointError, _is_local, agreed_problem, location
+from ..ranks import agreed_problem, rank_world
+from ..storage import is_local_path, location
+from .checkpoint import CheckpointError
 
 LOCK_NAME, HOLDER_NAME, LEASE_NAME = ".lock", ".lock-holder.json", ".lease.json"
 
@@ -240,7 +241,7 @@ def hold_folder(folder, run_name: str, lease_seconds: float, log=print):
     if rank_world()[0] == 0:
         try:
             me = _identity(run_name)
-            lock = _LocalLock(root, me) if _is_local(root) else _Lease(root, me, lease_seconds, log)
+            lock = _LocalLock(root, me) if is_local_path(root) else _Lease(root, me, lease_seconds, log)
         except CheckpointError as err:
             problem = str(err)
         except OSError as err:

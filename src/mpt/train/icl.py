@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .checkpoint import rng_state, set_rng_state
 from .recipe import ICLSection
+from .rng import rng_state, set_rng_state
 
 
 @contextlib.contextmanager

@@ -2,14 +2,11 @@
 
 One function, :func:`train`, runs single-process or as one rank under ``torchrun``. Every piece it
 calls lives in a neighbouring file: recipe.py (typed config), data.py (batches), parallel.py
-(FSDP2 / HSDP / DDP), optim.py (Lion, AdamW, schedules), microbatch.py (``micro_batch_size: auto``),
-checkpoint.py (DCP save / resume / export), guard.py (loss spikes), watchdog.py (hangs),
-monitor.py (step line, MFU, metrics, plot) and icl.py (evaluation during training, which calls
-``mpt.eval``).
-
-Rules every rank follows: a collective is reached by all ranks or by none; a decision that changes
-control flow (resume fallback, rollback, stop on SIGTERM) is taken from values all ranks agree on;
-what rank 0 does alone (export, plots) uses no process group.
+(FSDP2 / HSDP / DDP), optim.py, microbatch.py (``micro_batch_size: auto``), checkpoint.py (DCP save /
+resume), export.py (Hugging Face export), guard.py (loss spikes), watchdog.py (hangs), monitor.py
+(step line, MFU, metrics, plot) and icl.py (evaluation during training, through ``mpt.eval``).
+Every rank reaches a collective or none does; control-flow decisions (resume fallback, rollback,
+stop on SIGTERM) come from values all ranks agree on; rank 0's export and plots use no process group.
 """
 
 from __future__ import annotations
@@ -21,8 +18,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,17 +30,23 @@ from torch import nn
 from ..model import MPTForCausalLM
 from ..model.hf import load_pretrained
 from ..presets import load_model_config, model_info, train_flops_per_token
+from ..ranks import any_rank
 from . import checkpoint as ckpt
-from .data import build_batches, count_targets
+from .data import Batches, build_batches, count_targets
+from .export import export_hf, local_tokenizer_folder
 from .folder_lock import FolderLock, hold_folder
 from .guard import SpikeGuard
 from .microbatch import find_micro_batch_size
 from .monitor import Monitor, peak_tflops
 from .optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
-from .parallel import Dist, all_reduce_max, all_reduce_sum, init_distributed, parallelize
+from .parallel import Dist, all_reduce_sum, init_distributed, parallelize, unwrap
 from .qlora import logical_numel
 from .recipe import Recipe, model_overrides, parse_duration
+from .rng import set_rng_state
 from .watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from .icl import InTrainingEval
 
 
 @dataclass
@@ -64,7 +68,9 @@ class TrainState:
     tokens: int = 0
     final_loss: float | None = None
     last_ckpt: Path | None = None
+    saved: bool = False   # last_ckpt holds the weights of this very step (nothing to save at the end)
     rollbacks: int = 0
+    icl: dict[str, float] = field(default_factory=dict)  # the last in-training ICL accuracies
 
 
 @dataclass
@@ -166,9 +172,9 @@ def _data_tokenizer(recipe: Recipe, batches) -> str | None:
     return batches.dataset.indexes[0].tokenizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
-    """What the loop's stages share: built once before the first step, then only used."""
+    """What the loop's stages share: built whole before the first step, then only used."""
 
     recipe: Recipe
     d: Dist
@@ -178,14 +184,14 @@ class _Run:
     wrapped: nn.Module                   # the same, under FSDP2 / DDP
     autocast: torch.autocast
     optimizer: torch.optim.Optimizer
-    batches: object
+    batches: Batches
     guard: SpikeGuard
-    tokenizer: str | None
-    icl: object | None
-    total: int
-    micro: int = 0
-    monitor: Monitor | None = None
-    lock: FolderLock | None = None       # on the checkpoint folder, held from before resuming to the export
+    tokenizer: str | None                # the one the data was made with, recorded in each checkpoint
+    icl: InTrainingEval | None
+    seq_len: int
+    total: int                           # steps
+    micro: int                           # micro-batch size
+    lock: FolderLock                     # on the checkpoint folder, held from before resuming to the export
 
 
 def train_step(run: _Run, batch: dict) -> StepResult:
@@ -227,7 +233,7 @@ def _rollback(run: _Run, state: TrainState, last_skip: str | None) -> None:
                               else f"already rolled back {spike.max_rollbacks} times"))
     data_state = run.batches.state_dict()
     saved, _ = ckpt.load(state.last_ckpt, run.wrapped, run.optimizer)
-    state.step, state.tokens = saved["step"], saved["tokens"]
+    state.step, state.tokens, state.saved = saved["step"], saved["tokens"], True
     run.guard.load_state_dict(saved["guard"])
     run.batches.load_state_dict(data_state)  # keep going forward in the data: skip the bad batches
     run.say(f"rolled back to {state.last_ckpt} (step {state.step}) after repeated bad steps; continuing with new "
@@ -270,7 +276,7 @@ def _build_icl(recipe: Recipe, tokenizer: str | None):
         return None
     from .icl import InTrainingEval
 
-    return InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or ckpt.local_tokenizer_folder(tokenizer))
+    return InTrainingEval(recipe.eval.icl, recipe.eval.icl.tokenizer or local_tokenizer_folder(tokenizer))
 
 
 def _quantized(recipe: Recipe) -> bool:
@@ -306,13 +312,14 @@ def _build_optimizer(model, recipe: Recipe, device: torch.device):
     return decoupled_adamw(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True if device.type == "cuda" else None)
 
 
-def _choose_micro_batch(run: _Run) -> int:
-    if run.recipe.train.micro_batch_size != "auto":
-        return run.recipe.train.micro_batch_size
-    probe_from = run.batches.state_dict()
-    with run.watchdog.phase():
-        micro = find_micro_batch_size(run.wrapped, run.wrapped, run.batches.next(), run.d.device, run.autocast, run.say)
-    run.batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
+def _choose_micro_batch(recipe: Recipe, watchdog: Watchdog, wrapped: nn.Module, batches: Batches, d: Dist,
+                        autocast: torch.autocast, say) -> int:
+    if recipe.train.micro_batch_size != "auto":
+        return recipe.train.micro_batch_size
+    probe_from = batches.state_dict()
+    with watchdog.phase():
+        micro = find_micro_batch_size(wrapped, wrapped, batches.next(), d.device, autocast, say)
+    batches.load_state_dict(probe_from)  # the probe batch is trained on in its turn
     return micro
 
 
@@ -329,7 +336,7 @@ def _resume(run: _Run, state: TrainState) -> None:
         run.batches.load_state_dict(saved["data"])
         run.guard.load_state_dict(saved["guard"])
         if rng is not None:
-            ckpt.set_rng_state(rng)
+            set_rng_state(rng)
 
     with run.watchdog.phase():
         found = ckpt.load_latest(recipe.checkpoint.folder, run.wrapped, run.optimizer, recipe.run_name, log=run.say,
@@ -343,7 +350,7 @@ def _resume(run: _Run, state: TrainState) -> None:
         raise ckpt.CheckpointError(f"{state.last_ckpt} holds adapters trained on the 4-bit base "
                                    f"{saved.get('init_from')!r}, but model.init_from is {_base_source(recipe)!r}; "
                                    "use the same base, or another checkpoint.folder")
-    state.step, state.tokens = saved["step"], saved["tokens"]
+    state.step, state.tokens, state.saved = saved["step"], saved["tokens"], True
     if rng is None:
         run.say(f"{state.last_ckpt} was saved by {saved['world_size']} ranks; this rank has no saved RNG state, "
                 "re-seeding (dropout masks will differ from an uninterrupted run)")
@@ -351,17 +358,17 @@ def _resume(run: _Run, state: TrainState) -> None:
     run.say(f"resumed from {state.last_ckpt} at step {state.step} ({state.tokens:,} tokens)")
 
 
-def _build_monitor(run: _Run, seq_len: int, fresh: bool) -> Monitor:
+def _build_monitor(run: _Run, fresh: bool) -> Monitor:
     config = run.model.config
     peak, peak_note = peak_tflops(run.d.device, run.recipe.log.peak_tflops)
     params = sum(logical_numel(p) for p in run.model.parameters())  # a 4-bit tensor's numel counts bytes
-    flops_per_token = train_flops_per_token(params, config, seq_len)
+    flops_per_token = train_flops_per_token(params, config, run.seq_len)
     run.say(f"MFU: {peak_note}")
     return Monitor(run.recipe.log.folder, run.d.is_main, flops_per_token, peak, peak_note, run.recipe.log.tensorboard,
                    fresh=fresh, log=run.say)
 
 
-def _save(run: _Run, state: TrainState) -> None:
+def _save(run: _Run, state: TrainState, monitor: Monitor) -> None:
     trainer_state = {"step": state.step, "tokens": state.tokens, "data": run.batches.state_dict(),
                      "guard": run.guard.state_dict(), "world_size": run.d.world_size, "run_name": run.recipe.run_name,
                      "tokenizer": run.tokenizer, **_setup(run.recipe)}
@@ -372,7 +379,8 @@ def _save(run: _Run, state: TrainState) -> None:
     with run.watchdog.phase():
         state.last_ckpt = ckpt.save(c.folder, state.step, run.wrapped, run.optimizer, trainer_state, c.keep,
                                     trainable_only=quantized, lock=run.lock, log=run.say)
-        run.monitor.plot()
+        state.saved = True
+        monitor.plot()
     run.say(f"saved checkpoint {state.last_ckpt}")
 
 
@@ -399,27 +407,20 @@ def _export(run: _Run, state: TrainState) -> Path | None:
         return None
     with run.watchdog.phase():
         if run.d.is_main:
-            ckpt.export_hf(state.last_ckpt, out)
+            export_hf(state.last_ckpt, out)
             run.say(f"exported Hugging Face checkpoint to {out}")
         if dist.is_initialized():
             dist.barrier()
     return Path(out)
 
 
-def _progress_bar(run: _Run, state: TrainState, log):
-    """Rank 0's bar, shown only on a terminal (in a file, thousands of ``\r`` redraws bury the step lines).
-
-    While it shows, the run's messages go through ``bar.write`` (the bar is cleared, the line printed,
-    the bar redrawn), so "saved checkpoint ..." never lands on the bar's line.
-    """
+def _progress_bar(run: _Run, state: TrainState):
+    """Rank 0's bar, shown only on a terminal (in a file, thousands of ``\r`` redraws bury the step lines)."""
     if not run.d.is_main or not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=run.total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
-    if log is print:  # a caller's own log function is left alone
-        run.say = lambda *parts, **_: bar.write(" ".join(map(str, parts)))
-    return bar
+    return tqdm(total=run.total, initial=state.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
 def train(recipe: Recipe, log=print) -> TrainResult:
@@ -430,94 +431,106 @@ def train(recipe: Recipe, log=print) -> TrainResult:
         return _train(recipe, log, d, rank_batch, say, lock)
 
 
-def _train(recipe: Recipe, log, d: Dist, rank_batch: int, say, lock: FolderLock) -> TrainResult:
-    # ---- model, data, in-training evaluation (all validated before the first step) ----------
+def _build_run(recipe: Recipe, d: Dist, rank_batch: int, say, lock: FolderLock) -> _Run:
+    """Model, data and in-training evaluation (all validated before the first step), parallelism,
+    optimizer and micro-batch size."""
     model = _build_model(recipe, say, d.device)
     batches, seq_len = _build_data(recipe, model.config, rank_batch, d, say)
     tokenizer = _data_tokenizer(recipe, batches)
     total = _total_steps(recipe, batches, seq_len)
     say(f"training for {total} steps of {recipe.train.global_batch_size} samples x {seq_len} tokens on "
         f"{d.world_size} rank(s), device {d.device}, precision {recipe.train.precision}")
-
-    # ---- parallelism, optimizer, micro-batch size ------------------------------------------------
     wrapped, autocast = _parallelize(recipe, model, d)
-    run = _Run(recipe, d, say, Watchdog(recipe.watchdog), model, wrapped, autocast,
-               _build_optimizer(model, recipe, d.device), batches, SpikeGuard(recipe.spike), tokenizer,
-               _build_icl(recipe, tokenizer), total, lock=lock)
-    run.micro = _choose_micro_batch(run)  # before resuming: the trial must not disturb restored RNG state
+    watchdog = Watchdog(recipe.watchdog)
+    optimizer = _build_optimizer(model, recipe, d.device)
+    guard, icl = SpikeGuard(recipe.spike), _build_icl(recipe, tokenizer)
+    # before resuming: the trial must not disturb restored RNG state
+    micro = _choose_micro_batch(recipe, watchdog, wrapped, batches, d, autocast, say)
+    return _Run(recipe, d, say, watchdog, model, wrapped, autocast, optimizer, batches, guard, tokenizer, icl, seq_len,
+                total, micro, lock)
 
-    # ---- resume (all ranks agree on the checkpoint), monitoring ----------------------------------
+
+def _train(recipe: Recipe, log, d: Dist, rank_batch: int, say, lock: FolderLock) -> TrainResult:
+    run = _build_run(recipe, d, rank_batch, say, lock)
     state = TrainState()
     if recipe.checkpoint.autoresume and not recipe.checkpoint.start_over:
-        _resume(run, state)
+        _resume(run, state)  # all ranks agree on the checkpoint
     if state.last_ckpt is None:  # before its first save: a fresh run must not replace checkpoints it did not write
         with run.watchdog.phase():
             ckpt.start_fresh(recipe.checkpoint.folder, recipe.run_name, recipe.checkpoint.start_over, say)
-    run.monitor = _build_monitor(run, seq_len, fresh=state.step == 0)
+    monitor = _build_monitor(run, fresh=state.step == 0)
+    bar = _progress_bar(run, state)
+    if bar is not None and log is print:  # a caller's own log function is left alone
+        # the bar is cleared, the line printed, the bar redrawn: "saved checkpoint ..." never lands on it
+        run = replace(run, say=lambda *parts, **_: bar.write(" ".join(map(str, parts))))
     preemption = _Preemption()
-    last_icl: dict[str, float] = {}
-    bar = _progress_bar(run, state, log)
-
-    # ---- the loop ----------------------------------------------------------------------------------
     try:
-        while state.step < total:
-            start = time.perf_counter()
-            with run.watchdog.covering(run.watchdog.step_limit(run.monitor.median_step_time())):
-                batch = batches.next()
-                sched = recipe.scheduler
-                lr = recipe.optimizer.lr * lr_multiplier(state.step, total, sched.warmup_batches, sched.name,
-                                                         sched.alpha_f)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                result = train_step(run, batch)
-                stop = all_reduce_max(float(preemption.requested), d.device) > 0
-            state.step += 1
-            state.tokens += result.tokens
-            if result.skipped is None:
-                state.final_loss = result.loss
-            else:
-                run.say(f"step {state.step}: skipped ({result.skipped})")
-            line = run.monitor.step(state.step, total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                                                        "skipped": result.skipped or ""},
-                                    result.tokens, time.perf_counter() - start, d.device)
-            if bar is not None:
-                bar.update(1)
-            if state.step % recipe.log.every_batches == 0 or state.step == total:
-                run.say(line)  # through the bar while it shows; the step line alone without one
-
-            if result.rollback:
-                with run.watchdog.phase():
-                    _rollback(run, state, result.skipped)
-                if bar is not None:
-                    bar.n = state.step
-                continue
-
-            evaluated = _evaluate(run, state.step)
-            last_icl = {k: v for k, v in evaluated.items() if k.startswith("icl/")} or last_icl
-            if evaluated:
-                run.monitor.record(state.step, evaluated)
-
-            every = recipe.checkpoint.every_batches
-            if stop or (every and state.step % every == 0) or state.step == total:
-                _save(run, state)
-            if stop:
-                run.say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
-                    "resume)")
-                return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, None,
-                                   interrupted=True, icl=last_icl)
+        interrupted = _steps(run, state, monitor, bar, preemption)
     finally:
         preemption.restore()
         if bar is not None:
             bar.close()
-
-    # ---- the end ------------------------------------------------------------------------------------
-    if state.last_ckpt is None or not state.last_ckpt.name.endswith(f"{state.step:08d}"):
-        _save(run, state)
+    if interrupted:
+        return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, None, interrupted=True,
+                           icl=state.icl)
+    if not state.saved:
+        _save(run, state, monitor)
     exported = _export(run, state)
-    plot = run.monitor.plot()
+    plot = monitor.plot()
     if plot:
         say(f"loss curve: {plot}")
-    return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, exported, icl=last_icl)
+    return TrainResult(state.step, state.tokens, state.final_loss, state.last_ckpt, exported, icl=state.icl)
+
+
+def _steps(run: _Run, state: TrainState, monitor: Monitor, bar, preemption: _Preemption) -> bool:
+    """Step until the duration is reached; True if stopped early by SIGTERM (after saving)."""
+    recipe, d = run.recipe, run.d
+    while state.step < run.total:
+        start = time.perf_counter()
+        with run.watchdog.covering(run.watchdog.step_limit(monitor.median_step_time())):
+            batch = run.batches.next()
+            sched = recipe.scheduler
+            lr = recipe.optimizer.lr * lr_multiplier(state.step, run.total, sched.warmup_batches, sched.name,
+                                                     sched.alpha_f)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            result = train_step(run, batch)
+            stop = any_rank(preemption.requested, d.device)
+        state.step += 1
+        state.tokens += result.tokens
+        state.saved = False
+        if result.skipped is None:
+            state.final_loss = result.loss
+        else:
+            run.say(f"step {state.step}: skipped ({result.skipped})")
+        line = monitor.step(state.step, run.total, {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                                                    "skipped": result.skipped or ""},
+                            result.tokens, time.perf_counter() - start, d.device)
+        if bar is not None:
+            bar.update(1)
+        if state.step % recipe.log.every_batches == 0 or state.step == run.total:
+            run.say(line)  # through the bar while it shows; the step line alone without one
+
+        if result.rollback:
+            with run.watchdog.phase():
+                _rollback(run, state, result.skipped)
+            if bar is not None:
+                bar.n = state.step
+            continue
+
+        evaluated = _evaluate(run, state.step)
+        state.icl = {k: v for k, v in evaluated.items() if k.startswith("icl/")} or state.icl
+        if evaluated:
+            monitor.record(state.step, evaluated)
+
+        every = recipe.checkpoint.every_batches
+        if stop or (every and state.step % every == 0) or state.step == run.total:
+            _save(run, state, monitor)
+        if stop:
+            run.say(f"SIGTERM: saved {state.last_ckpt} at step {state.step}; exiting (start the same command to "
+                    "resume)")
+            return True
+    return False
 
 
 @torch.no_grad()
@@ -531,7 +544,7 @@ def validation_loss(model, recipe: Recipe, d: Dist, autocast) -> float:
 
     rank_batch = max(1, recipe.train.global_batch_size // d.world_size)
     if recipe.data.packing:
-        seq_len = getattr(model, "module", model).config.max_seq_len
+        seq_len = unwrap(model).config.max_seq_len
         batches = PackedPretrainBatches(recipe.data.eval_sources, seq_len, rank_batch, recipe.train.seed, d.rank,
                                         d.world_size, log=lambda *_: None)
     else:

@@ -24,6 +24,9 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from ..ranks import any_rank
+from .parallel import unwrap
+
 
 class _PeerOutOfMemory(RuntimeError):
     """Another rank ran out of memory during this attempt."""
@@ -35,8 +38,7 @@ class _OutOfMemorySync:
         self.handles = []
         if not dist.is_initialized():
             return
-        model = getattr(model, "module", model)  # DDP
-        for block in model.transformer.blocks:
+        for block in unwrap(model).transformer.blocks:
             # prepend: meet the peers before FSDP's own hooks issue their all-gathers; a module's
             # full backward hook runs before FSDP's post-backward (which reduce-scatters)
             self.handles.append(block.register_forward_pre_hook(self.meet, prepend=True))
@@ -45,11 +47,7 @@ class _OutOfMemorySync:
 
     def report(self, out_of_memory: bool) -> bool:
         """Tell the peers whether this rank ran out of memory; True if any rank did."""
-        if not dist.is_initialized():
-            return out_of_memory
-        flag = torch.tensor([1.0 if out_of_memory else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return any_rank(out_of_memory, self.device)
 
     def meet(self, *args) -> None:
         if self.report(False):

@@ -6,14 +6,13 @@ on every block and then on the root, so each block's parameters are gathered jus
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..ranks import launch_env, rank_world
+from ..ranks import join_process_group, launch_env, rank_world
 
 
 @dataclass
@@ -34,7 +33,7 @@ def init_distributed(device_choice: str) -> Dist:
     if device_choice == "cuda" and not cuda:
         raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu (or auto)")
     use_cuda = cuda and device_choice != "cpu"
-    env_rank, world, local_rank = launch_env()
+    _, world, local_rank = launch_env()
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
@@ -42,31 +41,14 @@ def init_distributed(device_choice: str) -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        store = _restart_safe_store(world)
-        if store is None:
-            dist.init_process_group(backend)
-        else:
-            dist.init_process_group(backend, store=store, rank=env_rank, world_size=world)
+    join_process_group(use_cuda)
     rank, _ = rank_world()
     return Dist(rank, world, local_rank, device)
 
 
-def _restart_safe_store(world: int):
-    """The agent's store, under a key prefix of this restart round (None: torch's default env:// store).
-
-    After ``torchrun --max-restarts`` restarts a group, the workers meet again in the agent's store,
-    where the previous round's keys still stand: gloo then reads a dead rank's address and times out
-    ("connectFullMesh failed ... Connection refused"). A prefix per round keeps the rounds apart.
-    """
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
-    from datetime import timedelta
-
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
-                          timeout=timedelta(minutes=10))
-    return dist.PrefixStore(f"mpt/round-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP's wrapper (FSDP2 and per-block compile change the module in place: it is its own)."""
+    return getattr(model, "module", model)
 
 
 def parallelize(model: nn.Module, strategy: str, sharding: str, world_size: int,
@@ -128,11 +110,4 @@ def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
     t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
     if dist.is_initialized():
         dist.all_reduce(t)
-    return float(t.item())
-
-
-def all_reduce_max(value: float, device: torch.device) -> float:
-    t = torch.tensor(value, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
