@@ -108,16 +108,16 @@ LM_EVAL = OwnArguments(
 
 # ---- every command, in the order --help lists them ---------------------------------------------------
 COMMANDS = [
-    Command("model-info", "mpt.tools:ModelInfoConfig", "mpt.tools:print_model_info",
+    Command("model-info", "mpt.checkpoint_commands:ModelInfoConfig", "mpt.checkpoint_commands:print_model_info",
             "parameters, FLOPs per token and memory of model presets",
             "Print parameter count, training FLOPs per token (LLM Foundry's MFU formula) and memory for weights "
             "and optimizer state. Nothing is built."),
-    Command("convert", "mpt.tools:ConvertConfig", "mpt.tools:convert",
+    Command("convert", "mpt.checkpoint_commands:ConvertConfig", "mpt.checkpoint_commands:convert",
             "convert any MPT checkpoint to a transformers-loadable one",
             "Read an MPT checkpoint (ours, transformers' MptForCausalLM, or MosaicML's original layout; a local "
             "folder, or a hub name when online) and write safetensors + config.json that plain transformers "
             "loads. Warns about config fields transformers' MPT does not honour."),
-    Command("demo", "mpt.tools:DemoConfig", "mpt.tools:demo",
+    Command("demo", "mpt.checkpoint_commands:DemoConfig", "mpt.checkpoint_commands:demo",
             "offline demo: build a preset, export, reload with transformers, generate",
             "Build a randomly initialised model from a preset, save it in Hugging Face format, reload it with "
             "plain transformers and compare logits, then generate past max_seq_len with the KV cache. Needs no "
@@ -165,7 +165,7 @@ COMMANDS = [
             "/v1/chat/completions, streaming with stream: true; GET /health) and a chat page at /. Concurrent "
             "requests share decode steps (continuous batching).",
             "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1"),
-    Command("export", "mpt.tools:ExportConfig", "mpt.tools:export",
+    Command("export", "mpt.checkpoint_commands:ExportConfig", "mpt.checkpoint_commands:export",
             "export a checkpoint: Hugging Face format (default) or ONNX",
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "
             "load. --format onnx: write prefill.onnx (input_ids -> logits and the key/value cache) and "
