@@ -63,24 +63,24 @@ def test_choice_predictions_equal_lm_eval(runs, label):
     assert len(samples) == len(ours[label, "none"]) > 0
     for s, mine, mine_char in zip(samples, ours[label, "none"], ours[label, "char"], strict=True):
         lls = [r[0] for r in s["filtered_resps"]]
-        assert mine["logprobs"] == pytest.approx(lls, abs=2e-3), s["doc_id"]
-        assert float(mine["correct"]) == s["acc"]
+        assert mine.logprobs == pytest.approx(lls, abs=2e-3), s["doc_id"]
+        assert float(mine.correct) == s["acc"]
         if "acc_norm" in s:
-            assert float(mine_char["correct"]) == s["acc_norm"]
+            assert float(mine_char.correct) == s["acc_norm"]
 
 
 def test_language_modeling_equals_lm_eval_is_greedy(runs):
     names, theirs, ours, _ = runs
     for s, mine in zip(theirs[names["lambada_openai"]], ours["lambada_openai", "none"], strict=True):
         ll, greedy = s["filtered_resps"][0]
-        assert mine["logprobs"][0] == pytest.approx(ll, abs=2e-3)
-        assert mine["correct"] == bool(greedy) == bool(s["acc"])
+        assert mine.logprobs[0] == pytest.approx(ll, abs=2e-3)
+        assert mine.correct == bool(greedy) == bool(s["acc"])
 
 
 def test_generations_equal_lm_eval(runs):
     names, theirs, ours, _ = runs
     for s, mine in zip(theirs[names["triviaqa_sm_sub"]], ours["triviaqa_sm_sub", "none"], strict=True):
-        assert mine["prediction"] == s["filtered_resps"][0]
+        assert mine.prediction == s["filtered_resps"][0]
 
 
 def test_lm_eval_model_mpt_equals_model_hf(runs, tiny_mpt_dir):
@@ -121,5 +121,5 @@ def test_llama_prefix_reuse_equals_lm_eval(llama_runs, label):
     samples = theirs[names[label]]
     assert len(samples) == len(ours[label]) > 0
     for s, mine in zip(samples, ours[label], strict=True):
-        assert mine["logprobs"] == pytest.approx([r[0] for r in s["filtered_resps"]], abs=2e-3), s["doc_id"]
-        assert float(mine["correct"]) == s["acc"]
+        assert mine.logprobs == pytest.approx([r[0] for r in s["filtered_resps"]], abs=2e-3), s["doc_id"]
+        assert float(mine.correct) == s["acc"]

@@ -109,8 +109,8 @@ def test_llama_prefix_reuse_equals_plain_and_float64(llama, tokenizer, tmp_path,
     assert fast_tokens < plain_tokens  # the shared prefixes really ran once
     schema = "context_options" in records[0]
     for a, b in zip(fast, plain, strict=True):
-        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
-        assert a["prediction"] == b["prediction"] and a["n_tokens"] == b["n_tokens"]
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        assert a.prediction == b.prediction and a.n_tokens == b.n_tokens
     # and both equal a float64 forward of each whole sequence, alone
     from mpt.eval.tasks import build_prompts, load_task_records
 
@@ -119,8 +119,8 @@ def test_llama_prefix_reuse_equals_plain_and_float64(llama, tokenizer, tmp_path,
         pairs = [(c, p.continuations[0]) for c in p.contexts] if schema else \
             [(p.contexts[0], c) for c in p.continuations]
         want = [_ref_logprob(ref, *_ref_ids(tokenizer, p, ctx, cont))[0] for ctx, cont in pairs]
-        assert row["logprobs"] == pytest.approx(want, abs=2e-4)
-        assert row["prediction"] == max(range(len(want)), key=lambda k: (want[k], -k))
+        assert row.logprobs == pytest.approx(want, abs=2e-4)
+        assert row.prediction == max(range(len(want)), key=lambda k: (want[k], -k))
 
 
 def test_learned_position_mpt_takes_the_plain_path():
@@ -136,7 +136,7 @@ def test_learned_position_mpt_takes_the_plain_path():
 def test_ranks_get_equal_work():
     import random
 
-    from mpt.eval.harness import _cost, share
+    from mpt.eval.harness import _cost, split_across_ranks
     from mpt.eval.tasks import Prompt
 
     rng = random.Random(0)
@@ -144,9 +144,9 @@ def test_ranks_get_equal_work():
     lengths = sorted((rng.randint(5, 400) for _ in range(60)), reverse=True)
     prompts = [Prompt(i, None, "", ["x" * n], [" y"], 0, [], [], []) for i, n in enumerate(lengths)]
     strided = [sum(_cost(p) for p in prompts[r::3]) for r in range(3)]
-    parts = [share(prompts, r, 3) for r in range(3)]
+    parts = [split_across_ranks(prompts, r, 3) for r in range(3)]
     assert sorted(p.index for part in parts for p in part) == list(range(len(prompts)))  # each once
     assert all([p.index for p in part] == sorted(p.index for p in part) for part in parts)
     work = [sum(_cost(p) for p in part) for part in parts]
     assert max(work) - min(work) < (max(strided) - min(strided)) / 10, (work, strided)  # 12 vs 240 characters
-    assert share(prompts, 0, 1) == prompts
+    assert split_across_ranks(prompts, 0, 1) == prompts

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from mpt.eval import TaskConfig, evaluate, load_model
-from mpt.eval.scoring import choice_scores, normalize_answer, pick, qa_correct
+from mpt.eval.task_types import TASK_TYPES
+from mpt.eval.task_types.choice import choice_scores, pick
+from mpt.eval.task_types.generation import normalize_answer, qa_correct
 from mpt.eval.tasks import build_prompts, load_task_records
 
 from .conftest import write_jsonl
@@ -77,11 +79,11 @@ def test_multiple_choice_matches_float64(request, tokenizer, tmp_path, which, re
             ctx_ids, cont_ids = _ref_ids(tokenizer, p, p.contexts[0], cont)
             ref_lp.append(_ref_logprob(ref, ctx_ids, cont_ids)[0])
             ref_n.append(len(cont_ids))
-        assert row["logprobs"] == pytest.approx(ref_lp, abs=2e-4)
-        assert row["n_tokens"] == ref_n
+        assert row.logprobs == pytest.approx(ref_lp, abs=2e-4)
+        assert row.n_tokens == ref_n
         per_token = [lp / n for lp, n in zip(ref_lp, ref_n, strict=True)]
         expected = max(range(len(per_token)), key=lambda k: (per_token[k], -k))
-        assert row["prediction"] == expected
+        assert row.prediction == expected
         correct += expected == p.gold
     assert out.tasks[0].accuracy == pytest.approx(correct / len(MC))
 
@@ -99,10 +101,10 @@ def test_schema_matches_float64(mpt, tokenizer, tmp_path):
                 ctx_ids, cont_ids = _ref_ids(tokenizer, p, ctx, p.continuations[0])
                 ref_lp.append(_ref_logprob(ref, ctx_ids, cont_ids)[0])
                 ref_n.append(len(cont_ids))
-            assert row["logprobs"] == pytest.approx(ref_lp, abs=2e-4)
+            assert row.logprobs == pytest.approx(ref_lp, abs=2e-4)
             per_token = [lp / n for lp, n in zip(ref_lp, ref_n, strict=True)]
-            assert row["prediction"] == max(range(2), key=lambda k: (per_token[k], -k))
-            assert row["correct"] == (row["prediction"] == p.gold)
+            assert row.prediction == max(range(2), key=lambda k: (per_token[k], -k))
+            assert row.correct == (row.prediction == p.gold)
 
 
 def _greedy(ref, ids, n):
@@ -136,8 +138,8 @@ def test_language_modeling_accuracy_is_greedy_match(request, tokenizer, tmp_path
     for row, p in zip(out.examples, prompts, strict=True):
         ctx_ids, cont_ids = _ref_ids(tokenizer, p, p.contexts[0], p.continuations[0])
         lp, greedy = _ref_logprob(ref, ctx_ids, cont_ids)
-        assert row["correct"] == greedy and row["logprobs"][0] == pytest.approx(lp, abs=2e-4)
-    assert any(r["correct"] for r in out.examples), "no example exercised the correct branch"
+        assert row.correct == greedy and row.logprobs[0] == pytest.approx(lp, abs=2e-4)
+    assert any(r.correct for r in out.examples), "no example exercised the correct branch"
 
 
 @pytest.mark.parametrize("which", ["mpt", "gpt2"])
@@ -147,18 +149,18 @@ def test_generation_matches_a_plain_greedy_loop(request, tokenizer, tmp_path, wh
     path = write_jsonl(tmp_path / "qa.jsonl", recs)
     task = TaskConfig("t", str(path), max_new_tokens=4)
     _, r = load_task_records(task, path)
-    prompts = build_prompts(task, "generation_task_with_answers", r, 0, prefix_space=True)
+    prompts = build_prompts(task, TASK_TYPES["generation_task_with_answers"], r, 0, prefix_space=True)
     expected = [tokenizer.decode(_greedy(ref, _ref_ids(tokenizer, p, p.contexts[0], "")[0], 4), skip_special_tokens=True)
                 for p in prompts]
     for rec, text in zip(recs[:3], expected, strict=False):  # make some answers right
         rec["aliases"] = [text.strip()[:6] or "zzz"]
     write_jsonl(path, recs)
     out, _ = _run(model, tokenizer, path, max_new_tokens=4, batch=2)
-    assert [row["generation"] for row in out.examples] == expected
+    assert [row.generation for row in out.examples] == expected
     for row, rec, text in zip(out.examples, recs, expected, strict=True):
-        assert row["correct"] == any(normalize_answer(text).startswith(normalize_answer(a))
+        assert row.correct == any(normalize_answer(text).startswith(normalize_answer(a))
                                      for a in [rec["answer"], *rec["aliases"]])
-    assert sum(r["correct"] for r in out.examples) >= 1
+    assert sum(r.correct for r in out.examples) >= 1
 
 
 def test_truncation_drops_shots_then_cuts_context_never_the_continuation(mpt, tokenizer, tmp_path):
@@ -168,12 +170,12 @@ def test_truncation_drops_shots_then_cuts_context_never_the_continuation(mpt, to
     out, _ = _run(model, tokenizer, path, num_fewshot=[3], window=100)
     res = out.tasks[0]
     assert res.fewshot_dropped == 4  # 4 x 40+ words cannot fit 100 tokens
-    assert all(r["fewshot_used"] < 3 for r in out.examples)
+    assert all(r.fewshot_used < 3 for r in out.examples)
     out, prompts = _run(model, tokenizer, path, num_fewshot=[0], window=20)
     assert out.tasks[0].context_cut == 4
     for row, p in zip(out.examples, prompts, strict=True):
         full = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in p.continuations]
-        assert row["n_tokens"] == full and row["context_cut"] > 0
+        assert row.n_tokens == full and row.context_cut > 0
 
 
 def test_scoring_rules_by_hand():

@@ -6,6 +6,7 @@ import pytest
 
 from mpt.data.readers import DataInputError
 from mpt.eval.suite import load_suite, task_from_dict
+from mpt.eval.task_types import TASK_TYPES
 from mpt.eval.tasks import (
     EvalTaskError,
     TaskConfig,
@@ -62,10 +63,16 @@ def test_unknown_task_type_and_fields(tmp_path):
 
 
 def test_type_inference_for_each_schema():
-    assert infer_task_type({"context": "c", "continuation": "x"}, "f") == "language_modeling"
-    assert infer_task_type({"choices": [], "query": "q", "gold": 0}, "f") == "multiple_choice"
-    assert infer_task_type({"context_options": [], "continuation": "c", "gold": 0}, "f") == "schema"
-    assert infer_task_type({"context": "c", "answer": "a", "aliases": []}, "f") == "generation_task_with_answers"
+    assert infer_task_type({"context": "c", "continuation": "x"}, "f").name == "language_modeling"
+    assert infer_task_type({"choices": [], "query": "q", "gold": 0}, "f").name == "multiple_choice"
+    assert infer_task_type({"context_options": [], "continuation": "c", "gold": 0}, "f").name == "schema"
+    assert infer_task_type({"context": "c", "answer": "a", "aliases": []}, "f").name == "generation_task_with_answers"
+
+
+def test_fields_that_fit_two_types_need_the_type_named():
+    with pytest.raises(EvalTaskError, match=r"f:3: the fields fit language_modeling and "
+                                            r"generation_task_with_answers; set icl_task_type"):
+        infer_task_type({"context": "c", "continuation": "x", "answer": "a", "_line": 3}, "f")
 
 
 def test_lines_split_on_newline_only(tmp_path):
@@ -173,8 +180,8 @@ def test_prefix_space_rule(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", recs)
     task = TaskConfig("t", str(path))
     _, r = load_task_records(task, path)
-    (with_space,) = build_prompts(task, "multiple_choice", r, 0, prefix_space=True)
-    (without,) = build_prompts(task, "multiple_choice", r, 0, prefix_space=False)
+    (with_space,) = build_prompts(task, TASK_TYPES["multiple_choice"], r, 0, prefix_space=True)
+    (without,) = build_prompts(task, TASK_TYPES["multiple_choice"], r, 0, prefix_space=False)
     assert with_space.continuations == [" spaced", " plain"]  # no second space
     assert without.continuations == [" spaced", "plain"]
 

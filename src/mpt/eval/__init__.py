@@ -13,6 +13,7 @@ _EXPORTS = {"GauntletResult": ".gauntlet", "aggregate": ".gauntlet", "EvalOutput
             "TaskResult": ".harness", "evaluate": ".harness", "load_model": "mpt.model.load",
             "load_tokenizer": "mpt.data.tokenize", "GauntletConfig": ".suite", "Suite": ".suite",
             "load_gauntlet": ".suite", "load_suite": ".suite", "EvalTaskError": ".tasks", "Prompt": ".tasks",
-            "TaskConfig": ".tasks"}
+            "TaskConfig": ".tasks", "ExampleRow": ".task_types", "ICLTaskType": ".task_types",
+            "TASK_TYPES": ".task_types"}
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

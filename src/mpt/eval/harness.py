@@ -1,13 +1,11 @@
 """Run tasks on a model: the function behind ``mpt eval``, also the in-training eval hook.
 
 ``evaluate(model, tokenizer, tasks, ...)`` validates every task file first, then for each task and
-few-shot count builds the prompts, scores them (:mod:`mpt.eval.runner`) and returns accuracies,
-per-category accuracies, truncation counts and, optionally, one record per example.
+few-shot count builds the prompts, has the task's type score them and returns accuracies,
+per-category accuracies, truncation counts and, optionally, one typed row per example.
 
-With ``torchrun`` (``torch.distributed`` initialised, world size > 1) the examples are sorted by
-their length in characters and each goes to the rank with the least text so far, so every rank
-gets nearly the same amount of work, not just the same count; the per-example results are then
-gathered in file order.
+Under ``torchrun`` (world size > 1) the examples are split across ranks by length
+(:func:`split_across_ranks`) and the rows are gathered back in file order.
 """
 
 from __future__ import annotations
@@ -20,10 +18,10 @@ from pathlib import Path
 import torch
 
 from ..ranks import rank_world
-from .encode import Encoded, encode_prompt, needs_prefix_space
-from .runner import ScoreGroup, generate_greedy, score_groups
-from .scoring import choice_scores, cut_at_stop, pick, qa_correct
+from .encode import encode_prompt, needs_prefix_space
+from .runner import EvalModel
 from .suite import resolve_task_file
+from .task_types import ExampleRow, ICLTaskType
 from .tasks import Prompt, TaskConfig, build_prompts, load_task_records, render_prompt
 
 
@@ -49,14 +47,8 @@ class TaskResult:
 @dataclass
 class EvalOutput:
     tasks: list[TaskResult]
-    examples: list[dict]
+    examples: list[ExampleRow]
     seconds: float
-
-
-METRICS = {"language_modeling": "InContextLearningLMAccuracy",
-           "multiple_choice": "InContextLearningMultipleChoiceAccuracy",
-           "schema": "InContextLearningMultipleChoiceAccuracy",
-           "generation_task_with_answers": "InContextLearningGenerationExactMatchAccuracy"}
 
 
 def context_window(model) -> int:
@@ -68,18 +60,12 @@ def context_window(model) -> int:
     raise ValueError(f"cannot tell the context window of {type(model).__name__}; give --max-seq-len")
 
 
-def max_answer_tokens(tokenizer, records: list[dict]) -> int:
-    """LLM Foundry's generation budget: the longest answer or alias in tokens."""
-    texts = [a for rec in records for a in [rec["answer"], *rec.get("aliases", [])]]
-    return max([1, *(len(ids) for ids in tokenizer(texts)["input_ids"])])  # one batched call: fast
-
-
 def _cost(p: Prompt) -> int:
     """Characters the model reads for ``p`` (shared context once, each option once)."""
     return len(p.preamble) + sum(map(len, p.contexts)) + sum(map(len, p.continuations))
 
 
-def share(prompts: list[Prompt], rank: int, world: int) -> list[Prompt]:
+def split_across_ranks(prompts: list[Prompt], rank: int, world: int) -> list[Prompt]:
     """This rank's prompts, in their original order: costliest first, each to the least-loaded rank.
 
     Every rank computes the same assignment from the same prompts, so no message is needed.
@@ -120,25 +106,22 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
     prefix_space = needs_prefix_space(tokenizer)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    runner = EvalModel(model, tokenizer, batch_size, pad, eos, prefix_reuse, max_batch_tokens)
     rank, world = rank_world()
     was_training = model.training
     model.eval()
     results, examples = [], []
     for task, path, task_type, records in loaded:
+        new_tokens = task_type.new_tokens(task, tokenizer, records)
         for k in task.num_fewshot:
             t0 = time.perf_counter()
-            prompts = build_prompts(task, task_type, records, k, prefix_space, limit)
-            prompts = share(prompts, rank, world)
-            reserve = 0
-            if task_type == "generation_task_with_answers":
-                reserve = task.max_new_tokens or max_answer_tokens(tokenizer, records)
+            prompts = split_across_ranks(build_prompts(task, task_type, records, k, prefix_space, limit), rank, world)
             encoded = [encode_prompt(p, tokenizer, window, partial(_rerender, task, task_type, records, p, prefix_space),
-                                     reserve=reserve, where=f"{path}:{records[p.index]['_line']}") for p in prompts]
-            bar = tqdm(total=len(encoded), desc=f"{task.label} {k}-shot", unit="ex", disable=not progress or rank > 0,
-                       leave=False)
-            rows = _run(model, tokenizer, task, task_type, encoded, records, reserve, batch_size, pad, eos, bar,
-                        prefix_reuse, max_batch_tokens)
-            bar.close()
+                                     reserve=new_tokens, where=f"{path}:{records[p.index]['_line']}") for p in prompts]
+            runner.progress = tqdm(total=len(encoded), desc=f"{task.label} {k}-shot", unit="ex",
+                                   disable=not progress or rank > 0, leave=False)
+            rows = task_type.run(runner, task, encoded, records, new_tokens)
+            runner.progress.close()
             rows = _gather(rows, world)
             results.append(_summarise(task, task_type, k, rows, time.perf_counter() - t0))
             if keep_examples:
@@ -147,75 +130,29 @@ def evaluate(model, tokenizer, tasks: list[TaskConfig], data_dir: str | Path | N
     return EvalOutput(results, examples, time.perf_counter() - start_all)
 
 
-def _rerender(task, task_type, records, p: Prompt, prefix_space: bool, shots: list[int]) -> Prompt:
+def _rerender(task: TaskConfig, task_type: ICLTaskType, records: list[dict], p: Prompt, prefix_space: bool,
+              shots: list[int]) -> Prompt:
     """The same example with fewer demonstrations (to fit the window)."""
     return render_prompt(task, task_type, records, p.index, p.category, p.pool, shots, prefix_space)
 
 
-def _run(model, tokenizer, task: TaskConfig, task_type: str, encoded: list[Encoded], records, reserve: int,
-         batch_size: int, pad: int, eos, bar, prefix_reuse: bool, max_tokens: int) -> list[dict]:
-    rows = []
-    if task_type == "generation_task_with_answers":
-        new = generate_greedy(model, [e.contexts[0] for e in encoded], reserve, eos, pad, batch_size, bar)
-        for e, ids in zip(encoded, new, strict=True):
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            correct = qa_correct(text, e.prompt.answers, task.early_stopping_criteria, task.do_normalization)
-            rows.append(_row(task, task_type, e, records, correct,
-                             generation=text, prediction=cut_at_stop(text, task.early_stopping_criteria)))
-        return rows
-    groups = []
-    for e in encoded:
-        if task_type == "schema":
-            cont = e.continuations[0]
-            groups.append(ScoreGroup([c + cont for c in e.contexts], [len(c) for c in e.contexts]))
-        else:
-            ctx = e.contexts[0]
-            groups.append(ScoreGroup([ctx + c for c in e.continuations], [len(ctx)] * len(e.continuations)))
-    scored = score_groups(model, groups, batch_size, pad, bar, prefix_reuse, max_tokens,
-                          greedy=task_type == "language_modeling")
-    for e, s in zip(encoded, scored, strict=True):
-        if task_type == "language_modeling":
-            rows.append(_row(task, task_type, e, records, s[0].greedy, logprobs=[s[0].logprob],
-                             n_tokens=[s[0].n_tokens], prediction=int(not s[0].greedy)))
-            continue
-        options = e.prompt.continuations if task_type == "multiple_choice" else e.prompt.contexts
-        raw = records[e.prompt.index]["choices" if task_type == "multiple_choice" else "context_options"]
-        scores = choice_scores([x.logprob for x in s], [x.n_tokens for x in s], [len(o) for o in raw],
-                               task.normalization)
-        pred = pick(scores)
-        rows.append(_row(task, task_type, e, records, pred == e.prompt.gold, logprobs=[x.logprob for x in s],
-                         n_tokens=[x.n_tokens for x in s], scores=scores, prediction=pred, options=options))
-    return rows
-
-
-def _row(task, task_type, e: Encoded, records, correct: bool, **extra) -> dict:
-    p = e.prompt
-    return {"task": task.label, "num_fewshot": len(p.fewshot) + e.fewshot_dropped, "index": p.index,
-            "line": records[p.index]["_line"], "category": p.category,
-            "prompt": p.preamble + p.contexts[p.gold if task_type == "schema" else 0],
-            "continuation": p.continuations[0] if task_type in ("language_modeling", "schema") else None,
-            "gold": p.answers if task_type == "generation_task_with_answers" else p.gold,
-            "correct": bool(correct), "fewshot_used": len(p.fewshot), "fewshot_dropped": e.fewshot_dropped,
-            "context_cut": e.context_cut, **extra}
-
-
-def _gather(rows: list[dict], world: int) -> list[dict]:
+def _gather(rows: list[ExampleRow], world: int) -> list[ExampleRow]:
     if world == 1:
         return rows
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, rows)
-    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    return sorted((r for part in parts for r in part), key=lambda r: r.index)
 
 
-def _summarise(task: TaskConfig, task_type: str, k: int, rows: list[dict], seconds: float) -> TaskResult:
+def _summarise(task: TaskConfig, task_type: ICLTaskType, k: int, rows: list[ExampleRow], seconds: float) -> TaskResult:
     n = len(rows)
-    micro = sum(r["correct"] for r in rows) / max(n, 1)
+    micro = sum(r.correct for r in rows) / max(n, 1)
     cats: dict[str, list[bool]] = {}
     if task.has_categories:
         for r in rows:
-            cats.setdefault(r["category"], []).append(r["correct"])
+            cats.setdefault(r.category, []).append(r.correct)
     categories = {c: (sum(v) / len(v), len(v)) for c, v in sorted(cats.items())}
     accuracy = sum(a for a, _ in categories.values()) / len(categories) if categories else micro
-    return TaskResult(task.label, k, task_type, METRICS[task_type], accuracy, n, micro, categories,
-                      fewshot_dropped=sum(r["fewshot_dropped"] > 0 for r in rows),
-                      context_cut=sum(r["context_cut"] > 0 for r in rows), seconds=seconds)
+    return TaskResult(task.label, k, task_type.name, task_type.metric, accuracy, n, micro, categories,
+                      fewshot_dropped=sum(r.fewshot_dropped > 0 for r in rows),
+                      context_cut=sum(r.context_cut > 0 for r in rows), seconds=seconds)

@@ -1,15 +1,11 @@
 """lm-evaluation-harness integration (optional extra: ``pip install -e ".[eval]"``).
 
-* ``--model mpt``: an lm-eval model that loads our checkpoints (and any Hugging Face-format MPT)
-  with our class, on lm-eval's own Hugging Face code path for everything else. lm-eval has no
-  plugin discovery, so run it through this module, which registers the model first::
-
-      python -m mpt.eval.lm_eval_adapter --model mpt --model_args pretrained=DIR --tasks piqa
-
-  (any ``lm_eval`` command line works after ``python -m mpt.eval.lm_eval_adapter``).
-* :func:`export_task`: one of our tasks, with our prompts already rendered, as a local lm-eval
-  task (``dataset_path: json``), so lm-eval scores exactly the strings we score. That is how
-  our per-example predictions are checked against lm-eval's (``tests/eval/test_lm_eval_parity.py``).
+* ``--model mpt``: lm-eval's Hugging Face model, loading our checkpoints with our class. lm-eval has
+  no plugin discovery, so run it through this module, which registers the model first:
+  ``python -m mpt.eval.lm_eval_adapter --model mpt --model_args pretrained=DIR --tasks piqa``.
+* :func:`export_task`: one of our tasks, our prompts already rendered, as a local lm-eval task
+  (``dataset_path: json``; each task type gives its lm-eval form), so lm-eval scores exactly the
+  strings we score (``tests/eval/test_lm_eval_parity.py`` compares them example by example).
 """
 
 from __future__ import annotations
@@ -61,58 +57,20 @@ def export_task(task: TaskConfig, num_fewshot: int, tokenizer, out_dir: str | Pa
     scored text is our continuation minus its prefix space, which lm-eval's ``target_delimiter``
     puts back.
     """
-    from .harness import max_answer_tokens
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = resolve_task_file(task, data_dir)
     task_type, records = load_task_records(task, path)
     prompts = build_prompts(task, task_type, records, num_fewshot, needs_prefix_space(tokenizer), limit)
     name = f"mpt_{task.label}_{num_fewshot}shot"
-    docs = []
-    for p in prompts:
-        doc: dict = {"index": p.index}
-        if task_type == "multiple_choice":
-            doc.update(prompt=p.preamble + p.contexts[0], choices=[_unspace(c) for c in p.continuations], gold=p.gold)
-        elif task_type == "schema":
-            doc.update(contexts=[p.preamble + c for c in p.contexts], continuation=_unspace(p.continuations[0]),
-                       gold=p.gold)
-        elif task_type == "language_modeling":
-            # lm-eval's loglikelihood requests take the target as is (no target_delimiter)
-            doc.update(prompt=p.preamble + p.contexts[0], continuation=p.continuations[0])
-        else:
-            doc.update(prompt=p.preamble + p.contexts[0], answer=p.answers[0])
-        docs.append(doc)
+    docs = [{"index": p.index, **task_type.lm_eval_doc(p)} for p in prompts]
     data = out_dir / f"{name}.jsonl"
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     spec: dict = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-                  "test_split": "test", "num_fewshot": 0, "target_delimiter": " "}
-    if task_type == "multiple_choice":
-        spec.update(output_type="multiple_choice", doc_to_text="prompt", doc_to_choice="choices", doc_to_target="gold",
-                    metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
-    elif task_type == "schema":
-        # doc_to_text giving an int is lm-eval's "multiple inputs" mode: the options are contexts
-        spec.update(output_type="multiple_choice", doc_to_text="gold", doc_to_choice="contexts",
-                    doc_to_target="continuation", metric_list=[{"metric": "acc"}])
-    elif task_type == "language_modeling":
-        spec.update(output_type="loglikelihood", doc_to_text="prompt", doc_to_target="continuation",
-                    metric_list=[{"metric": "acc"}])
-    else:
-        budget = max_new_tokens or task.max_new_tokens or max_answer_tokens(tokenizer, records)
-        spec.update(output_type="generate_until", doc_to_text="prompt", doc_to_target="answer",
-                    generation_kwargs={"until": list(task.early_stopping_criteria) or [tokenizer.eos_token],
-                                       "max_gen_toks": budget, "do_sample": False},
-                    metric_list=[{"metric": "exact_match"}])
+                  "test_split": "test", "num_fewshot": 0, "target_delimiter": " ",
+                  **task_type.lm_eval_spec(task, tokenizer, records, max_new_tokens)}
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return name
-
-
-def _unspace(text: str) -> str:
-    # lm-eval's target_delimiter " " restores the prefix space our prompt rule added
-    if not text.startswith(" "):
-        raise ValueError(f"continuation {text!r} has no prefix space to hand to lm-eval's target_delimiter "
-                         "(a tokenizer without the prefix-space rule); export is for GPT-style BPE tokenizers")
-    return text[1:]
 
 
 def _export_cli(argv: list[str]) -> None:

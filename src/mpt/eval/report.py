@@ -9,6 +9,7 @@ from pathlib import Path
 from ..tables import markdown_table, text_table
 from .gauntlet import GauntletResult
 from .harness import EvalOutput
+from .task_types import ExampleRow
 
 
 def _rows(out: EvalOutput) -> list[tuple[str, ...]]:
@@ -55,8 +56,8 @@ def write_json(path: str | Path, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_examples(path: str | Path, examples: list[dict]) -> None:
+def write_examples(path: str | Path, examples: list[ExampleRow]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for ex in examples:
-            f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+            f.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")

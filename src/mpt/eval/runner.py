@@ -1,32 +1,10 @@
 """The model side of evaluation: log-likelihoods of continuations, and greedy generation.
 
-Speed comes from three things, none of which changes a score:
-
-* **Prefix reuse, for any causal LM.** An example's options share their context (multiple
-  choice) or most of it (schema: the demonstrations and the sentence up to the blank). The
-  shared prefix runs once; its KV cache is copied to one row per option and only the differing
-  suffixes run against it. Prefixes are left-padded, so every suffix starts at the same column
-  and the real tokens of a row sit in consecutive columns; each row then computes what it would
-  alone: our MPT's ALiBi bias depends only on distances, and a Hugging Face model (Llama's RoPE,
-  GPT-2's learned positions, ...) is given every token's own position (``position_ids``) and
-  runs on its own cache class (``DynamicCache``).
-* **Dense batches.** Examples are sorted by prefix length; a run of them (two batches' worth,
-  their prefixes within ``max_tokens / 4`` cached tokens) forms a chunk, whose prefixes run in
-  batches and land, left-padded, in one cache. Every option of the chunk is then sorted by
-  suffix length, so suffix batches are cut from hundreds of rows of similar length, each batch
-  taking the cache rows it needs. Batches are cut by an exact dynamic programme: the fewest
-  padded tokens plus a fixed cost per forward, within ``max_rows`` sequences and ``max_tokens``
-  tokens (a suffix row counted with the prefix it attends to). An example with one sequence
-  (language modelling), or any example when reuse is off, has no prefix: its sequence is one row,
-  sorted by length among all the others.
-* **Logits only where scored.** The vocabulary projection (the biggest matmul of a small model)
-  runs only at the positions that predict a continuation token, not over the whole prompt.
-
-Which models reuse prefixes (:class:`_Driver`): our :class:`~mpt.model.MPTForCausalLM` unless it
-has learned position embeddings (it derives positions from the padding mask and checks the padded
-length against ``max_seq_len``); Hugging Face causal LMs whose type is in ``HF_REUSE`` (decoder
-only, positions from ``position_ids``, logits a plain linear map of the last hidden state) unless a
-sliding window is set. Any other model gets right-padded whole sequences and its own logits.
+:class:`EvalModel` is what the task types call. Speed comes from three things, none of which
+changes a score: an example's shared prefix runs once and its KV cache serves every option
+(:func:`score_groups`); batches are cut densely from rows of similar length (:func:`plan`); and
+the vocabulary projection runs only where a token is scored (:func:`_score_rows`). Which models
+reuse prefixes is decided in :class:`_Driver`.
 """
 
 from __future__ import annotations
@@ -41,6 +19,33 @@ import torch.nn.functional as F
 # are get_output_embeddings()(last hidden state); llama and gpt2 are tested against lm-eval and
 # float64, mistral / qwen2 / qwen3 share Llama's code in transformers.
 HF_REUSE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
+
+
+@dataclass
+class EvalModel:
+    """A model, its tokenizer and the batching settings of one evaluation: what a task type runs on."""
+
+    model: object
+    tokenizer: object
+    batch_size: int
+    pad: int
+    eos: int | None
+    prefix_reuse: bool = True
+    max_tokens: int = 65536
+    progress: object = None  # a tqdm bar advanced once per example, or None
+
+    def loglikelihoods(self, encoded: list, greedy: bool) -> list[list[SeqScore]]:
+        """Per example (an :class:`~mpt.eval.encode.Encoded`), every context followed by every
+        continuation, in that order, scored on the continuation; ``greedy`` also checks argmax."""
+        groups = [ScoreGroup([c + t for c in e.contexts for t in e.continuations],
+                             [len(c) for c in e.contexts for _ in e.continuations]) for e in encoded]
+        return score_groups(self.model, groups, self.batch_size, self.pad, self.progress, self.prefix_reuse,
+                            self.max_tokens, greedy=greedy)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts``, decoded without special tokens."""
+        new = generate_greedy(self.model, prompts, max_new_tokens, self.eos, self.pad, self.batch_size, self.progress)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in new]
 
 
 @dataclass
@@ -76,7 +81,14 @@ def _sliding(config) -> bool:
 
 
 class _Driver:
-    """One model's forward, cache and output head, as the scorer needs them."""
+    """One model's forward, cache and output head, as the scorer needs them.
+
+    Prefixes are reused by our :class:`~mpt.model.MPTForCausalLM` unless it has learned position
+    embeddings (it derives positions from the padding mask and checks the padded length against
+    ``max_seq_len``), and by Hugging Face causal LMs whose type is in ``HF_REUSE`` (decoder only,
+    positions from ``position_ids``, logits a plain linear map of the last hidden state) unless a
+    sliding window is set. Any other model gets right-padded whole sequences and its own logits.
+    """
 
     def __init__(self, model, prefix_reuse: bool) -> None:
         self.model = model
@@ -269,6 +281,8 @@ def _score_rows(features: torch.Tensor, targets: torch.Tensor, row_of_token: tor
                 head=None, chunk: int = 128, greedy: bool = True):
     """Per row: summed log-probabilities of ``targets`` and whether each was the argmax.
 
+    Only the positions that predict a scored token come here, so the vocabulary projection (the
+    biggest matmul of a small model) runs there and not over the whole prompt.
     ``features`` are logits, or hidden states when ``head`` maps them to logits. Chunks of 128
     positions keep each (chunk, vocab) block in cache (~25% faster than one big block on CPU),
     and the fused cross-entropy gives -log p(target) without a log-softmax matrix. A target whose
@@ -299,6 +313,16 @@ def score_groups(model, groups: list[ScoreGroup], batch_size: int = 64, pad_id: 
 
     ``batch_size`` counts sequences per forward, ``max_tokens`` their padded tokens (a suffix row
     counted with the prefix it attends to).
+
+    Prefix reuse, for any causal LM: an example's options share their context (multiple choice) or
+    most of it (schema: the demonstrations and the sentence up to the blank). The shared prefix runs
+    once; its KV cache is copied to one row per option and only the differing suffixes run against
+    it. Prefixes are left-padded, so every suffix starts at the same column and the real tokens of a
+    row sit in consecutive columns; each row then computes what it would alone: our MPT's ALiBi bias
+    depends only on distances, and a Hugging Face model (Llama's RoPE, GPT-2's learned positions,
+    ...) is given every token's own position (``position_ids``) and runs on its own cache class
+    (``DynamicCache``). An example with one sequence (language modelling), or any example when
+    reuse is off, has no prefix: its sequence is one row, sorted by length among all the others.
     """
     driver = _Driver(model, prefix_reuse)
     seqs, starts, group_of, rows_of = [], [], [], []

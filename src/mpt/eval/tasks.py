@@ -1,9 +1,9 @@
 """In-context-learning task files (LLM Foundry's ICL jsonl format) and their prompts.
 
-Reading and validating a file, inferring its task type from its fields, drawing few-shot
-demonstrations and building the prompt strings -- all as LLM Foundry builds them (commit
-8c8dd48 of ``in_context_learning_evaluation.py``), so that a score here means the same as a
-score there. The four task types and their fields are documented in ``data/eval/README.md``.
+Reading and validating a file, finding its task type, drawing few-shot demonstrations and
+building the prompt strings -- all as LLM Foundry builds them (commit 8c8dd48 of
+``in_context_learning_evaluation.py``), so that a score here means the same as a score there.
+What differs between task types (fields, prompt formats) is asked of :mod:`mpt.eval.task_types`.
 
 Nothing here tokenizes or runs a model; :mod:`mpt.eval.encode` turns a :class:`Prompt` into ids.
 """
@@ -15,17 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.readers import read_json_lines
+from .task_types import TASK_TYPES, ICLTaskType
 
-TASK_TYPES = ("language_modeling", "multiple_choice", "schema", "generation_task_with_answers")
 NORMALIZATIONS = ("token", "none", "char")
-
-# Fields each task type needs, with their JSON types.
-REQUIRED_FIELDS: dict[str, dict[str, type]] = {
-    "language_modeling": {"context": str, "continuation": str},
-    "multiple_choice": {"query": str, "choices": list, "gold": int},
-    "schema": {"context_options": list, "continuation": str, "gold": int},
-    "generation_task_with_answers": {"context": str, "answer": str},
-}
 
 
 class EvalTaskError(ValueError):
@@ -111,59 +103,46 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def infer_task_type(record: dict, path: str | Path) -> str:
+def infer_task_type(record: dict, path: str | Path) -> ICLTaskType:
     """The task type a record's fields imply (a bare file needs no settings)."""
-    keys = set(record)
-    if {"query", "choices", "gold"} <= keys:
-        return "multiple_choice"
-    if {"context_options", "continuation", "gold"} <= keys:
-        return "schema"
-    if {"context", "answer"} <= keys:
-        return "generation_task_with_answers"
-    if {"context", "continuation"} <= keys:
-        return "language_modeling"
-    fields = ", ".join(sorted(k for k in keys if k != "_line"))
-    raise EvalTaskError(
-        f"{path}:{record.get('_line', 1)}: cannot tell the task type from the fields ({fields}); expected "
-        "context+continuation (language_modeling), query+choices+gold (multiple_choice), "
-        "context_options+continuation+gold (schema) or context+answer (generation_task_with_answers), "
-        "or set icl_task_type in the suite")
+    where = f"{path}:{record.get('_line', 1)}"
+    fits = [t for t in TASK_TYPES.values() if set(t.fields) <= set(record)]
+    if len(fits) > 1:
+        raise EvalTaskError(f"{where}: the fields fit {' and '.join(t.name for t in fits)}; set icl_task_type "
+                            "in the suite")
+    if not fits:
+        fields = ", ".join(sorted(k for k in record if k != "_line"))
+        kinds = [f"{'+'.join(t.fields)} ({t.name})" for t in TASK_TYPES.values()]
+        raise EvalTaskError(f"{where}: cannot tell the task type from the fields ({fields}); expected "
+                            f"{', '.join(kinds[:-1])} or {kinds[-1]}, or set icl_task_type in the suite")
+    return fits[0]
 
 
-def validate_records(records: list[dict], task_type: str, path: str | Path, has_categories: bool = False) -> None:
-    """Every record has the fields its type needs, with the right types and a gold index in range."""
+def validate_records(records: list[dict], task_type: ICLTaskType, path: str | Path,
+                     has_categories: bool = False) -> None:
+    """Every record has the fields its type needs, with the right types, and passes its type's checks."""
     for rec in records:
         where = f"{path}:{rec['_line']}"
-        for name, kind in REQUIRED_FIELDS[task_type].items():
+        for name, kind in task_type.fields.items():
             if name not in rec:
-                raise EvalTaskError(f"{where}: field {name!r} is missing (a {task_type} record needs "
-                                    f"{', '.join(REQUIRED_FIELDS[task_type])})")
+                raise EvalTaskError(f"{where}: field {name!r} is missing (a {task_type.name} record needs "
+                                    f"{', '.join(task_type.fields)})")
             value = rec[name]
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise EvalTaskError(f"{where}: field {name!r} should be {kind.__name__}, got "
                                     f"{type(value).__name__} {value!r:.80}")
-        options = rec.get("choices") if task_type == "multiple_choice" else rec.get("context_options")
-        if options is not None:
-            name = "choices" if task_type == "multiple_choice" else "context_options"
-            if not options:
-                raise EvalTaskError(f"{where}: field {name!r} is empty; give at least two options")
-            if not all(isinstance(o, str) for o in options):
-                raise EvalTaskError(f"{where}: field {name!r} must hold strings, got {options!r:.120}")
-            if not 0 <= rec["gold"] < len(options):
-                raise EvalTaskError(f"{where}: field 'gold' = {rec['gold']} is out of range for {len(options)} "
-                                    f"{name} (use an index from 0 to {len(options) - 1})")
-        if task_type == "generation_task_with_answers" and not (
-                isinstance(rec.get("aliases", []), list) and all(isinstance(a, str) for a in rec.get("aliases", []))):
-            raise EvalTaskError(f"{where}: field 'aliases' must be a list of strings, got {rec['aliases']!r:.120}")
+        problem = task_type.problem(rec)
+        if problem:
+            raise EvalTaskError(f"{where}: {problem}")
         if has_categories and not isinstance(rec.get("category"), str):
             raise EvalTaskError(f"{where}: field 'category' is missing or not a string (has_categories is set "
                                 f"for this task); got {rec.get('category')!r}")
 
 
-def load_task_records(task: TaskConfig, path: str | Path) -> tuple[str, list[dict]]:
+def load_task_records(task: TaskConfig, path: str | Path) -> tuple[ICLTaskType, list[dict]]:
     """Read, type and validate a task file; returns (task type, stripped records)."""
     records = read_records(path)
-    task_type = task.icl_task_type or infer_task_type(records[0], path)
+    task_type = TASK_TYPES[task.icl_task_type] if task.icl_task_type else infer_task_type(records[0], path)
     validate_records(records, task_type, path, task.has_categories)
     if task.strip_dataset:
         # LLM Foundry strips top-level strings only; list elements (choices, aliases) are kept as is.
@@ -192,70 +171,26 @@ def sample_fewshot(pool_size: int, num_fewshot: int, example: int, rng: random.R
     return list(picked)
 
 
-def _prefix_space(text: str, needed: bool) -> str:
-    # GPT-style BPE encodes " word" as one token: the scored answer gets the space the
-    # delimiter's rstrip removed from the context.
-    return f" {text}" if needed and not text.startswith(" ") else text
-
-
-def _demonstration(task: TaskConfig, task_type: str, rec: dict, preceding: str) -> str:
-    """One solved example for the preamble (its answer carries no added prefix space)."""
-    delim = task.example_delimiter if preceding else ""
-    if task_type == "schema":
-        return (f"{task.prelimiter}{delim}{rec['context_options'][rec['gold']]}"
-                f"{task.continuation_delimiter}{rec['continuation']}")
-    if task_type == "multiple_choice":
-        text, answer = rec["query"], rec["choices"][rec["gold"]]
-    elif task_type == "language_modeling":
-        text, answer = rec["context"], rec["continuation"]
-    else:
-        text, answer = rec["context"], rec["answer"]
-    return f"{delim}{task.prelimiter}{text}{task.continuation_delimiter}{answer}"
-
-
-def render_preamble(task: TaskConfig, task_type: str, records: list[dict], pool: list[int],
+def render_preamble(task: TaskConfig, task_type: ICLTaskType, records: list[dict], pool: list[int],
                     fewshot: list[int]) -> str:
     """The prompt string followed by the demonstrations ``pool[i]`` for ``i`` in ``fewshot``."""
     text = task.prompt_string
     for i in fewshot:
-        text += _demonstration(task, task_type, records[pool[i]], text)
+        text += task_type.demonstration(task, records[pool[i]], text)
     return text
 
 
-def render_contexts(task: TaskConfig, task_type: str, rec: dict, preamble: str) -> list[str]:
-    """The example's own context(s), placed after the preamble."""
-    if task_type == "schema":
-        if preamble:
-            delim = task.continuation_delimiter.rstrip() if task.strip_dataset else task.continuation_delimiter
-            return [f"{task.prelimiter}{task.example_delimiter}{c}{delim}" for c in rec["context_options"]]
-        return [f"{task.prelimiter}{c}" for c in rec["context_options"]]
-    text = rec["query"] if task_type == "multiple_choice" else rec["context"]
-    ctx = f"{task.example_delimiter if preamble else ''}{task.prelimiter}{text}{task.continuation_delimiter}"
-    # A context ending in a space makes models degenerate; the scored answer gets the space instead.
-    return [ctx.rstrip() if task.strip_dataset else ctx]
-
-
-def render_continuations(task_type: str, rec: dict, prefix_space: bool) -> list[str]:
-    if task_type == "multiple_choice":
-        return [_prefix_space(c, prefix_space) for c in rec["choices"]]
-    if task_type in ("language_modeling", "schema"):
-        return [_prefix_space(rec["continuation"], prefix_space)]
-    return []
-
-
-def render_prompt(task: TaskConfig, task_type: str, records: list[dict], i: int, category: str | None,
+def render_prompt(task: TaskConfig, task_type: ICLTaskType, records: list[dict], i: int, category: str | None,
                   pool: list[int], shots: list[int], prefix_space: bool) -> Prompt:
     """Record ``i`` with the demonstrations ``shots`` (indices into ``pool``, a list of record indices)."""
     rec = records[i]
     preamble = render_preamble(task, task_type, records, pool, shots)
-    answers = sorted({rec["answer"], *rec.get("aliases", [])}) if task_type == "generation_task_with_answers" else []
-    return Prompt(index=i, category=category, preamble=preamble,
-                  contexts=render_contexts(task, task_type, rec, preamble),
-                  continuations=render_continuations(task_type, rec, prefix_space),
-                  gold=rec.get("gold", 0), answers=answers, fewshot=list(shots), pool=pool)
+    return Prompt(index=i, category=category, preamble=preamble, contexts=task_type.contexts(task, rec, preamble),
+                  continuations=task_type.continuations(rec, prefix_space), gold=rec.get("gold", 0),
+                  answers=task_type.answers(rec), fewshot=list(shots), pool=pool)
 
 
-def build_prompts(task: TaskConfig, task_type: str, records: list[dict], num_fewshot: int,
+def build_prompts(task: TaskConfig, task_type: ICLTaskType, records: list[dict], num_fewshot: int,
                   prefix_space: bool, limit: int | None = None) -> list[Prompt]:
     """Prompts for the first ``limit`` records (all by default).
 
