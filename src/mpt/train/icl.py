@@ -1,13 +1,11 @@
 """In-context-learning evaluation on the live model during training (``eval.icl`` in the recipe).
 
-It runs ``mpt eval``'s harness on every rank at once, the examples shared out by length (costliest
-first to the least-loaded rank) so every rank does about the same work.
-The ranks do different numbers of forward passes (their examples differ in length), so no forward
-may contain a collective: under FSDP all parameters are gathered once before the evaluation (the
-same all-gathers on every rank) and stay gathered until it ends, and a DDP model is evaluated
-through its inner module. The per-example results are then gathered — a collective every rank
-reaches. The RNG states are restored afterwards, so an evaluated run trains exactly like one that
-is not evaluated.
+``mpt eval``'s harness runs on every rank at once, the examples split across ranks by length. The
+ranks run different numbers of forward passes, so no forward may contain a collective: under FSDP
+every parameter is gathered once before the evaluation and stays gathered until it ends, and a DDP
+model is evaluated through its inner module. The per-example rows are then gathered (a collective
+every rank reaches). RNG states are restored afterwards, so an evaluated run trains exactly like
+one that is not evaluated.
 """
 
 from __future__ import annotations
