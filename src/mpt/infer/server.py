@@ -9,7 +9,7 @@ decode steps on the scheduler's thread (scheduler.py, batching.py). Errors use O
 One client cannot hurt the others: limits are checked before work (body bytes before parsing,
 characters before tokenizing, capacity before queueing; tokenizing runs off the event loop), a
 connection is cut when its headers or body arrive too slowly (``header_timeout``, ``body_timeout``)
-and their number is capped, and a row that fails ends only its own request. ``GET /metrics`` serves Prometheus metrics; on SIGTERM
+and their number is capped (connections.py), and a row that fails ends only its own request. ``GET /metrics`` serves Prometheus metrics; on SIGTERM
 the server stops accepting, gives running rows ``shutdown_grace`` seconds, then cuts them with a
 final error event.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 import socket
 import sys
 import time
@@ -36,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .api import LLM
 from .batching import Row, Update
 from .chat import END_OF_TURN, Message, encode_prompt
+from .connections import check_uvicorn, uvicorn_server
 from .guard import ClientGone, check_local_request, read_body
 from .logprobs import PromptScorer
 from .metrics import create_metrics
@@ -577,118 +577,6 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     return app
 
 
-def header_timeout_protocol(seconds: float):
-    """uvicorn's h11 protocol, closing a connection whose request line and headers take over ``seconds``,
-    and answering past the connection limit with OpenAI's error body.
-
-    uvicorn times out only an idle keep-alive connection, and any byte cancels that: a client that
-    opens a socket and sends a header line now and then would hold it (and a place under the
-    connection limit) forever. The clock starts when a connection opens or a new request's first
-    byte arrives, and stops when the headers are complete; the body has its own limit (read_body).
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-              b"content-length: %d\r\n\r\n%s")
-    body = json.dumps(APIError(408, f"the request headers did not arrive within {seconds:g} s",
-                               code="request_timeout").body()).encode()
-
-    unavailable = json.dumps(APIError(503, "the server has too many open connections; retry shortly (raise "
-                                           "--max-connections if this is expected load)",
-                                      code="too_many_connections").body()).encode()
-
-    class HeaderTimeoutProtocol(H11Protocol):
-        header_timer: asyncio.TimerHandle | None = None
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            # uvicorn answers past its limit_concurrency with a plain-text 503; clients parse OpenAI's error
-            # body, so the same check (open connections, running requests) is made here instead.
-            app, limit, self.limit_concurrency = self.app, self.limit_concurrency, None
-
-            async def guarded(scope, receive, send) -> None:
-                if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
-                    logging.getLogger("mpt.serve").warning(
-                        "refused a request: %d connections open, %d requests running (limit %d)",
-                        len(self.connections), len(self.tasks), limit)
-                    await send({"type": "http.response.start", "status": 503, "headers": [
-                        (b"content-type", b"application/json"), (b"connection", b"close"),
-                        (b"content-length", str(len(unavailable)).encode()), (b"retry-after", b"1")]})
-                    await send({"type": "http.response.body", "body": unavailable})
-                    return
-                await app(scope, receive, send)
-
-            self.app = guarded
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._watch()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._watch()
-
-        def connection_lost(self, exc) -> None:
-            self._stop_clock()
-            super().connection_lost(exc)
-
-        def _watch(self) -> None:
-            # IDLE: the client has not finished a request's headers (h11 leaves IDLE on a complete Request).
-            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
-            if waiting and self.header_timer is None and (self.conn.trailing_data[0] or self.cycle is None):
-                self.header_timer = self.loop.call_later(seconds, self._expired)
-            elif not waiting:
-                self._stop_clock()
-
-        def _stop_clock(self) -> None:
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-                self.header_timer = None
-
-        def _expired(self) -> None:
-            self.header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.write(answer % (len(body), body))
-                self.transport.close()
-
-    return HeaderTimeoutProtocol
-
-
-def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info", on_listen=None):
-    """A uvicorn server with this app's limits, whose SIGTERM / Ctrl-C drains the running rows first.
-
-    ``on_listen``: called once the server accepts connections (the banner)."""
-    import uvicorn
-
-    server: Server = app.state.server
-    cfg = server.cfg
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            server.drain()
-            super().handle_exit(sig, frame)
-
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
-            if on_listen is not None and not self.should_exit:
-                on_listen()
-
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level,
-        http=header_timeout_protocol(cfg.header_timeout),
-        # Connections (and requests) past this get 503 (HeaderTimeoutProtocol); with the header timeout,
-        # sockets held by slow clients are freed within header_timeout seconds.
-        limit_concurrency=cfg.max_connections or 2 * cfg.max_concurrent + 32,
-        timeout_keep_alive=5,  # an idle keep-alive connection closes after this
-        # uvicorn waits this long for open responses after SIGTERM; ours end at shutdown_grace, with a margin
-        # for their final events to go out.
-        timeout_graceful_shutdown=int(cfg.shutdown_grace) + 5,
-        h11_max_incomplete_event_size=64 * 1024,  # request line and headers
-    )
-    return DrainingServer(config)
-
-
 def bind(host: str, port: int) -> socket.socket:
     """The server's address, taken before the model loads: a busy port is a one-line error in a second, not
     one after the model loaded and the banner said it was serving. Not yet listening (uvicorn starts that)."""
@@ -714,6 +602,7 @@ def serve(cfg: ServeConfig) -> None:
     from .api import load
 
     cfg.validate()
+    check_uvicorn()  # before the model loads: a uvicorn the header timeout cannot use is a one-line error
     sock = bind(cfg.host, cfg.port)
     try:
         llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize)
