@@ -91,7 +91,7 @@ def run_ours(model_dir: Path, task, limit, batch: int, device: str):
     seen = _count_tokens(model)
     out = evaluate(model, load_tokenizer(str(model_dir)), [task], data_dir=SHARED / "data/eval", limit=limit,
                    batch_size=batch, keep_examples=True, progress=False)
-    return time.perf_counter() - t0, [r["prediction"] for r in out.examples], sum(seen), len(seen)
+    return time.perf_counter() - t0, [r.prediction for r in out.examples], sum(seen), len(seen)
 
 
 def run_theirs(model_dir: Path, name: str, include: Path, batch: int, device: str):

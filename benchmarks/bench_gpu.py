@@ -268,7 +268,7 @@ def bench_eval(args, tmp: Path) -> list[dict]:
             model = load_model(str(model_dir), device=args.device, dtype=dtype)
             out = evaluate(model, load_tokenizer(str(model_dir)), [task], data_dir=SHARED / "data/eval",
                            limit=args.eval_limit, batch_size=64, keep_examples=True, progress=False)
-            return [r["prediction"] for r in out.examples]
+            return [r.prediction for r in out.examples]
 
         def theirs(name=name, include=include):
             lm = HFLM(pretrained=str(model_dir), dtype=dtype, batch_size=32, device=args.device)
