@@ -261,13 +261,13 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
             problem = _save_failed(err, root, step, run_name, staging)
     _raise_agreed(problem)
 
-    complete = False
+    complete, ours = False, True
     try:
         with _quiet():
             dcp.save(_state_dicts(model, optimizer, trainable_only), **_writer(staging))  # raises on all ranks alike
         (staging / f"rank{rank}.pt").write_bytes(rng_bytes())
     except (Exception, CheckpointException) as err:  # DCP's is a BaseException
-        problem = _save_failed(err, root, step, run_name, staging)
+        problem, ours = _failed(err, root, step, run_name, staging, lock)
     message = agreed_problem(problem)
     if message is None:
         if rank == 0:
@@ -276,11 +276,11 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
                 complete = True
                 prune(root, final, run_name, keep)
             except Exception as err:
-                problem = _save_failed(err, root, step, run_name, staging) if not complete else \
-                    f"saved {final}, then pruning older checkpoints failed: {_one_line(err)}"
+                problem, ours = _failed(err, root, step, run_name, staging, lock) if not complete else \
+                    (f"saved {final}, then pruning older checkpoints failed: {_one_line(err)}", True)
         message = agreed_problem(problem)
     if message is not None:
-        if rank == 0 and not complete:
+        if rank == 0 and not complete and ours:
             remove_tree(staging)  # never a checkpoint: no manifest; it would only hold the space it ran out of
         raise CheckpointError(message)
     return final
@@ -316,6 +316,15 @@ def _write_manifest(root, staging, final, model, trainer_state: dict, trainable_
         rename_durably(staging, final)
     else:
         (final / "trainer_state.json").write_text(manifest)  # last object: the checkpoint now counts
+
+
+def _failed(err: BaseException, root, step: int, run_name: str, staging, lock) -> tuple[str, bool]:
+    """A failed save's message, and whether its files are this run's to remove: not when the lease was lost
+    meanwhile (a run stalled mid-save), as the run that took it over may be writing this same step now."""
+    lost = lock.problem() if lock is not None else None
+    if lost is not None:
+        return lost, False
+    return _save_failed(err, root, step, run_name, staging), True
 
 
 def _save_failed(err: BaseException, root, step: int, run_name: str, staging) -> str:
