@@ -1,10 +1,11 @@
-"""A tiny model and a tiny ChatML tokenizer, built once and saved like a real checkpoint."""
+"""A tiny model and a tiny ChatML tokenizer, built once and saved like a real checkpoint; the servers and
+helpers several test files share."""
 
 import pytest
-import torch
 
-from mpt import MPTConfig, MPTForCausalLM
+from mpt.infer.sampling import SamplingParams
 from mpt.model.hf import save_pretrained
+from tests.tiny import tiny_model
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
           "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
@@ -35,10 +36,8 @@ def build_tokenizer(out_dir):
     return hf
 
 
-def tiny_model(seed: int = 0, **overrides) -> MPTForCausalLM:
-    torch.manual_seed(seed)
-    fields = dict(d_model=64, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=416)
-    return MPTForCausalLM(MPTConfig(**{**fields, **overrides})).eval()
+# Where the inference tests' tiny MPT differs from tests.tiny.FIELDS: a vocabulary that holds the tokenizer's 400.
+INFER_FIELDS = dict(d_model=64, n_heads=4, max_seq_len=64, vocab_size=416)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +45,7 @@ def checkpoint(tmp_path_factory):
     """A saved tiny MPT with a ChatML byte-level BPE tokenizer (trained here; no shared data needed)."""
     out = tmp_path_factory.mktemp("tiny-mpt")
     build_tokenizer(out)
-    save_pretrained(tiny_model(), out)
+    save_pretrained(tiny_model(**INFER_FIELDS), out)
     return out
 
 
@@ -110,5 +109,27 @@ class RunningServer:
 def server(llm):
     pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
     s = RunningServer(llm, api_key="test-key", context_length=2048, max_n=4, max_concurrent=16, max_batch_size=8)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def llm8(checkpoint):
+    from mpt import load
+
+    return load(checkpoint, device="cpu", quantize="int8")
+
+
+LONG = "A server batches requests together: new requests join between decode steps. " * 6
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def open_server(llm):
+    """No API key: the local-only rules apply. body_timeout is short so a trickling upload is cut quickly."""
+    s = RunningServer(llm, context_length=4096, max_concurrent=8, body_timeout=0.5)
     yield s
     s.close()

@@ -1,11 +1,8 @@
 """ChatML rendering, history fitting and the `mpt chat` loop."""
 
-import io
-
 import pytest
 
 from mpt.infer.chat import Message, fit_history, render, render_chatml
-from mpt.infer.chat_repl import ChatConfig, run_chat
 
 CONVERSATIONS = [
     [Message("user", "Hi!")],
@@ -42,20 +39,6 @@ def test_fit_history_drops_oldest_turns_but_keeps_system_and_last():
     assert dropped == 0 and kept == msgs
 
 
-def test_chat_loop_streams_resets_and_says_when_it_drops_turns(llm):
-    lines = iter(["Hello there, how are you today?", "Tell me more about the fox please.", "/reset",
-                  "Hi", "/exit", "never read"])
-    out, err = io.StringIO(), io.StringIO()
-    cfg = ChatConfig(system="Be brief.", max_new_tokens=12, temperature=0.0, context_length=100)
-    history = run_chat(llm, cfg, read=lambda _: next(lines), out=out, err=err)
-    assert "dropped the 2 oldest message(s)" in err.getvalue()
-    assert "[conversation reset]" in err.getvalue()
-    assert [m.role for m in history] == ["system", "user", "assistant"] and history[1].content == "Hi"
-    # the last reply is the greedy continuation of the rendered conversation
-    expected = llm.generate(render(history[:2], llm.tokenizer), max_new_tokens=12, stop=["<|im_end|>"]).text
-    assert history[2].content == expected and out.getvalue().count("assistant> ") == 3
-
-
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 def test_encode_prompt_equals_the_rendered_text_encoded_for_ordinary_messages(llm, messages):
     from mpt.infer.chat import encode_prompt
@@ -78,17 +61,3 @@ def test_a_template_that_changes_content_refuses_special_tokens_in_it(llm):
     assert encode_prompt(plain, tok, llm.encode) == llm.encode(render(plain, tok))
     with pytest.raises(ValueError, match=r"messages\[1\]\.content holds '<\|im_end\|>'"):
         encode_prompt([Message("system", "S"), Message("user", " x<|im_end|>")], tok, llm.encode)
-
-
-def test_mpt_chat_with_piped_input_reads_as_a_transcript(checkpoint):
-    """input("you> ") on a pipe left the prompt on the reply's line ("you> assistant> ...")."""
-    import shutil
-    import subprocess
-
-    out = subprocess.run([shutil.which("mpt"), "chat", str(checkpoint), "--device", "cpu", "--max-new-tokens", "4",
-                          "--temperature", "0"], input="Hello there\n/exit\n", capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    # the random tiny model's reply may hold any characters; the turns around it are what is checked
-    assert out.stdout.startswith("you> Hello there\nassistant> "), out.stdout
-    assert out.stdout.endswith("\nyou> /exit\n") and out.stdout.count("you> ") == 2, out.stdout

@@ -9,8 +9,10 @@ import torch
 from mpt.infer import SamplingParams, generate_ids
 from mpt.infer.batching import BatchEngine, Row, run
 from mpt.infer.sampling import greedy_tokens, pick_token
+from tests.model.helpers import MODEL_FIELDS
+from tests.tiny import tiny_model
 
-from .conftest import tiny_model
+from .conftest import INFER_FIELDS
 
 LEARNED = {"learned_pos_emb": True, "attn_config": {"alibi": False}, "max_seq_len": 24}
 
@@ -24,7 +26,7 @@ def recompute(model, prompt: list[int], n: int) -> list[int]:
 
 
 def test_eos_ends_a_row_and_pads_it_while_the_others_go_on():
-    model = tiny_model(seed=5)
+    model = tiny_model(5, **INFER_FIELDS)
     g = torch.Generator().manual_seed(5)
     a, b = torch.randint(2, 400, (9,), generator=g).tolist(), torch.randint(2, 400, (5,), generator=g).tolist()
     eos = recompute(model, a, 12)[3]  # row a meets it at its 4th new token
@@ -43,7 +45,7 @@ def test_eos_ends_a_row_and_pads_it_while_the_others_go_on():
 
 
 def test_a_learned_position_model_stops_when_its_window_is_full():
-    model = tiny_model(seed=6, **LEARNED)
+    model = tiny_model(6, **(INFER_FIELDS | LEARNED))
     prompt = torch.randint(2, 400, (1, 8), generator=torch.Generator().manual_seed(6))
     out = generate_ids(model, prompt, max_new_tokens=40)  # the model refuses a 25th position
     assert out.shape == (1, 25)  # 24 positions fed, and the token predicted at the last one
@@ -56,7 +58,7 @@ def test_a_learned_position_model_stops_when_its_window_is_full():
 
 
 def test_learned_positions_in_a_padded_batch_end_row_by_row():
-    model = tiny_model(seed=7, **LEARNED)
+    model = tiny_model(7, **(INFER_FIELDS | LEARNED))
     g = torch.Generator().manual_seed(7)
     a, b = torch.randint(2, 400, (10,), generator=g).tolist(), torch.randint(2, 400, (4,), generator=g).tolist()
     mask = torch.tensor([[1] * 10, [0] * 6 + [1] * 4])
@@ -112,7 +114,7 @@ def test_the_blockwise_row_max_equals_torch_max_ties_and_nan_included():
 
 
 def test_a_broken_model_is_an_error_not_garbage_tokens():
-    model = tiny_model(seed=9)
+    model = tiny_model(9, **INFER_FIELDS)
     with torch.no_grad():
         model.transformer.wte.weight[5] = float("nan")
     with pytest.raises(ValueError, match="no finite score"):
@@ -120,8 +122,21 @@ def test_a_broken_model_is_an_error_not_garbage_tokens():
 
 
 def test_zero_new_tokens_returns_the_prompt():
-    model = tiny_model(seed=10)
+    model = tiny_model(10, **INFER_FIELDS)
     prompt = torch.tensor([[3, 4, 5]])
     assert torch.equal(generate_ids(model, prompt, 0), prompt)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_ids(model, prompt, -1)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_respects_eos():
+    model = tiny_model(4, **MODEL_FIELDS)
+    prompt = torch.randint(0, 97, (3, 4), generator=torch.Generator().manual_seed(4))
+    kw = dict(max_new_tokens=20, temperature=1.0, top_k=20, top_p=0.9)
+    one = generate_ids(model, prompt, generator=torch.Generator().manual_seed(7), **kw)
+    two = generate_ids(model, prompt, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(one, two)
+    eos = int(one[0, 6])
+    stopped = generate_ids(model, prompt, eos_token_id=eos, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(stopped[0, :7], one[0, :7])
+    assert (stopped[0, 7:] == eos).all()  # finished rows are padded with eos

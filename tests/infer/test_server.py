@@ -1,10 +1,14 @@
-"""The OpenAI-compatible server through the official `openai` client, on a real loopback port."""
+"""The OpenAI-compatible server through the official `openai` client, on a real loopback port; its schema
+pages, --compile, and int8 weights."""
 
 import httpx
 import openai
 import pytest
+import torch
 
 from mpt.infer.chat import Message, render
+
+from .conftest import RunningServer
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 
@@ -126,7 +130,6 @@ def test_bad_requests_are_4xx_with_openai_errors(server, kw, param, code):
 def test_logit_bias_moves_the_scores_it_names(server, llm):
     """+100 on one token makes greedy decoding repeat it; -100 on the greedy choice leaves the runner-up,
     taken from the model's own scores."""
-    import torch
 
     ids = llm.encode("Hello world")
     with torch.no_grad():
@@ -160,3 +163,46 @@ def test_missing_messages_and_bad_roles(server):
 def test_web_page_is_served(server):
     r = httpx.get(server.url + "/", timeout=10)
     assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+def test_server_with_int8_weights(llm8):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+
+    s = RunningServer(llm8, api_key="k", max_batch_size=4)
+    try:
+        client = s.client("k")
+        out = client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=10, temperature=0)
+        assert out.choices[0].text == llm8.generate("The quick brown fox", max_new_tokens=10).text
+        chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=5, temperature=0)
+        assert chat.choices[0].finish_reason in ("stop", "length")
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
+def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
+    """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
+    from mpt.infer.server import ServeConfig, create_app
+
+    app = create_app(llm, ServeConfig(model="tiny", compile=mode))
+    assert (app.state.server.scheduler.engine.decoder is not None) is compiled
+
+
+def test_a_compiled_server_answers_with_the_eager_text(llm):
+    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text."""
+
+    s = RunningServer(llm, compile="on", context_length=256)
+    try:
+        for prompt in ("Hello world", "The quick brown fox"):
+            r = s.client().completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
+            assert r.choices[0].text == llm.generate(prompt, max_new_tokens=8).text
+        assert s.state.scheduler.engine.decoder is not None
+    finally:
+        s.close()
+
+
+def test_schema_pages_are_off_when_a_key_is_set(server, open_server):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(server.url + path, headers={"Authorization": "Bearer test-key"}).status_code == 404, path
+    assert httpx.get(open_server.url + "/openapi.json").json()["info"]["title"] == "mpt serve"

@@ -1,16 +1,16 @@
-"""Small model configs and a float64 reference implementation of MPT attention."""
+"""The model tests' tiny MPT fields, and a float64 reference implementation of MPT attention."""
 
 import math
+from functools import partial
 
 import torch
 
-from mpt import MPTConfig
+from tests.tiny import tiny_config
 
-
-def tiny_config(**overrides) -> MPTConfig:
-    fields = dict(d_model=48, n_heads=6, n_layers=2, max_seq_len=24, vocab_size=97)
-    attn = overrides.pop("attn_config", {})
-    return MPTConfig(**{**fields, **overrides}, attn_config=attn)
+# Where the model tests' tiny MPT differs from tests.tiny.FIELDS: six heads, not a power of two.
+MODEL_FIELDS = dict(d_model=48, n_heads=6, max_seq_len=24, vocab_size=97)
+# tests/train builds the same model
+model_config = partial(tiny_config, **MODEL_FIELDS)
 
 
 def reference_slopes(n_heads: int, bias_max: float = 8.0) -> torch.Tensor:

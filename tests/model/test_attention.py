@@ -71,3 +71,13 @@ def test_backends_honour_left_padding(impl):
     diff = (out.double() - ref).abs().amax(dim=(1, 3))  # (B, S)
     assert diff[valid].max().item() < 2e-5
     assert torch.isfinite(out).all()  # padded query rows give finite values, not NaN
+
+
+def test_flex_block_mask_skips_blocks_across_documents():
+    T, B = 256, 1  # two 128-token blocks; one document each
+    seq = torch.cat([torch.zeros(B, 128), torch.ones(B, 128)], dim=1).long()
+    causal = prepare("flex", B, T, T, None, None, torch.float32, torch.device("cpu"))
+    packed = prepare("flex", B, T, T, None, None, torch.float32, torch.device("cpu"), seq)
+    # (query block 1, key block 0) is computed for one causal document and skipped for two
+    assert causal.block_mask.to_dense()[0, 0, 1, 0] == 1
+    assert packed.block_mask.to_dense()[0, 0].tolist() == [[1, 0], [0, 1]]

@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpt import MPTForCausalLM
 from mpt.model.loss import linear_cross_entropy
+from tests.tiny import tiny_model
 
-from .helpers import tiny_config
+from .helpers import MODEL_FIELDS
 
 
 @pytest.mark.parametrize("scale", [None, 0.7])
@@ -34,8 +34,7 @@ def test_training_forward_uses_fused_loss_with_the_same_gradients(tied):
     labels[1, :4] = -100
     grads = []
     for train in (True, False):
-        torch.manual_seed(0)
-        model = MPTForCausalLM(tiny_config(tie_word_embeddings=tied, logit_scale=0.5))
+        model = tiny_model(0, **MODEL_FIELDS, tie_word_embeddings=tied, logit_scale=0.5)
         model.train(train)
         out = model(ids, labels=labels)
         assert (out.logits is None) == train  # training never builds the logits

@@ -37,7 +37,7 @@ def save_tiny_base(folder: Path, seed: int = 3) -> Path:
 
     from mpt import MPTForCausalLM
     from mpt.model.hf import save_pretrained
-    from tests.model.helpers import tiny_config
+    from tests.model.helpers import model_config as tiny_config
 
     torch.manual_seed(seed)
     save_pretrained(MPTForCausalLM(tiny_config(vocab_size=VOCAB, max_seq_len=SEQ)), folder)

@@ -8,7 +8,7 @@ from mpt import MPTForCausalLM as OurMPT
 from mpt.config import ConfigError
 from mpt.model.hf import save_pretrained
 from mpt.train.lora import LoraError, LoraSection, apply_lora, export_adapter, export_merged, load_adapter
-from tests.model.helpers import tiny_config
+from tests.model.helpers import model_config as tiny_config
 
 PeftModel = pytest.importorskip("peft", reason="LoRA needs `pip install peft`").PeftModel
 

@@ -8,7 +8,7 @@ import torch
 from mpt import MPTForCausalLM
 from mpt.train.optim import DecoupledLion, decoupled_adamw, lr_multiplier, param_groups
 
-from ..model.helpers import tiny_config
+from ..model.helpers import model_config as tiny_config
 
 
 def test_lion_two_steps_by_hand():

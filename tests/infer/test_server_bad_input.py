@@ -1,4 +1,4 @@
-"""Issue 12's "Bad input" cases not covered by the sweep (test_malformed) or the probes (test_isolation):
+"""Issue 12's "Bad input" cases not covered by the sweep (test_server_malformed) or the probes (test_server_isolation):
 bodies built to cost the parser (a 50 MB upload without a length, deep nesting, huge numbers, 100k keys),
 /health answering while 8 MB prompts arrive, and a real `mpt serve` process whose RSS comes back near its
 baseline after rounds of such requests. Innocent requests run beside every case and must all succeed."""

@@ -1,42 +1,13 @@
-"""Chunked prefill: a long prompt joins a chunk at a time, with decode steps of the running rows in
-between, and every row still gets exactly the text it would get alone."""
-
-import math
+"""The scheduler's chunked prefill: a long prompt joins a chunk at a time (chunks paced by the measured
+rates), with decode steps of the running rows in between, and every row still gets exactly the text it
+would get alone."""
 
 import pytest
 
 from mpt.infer.batching import Row
-from mpt.infer.sampling import SamplingParams
 
-from .conftest import RunningServer
+from .conftest import LONG, RunningServer, greedy
 from .innocents import Innocents
-
-LONG = "A server batches requests together: new requests join between decode steps. " * 6
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=n, temperature=0.0)
-
-
-@pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
-    engine = llm.engine()
-    running = Row("running", llm.encode("Hello world"), greedy(200))
-    engine.add([running])
-    joining = Row("joining", llm.encode(LONG), greedy(12))
-    prefill = engine.prefill([joining], chunk)
-    during = 0
-    while not prefill.advance():
-        during += len([u for u in engine.step() if u.token_id is not None])
-    # one decode step for the running row between every two chunks of the joining prompt
-    assert during == math.ceil(len(joining.prompt_ids) / chunk) - 1
-    engine.join(prefill)
-    while any(r.key == "joining" for r in engine.rows):
-        engine.step()
-    assert llm.decode(joining.out_ids) == llm.generate(LONG, max_new_tokens=12).text
-    while engine.rows:
-        engine.step()
-    assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=200).text
 
 
 def test_a_long_prompt_joins_in_chunks_beside_innocents(llm):

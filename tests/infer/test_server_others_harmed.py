@@ -16,8 +16,9 @@ import pytest
 
 from mpt.chatml import END_OF_TURN
 from mpt.infer.chat import Message, encode_prompt, render
+from tests.tiny import tiny_model
 
-from .conftest import RunningServer, tiny_model
+from .conftest import INFER_FIELDS, RunningServer
 from .innocents import Innocents
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
@@ -76,7 +77,7 @@ def wide(llm):
     log-softmax), which a memory bound per chunk must not hold."""
     from mpt.infer.api import LLM
 
-    model = LLM(tiny_model(vocab_size=16384), llm.tokenizer)
+    model = LLM(tiny_model(**(INFER_FIELDS | {"vocab_size": 16384})), llm.tokenizer)
     s = RunningServer(model, context_length=8192)
     yield s
     s.close()
@@ -91,7 +92,6 @@ with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         if line.startswith("data: {"):
             out.write(f"{time.perf_counter()}\\n")
 """
-
 
 class TimedStream:
     """A greedy streaming client in a process of its own that records when each token arrives (CLOCK_MONOTONIC,

@@ -1,7 +1,9 @@
-"""`mpt generate` from an argument, a file and stdin."""
+"""`mpt generate` from an argument, a file and stdin; `mpt generate` and `mpt chat` with int8 weights."""
 
 import io
 import json
+
+import pytest
 
 from mpt.cli import main
 
@@ -46,3 +48,43 @@ def test_generate_with_compiled_decode_steps_gives_the_eager_text(llm, checkpoin
                  "--compile", "on"]) == 0
     assert capsys.readouterr().out == llm.generate("Hello world", max_new_tokens=6).text + "\n"
     assert counters["stats"]["unique_graphs"] >= 1  # it was compiled, not run eagerly
+
+
+def test_generate_command_int8(llm8, checkpoint, capsys):
+    from mpt.cli import main
+
+    assert main(["generate", str(checkpoint), "Hello world", "--max-new-tokens", "8", "--device", "cpu",
+                 "--quantize", "int8"]) == 0
+    out, err = capsys.readouterr()
+    assert out == llm8.generate("Hello world", max_new_tokens=8).text + "\n"
+    assert "tokens/s" in err
+    with pytest.raises(SystemExit):
+        main(["generate", str(checkpoint), "Hi", "--quantize", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_chat_command_int8(checkpoint, capsys, monkeypatch):
+    import io
+    import sys
+
+    import mpt.infer.api as api
+    import mpt.infer.chat_repl as chat_repl
+    from mpt.cli import main
+
+    loaded = []
+    real_load = api.load
+
+    def load(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(api, "load", load)
+    # run_chat's out/err defaults are the sys.stdout/stderr of its first import (another test's capture,
+    # closed by now): pass this test's streams.
+    real_chat = chat_repl.run_chat
+    monkeypatch.setattr(chat_repl, "run_chat", lambda llm, cfg: real_chat(llm, cfg, out=sys.stdout, err=sys.stderr))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/exit\n"))
+    code = main(["chat", str(checkpoint), "--quantize", "int8", "--max-new-tokens", "6", "--device", "cpu"])
+    assert code == 0, capsys.readouterr()
+    assert getattr(loaded[0].model, "quantized", None) == "int8"
+    assert "assistant> " in capsys.readouterr().out

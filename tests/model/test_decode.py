@@ -10,16 +10,12 @@ import logging
 import pytest
 import torch
 
-from mpt import KVCache, MPTForCausalLM
+from mpt import KVCache
 from mpt.infer import generate_ids
 from mpt.model.decode import StaticDecoder, bucket, decode_step, row_bucket
+from tests.tiny import tiny_model
 
-from ..model.helpers import tiny_config
-
-
-def _model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MPTForCausalLM(tiny_config(**overrides)).eval()
+from .helpers import MODEL_FIELDS
 
 
 def _padded_prompts(seed=1, rows=2):
@@ -31,7 +27,7 @@ def _padded_prompts(seed=1, rows=2):
 
 
 def test_compiled_greedy_decode_equals_eager_past_max_seq_len(caplog):
-    model = _model()
+    model = tiny_model(**MODEL_FIELDS)
     ids, mask = _padded_prompts(rows=4)
     mask[3, :5] = 0
     n = 30  # 7 + 30 positions, past max_seq_len = 24: ALiBi goes on
@@ -52,7 +48,7 @@ def test_compiled_greedy_decode_equals_eager_past_max_seq_len(caplog):
                          ids=["alibi", "learned-positions"])
 def test_static_step_logits_equal_the_eager_step(positions):
     """The uncompiled static step against the model's own forward, step by step, with padding and growth."""
-    model = _model(seed=3, **positions)
+    model = tiny_model(3, **MODEL_FIELDS, **positions)
     ids, mask = _padded_prompts(seed=4)
     with torch.inference_mode():
         eager_cache, static_cache = KVCache(2), KVCache(2)
@@ -81,7 +77,7 @@ def test_capacity_buckets_are_few_and_tight():
 
 
 def test_the_step_writes_only_its_column():
-    model = _model(seed=5)
+    model = tiny_model(5, **MODEL_FIELDS)
     cache = KVCache(2)
     with torch.inference_mode():
         model(torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
@@ -93,25 +89,3 @@ def test_the_step_writes_only_its_column():
     for b, k in zip(before, cache.keys, strict=True):
         assert torch.equal(b[:, :, :3], k[:, :, :3]) and torch.equal(b[:, :, 4:], k[:, :, 4:])
         assert not torch.equal(b[:, :, 3], k[:, :, 3])
-
-
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_chunked_prefill_gives_the_tokens_of_one_forward(chunk):
-    model = _model(seed=6)
-    ids, mask = _padded_prompts(seed=7)
-    whole = generate_ids(model, ids, 20, attention_mask=mask)
-    assert torch.equal(generate_ids(model, ids, 20, attention_mask=mask, prefill_chunk=chunk), whole)
-
-
-def test_run_with_chunked_prefill_gives_the_tokens_of_whole_prompts():
-    from mpt.infer.batching import BatchEngine, Row, run
-    from mpt.infer.sampling import SamplingParams
-
-    model = _model(seed=8)
-
-    def rows():
-        return [Row(i, p, SamplingParams(8)) for i, p in enumerate([[5, 6, 7, 8, 9, 10, 11], [3, 4], [9] * 5])]
-    whole, chunked = rows(), rows()
-    list(run(BatchEngine(model, None, []), whole, max_rows=2))
-    list(run(BatchEngine(model, None, []), chunked, max_rows=2, prefill_chunk=3))
-    assert [r.out_ids for r in chunked] == [r.out_ids for r in whole] and all(len(r.out_ids) == 8 for r in whole)

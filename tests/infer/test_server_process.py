@@ -1,12 +1,19 @@
-"""`mpt serve` as a user runs it: a separate process on a loopback port, driven by the openai client."""
+"""`mpt serve` as a user runs it: a separate process on a loopback port, driven by the openai client, and
+SIGTERM draining it."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 
+import httpx
 import pytest
+
+from mpt.infer.server import ServeConfig
 
 from .conftest import free_port
 
@@ -49,29 +56,6 @@ def test_mpt_serve_command(checkpoint, llm):
     assert "serving 'tiny' at http://127.0.0.1" in out and "key required" in out
 
 
-@pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
-def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
-    """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
-    from mpt.infer.server import ServeConfig, create_app
-
-    app = create_app(llm, ServeConfig(model="tiny", compile=mode))
-    assert (app.state.server.scheduler.engine.decoder is not None) is compiled
-
-
-def test_a_compiled_server_answers_with_the_eager_text(llm):
-    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text."""
-    from .conftest import RunningServer
-
-    s = RunningServer(llm, compile="on", context_length=256)
-    try:
-        for prompt in ("Hello world", "The quick brown fox"):
-            r = s.client().completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
-            assert r.choices[0].text == llm.generate(prompt, max_new_tokens=8).text
-        assert s.state.scheduler.engine.decoder is not None
-    finally:
-        s.close()
-
-
 def run_serve(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     proc = subprocess.run([shutil.which("mpt"), "serve", *args], capture_output=True, text=True, timeout=120,
@@ -99,7 +83,7 @@ def test_the_banner_comes_once_the_server_listens(llm):
     import socket
     import threading
 
-    from mpt.infer.server import ServeConfig, bind, create_app, uvicorn_server
+    from mpt.infer.server import bind, create_app, uvicorn_server
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
@@ -121,3 +105,60 @@ def test_the_banner_comes_once_the_server_listens(llm):
     server.should_exit = True
     thread.join(timeout=15)
     assert connected == [True]
+
+
+def stream(port: int, max_tokens: int, events: list, started: threading.Event) -> None:
+    # "MPT is": the tiny model writes no end-of-text for thousands of greedy tokens, so only the cut ends it
+    body = {"model": "tiny", "prompt": "MPT is", "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    try:
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line.removeprefix("data: "))
+                    started.set()
+    except Exception as err:  # checked by the test
+        events.append(repr(err))
+    finally:
+        started.set()
+
+
+def test_sigterm_finishes_short_rows_and_cuts_long_ones_with_a_final_event(checkpoint):
+    port = free_port()
+    code = ("import sys; from mpt.infer.server import ServeConfig, serve; serve(ServeConfig(model=sys.argv[1], "
+            "port=int(sys.argv[2]), model_name='tiny', device='cpu', context_length=8192, shutdown_grace=2))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(checkpoint), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        runs = {"short": 10, "long": 6000}
+        events = {name: [] for name in runs}
+        started = {name: threading.Event() for name in runs}
+        threads = [threading.Thread(target=stream, args=(port, n, events[name], started[name]))
+                   for name, n in runs.items()]
+        for t in threads:
+            t.start()
+        for e in started.values():
+            assert e.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    short = [json.loads(e) for e in events["short"][:-1]]
+    assert events["short"][-1] == "[DONE]" and short[-1]["choices"][0]["finish_reason"] == "length", events["short"]
+    long = events["long"]
+    assert long[-1] == "[DONE]", long[-3:]
+    assert json.loads(long[-2])["error"]["code"] == "server_shutting_down", long[-3:]
+    assert not any('"error"' in e for e in long[:-2])
+    assert "Traceback" not in out, out

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mpt import MPTForCausalLM
-from mpt.model.attention import prepare
+from tests.tiny import tiny_model
 
-from .helpers import tiny_config
+from .helpers import MODEL_FIELDS
 
 IGNORE = -100
 # Two rows of 24 tokens: documents of 5, 7 and 3 tokens then padding (-1); 9 then 15 tokens.
@@ -16,11 +16,9 @@ POSITIONS = {"alibi": dict(attn_config={"alibi": True}),
 
 
 def _model(impl: str, positions: str) -> MPTForCausalLM:
-    torch.manual_seed(0)
     fields = POSITIONS[positions]
-    cfg = tiny_config(**{**fields, "attn_config": {**fields["attn_config"], "attn_impl": impl,
-                                                   "attn_uses_sequence_id": True}})
-    return MPTForCausalLM(cfg)
+    return tiny_model(0, **MODEL_FIELDS, **{**fields, "attn_config": {**fields["attn_config"], "attn_impl": impl,
+                                                                      "attn_uses_sequence_id": True}})
 
 
 def _packed_batch(vocab: int, T: int = 24):
@@ -91,16 +89,6 @@ def test_packed_training_gradient_equals_the_sum_over_documents():
         assert torch.allclose(packed[k], p.grad, atol=1e-6, rtol=1e-4), k
 
 
-def test_flex_block_mask_skips_blocks_across_documents():
-    T, B = 256, 1  # two 128-token blocks; one document each
-    seq = torch.cat([torch.zeros(B, 128), torch.ones(B, 128)], dim=1).long()
-    causal = prepare("flex", B, T, T, None, None, torch.float32, torch.device("cpu"))
-    packed = prepare("flex", B, T, T, None, None, torch.float32, torch.device("cpu"), seq)
-    # (query block 1, key block 0) is computed for one causal document and skipped for two
-    assert causal.block_mask.to_dense()[0, 0, 1, 0] == 1
-    assert packed.block_mask.to_dense()[0, 0].tolist() == [[1, 0], [0, 1]]
-
-
 def test_sequence_id_with_padding_ids_and_attention_mask_together():
     model = _model("torch", "alibi").eval()
     ids, seq, _, docs = _packed_batch(model.config.vocab_size)
@@ -125,8 +113,7 @@ def test_bad_sequence_id_is_an_error_naming_the_value(bad, message):
 
 
 def test_sequence_id_without_the_config_flag_is_an_error():
-    torch.manual_seed(0)
-    model = MPTForCausalLM(tiny_config()).eval()
+    model = tiny_model(0, **MODEL_FIELDS)
     ids = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="attn_config.attn_uses_sequence_id"):
         model(ids, sequence_id=torch.zeros_like(ids))
@@ -138,8 +125,3 @@ def test_sequence_id_with_a_kv_cache_is_an_error():
     cache = model(ids, use_cache=True).past_key_values
     with pytest.raises(ValueError, match="KV cache holding 8 tokens"):
         model(ids[:, :1], cache=cache, use_cache=True, sequence_id=torch.zeros(1, 1, dtype=torch.long))
-
-
-def test_config_flag_must_be_a_boolean():
-    with pytest.raises(ValueError, match="attn_config.attn_uses_sequence_id` = 'yes'"):
-        tiny_config(attn_config={"attn_uses_sequence_id": "yes"})

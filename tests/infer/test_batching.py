@@ -1,0 +1,58 @@
+"""The batching engine: a prompt prefilled in chunks gives the tokens of one forward, and running rows
+step between the chunks of a joining prompt."""
+
+import math
+
+import pytest
+import torch
+
+from mpt.infer import generate_ids
+from mpt.infer.batching import Row
+from mpt.infer.sampling import SamplingParams
+from tests.model.helpers import MODEL_FIELDS
+from tests.model.test_decode import _padded_prompts
+from tests.tiny import tiny_model
+
+from .conftest import LONG, greedy
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_chunked_prefill_gives_the_tokens_of_one_forward(chunk):
+    model = tiny_model(6, **MODEL_FIELDS)
+    ids, mask = _padded_prompts(seed=7)
+    whole = generate_ids(model, ids, 20, attention_mask=mask)
+    assert torch.equal(generate_ids(model, ids, 20, attention_mask=mask, prefill_chunk=chunk), whole)
+
+
+def test_run_with_chunked_prefill_gives_the_tokens_of_whole_prompts():
+    from mpt.infer.batching import BatchEngine, Row, run
+
+    model = tiny_model(8, **MODEL_FIELDS)
+
+    def rows():
+        return [Row(i, p, SamplingParams(8)) for i, p in enumerate([[5, 6, 7, 8, 9, 10, 11], [3, 4], [9] * 5])]
+    whole, chunked = rows(), rows()
+    list(run(BatchEngine(model, None, []), whole, max_rows=2))
+    list(run(BatchEngine(model, None, []), chunked, max_rows=2, prefill_chunk=3))
+    assert [r.out_ids for r in chunked] == [r.out_ids for r in whole] and all(len(r.out_ids) == 8 for r in whole)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
+    engine = llm.engine()
+    running = Row("running", llm.encode("Hello world"), greedy(200))
+    engine.add([running])
+    joining = Row("joining", llm.encode(LONG), greedy(12))
+    prefill = engine.prefill([joining], chunk)
+    during = 0
+    while not prefill.advance():
+        during += len([u for u in engine.step() if u.token_id is not None])
+    # one decode step for the running row between every two chunks of the joining prompt
+    assert during == math.ceil(len(joining.prompt_ids) / chunk) - 1
+    engine.join(prefill)
+    while any(r.key == "joining" for r in engine.rows):
+        engine.step()
+    assert llm.decode(joining.out_ids) == llm.generate(LONG, max_new_tokens=12).text
+    while engine.rows:
+        engine.step()
+    assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=200).text
