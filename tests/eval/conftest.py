@@ -1,12 +1,15 @@
 """Tiny models (random, seeded) saved in Hugging Face format, with the GPT-NeoX tokenizer."""
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from mpt.eval import load_model
 from tests.conftest import SHARED
+from tests.tiny import tiny_model
 
 TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
 EVAL_DATA = SHARED / "data" / "eval"
@@ -34,15 +37,13 @@ def eval_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_mpt_dir(tmp_path_factory):
-    """A 4-layer MPT with the GPT-NeoX vocabulary, saved with its tokenizer."""
-    from mpt import MPTConfig, MPTForCausalLM
+    """A 2-layer MPT with the GPT-NeoX vocabulary, saved with its tokenizer."""
     from mpt.model.hf import save_pretrained
 
     tok = neox_tokenizer()
-    torch.manual_seed(0)
-    cfg = MPTConfig(d_model=64, n_heads=4, n_layers=2, max_seq_len=2048, vocab_size=50432)
+    model = tiny_model(0, d_model=64, n_heads=4, max_seq_len=2048, vocab_size=50432)
     path = tmp_path_factory.mktemp("tiny-mpt")
-    save_pretrained(MPTForCausalLM(cfg), path)
+    save_pretrained(model, path)
     tok.save_pretrained(path)
     return path
 
@@ -81,3 +82,15 @@ def tiny_llama_dir(tmp_path_factory):
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def mpt(tiny_mpt_dir):
+    model = load_model(str(tiny_mpt_dir), device="cpu")
+    return model, copy.deepcopy(model).double()
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
+    return model, copy.deepcopy(model).double()

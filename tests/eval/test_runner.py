@@ -9,7 +9,7 @@ from mpt.eval import TaskConfig, evaluate, load_model
 from mpt.eval.runner import _common_prefix, _Driver, _fill, _split, plan
 
 from .conftest import write_jsonl
-from .test_scoring import _ref_ids, _ref_logprob, _text
+from .scoring import _ref_ids, _ref_logprob, _text
 
 
 def test_fill_respects_rows_and_tokens():
@@ -124,29 +124,11 @@ def test_llama_prefix_reuse_equals_plain_and_float64(llama, tokenizer, tmp_path,
 
 
 def test_learned_position_mpt_takes_the_plain_path():
-    from mpt import MPTConfig, MPTForCausalLM
+    from mpt import MPTForCausalLM
+    from tests.tiny import tiny_config
 
-    model = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, vocab_size=100,
-                                     learned_pos_emb=True, attn_config={"alibi": False}))
+    model = MPTForCausalLM(tiny_config(n_layers=1, max_seq_len=64, vocab_size=100,
+                                       learned_pos_emb=True, attn_config={"alibi": False}))
     assert not _Driver(model, prefix_reuse=True).reuse
-    assert _Driver(MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, vocab_size=100)),
+    assert _Driver(MPTForCausalLM(tiny_config(n_layers=1, max_seq_len=64, vocab_size=100)),
                    prefix_reuse=True).reuse
-
-
-def test_ranks_get_equal_work():
-    import random
-
-    from mpt.eval.harness import _cost, split_across_ranks
-    from mpt.eval.tasks import Prompt
-
-    rng = random.Random(0)
-    # long examples first in the file, as in a task sorted by source: [rank::3] would skew
-    lengths = sorted((rng.randint(5, 400) for _ in range(60)), reverse=True)
-    prompts = [Prompt(i, None, "", ["x" * n], [" y"], 0, [], [], []) for i, n in enumerate(lengths)]
-    strided = [sum(_cost(p) for p in prompts[r::3]) for r in range(3)]
-    parts = [split_across_ranks(prompts, r, 3) for r in range(3)]
-    assert sorted(p.index for part in parts for p in part) == list(range(len(prompts)))  # each once
-    assert all([p.index for p in part] == sorted(p.index for p in part) for part in parts)
-    work = [sum(_cost(p) for p in part) for part in parts]
-    assert max(work) - min(work) < (max(strided) - min(strided)) / 10, (work, strided)  # 12 vs 240 characters
-    assert split_across_ranks(prompts, 0, 1) == prompts
