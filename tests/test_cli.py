@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mpt import MPTForCausalLM
-from mpt.cli import main
+from mpt.cli import build_parser, main
 from mpt.presets import load_model_config, model_info, preset_names
 
 
@@ -69,3 +69,12 @@ def test_export_from_a_training_checkpoint_copies_the_tokenizer_of_the_run(tmp_p
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
     assert load(tmp_path / "hf", device="cpu").tokenizer.eos_token == "<|endoftext|>"  # no --tokenizer needed
+
+
+def test_data_commands_have_help(capsys):
+    for cmd in (["prep", "--help"], ["tokenizer", "train", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(cmd)
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: mpt {' '.join(cmd[:-1])}" in out and "--out" in out

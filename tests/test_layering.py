@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import mpt
+import mpt.data
 
 SRC = Path(mpt.__file__).parent
 LEAVES = {"paths", "files", "storage", "ranks", "chatml", "console", "config", "tables", "_lazy"}
@@ -67,3 +68,20 @@ def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     assert imported_parts(SRC / "data" / "tokenize.py") >= {"paths"}
     assert "data" in imported_parts(SRC / "infer" / "api.py")  # a function-level relative import
     assert "chatml" in imported_parts(SRC / "infer" / "chat.py")  # `from .. import chatml`
+
+
+DATA = Path(mpt.data.__file__).parent
+
+
+def test_data_never_imports_the_model():
+    """Only the package's leaf helpers (mpt.chatml, mpt.files, mpt.ranks, ...) may come from outside data/."""
+    above = ("model", "train", "eval", "infer", "cli", "quickstart")
+    for path in DATA.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                top = (node.module or "").split(".")[0]
+                assert not (node.level >= 2 and top in above), f"{path.name}: {'.' * node.level}{node.module}"
+                assert not (node.level == 0 and node.module and node.module.startswith(
+                    tuple(f"mpt.{m}" for m in above))), f"{path.name}: {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mpt.model") for a in node.names), path.name

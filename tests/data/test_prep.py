@@ -1,15 +1,22 @@
+"""`mpt prep`: formats, modes (``--mode docs`` gives every document back exactly as it went in), errors
+naming the file, line and flag, worker processes, and memory bounded for huge records, binary files kept out
+of the shards, documents cut where the tokenizer's tokens do not change."""
+
 import gzip
 import json
+import subprocess
+import sys
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers
 
-from mpt.cli import main
+from mpt.cli import main, parse, prep_config
 from mpt.data import DataInputError, Shard, read_index
-from mpt.data.prep import PrepConfig, prep
+from mpt.data.prep import PrepCommand, PrepConfig, prep
 from mpt.data.readers import ReadStats, expand_inputs, read_documents
 
 
@@ -172,3 +179,129 @@ def test_worker_processes_give_identical_shards(shared, neox, tmp_path):
         assert s.near_duplicates == sum(len(t.split()) >= 500 for t in planted) > 0
         assert s.documents_written == 25 - short - s.near_duplicates
     assert shards[0] == shards[1]
+
+
+def word_tokenizer(path) -> None:
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(1000)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+
+
+_PEAK = """
+import resource, sys
+from mpt.data.prep import PrepConfig, prep
+peaks = []
+for name in ("small", "big"):   # the small run first: its peak is what the code and the tokenizer cost
+    s = prep(PrepConfig(inputs=[f"{sys.argv[1]}/{name}.txt"], out=f"{sys.argv[1]}/{name}", tokenizer=sys.argv[2],
+                        seq_len=512, progress=False))
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(s.document_tokens, *peaks)
+"""
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_record(tmp_path):
+    """One 20 MB record (4 M words) used to peak 1.2 GB above a tiny input's peak with this tokenizer
+    (3.1 GB in all with GPT-NeoX's); now the record costs a few copies of its text."""
+    word_tokenizer(tmp_path / "tok.json")
+    rng = np.random.default_rng(0)
+    words = 4_000_000
+    (tmp_path / "big.txt").write_text(" ".join(f"w{i}" for i in rng.integers(0, 1000, words)))
+    (tmp_path / "small.txt").write_text("w1 w2 w3")
+    run = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path), str(tmp_path / "tok.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    tokens, small_kib, big_kib = map(int, run.stdout.split())
+    assert tokens == words + 1
+    size_mib = (tmp_path / "big.txt").stat().st_size / 2**20
+    grown_mib = (big_kib - small_kib) / 1024
+    assert grown_mib < 8 * size_mib, f"a {size_mib:.0f} MiB record grew the peak by {grown_mib:.0f} MiB"
+
+
+def test_long_document_in_pieces_has_the_tokens_of_the_whole(shared, neox, tmp_path):
+    src = shared / "data" / "pretrain" / "arxiv_sample.jsonl"
+    text = "\n\n".join(json.loads(line)["text"] for line in src.read_text().splitlines()[:6])
+    text = text.replace("\r\n", "\n")            # as the reader gives a text file
+    assert len(text) > 100_000
+    (tmp_path / "long.txt").write_bytes(text.encode())
+    s = prep(PrepConfig(inputs=[str(tmp_path / "long.txt")], out=str(tmp_path / "o"), tokenizer=str(neox),
+                        mode="docs", chunk_chars=8000, progress=False))
+    assert s.samples == 1
+    whole = Tokenizer.from_file(str(neox)).encode(text, add_special_tokens=False).ids + [0]
+    index = read_index(tmp_path / "o")
+    assert Shard(tmp_path / "o" / index.shards[0].file, np.dtype("<u2"))[0].tolist() == whole
+
+
+def test_binary_file_with_a_text_suffix_is_refused_or_counted(neox, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("A real text file.")
+    (inputs / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    with pytest.raises(DataInputError, match=r"b.txt: a NUL byte at offset 8: this is a binary file.*--skip-bad"):
+        prep(PrepConfig(inputs=[str(inputs)], out=str(tmp_path / "o"), tokenizer=str(neox), mode="docs",
+                        progress=False))
+    s = prep(PrepConfig(inputs=[str(inputs)], out=str(tmp_path / "o2"), tokenizer=str(neox), mode="docs",
+                        skip_bad=True, progress=False))
+    assert (s.binary_skipped, s.documents_written, s.samples) == (1, 1, 1)
+    assert any("b.txt: binary" in e for e in s.bad_examples)
+    assert "1 binary files" in s.lines()[1]
+    tok = Tokenizer.from_file(str(neox))
+    index = read_index(tmp_path / "o2")
+    assert Shard(tmp_path / "o2" / index.shards[0].file, np.dtype("<u2"))[0].tolist() == \
+        tok.encode("A real text file.").ids + [0]
+
+
+def test_tokenizer_whose_tokens_change_at_cuts_gets_whole_documents(tmp_path):
+    """A tokenizer that marks the start of every input (Llama-2's Prepend("▁") normalizer) would see a
+    marker at each cut, so long documents are not cut for it."""
+    from tokenizers import normalizers
+
+    words = [f"w{i}" for i in range(50)]
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, "▁": 2, **{f"▁{w}": i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tok.save(str(tmp_path / "tok.json"))
+    text = " ".join(words[i % 50] for i in range(2000))
+    (tmp_path / "long.txt").write_text(text)
+    prep(PrepConfig(inputs=[str(tmp_path / "long.txt")], out=str(tmp_path / "o"), tokenizer=str(tmp_path / "tok.json"),
+                    mode="docs", chunk_chars=1000, progress=False))
+    index = read_index(tmp_path / "o")
+    got = Shard(tmp_path / "o" / index.shards[0].file, np.dtype("<u2"))[0].tolist()
+    assert got == tok.encode(text).ids + [0] and 1 not in got and 2 not in got
+
+
+def test_docs_mode_round_trips_every_document_exactly(shared, neox, tmp_path, capsys):
+    src = shared / "data" / "pretrain" / "arxiv_sample.jsonl"
+    texts = [json.loads(line)["text"] for line in src.read_text().splitlines()]
+    out = tmp_path / "docs"
+    # small tokenizer pieces and small shards: long documents are tokenized in many pieces and most
+    # shards hold one document, so the pieces and the shard boundaries are both exercised
+    assert main(["prep", str(src), "--out", str(out), "--tokenizer", str(neox), "--mode", "docs",
+                 "--chunk-chars", "4000", "--shard-bytes", "40000", "--no-progress"]) == 0
+    assert "wrote     20 documents" in capsys.readouterr().out
+    index = read_index(out)
+    assert (index.mode, index.seq_len, index.num_samples) == ("docs", None, 20) and len(index.shards) >= 15
+    samples = [s for info in index.shards for s in Shard(out / info.file, np.dtype("<u2"))]
+    tok = Tokenizer.from_file(str(neox))
+    for i, (text, sample) in enumerate(zip(texts, samples, strict=True)):
+        ids = sample.tolist()
+        assert ids == tok.encode(text, add_special_tokens=False).ids + [index.eos_id], i  # whole, in order, EOS
+        assert tok.decode(ids[:-1]) == unicodedata.normalize("NFC", text), i   # the tokenizer normalises to NFC
+    assert sum(len(s) for s in samples) == index.num_tokens
+
+
+def test_prep_command_line_errors_name_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prep", str(tmp_path / "a.jsonl")])
+    assert exit_.value.code == 2 and "required: out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prep", "a.jsonl", "--out", "o", "--mode", "pack"])
+    assert "invalid choice: 'pack'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prep needs --out"):
+        PrepCommand(inputs=["a.jsonl"]).to_config().validate()
+    # a YAML config of the command's own shorthands folds the same way as the flags
+    path = tmp_path / "prep.yaml"
+    path.write_text("inputs: [a.jsonl]\nout: o\nmode: docs\nshard_mb: 1\nnear_dedup: true\n")
+    cfg = prep_config(parse(["prep", "--config", str(path), "--no-progress"]))
+    assert (cfg.mode, cfg.shard_bytes, cfg.dedup.near, cfg.progress) == ("docs", 1 << 20, True, False)
