@@ -9,11 +9,10 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
-from mpt import MPTConfig, MPTForCausalLM
 from mpt.model.hf import save_pretrained
 from tests.infer.conftest import build_tokenizer
+from tests.tiny import tiny_model
 
 MPT = shutil.which("mpt")
 
@@ -28,8 +27,7 @@ def run(*args, cwd=None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-errors")
-    torch.manual_seed(0)
-    model = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=416, max_seq_len=32))
+    model = tiny_model(0, vocab_size=416)  # only saved: its train/eval mode does not reach the files
     for name in ("ckpt", "no-tokenizer", "corrupt"):
         save_pretrained(model, root / name)
     build_tokenizer(root / "ckpt")

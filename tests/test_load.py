@@ -5,18 +5,17 @@ import json
 import pytest
 import torch
 
-from mpt import MPTConfig, MPTForCausalLM
 from mpt.data.tokenize import load_token_encoder, load_tokenizer
 from mpt.model import load as load_mod
 from mpt.model.hf import convert, save_pretrained
 from mpt.model.load import load_model, resolve_dtype, usable_attn_impl
 from mpt.paths import looks_local
 from tests.infer.conftest import build_tokenizer
+from tests.tiny import tiny_model
 
 
 def tiny(tmp_path, attn_impl=None):
-    torch.manual_seed(0)
-    model = MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=416, max_seq_len=32)).eval()
+    model = tiny_model(0, vocab_size=416)
     save_pretrained(model, tmp_path)
     if attn_impl:  # as a checkpoint trained elsewhere would say; our config refuses flash without flash-attn
         cfg = json.loads((tmp_path / "config.json").read_text())
