@@ -1,13 +1,15 @@
 """Every `mpt` command shown in the README parses with the real argument parser, builds its checked config
-(a recipe with its overrides, a --config file), and no two examples write into the same place."""
+(a recipe with its overrides, a --config file), and no two examples write into the same place; every
+`mpt train` line passes its own `--dry-run`, and every `mpt lm-eval` line parses with lm-eval's parser."""
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
-from mpt.cli import parse
+from mpt.cli import main, parse
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,7 +22,7 @@ def readme_commands() -> list[str]:
         for line in joined.splitlines():
             line = line.split(" #")[0].strip()
             for part in re.split(r"&&|\|", line):
-                part = part.strip()
+                part = re.sub(r"^([A-Z_]+=\S*\s+)+", "", part.strip())  # leading VAR=value assignments
                 if part.startswith("mpt "):
                     commands.append(part)
                 elif " -m mpt.cli " in part:
@@ -77,3 +79,35 @@ def test_readme_examples_write_into_folders_of_their_own(tmp_path):
     logs = [r[2] for r in runs.values()]
     assert len(set(exports)) == len(exports) and len(set(logs)) == len(logs), runs
     assert len(runs) >= 2 and not set(exports) & set(outputs)
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("mpt train ")])
+def test_readme_train_line_passes_its_own_dry_run(command, capsys, monkeypatch):
+    """The line as written (overrides included) with `--dry-run` added: what a user gets before the run."""
+    argv = shlex.split(command)[1:]
+    monkeypatch.chdir(README.parent)
+    assert main([*argv, "--dry-run"] if "--dry-run" not in argv else argv) == 0, capsys.readouterr().err
+    assert f"recipe {argv[1]} is valid" in capsys.readouterr().out
+
+
+LM_EVAL_LINES = [c for c in readme_commands() if c.startswith("mpt lm-eval ")]
+
+
+def test_the_readme_shows_lm_eval_lines():
+    assert any(" export " in c for c in LM_EVAL_LINES) and any("--model mpt" in c for c in LM_EVAL_LINES)
+
+
+@pytest.mark.parametrize("command", LM_EVAL_LINES)
+def test_readme_lm_eval_line_parses_with_lm_evals_own_parser(command, monkeypatch):
+    rest = shlex.split(command)[2:]
+    if rest[0] == "export":
+        from mpt.eval.lm_eval_adapter import export_parser
+
+        export_parser().parse_args(rest[1:])  # exits (SystemExit) on anything it cannot parse
+        return
+    pytest.importorskip("lm_eval", reason="needs lm-eval: pip install -e '.[eval]'")
+    from lm_eval.__main__ import HarnessCLI
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", *rest])
+    args = HarnessCLI().parse_args()
+    assert args.model == "mpt" and args.tasks and args.include_path

@@ -73,11 +73,9 @@ def export_task(task: TaskConfig, num_fewshot: int, tokenizer, out_dir: str | Pa
     return name
 
 
-def _export_cli(argv: list[str]) -> None:
+def export_parser():
+    """The arguments of ``mpt lm-eval export``."""
     import argparse
-
-    from ..data.tokenize import load_tokenizer
-    from .suite import load_suite
 
     ap = argparse.ArgumentParser(prog="python -m mpt.eval.lm_eval_adapter export",
                                  description="Write our rendered prompts for one task as a local lm-eval task.")
@@ -88,7 +86,14 @@ def _export_cli(argv: list[str]) -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
     ap.add_argument("--limit", type=int, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _export_cli(argv: list[str]) -> None:
+    from ..data.tokenize import load_tokenizer
+    from .suite import load_suite
+
+    args = export_parser().parse_args(argv)
     tasks = {t.label: t for t in load_suite(args.suite).tasks}
     if args.label not in tasks:
         raise SystemExit(f"no task {args.label!r} in suite {args.suite}; tasks: {', '.join(tasks)}")
