@@ -133,8 +133,8 @@ COMMANDS = [
             "key=value overrides (filters.min_words=50, dedup.threshold=0.9)"),
     Command("eval", "mpt.eval.command:EvalRunConfig", "mpt.eval.command:run_eval",
             "in-context-learning evaluation (the MPT-7B suite, the gauntlet)",
-            "Evaluate a model on LLM Foundry-format ICL tasks (language_modeling, multiple_choice, schema, "
-            "generation_task_with_answers) with LLM Foundry's prompts and metrics; print a table and optionally "
+            "Evaluate a model on LLM Foundry-format ICL tasks (each task's icl_task_type, as LLM Foundry names "
+            "them, picks its scoring) with LLM Foundry's prompts and metrics; print a table and optionally "
             "write JSON, Markdown and per-example JSONL. Task files are read from --data-dir; nothing is "
             "downloaded.",
             "example: mpt eval ./my-mpt --tasks mpt7b --data-dir ../shared/data/eval --limit 100 "
@@ -166,11 +166,13 @@ COMMANDS = [
             "requests share decode steps (continuous batching).",
             "example: mpt serve ./my-mpt --port 8000, then point any OpenAI client at http://127.0.0.1:8000/v1"),
     Command("export", "mpt.checkpoint_commands:ExportConfig", "mpt.checkpoint_commands:export",
-            "export a checkpoint: Hugging Face format (default) or ONNX",
+            "export a checkpoint: Hugging Face format (default), ONNX or GGUF (llama.cpp)",
             "--format hf: write safetensors + config.json + tokenizer files that plain transformers (and vLLM) "
             "load. --format onnx: write prefill.onnx (input_ids -> logits and the key/value cache) and "
             "decode.onnx (one token per row plus the cache -> logits and the grown cache), then check them with "
-            "onnxruntime against PyTorch. Rows of one batch must have the same length (no padding mask)."),
+            "onnxruntime against PyTorch. Rows of one batch must have the same length (no padding mask). "
+            "--format gguf: write OUT.gguf in llama.cpp's MPT layout (tokenizer and chat template inside) with "
+            "--outtype f32, f16 or q8_0; configs llama.cpp cannot compute the same way are refused."),
     Command("quickstart", "mpt.quickstart:QuickstartConfig", "mpt.quickstart:quickstart",
             "the whole pipeline offline in minutes, with a report",
             "Offline, on any machine with Python: build a corpus from the Python standard library's sources and "

@@ -5,7 +5,7 @@
   ``python -m mpt.eval.lm_eval_adapter --model mpt --model_args pretrained=DIR --tasks piqa``.
 * :func:`export_task`: one of our tasks, our prompts already rendered, as a local lm-eval task
   (``dataset_path: json``; each task type gives its lm-eval form), so lm-eval scores exactly the
-  strings we score (``tests/eval/test_lm_eval_parity.py`` compares them example by example).
+  strings we score (``tests/eval/test_lm_eval_adapter.py`` compares them example by example).
 """
 
 from __future__ import annotations

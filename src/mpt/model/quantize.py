@@ -12,7 +12,7 @@ depends on the device:
   float x int8 matmul on CPU: casting the weight each call (the GPU path) or
   ``torch._weight_int8pack_mm`` with float32 inputs ran 2x to 50x slower than float32 here, while
   the int8 x int8 path ran 1.3x (one row) to 4x (8-16 rows) faster. The per-token scale keeps the
-  added error small: tests/infer/test_int8.py bounds the logits, benchmarks/bench_int8.py measures
+  added error small: tests/model/test_quantize.py bounds the logits, benchmarks/bench_int8.py measures
   perplexity against float32.
 
 The tied embedding (MPT's output projection is its input embedding) is quantized once and serves
