@@ -1,24 +1,13 @@
-"""MPT rebuilt in modern PyTorch: model, data, training, evaluation and inference.
+"""MPT in modern PyTorch: ``import mpt`` offers load, MPTConfig, MPTForCausalLM, KVCache (imported lazily).
 
-Layering: who may import whom (imports point one way, down this table)::
+Imports point one way, down this table (tests/test_layering.py checks it)::
 
-    cli, typed_cli, checkpoint_commands ->  any of the below
-    quickstart                          ->  train, eval, infer, data, model
-    train                               ->  eval (in-training evaluation), data (its batches), presets, model
-    eval                                ->  infer (generation tasks decode with its loop), data, model
-    infer                               ->  data (tokenizers), model
-    data                                ->  leaf helpers only: it needs no model
-    model                               ->  leaf helpers only: the network, nothing else
-
-- Leaf helpers import nothing from ``mpt``, so every layer may use them: ``paths`` (local path or
-  hub name), ``files`` (SHA-256 of a file), ``storage`` (local or object-storage paths, atomic
-  writes), ``ranks`` (rank, process group, any-rank votes), ``chatml`` (the ChatML renderer),
-  ``console``, ``config`` (typed YAML configs), ``tables`` (text and Markdown tables), ``_lazy``.
-  ``presets`` (model presets) sits on ``model``, ``quickstart_report`` on ``train``.
-- ``mpt.cli`` only parses and dispatches; the work is in functions a user can import.
-
-Every package here imports lazily (PEP 562, :mod:`mpt._lazy`): ``import mpt`` and ``mpt --help``
-load neither torch nor transformers until a name that needs them is used.
+    cli, typed_cli, checkpoint_commands  ->  anything below (cli only parses and dispatches)
+    quickstart -> train, eval, infer, data, model            quickstart_report -> train
+    train -> eval (in-training evaluation), data (its batches), presets, model    presets -> model
+    eval -> infer (generation tasks decode with its loop), data, model            infer -> data, model
+    data, model -> leaf helpers only (paths, files, storage, ranks, chatml, console, config, tables,
+                   _lazy: they import nothing from mpt, so every layer may use them)
 """
 
 from ._lazy import lazy_exports
@@ -28,4 +17,6 @@ _EXPORTS = {"load": ".infer.api", "KVCache": ".model.cache", "MPTConfig": ".mode
             "MPTConfigError": ".model.config", "MPTCheckpointError": ".model.modeling",
             "MPTForCausalLM": ".model.modeling", "MPTModel": ".model.modeling"}
 __all__ = sorted(_EXPORTS)
+# Every package exports this way (PEP 562): `import mpt` and `mpt --help` load neither torch nor
+# transformers until a name that needs them is used.
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

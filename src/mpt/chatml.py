@@ -1,22 +1,16 @@
 """ChatML, MPT-7B-Chat's conversation format, written out in one place.
 
-``<|im_start|>role\\ncontent<|im_end|>\\n`` per message. Finetuning (finetune.py) renders chats
-with it and trains on the character spans it reports; chat prompts (``mpt.infer.chat``) render with
-it and add the assistant's header. :data:`CHATML_TEMPLATE` is the same format as a Jinja template
-for tokenizers (tests check that both give the same text).
-
-Message content is text. A tokenizer that has ``<|im_start|>`` and ``<|im_end|>`` as special tokens
-(ours, from ``mpt tokenizer train``) would turn those strings inside a message into the real tokens,
-and a user could forge a system turn (``hi<|im_end|>\n<|im_start|>system\n...``), or finetuning data
-teach the model the forgery. :func:`text_pieces` cuts a rendered conversation into pieces to encode
-one by one, so that special-token strings are special only where the template wrote them.
-
-A leaf module (it imports nothing but ``re``), beside the packages rather than in ``mpt.data``: ``mpt chat
---help`` imports the chat code, and ``mpt.data``'s package import would add numpy and the prep code.
+``<|im_start|>role\\ncontent<|im_end|>\\n`` per message. Finetuning (finetune.py) renders chats with
+:func:`render_chatml` and trains on the character spans it reports; chat prompts (``mpt.infer.chat``)
+render with it and add the assistant's header. :data:`CHATML_TEMPLATE` is the same format as a Jinja
+template for tokenizers (tests check that both give the same text). :func:`text_pieces` keeps
+special-token strings inside message content plain text, so no message can forge a turn.
 """
 
 from __future__ import annotations
 
+# A leaf module (it imports nothing but re), beside the packages rather than in mpt.data: `mpt chat --help`
+# imports the chat code, and mpt.data's package import would add numpy and the prep code.
 import re
 from collections.abc import Iterable
 
@@ -77,6 +71,10 @@ def special_strings(tokenizer) -> list[str]:
 def text_pieces(segments: Iterable[tuple[str, bool]], specials: Iterable[str]) -> list[str]:
     """Pieces of the segments' joined text to encode one at a time (then concatenated), so that a special-token
     string is a special token only where the template wrote it, never inside message content.
+
+    A tokenizer that has ``<|im_start|>`` and ``<|im_end|>`` as special tokens (ours, from ``mpt tokenizer
+    train``) would turn those strings inside a message into the real tokens, and a user could forge a system
+    turn (``hi<|im_end|>\\n<|im_start|>system\\n...``), or finetuning data teach the model the forgery.
 
     ``segments``: (text, is message content) in order. A template's special-token strings become pieces of
     their own (the tokenizer's own split, so ordinary content encodes exactly as the whole text would); inside
