@@ -1,14 +1,11 @@
 """Where a streaming dataset's shards come from: a local folder, or any fsspec URL through a bounded cache.
 
-Remote shards are fetched on demand, checked (size, SHA-256) once downloaded, and moved into place with an
-atomic rename, so several processes (ranks, dataloader workers, two training runs) can share one
-cache folder without locks or shared memory: the worst race is two processes fetching the same
-shard, and both end with the same verified file. Eviction removes least-recently-used cached
-shards until they fit ``limit_bytes``; a process that has a shard memory-mapped keeps reading it
-after another process unlinks it (POSIX semantics), and a shard that vanished before it was opened
-is fetched again. The cache holds each source in a sub-folder named by a hash of its URL; eviction
-counts and deletes only ``<hash>/shard-NNNNN.bin`` files, never anything else put in the folder.
-Downloads in flight are not counted, so the folder can pass the limit by one shard per process.
+:class:`ShardStore` opens one source's shards, verifying each (size, SHA-256) once per process. Remote
+shards are fetched on demand into ``cache_dir/<hash of the URL>/`` and moved into place with an atomic
+rename, so several processes (ranks, dataloader workers, two runs) share one cache folder without locks
+or shared memory: the worst race is two processes fetching the same shard, and both end with the same
+verified file. Eviction removes least-recently-used cached shards until they fit ``limit_bytes``;
+downloads in flight are not counted, so the folder can pass the limit by one shard per process.
 """
 
 from __future__ import annotations
@@ -158,7 +155,7 @@ class ShardStore:
             if total + incoming <= self.limit:
                 break
             try:
-                p.unlink()
+                p.unlink()  # a process that has it memory-mapped keeps reading it (POSIX unlink semantics)
             except FileNotFoundError:
                 pass
             total -= size

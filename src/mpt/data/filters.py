@@ -1,18 +1,11 @@
 """Document quality filters: the mC4 rules of the MPT-7B release, and a generic length filter.
 
-The MPT-7B appendix states the mC4 rules as: the most common character is alphabetic; at least
-92 % of characters are alphanumeric; if a document has more than 500 words its most common word
-is at most 7.5 % of the words, else at most 30 %; and 200 <= words <= 50,000.
-
-Definitions we use (the appendix does not spell them out):
-- "characters" are the non-whitespace characters (counting spaces would make the space the most
-  common character of nearly every English text, and the rule would reject everything);
-- "words" are whitespace-separated tokens; the most-common-word rule compares them lowercased.
-
-All bounds are inclusive as stated. Every rule is off unless switched on: ``FilterConfig.mc4()``
-switches on all four with the MPT-7B values (``mpt prep --mc4``), and each can be changed or
-turned off on its own (``None`` / ``False``). The generic filter keeps documents with
-``min_chars <= len(text) <= max_chars`` (both off by default).
+The MPT-7B appendix states the mC4 rules: the most common character is alphabetic; at least 92 % of
+characters are alphanumeric; a document of more than 500 words has a most common word of at most
+7.5 % of its words, else at most 30 %; and 200 <= words <= 50,000 (all bounds inclusive).
+:func:`first_failed_rule` names the first rule a document fails. Every rule is off unless switched on:
+``FilterConfig.mc4()`` (``mpt prep --mc4``) switches on all four with those values, and each can be
+changed or turned off on its own (``None`` / ``False``); ``min_chars``/``max_chars`` bound ``len(text)``.
 """
 
 from __future__ import annotations
@@ -65,6 +58,9 @@ def first_failed_rule(text: str, cfg: FilterConfig) -> str | None:
     if cfg.max_chars is not None and n_chars > cfg.max_chars:
         return "max_chars"
     if cfg.most_common_char_alpha or cfg.min_alnum_ratio is not None:
+        # The appendix does not define "characters": we count the non-whitespace ones, since counting
+        # spaces would make the space the most common character of nearly every English text, and the
+        # rule would reject everything.
         chars = Counter(text)
         for ws in [c for c in chars if c.isspace()]:
             del chars[ws]
@@ -78,6 +74,7 @@ def first_failed_rule(text: str, cfg: FilterConfig) -> str | None:
                 return "min_alnum_ratio"
     needs_words = (cfg.min_words, cfg.max_words, cfg.max_common_word_ratio_long, cfg.max_common_word_ratio_short)
     if any(v is not None for v in needs_words):
+        # Nor "words": whitespace-separated tokens, compared lowercased by the most-common-word rule.
         words = text.lower().split()
         n_words = len(words)
         if cfg.min_words is not None and n_words < cfg.min_words:

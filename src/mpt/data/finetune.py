@@ -1,29 +1,13 @@
 """Finetuning data: instruction pairs and ChatML chats, tokenized with a loss mask.
 
-Formats (one JSON object per line):
-
-- ``{"prompt": ..., "response": ...}``: the prompt and the response are tokenized separately and
-  joined, EOS appended; loss on the response tokens and the EOS only.
-- ``{"messages": [{"role": ..., "content": ...}, ...]}``: rendered in ChatML by
-  :func:`mpt.chatml.render_chatml` (``<|im_start|>role\\ncontent<|im_end|>\\n``) and tokenized
-  as one string, exactly what ``tokenizer.apply_chat_template(messages, tokenize=True)`` gives with
-  :data:`~mpt.chatml.CHATML_TEMPLATE`;
-  loss on each assistant turn's content and its ``<|im_end|>``, not on the role header or the
-  newline after it. The mask is found from token character offsets, so it needs no special tokens.
-  Special-token strings inside content are encoded as the plain text they are.
-
-Over-long examples follow ``FinetuneConfig.truncation``: ``"truncate"`` keeps the first
-``max_seq_len`` tokens (an example left with no trained token is dropped), ``"drop"`` drops it,
-``"error"`` stops. Truncated and dropped examples are counted in ``FinetuneStats``.
-
-Batches are padded (:func:`pad_collate`) or packed: :func:`plan_packing` groups examples into rows
-of ``max_seq_len`` tokens and :func:`collate_packed` lays them out, each token carrying a
-``sequence_id`` (the model's ``attn_config.attn_uses_sequence_id`` keeps attention inside an
-example; :func:`packed_attention_mask` is that mask written out). The first token of every packed
-example is never a label, so no loss crosses an example boundary, and a packed batch's loss is
-exactly the target-weighted mean of its examples' losses alone.
-
-Long-context samples (e.g. 65,536 tokens) are pretraining-style: ``mpt prep --seq-len 65536``.
+:func:`load_finetune` reads one JSON object per line: ``{"prompt", "response"}`` (loss on the response
+and the EOS appended to it) or ``{"messages": [{"role", "content"}, ...]}`` rendered in ChatML (ids equal
+``apply_chat_template`` with :data:`~mpt.chatml.CHATML_TEMPLATE`; loss on each assistant turn's content
+and its ``<|im_end|>``). Over-long examples follow ``FinetuneConfig.truncation`` (``truncate``, ``drop``,
+``error``), counted in ``FinetuneStats``. Batches are padded (:func:`pad_collate`) or packed
+(:func:`plan_packing`, :func:`collate_packed`): each packed token carries a ``sequence_id`` for the
+model's ``attn_uses_sequence_id``, and a packed batch's loss equals the target-weighted mean of its
+examples' losses alone. Long-context samples are pretraining-style: ``mpt prep --seq-len 65536``.
 """
 
 from __future__ import annotations
@@ -44,7 +28,9 @@ IGNORE = -100
 @dataclass
 class FinetuneConfig:
     max_seq_len: int = 2048
-    truncation: str = "truncate"    # "truncate" | "drop" | "error"
+    # over-long examples: "truncate" (the first max_seq_len tokens; dropped if none is left to train on),
+    # "drop" or "error"
+    truncation: str = "truncate"
 
     def validate(self) -> None:
         if self.max_seq_len < 2:
@@ -70,7 +56,11 @@ class Example:
 def encode_chat(tokenizer, messages: list[dict]) -> Example:
     """``tokenizer`` is a ``tokenizers.Tokenizer``; ids equal ``apply_chat_template`` with CHATML_TEMPLATE, except
     that special-token strings inside message content stay plain text (:func:`mpt.chatml.text_pieces`): a
-    chat that writes ``<|im_end|>`` in a message must not teach the model to end (or forge) turns with it."""
+    chat that writes ``<|im_end|>`` in a message must not teach the model to end (or forge) turns with it.
+
+    Trained: each assistant turn's content and its ``<|im_end|>``, not its role header or the newline after
+    it. The mask comes from the tokens' character offsets into the rendered text, so it needs no special
+    tokens."""
     turns = [(m["role"], m["content"]) for m in messages]
     text, spans = render_chatml(turns)
     pieces = text_pieces(chatml_segments(turns), special_strings(tokenizer))
@@ -88,6 +78,7 @@ def encode_chat(tokenizer, messages: list[dict]) -> Example:
 
 
 def encode_prompt_response(tokenizer, prompt: str, response: str, eos_id: int) -> Example:
+    """Prompt and response tokenized separately, then joined with EOS appended; loss on the response and EOS."""
     p = tokenizer.encode(prompt, add_special_tokens=False).ids
     r = tokenizer.encode(response, add_special_tokens=False).ids + [eos_id]
     return Example(list(p) + r, [IGNORE] * len(p) + r)

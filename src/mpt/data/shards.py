@@ -1,28 +1,13 @@
 """The token shard format: raw token arrays in files that can be memory-mapped, plus a JSON index.
 
-Why our own format instead of mosaicml-streaming's MDS or litdata: the last mosaicml-streaming
-release pins ``transformers<5`` and ``numpy<2.2`` and pulls ``torchvision``, which cannot be
-installed beside current PyTorch; litdata also pulls ``torchvision``. A flat array of token ids is
-what nanoGPT, OLMo and Megatron store, and it is all a language-model loader needs.
+A folder holds ``index.json`` (:class:`ShardIndex`, with each shard's size and SHA-256, checked before a
+shard is trusted), ``shard-NNNNN.bin`` (:class:`ShardWriter` writes them, :class:`Shard` maps one; the byte
+layout is beside ``MAGIC``), and ``mpt prep``'s ``summary.json``, ``prep.json`` (see prep_folder.py).
 
-A dataset folder holds::
-
-    index.json           format, version, dtype, vocab_size, eos_id, mode, seq_len, tokenizer, shards[]
-    shard-00000.bin      one shard (layout below)
-    summary.json         what `mpt prep` did (counts of everything read, filtered and written)
-    prep.json            the arguments and inputs of the `mpt prep` run that owns the folder
-                         (and prep-progress.json while it is unfinished; see prep_folder.py)
-
-A shard file is, all little-endian::
-
-    8 bytes   magic b"MPTSHRD1"
-    8 bytes   uint64 number of samples N
-    8*(N+1)   uint64 token offsets of the samples (offsets[0] == 0, offsets[N] == total tokens)
-    ...       the tokens, uint16 when the vocabulary fits, else uint32
-
-Fixed-length (``concat``) shards store offsets too, so one reader serves both modes. Every shard's
-size and SHA-256 are in the index; readers check them before trusting a shard, so a corrupt or
-truncated file is an error naming the shard, never garbage tokens.
+Why our own format, not mosaicml-streaming's MDS or litdata: the last mosaicml-streaming release pins
+``transformers<5`` and ``numpy<2.2`` and pulls ``torchvision``, which cannot be installed beside current
+PyTorch; litdata also pulls ``torchvision``. A flat array of token ids is what nanoGPT, OLMo and
+Megatron store, and it is all a language-model loader needs.
 """
 
 from __future__ import annotations
@@ -40,6 +25,9 @@ import numpy as np
 from ..files import file_sha256
 from ..storage import TMP_SUFFIX, publish, tmp_name, write_atomic
 
+# A shard file, all little-endian: MAGIC (8 bytes); uint64 number of samples N; N + 1 uint64 token offsets
+# of the samples (offsets[0] == 0, offsets[N] == total tokens); the tokens, uint16 when the vocabulary
+# fits, else uint32. Fixed-length ("concat") shards store offsets too, so one reader serves both modes.
 MAGIC = b"MPTSHRD1"
 FORMAT = "mpt-shards"
 VERSION = 1

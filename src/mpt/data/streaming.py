@@ -1,29 +1,12 @@
 """A streaming dataset over token shards: deterministic order, any number of ranks and workers,
 exact mid-epoch resumption, several sources mixed by proportion.
 
+:class:`StreamingDataset` yields this rank's samples of an epoch; :class:`StreamingDataLoader` counts
+what it delivered, so its ``state_dict()`` is exact. The order is a pure function of ``seed``, ``epoch``
+and a position (mixing: ``_mix_block``; within a source: ``_draw``; over ranks and workers:
+``rank_positions`` and ``__iter__``), so each process computes it itself: no shared memory, no lock files.
 We write this instead of using mosaicml-streaming (whose releases pin ``transformers<5``,
 ``numpy<2.2`` and pull ``torchvision``); the ideas are the same, the code is ours.
-
-How the order is defined (every step a pure function of ``seed``, ``epoch`` and a position):
-
-1. **Mixing.** The epoch is cut into blocks of ``mix_block`` positions. Each block holds exactly
-   ``n_s`` positions of source ``s`` (the proportions, rounded by largest remainder), in a shuffled
-   order seeded by (seed, epoch, block). So the k-th position of source ``s`` is found without
-   scanning, and proportions hold exactly in every block.
-2. **Per-source order.** Source ``s``'s k-th draw in an epoch is sample ``order[k % N_s]`` of pass
-   ``k // N_s``. The order shuffles the shard sequence, then shuffles samples inside consecutive
-   blocks of ``shuffle_block`` samples (so across shards, while a reader's working set stays about
-   one block of shards, which is what keeps a bounded cache useful). When a source runs out it
-   either repeats (a new pass, reshuffled) or, with ``on_exhausted="stop"``, ends the epoch.
-3. **Ranks and workers.** Rank ``r`` of ``W`` takes positions ``start + r, start + r + W, ...``;
-   within a rank, consecutive chunks of ``batch_size`` go to dataloader workers in turn, which is the
-   order in which torch's DataLoader hands out their batches. So the samples of training step ``t``
-   over all ranks are positions ``[t*W*B, (t+1)*W*B)`` whatever W and the worker count, and the
-   resumption state is one number in global samples (``sample_in_epoch``), valid for any new W.
-   If the samples left in an epoch do not divide by W, the last ones are padded with samples from
-   the start of the epoch so every rank takes the same number of steps (``padded_samples``).
-
-No shared memory and no lock files: each process computes the order itself.
 """
 
 from __future__ import annotations
@@ -148,7 +131,13 @@ class StreamingDataset(IterableDataset):
         return np.random.default_rng([self.cfg.seed, *key])
 
     def _mix_block(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """Source label of each position in a mixing block, and its draw number within the block."""
+        """Source label of each position in a mixing block, and its draw number within the block.
+
+        The epoch is cut into blocks of ``mix_block`` positions. Each block holds exactly ``n_s`` positions
+        of source ``s`` (the proportions, rounded by largest remainder), in a shuffled order seeded by
+        (seed, epoch, block). So the k-th position of source ``s`` is found without scanning, and the
+        proportions hold exactly in every block.
+        """
         key = (epoch, block)
         cached = getattr(self, "_mix_cache", None)
         if cached is not None and cached[0] == key:
@@ -177,7 +166,13 @@ class StreamingDataset(IterableDataset):
         return length
 
     def _draw(self, st: _SourceState, s: int, epoch: int, k: int) -> int:
-        """Global sample id of source ``s``'s k-th draw in ``epoch``."""
+        """Global sample id of source ``s``'s k-th draw in ``epoch``: sample ``order[k % N_s]`` of pass ``k // N_s``.
+
+        The order shuffles the shard sequence, then shuffles samples inside consecutive blocks of
+        ``shuffle_block`` samples: so across shards, while a reader's working set stays about one block of
+        shards, which is what keeps a bounded cache useful. When a source runs out it either repeats (a new
+        pass, reshuffled) or, with ``on_exhausted="stop"``, ends the epoch (:meth:`epoch_length`).
+        """
         n = st.num_samples
         pass_, k = divmod(k, n)
         if not self.cfg.shuffle:
@@ -226,7 +221,12 @@ class StreamingDataset(IterableDataset):
         return st.store.shard(shard)[sample_id - st.shard_starts[shard]]
 
     def rank_positions(self) -> np.ndarray:
-        """The epoch positions this rank reads from ``sample_in_epoch`` on (before splitting over workers)."""
+        """The epoch positions this rank reads from ``sample_in_epoch`` on (before splitting over workers).
+
+        Rank ``r`` of ``W`` takes positions ``start + r, start + r + W, ...``. If the samples left in the epoch
+        do not divide by W, the last ones are padded with samples from the start of the epoch, so every rank
+        takes the same number of steps (:attr:`padded_samples`).
+        """
         length = self.epoch_length()
         start = min(self.sample_in_epoch, length)
         per_rank = math.ceil((length - start) / self.world_size)
@@ -248,6 +248,10 @@ class StreamingDataset(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         b = self.batch_size
         epoch = self.epoch
+        # Consecutive chunks of batch_size go to the workers in turn, the order in which torch's DataLoader
+        # hands out their batches. So the samples of training step t over all ranks are positions
+        # [t*W*B, (t+1)*W*B) whatever W and the worker count, and the resumption state is one number in
+        # global samples (sample_in_epoch), valid for any new W.
         for chunk in range(worker, math.ceil(len(positions) / b), workers):
             for pos in positions[chunk * b:(chunk + 1) * b]:
                 s, sample_id = self.locate(epoch, int(pos))
