@@ -1,32 +1,12 @@
 """Continuous batching: sequences join and leave a running decode batch between steps.
 
-All rows share one :class:`~mpt.model.KVCache` and one attention mask of shape ``(rows, L)``.
-Rows are right-aligned (left-padded): a row that joins is prefilled on its own (several joining
-rows are prefilled together), then its cache is merged with the running one, the shorter side
-padded on the left with masked zeros. ALiBi biases depend only on the distance between query and
-key, so padding changes nothing in a row's numbers. Finished and cancelled rows leave with
-``KVCache.select``, and columns that no remaining row attends to are cut off the left, so the
-cache is as long as the longest live row, not the age of the batch.
-
-Models with learned position embeddings are served one sequence at a time (``max_rows`` = 1 in
-:func:`run` and the scheduler); :func:`~mpt.infer.generate.generate_ids` batches their rows, all
-joining at once (tested equal to one at a time). Their rows end when the window is full (below).
-
-One stop rule for every generation path (:meth:`BatchEngine._advance`): a row ends with "stop" on a
-stop token (EOS, ChatML's end of turn) or a stop string, and with "length" after ``max_new_tokens``
-or when a learned-position model's window is full (its next token would have no position; ALiBi rows
-go on past ``max_seq_len``). The server, ``mpt.load(...).generate`` and the static
-:func:`~mpt.infer.generate.generate_ids` all decode here.
-
-Chunked prefill: a :class:`Prefill` runs its prompts forward ``chunk`` tokens at a time into a cache
-of its own, so the scheduler can put a decode step of the running rows between two chunks: a long
-prompt joining no longer stalls everyone's stream for its whole prefill. The same bound on tokens per
-forward is what lets a prompt longer than one forward's activations (The Great Gatsby, 76k tokens, into
-an MPT-7B shape) be read at all: :func:`~mpt.infer.generate.generate_ids` takes it as ``prefill_chunk``.
-
-Compiled decode: with ``compile`` (the default on CUDA) each decode step runs through
-:class:`~mpt.model.decode.StaticDecoder`: the same cache, attended over its whole bucketed buffer so
-the step has a fixed shape for ``torch.compile`` (CUDA graphs on GPU). Prefill stays eager.
+:class:`BatchEngine` holds the rows (one :class:`~mpt.model.KVCache` and one ``(rows, L)`` attention mask,
+rows right-aligned); :class:`Prefill` runs joining prompts forward ``chunk`` tokens at a time into a cache
+of their own, :meth:`BatchEngine.join` merges them in, :meth:`BatchEngine.step` decodes one token for
+every row, and :func:`run` drives a list of requests through. Every generation path decodes here (the
+server, ``mpt.load(...).generate``, :func:`~mpt.infer.generate.generate_ids`) under one stop rule
+(:meth:`BatchEngine._advance`). With ``compile`` (the default on CUDA) each decode step runs through
+:class:`~mpt.model.decode.StaticDecoder`, fixed shapes for ``torch.compile``; prefill stays eager.
 """
 
 from __future__ import annotations
@@ -89,7 +69,9 @@ class BatchEngine:
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
         learned_positions = model.transformer.wpe is not None
-        self.max_rows = 1 if learned_positions else None  # see the module docstring
+        # Models with learned position embeddings are served one sequence at a time (here, in run and in the
+        # scheduler); generate_ids batches their rows, all joining at once (tested equal to one at a time).
+        self.max_rows = 1 if learned_positions else None
         self.window = model.config.max_seq_len if learned_positions else None  # positions a row may fill
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
@@ -201,7 +183,12 @@ class BatchEngine:
         return picks
 
     def _advance(self, r: Row, tok: int) -> Update:
-        """Append ``tok`` to ``r`` and decide whether ``r`` is finished: the one stop rule (module docstring)."""
+        """Append ``tok`` to ``r`` and decide whether ``r`` is finished: the one stop rule of every generation path.
+
+        A row ends with "stop" on a stop token (EOS, ChatML's end of turn) or a stop string, and with "length"
+        after ``max_new_tokens`` or when a learned-position model's window is full (its next token would have
+        no position; ALiBi rows go on past ``max_seq_len``).
+        """
         r.out_ids.append(tok)
         stream = r.text
         if tok in self.stop_token_ids:
@@ -225,7 +212,8 @@ class BatchEngine:
         index = torch.tensor(keep, device=self.device)
         self.cache.select(index)
         self.mask, self.logits = self.mask[index], self.logits[index]
-        # Columns no remaining row attends to: drop them so the cache shrinks with the batch.
+        # Columns no remaining row attends to: drop them so the cache shrinks with the batch (as long as the
+        # longest live row, not the age of the batch).
         first = int(self.mask.any(dim=0).long().argmax())
         if first:
             for i, (k, v) in enumerate(zip(self.cache.keys, self.cache.values, strict=True)):
@@ -236,7 +224,13 @@ class BatchEngine:
 
 
 class Prefill:
-    """Prompts being run forward into a cache of their own, a chunk at a time, before they join the batch."""
+    """Prompts being run forward into a cache of their own, a chunk at a time, before they join the batch.
+
+    Chunks let the scheduler put a decode step of the running rows between two of them, so a long prompt
+    joining does not stall everyone's stream for its whole prefill. The same bound on tokens per forward
+    lets a prompt longer than one forward's activations (The Great Gatsby, 76k tokens, into an MPT-7B
+    shape) be read at all: :func:`~mpt.infer.generate.generate_ids` takes it as ``prefill_chunk``.
+    """
 
     def __init__(self, engine: BatchEngine, rows: list[Row], chunk: int | None, reserve: int = 16) -> None:
         self.engine, self.rows = engine, rows
@@ -274,6 +268,9 @@ class Prefill:
 
 def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
     """Stack two caches' rows, right-aligned; the shorter side is padded on the left with masked zeros.
+
+    ALiBi biases depend only on the distance between query and key, so the padding changes nothing in a
+    row's numbers.
 
     Zeros, not uninitialised memory: a masked key gets zero weight, but 0 * NaN would still be NaN.
     """

@@ -2,14 +2,9 @@
 
 What lm-eval's ``local-completions`` model needs to score a continuation through the server: the
 log-probability of every token given the ones before it, and the top alternatives at each position
-(to tell whether the continuation is the greedy one). Scores come from the model's raw
-distribution, before any sampling setting changes it (as OpenAI's and vLLM's do).
-
-A prompt is scored a chunk of positions at a time (:class:`PromptScorer`), so the server's decode
-thread can run decode steps between chunks, as it does for prefill: scoring eight 2,000-token
-prompts in one forward froze every stream for seconds and held whole-prompt fp32 logits (2,000 x
-50k x 4 bytes = 400 MB per prompt). Each chunk's logits are reduced at once to the token's own
-log-probability and the top ``k``, a slice of rows at a time (:data:`LOGITS_BYTES`).
+(to tell whether the continuation is the greedy one). Scores come from the model's raw distribution,
+before any sampling setting changes it (as OpenAI's and vLLM's do). :class:`PromptScorer` scores
+prompts a chunk of positions at a time; :func:`token_logprob` scores one new token.
 """
 
 from __future__ import annotations
@@ -47,6 +42,12 @@ class PromptScorer:
 
     The prompts are scored one after the other into a cache of one prompt's length; ``results`` holds,
     per prompt, the (log-probabilities, top-k lists) once :meth:`advance` returned True.
+
+    Chunks let the server's decode thread run decode steps between them, as it does for prefill: scoring
+    whole prompts in one forward stalls every stream meanwhile (benchmarks/bench_serve_harm.py measures it)
+    and holds whole-prompt fp32 logits (2,000 tokens x 50k x 4 bytes = 400 MB per prompt). Each chunk's
+    logits are reduced at once to the token's own log-probability and the top ``k``, a slice of rows at a
+    time (:data:`LOGITS_BYTES`).
     """
 
     def __init__(self, model: MPTForCausalLM, prompts: list[list[int]], k: int, key: Hashable = None,

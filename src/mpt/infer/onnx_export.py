@@ -1,17 +1,11 @@
 """`mpt export --format onnx`: prefill and decode graphs for ONNX runtimes, checked with onnxruntime.
 
-Two graphs, because a prompt and a single new token take different attention paths:
-
-* ``prefill.onnx``: ``input_ids (batch, seq >= 2)`` -> ``logits (batch, seq, vocab)``,
-  ``present_keys`` and ``present_values`` ``(n_layers, batch, n_heads, seq, head_dim)``.
-* ``decode.onnx``: ``input_ids (batch, 1)``, ``past_keys``, ``past_values``
-  ``(n_layers, batch, n_heads, past, head_dim)`` -> ``logits (batch, 1, vocab)`` and the grown cache
-  (``past + 1``).
-
-No attention mask: the rows of one batch must have the same length (no left padding). The key/value
-cache is passed in and out as whole tensors (transformers' ``DynamicCache`` inside, which exports
-as concatenation); our growing ``KVCache`` is a PyTorch-side optimisation. ALiBi models keep
-decoding past ``max_seq_len`` in ONNX too. The tokenizer files are copied next to the graphs.
+Two graphs (:func:`export_onnx`), because a prompt and a single new token take different attention paths:
+``prefill.onnx`` maps ``input_ids (batch, seq >= 2)`` to ``logits (batch, seq, vocab)`` and the cache,
+``present_keys``/``present_values`` ``(n_layers, batch, n_heads, seq, head_dim)``; ``decode.onnx`` maps
+``input_ids (batch, 1)`` and ``past_keys``/``past_values`` to ``logits (batch, 1, vocab)`` and the cache
+grown by one. No attention mask: the rows of one batch must have the same length (no left padding).
+:func:`check_onnx` compares onnxruntime with PyTorch. The tokenizer files are copied next to the graphs.
 """
 
 from __future__ import annotations
@@ -44,6 +38,8 @@ def _stack(cache) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([layer.keys for layer in cache.layers]), torch.stack([layer.values for layer in cache.layers])
 
 
+# The cache goes in and out as whole tensors, through transformers' DynamicCache inside (it exports as
+# concatenation): our growing KVCache is a PyTorch-side optimisation.
 class Prefill(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()

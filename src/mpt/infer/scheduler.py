@@ -1,26 +1,12 @@
 """The server's decode loop: one background thread drives the BatchEngine; requests join between steps.
 
-Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and
-a callback; the thread admits waiting requests whenever the batch has room (prefilling them and
-merging them into the running batch), runs one decode step for every row, and hands each update to
-its callback. A handler whose client went away calls :meth:`cancel`; the row leaves the batch
-before the next step.
-
-Prefill pacing: while rows are decoding, a joining prompt is prefilled a chunk per loop turn, each turn
-also running a decode step, so the running rows keep streaming. The chunk is sized from measured
-times so that it takes about ``prefill_stall`` decode steps: the running rows' inter-token gap then
-stays near ``1 + prefill_stall`` times a plain step's, on a CPU or a GPU alike (a fixed token count
-would be far too small for one and too large for the other). With no row decoding there is nobody
-to stall and a prompt runs ``prefill_chunk`` tokens per forward, which bounds its activations.
-
-Scoring (``echo`` with ``logprobs``: :meth:`Scheduler.score`) is paced the same way, with its own
-measured rate (every position's logits cost more than a prefill's last one): a chunk per loop turn,
-taking turns with a joining prompt's chunks, so neither a long scoring request nor a burst of
-joining prompts holds up the other or the running streams.
-
-The model is only ever touched from this thread. The decode step is the engine's: compiled over a
-static cache when the engine was built with ``compile`` (the default on CUDA, see
-:class:`~mpt.infer.batching.BatchEngine`), so it is compiled and CUDA-graph-captured on this thread too.
+Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and a
+callback (:meth:`Scheduler.score` for ``echo`` with ``logprobs``); the thread admits waiting requests
+whenever the batch has room (prefilling them and merging them into the running batch), runs one decode
+step for every row, and hands each update to its callback. A handler whose client went away calls
+:meth:`Scheduler.cancel`; the row leaves the batch before the next step. The model is only ever touched
+from this thread, so a compiled decode step (:class:`~mpt.infer.batching.BatchEngine`'s ``compile``, the
+default on CUDA) is compiled and CUDA-graph-captured on this thread too.
 """
 
 from __future__ import annotations
@@ -111,6 +97,10 @@ class Scheduler:
                 for key in cancelled:
                     self._callbacks.pop(key, None)
             self._scoring = [(s, f) for s, f in self._scoring if not f.cancelled()]  # their clients left
+            # Scoring is paced like prefill, with its own measured rate (every position's logits cost more
+            # than a prefill's last one): a chunk per loop turn, taking turns with a joining prompt's chunks,
+            # so neither a long scoring request nor a burst of joining prompts holds up the other or the
+            # running streams.
             if self._scoring and (self._score_turn or not self._admissible()):
                 updates = []
                 self._score_chunk()
@@ -187,7 +177,14 @@ class Scheduler:
     def _chunk_tokens(self, rows: int, rate: float | None = None) -> int | None:
         """Prompt positions to run this turn: about ``prefill_stall`` decode steps' worth at ``rate`` (positions x
         rows per second; default: the prefill rate; 0: not measured yet) while rows decode (a small first chunk
-        measures the rate); None (``prefill_chunk``) when none do."""
+        measures the rate); None (``prefill_chunk``) when none do.
+
+        Each loop turn runs one chunk and one decode step, so the running rows keep streaming. Sized from
+        measured times, a chunk takes about ``prefill_stall`` decode steps: the running rows' inter-token gap
+        then stays near ``1 + prefill_stall`` times a plain step's, on a CPU or a GPU alike (a fixed token
+        count would be far too small for one and too large for the other). With no row decoding there is
+        nobody to stall, and ``prefill_chunk`` tokens per forward bound a prompt's activations.
+        """
         rate = self._prefill_rate if rate is None else rate
         if not len(self.engine) or not self.prefill_stall:
             return None
