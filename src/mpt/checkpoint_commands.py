@@ -61,10 +61,13 @@ def convert(cfg: ConvertConfig) -> None:
 class ExportConfig:
     src: str = option(help="Hugging Face-format MPT checkpoint folder (or hub name), or a training checkpoint (a "
                       "step-N folder, or a checkpoint.folder: its newest complete checkpoint)", positional=True)
-    dst: str = option(help="output folder", positional=True)
-    format: Literal["hf", "onnx"] = option("hf", "output format")
+    dst: str = option(help="output folder (hf, onnx) or OUT.gguf file (gguf)", positional=True)
+    format: Literal["hf", "onnx", "gguf"] = option("hf", "output format (gguf: one file in llama.cpp's MPT layout)")
     tokenizer: str | None = option(None, "hf from a training checkpoint: folder whose tokenizer files to copy "
-                                   "alongside (default: the tokenizer recorded with the run)")
+                                   "alongside (default: the tokenizer recorded with the run); gguf: tokenizer.json "
+                                   "or folder to embed (default: the one in SRC)")
+    outtype: Literal["f32", "f16", "q8_0"] | None = option(None, "gguf: storage of the matrices (default: f32 for a "
+                                                           "float32 checkpoint, f16 for a 16-bit one); norms stay f32")
     adapter: bool = option(False, "a LoRA run's training checkpoint: write the adapter alone in PEFT's format "
                            "instead of the merged model")
     prefill_only: bool = option(False, "onnx: export only prefill.onnx")
@@ -73,6 +76,11 @@ class ExportConfig:
 
 
 def export(cfg: ExportConfig) -> None:
+    if cfg.outtype is not None and cfg.format != "gguf":
+        raise ValueError(f"--outtype {cfg.outtype} applies to --format gguf only (this export is --format {cfg.format})")
+    if cfg.format == "gguf":
+        _export_gguf(cfg)
+        return
     if cfg.format == "onnx":
         from .infer.onnx_export import OnnxExportConfig, export_onnx
 
@@ -94,6 +102,18 @@ def export(cfg: ExportConfig) -> None:
     _, ignored = convert(cfg.src, cfg.dst)
     print(f"wrote a Hugging Face-format checkpoint to {cfg.dst}"
           f"{'; transformers ignores: ' + ', '.join(ignored) if ignored else ''}")
+
+
+def _export_gguf(cfg: ExportConfig) -> None:
+    from .infer.gguf_export import GGUFExportConfig, GGUFExportError, export_gguf
+    from .train.export import find_checkpoint
+
+    if find_checkpoint(cfg.src) is not None:
+        raise GGUFExportError(f"{cfg.src} is a training checkpoint: export it to Hugging Face format first "
+                              f"(`mpt export {cfg.src} DIR`), then `mpt export DIR {cfg.dst} --format gguf`")
+    path = export_gguf(GGUFExportConfig(src=cfg.src, dst=cfg.dst, outtype=cfg.outtype, tokenizer=cfg.tokenizer))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB, llama.cpp's MPT layout); run it with "
+          f"`llama-cli -m {path}` or `llama-server -m {path}`")
 
 
 @dataclass
