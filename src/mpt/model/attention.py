@@ -1,28 +1,12 @@
-"""ALiBi and the attention backends, chosen in one place (:func:`attend`).
+"""ALiBi and the attention backends, chosen in one place (:func:`prepare` per forward, then :func:`attend`).
 
-Backends (``attn_config.attn_impl``):
-
-* ``torch`` -- ``F.scaled_dot_product_attention`` with the ALiBi bias and the causal/padding
-  mask folded into one additive mask. Runs everywhere (CPU included); the default.
-* ``flash`` -- flash-attn >= 2.4, which takes ALiBi as ``alibi_slopes``; CUDA only, used when
-  installed and there is no padding (padded batches take the ``torch`` path).
-* ``flex`` -- PyTorch FlexAttention with an ALiBi ``score_mod``: no bias tensor is ever
-  materialised, so it is the path for long sequences and for ``torch.compile`` on GPUs.
-  On CPU it runs unfused (correct, not fast); its backward needs a GPU.
-
-Packed rows (several documents in one row, ``attn_config.attn_uses_sequence_id``) carry a
-``sequence_id`` per token: a query attends only to earlier keys with the same id. ``torch`` folds
-that into its mask; ``flex`` puts it in the block mask, so blocks that lie wholly across a
-document boundary are skipped, not computed and discarded; ``flash`` falls back to ``torch``.
-ALiBi stays exact per document: its bias depends only on ``j - i``, which is the same whether a
-document sits alone or at some offset in a row.
-
-Single-token decode steps always take the ``torch`` path: with one query the bias is a single
-row, and SDPA is the fastest kernel for that shape on every device.
-
-The bias is ``slope_h * (j - i)`` for query position ``i`` and key position ``j <= i``.
-MosaicML's code adds ``slope_h * (j - (T - 1))`` instead; the two differ by a constant per
-query row, which softmax ignores.
+Backends (``attn_config.attn_impl``): ``torch`` (the default, everywhere): SDPA with the ALiBi bias and the
+causal/padding mask folded into one additive mask; ``flash``: flash-attn >= 2.4 with ``alibi_slopes``, CUDA
+only, unpadded batches (others take ``torch``); ``flex``: FlexAttention with an ALiBi ``score_mod`` and no
+bias tensor, the path for long sequences and ``torch.compile`` on GPUs (on CPU unfused, forward only).
+Packed rows (``attn_uses_sequence_id``) attend only within their document: ``torch`` folds that into its
+mask, ``flex`` skips whole blocks across a boundary, ``flash`` falls back to ``torch``. Single-token decode
+steps always take ``torch``. :func:`alibi_slopes` gives the per-head slopes.
 """
 
 from __future__ import annotations
@@ -68,7 +52,13 @@ class AttentionInputs:
 
 
 def _sdpa_mask(inp: AttentionInputs, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """Additive (B|1, H|1, q_len, k_len) mask: ALiBi bias, causal and padding masks together."""
+    """Additive (B|1, H|1, q_len, k_len) mask: ALiBi bias, causal and padding masks together.
+
+    The bias is ``slope_h * (j - i)`` for query position ``i`` and key position ``j <= i``. MosaicML's code
+    adds ``slope_h * (j - (T - 1))`` instead; the two differ by a constant per query row, which softmax
+    ignores. It depends only on ``j - i``, so ALiBi stays exact per document of a packed row, wherever the
+    document sits in the row.
+    """
     offset = inp.k_len - inp.q_len
     rel = (torch.arange(inp.k_len, device=device)[None, :]
            - torch.arange(offset, inp.k_len, device=device)[:, None])  # j - i, (q_len, k_len)
@@ -124,6 +114,7 @@ def prepare(impl: str, batch: int, q_len: int, k_len: int, slopes: torch.Tensor 
     """
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
+    # With one query the bias is a single row, and SDPA is the fastest kernel for that shape on every device.
     if q_len == 1 or (impl == "flash" and (key_mask is not None or sequence_id is not None)):
         impl = "torch"
     inp = AttentionInputs(q_len, k_len, slopes, key_mask, impl, sequence_id)
@@ -142,7 +133,7 @@ def _flex_attention(q, k, v, score_mod, block_mask, scale):
 
     global _compiled_flex
     if q.device.type == "cpu":
-        # Compiling takes ~30 s on CPU and the CPU kernel is inference-only; the unfused
+        # Compiling takes tens of seconds on CPU and the CPU kernel is inference-only; the unfused
         # path gives the same numbers.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")

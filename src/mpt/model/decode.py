@@ -1,25 +1,12 @@
 """The one-token decode step over a static KV cache, compiled with ``torch.compile`` when asked.
 
-The eager step (``model(ids, cache=KVCache)``) attends to a slice of the cache that grows by one
-column per token, so every step has a new shape: fine for eager PyTorch, but ``torch.compile`` would
-specialise (or go symbolic) on it and CUDA graphs could not replay it. Here the step always sees the
-cache's whole preallocated buffer, ``(rows, H, C, D)`` per layer: the new key/value is written in
-place at column ``pos`` (a tensor, so the compiled graph does not change with it) and the columns
-not yet written are masked out. The shapes change only when the batch's row count or the capacity
-``C`` crosses a bucket: rows are padded to a power of two (:func:`row_bucket`; a serving batch of 1-16
-rows meets five shapes, not sixteen) and capacities are rounded up by at most 12.5 % (:func:`bucket`).
-Padding rows get token 0 and attend to that token alone; every operation is row-wise, so they never
-touch the real rows, and their logits are dropped.
-
-Numbers: the ALiBi bias of every real column is the eager one, ``slope * (j - pos)``, and the padding
-and unwritten columns get the same large negative value, so a masked key weighs exactly zero. The
-step reuses the model's own blocks (``MPTBlock.forward``), so only the embedding and mask building
-are repeated here. Greedy tokens are tested identical to the eager step (also past ``max_seq_len``).
-
-Compilation (:func:`compiled_step`): ``dynamic=False`` (one graph per shape); on CUDA
-``mode="reduce-overhead"``, which captures the step in a CUDA graph, so a batch-1 decode is no longer
-bound by launching a few hundred kernels. The cache buffers are marked as static addresses there,
-because CUDA graphs cannot replay a step whose mutated inputs move.
+:class:`StaticDecoder` runs :func:`decode_step` (compiled by :func:`compiled_step`) over a
+:class:`~mpt.model.cache.KVCache`'s whole preallocated buffer, ``(rows, H, C, D)`` per layer: the new
+key/value is written in place at column ``pos`` (a tensor) and unwritten columns are masked out, so the
+step's shapes change only when the row count or the capacity ``C`` crosses a bucket (:func:`row_bucket`,
+:func:`bucket`). The eager step attends to a slice that grows by a column per token, a new shape every
+step, which ``torch.compile`` would specialise on and CUDA graphs could not replay. Greedy tokens are
+tested identical to the eager step (also past ``max_seq_len``).
 """
 
 from __future__ import annotations
@@ -44,7 +31,8 @@ def bucket(n: int) -> int:
 
 
 def row_bucket(rows: int) -> int:
-    """Rows a decode step runs with: the next power of two (padding rows are computed and dropped)."""
+    """Rows a decode step runs with: the next power of two (padding rows are computed and dropped), so a
+    serving batch of 1-16 rows meets five shapes, not sixteen."""
     return 1 << max(rows - 1, 0).bit_length()
 
 
@@ -65,6 +53,10 @@ def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Ten
     """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` written at cache column ``pos`` (a 1-element long tensor).
 
     ``key_mask`` ``(rows, C)`` bool: True for every real token up to and including column ``pos``.
+
+    The ALiBi bias of every real column is the eager one, ``slope * (j - pos)``, and padding and unwritten
+    columns get the same large negative value, so a masked key weighs exactly zero. The step reuses the
+    model's own blocks (``MPTBlock.forward``): only the embedding and the mask are built here.
     """
     tr = model.transformer
     x = tr.wte(ids)
@@ -91,7 +83,11 @@ _COMPILED: dict[str, object] = {}
 
 
 def compiled_step(device_type: str):
-    """``decode_step`` under ``torch.compile`` (one compiled function per device type, shared by all engines)."""
+    """``decode_step`` under ``torch.compile`` (one compiled function per device type, shared by all engines).
+
+    ``dynamic=False``: one graph per shape. On CUDA ``mode="reduce-overhead"`` captures the step in a CUDA
+    graph, so a batch-1 decode is no longer bound by launching a few hundred kernels.
+    """
     if device_type not in _COMPILED:
         mode = "reduce-overhead" if device_type == "cuda" else None
         # A server meets a shape per (row bucket, capacity bucket): more than dynamo's default limit of 8
@@ -123,7 +119,7 @@ class StaticDecoder:
             for i, buf in enumerate(bufs):
                 new = buf.new_zeros(row_bucket(rows), buf.shape[1], new_cap, buf.shape[3])
                 new[:rows, :, :length] = buf[:rows, :, :length]
-                if self.device.type == "cuda":
+                if self.device.type == "cuda":  # CUDA graphs cannot replay a step whose mutated inputs move
                     torch._dynamo.mark_static_address(new)
                 bufs[i] = new
         return new_cap
@@ -139,7 +135,9 @@ class StaticDecoder:
             key_mask[:rows, :length + 1] = True
         else:
             key_mask[:rows, :length + 1] = mask.bool()
-        key_mask[rows:, length] = True  # padding rows attend to their own (zero) token: no all-masked softmax
+        # Padding rows attend to their own (zero) token: no all-masked softmax. Every operation is row-wise,
+        # so they never touch the real rows, and their logits are dropped.
+        key_mask[rows:, length] = True
         if n > rows:
             ids = torch.cat([ids, ids.new_zeros(n - rows, 1)])
         pos = torch.tensor([length], device=self.device)

@@ -1,32 +1,13 @@
 """int8 weights for inference: ``quantize_model(model, "int8")`` (``mpt.load(..., quantize="int8")``).
 
-Every ``nn.Linear`` becomes an :class:`Int8Linear`: its weight is stored as int8 with one float32
-scale per output row (symmetric, per channel), a quarter of its float32 bytes. How it multiplies
-depends on the device:
-
-- GPU: weight-only. The int8 weight is cast to the activations' dtype inside the call and multiplied
-  as usual; activations never lose precision. This saves memory, not time (no fused kernel), and
-  has not yet run on a GPU in this project's tests.
-- CPU: each call also rounds its input to int8, one scale per token (row), and runs PyTorch's
-  int8 x int8 -> int32 matmul (``torch._int_mm``, oneDNN/VNNI), then rescales. PyTorch has no fast
-  float x int8 matmul on CPU: casting the weight each call (the GPU path) or
-  ``torch._weight_int8pack_mm`` with float32 inputs ran 2x to 50x slower than float32 here, while
-  the int8 x int8 path ran 1.3x (one row) to 4x (8-16 rows) faster. The per-token scale keeps the
-  added error small: tests/model/test_quantize.py bounds the logits, benchmarks/bench_int8.py measures
-  perplexity against float32.
-
-The tied embedding (MPT's output projection is its input embedding) is quantized once and serves
-both roles: an int8 ``lm_head`` for the logits and :class:`Int8Embedding` for the lookup, sharing one
-int8 table, so the vocabulary's weights also shrink to a quarter (at d_model 1024 and a 50k
-vocabulary they are a third of an 8-layer model). Norm weights, biases and the KV cache keep the
-model's dtype. A quantized model is for inference: it is not trained, saved or exported.
-
-Why not a library: torchao 0.18 (PyTorch's quantization library) installs with torch 2.13, but on
-CPU its weight-only int8 tensor upcasts the whole weight on every call (measured 2x slower than
-float32, also under ``torch.compile``), and its dynamic-activation int8 path is the same
-int8 x int8 matmul as here with no measured gain. Once installed, transformers also imports it
-with every model (+5 s per command on the project's shared 2-core machine, and warnings about
-CUDA extensions on stderr), a cost every command would pay, quantized or not.
+Every ``nn.Linear`` becomes an :class:`Int8Linear`: an int8 weight with one float32 scale per output row
+(symmetric), a quarter of its float32 bytes. On GPU it is weight-only (cast inside the call: it saves
+memory, not time); on CPU each call also rounds its input to int8 per token and runs PyTorch's
+int8 x int8 matmul. A tied embedding becomes one int8 table serving ``lm_head`` and
+:class:`Int8Embedding`. A quantized model is for inference: it is not trained, saved or exported.
+Why not a library: torchao 0.18's weight-only int8 upcasts the whole weight on every CPU call (slower
+than float32, compiled too), its int8 x int8 path is this one with no gain, and once installed
+transformers imports it with every model (seconds and CUDA warnings per command, quantized or not).
 """
 
 from __future__ import annotations
@@ -53,7 +34,7 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """A linear layer with an int8 weight and per-row scales (see the module docstring for the math)."""
+    """A linear layer with an int8 weight ``q`` and per-row scales: ``w ~ q * scale`` (see quantize_rows)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -71,12 +52,20 @@ class Int8Linear(nn.Module):
         if x.device.type == "cpu":
             y = self._int8_matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
         else:
+            # Weight-only: activations never lose precision. No fused kernel, so this saves memory, not time;
+            # it has not yet run on a GPU in this project's tests.
             y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _int8_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rounded to int8 per token, PyTorch's int8 x int8 -> int32 matmul (``torch._int_mm``,
+        oneDNN/VNNI), then rescaled. PyTorch has no fast float x int8 matmul on CPU: casting the weight each
+        call (the GPU path) or ``torch._weight_int8pack_mm`` with float32 inputs ran slower than float32,
+        the int8 x int8 path faster (figures in BENCHMARKS.md, int8 weights; benchmarks/bench_int8.py)."""
         xf = x.float()
-        # One scale per token: a row of large activations does not coarsen the others' rounding.
+        # One scale per token: a row of large activations does not coarsen the others' rounding, and the added
+        # error stays small (tests/model/test_quantize.py bounds the logits, benchmarks/bench_int8.py measures
+        # perplexity against float32).
         x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
         xq = torch.round(xf / x_scale).to(torch.int8)
         # The (N, K) weight passed transposed as a view: measured faster than a (K, N) copy here.
@@ -102,7 +91,10 @@ class Int8Embedding(nn.Module):
 
 
 def quantize_model(model: nn.Module, method: str | None = "int8") -> nn.Module:
-    """Quantize ``model``'s linear layers (and its output projection) in place; returns it."""
+    """Quantize ``model``'s linear layers (and its output projection) in place; returns it.
+
+    Norm weights, biases and the KV cache keep the model's dtype.
+    """
     if check_method(method) is None:
         return model
     model.requires_grad_(False)
@@ -114,6 +106,9 @@ def quantize_model(model: nn.Module, method: str | None = "int8") -> nn.Module:
             if isinstance(child, nn.Linear):
                 setattr(parent, name, Int8Linear.from_linear(child))
     if tied:
+        # MPT's output projection is its input embedding: quantized once, one int8 table serves both roles,
+        # so the vocabulary's weights also shrink to a quarter (at d_model 1024 and a 50k vocabulary they are
+        # a third of an 8-layer model).
         head = Int8Linear(wte.weight, None).to(wte.weight.device)
         model.lm_head = head
         transformer.wte = Int8Embedding(head, wte.weight.dtype)  # the float table is freed here
