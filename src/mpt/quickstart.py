@@ -3,13 +3,11 @@
 corpus (the Python standard library's sources and docstrings) -> clean + deduplicate -> BPE tokenizer
 -> token shards (+ a held-out validation split) -> pretrain an ALiBi model and a learned-position twin
 -> validation perplexity at 1x, 2x and 4x the training length -> optional ICL eval -> Hugging Face
-export -> samples -> optional LoRA chat finetuning (``--finetune FILE``: held-out response perplexity
-before and after, chat replies) -> DIR/report.md and DIR/report.html.
+export -> samples -> optional LoRA chat finetuning (``--finetune FILE``) -> DIR/report.md and .html.
 
-Every stage writes its outputs, then a marker in DIR/.stages; re-running the command skips finished
-stages and training resumes from its last checkpoint, so an interrupted quickstart continues where
-it stopped. Each stage calls the same function as its `mpt` command, and the report lists those
-commands so every stage can be rerun by hand.
+Each stage calls the same function as its `mpt` command (the report lists those commands), then writes a
+marker in DIR/.stages; re-running skips finished stages and training resumes from its last checkpoint,
+so an interrupted quickstart continues where it stopped.
 """
 
 from __future__ import annotations

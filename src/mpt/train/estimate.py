@@ -1,18 +1,8 @@
 """Memory per GPU of a training recipe, estimated from the config alone (nothing is built or loaded).
 
-What `mpt train RECIPE --dry-run` can say before a long-context run is launched. The terms:
-
-- training state, fp32: weights, gradients and optimizer buffers (Lion one, AdamW two), sharded over
-  the ranks by FSDP / HSDP (divided by the ranks of a shard group), whole on every rank otherwise;
-- FSDP's gathered weights: the block being computed and the next (prefetched), fp32;
-- activations, per micro-batch of ``b`` x ``T`` tokens, hidden size ``h``, ``a`` heads: a block keeps
-  about ``34 * T * b * h`` bytes at 16 bits (Korthikanti et al., 2022, "Reducing Activation
-  Recomputation in Large Transformer Models", without the attention-score term: flash and flex
-  attention never hold it; twice that at fp32). The ``torch`` backend holds the scores and
-  probabilities, ``a * T * T * b`` fp32 values each, per block. With activation checkpointing only
-  each block's input is kept (``T * b * h`` fp32) plus one block's activations during its recompute;
-- the loss: the fused loss (model/loss.py) holds one chunk of fp32 logits, about 128 MiB, never all.
-
+What `mpt train RECIPE --dry-run` prints (:func:`memory_lines`) before a long-context run is launched:
+the terms of :class:`MemoryEstimate`, computed by :func:`estimate_memory`: fp32 training state, FSDP's
+gathered blocks, activations, torch attention's score matrices and the fused loss's chunk of logits.
 It leaves out the CUDA context, the allocator's fragmentation and communication buffers, so it is
 a floor to compare with the GPU's memory, not a promise: keep 10-20% spare.
 """
@@ -66,7 +56,19 @@ def recipe_model_config(recipe: Recipe) -> MPTConfig:
 
 
 def estimate_memory(recipe: Recipe, ranks: int | None = None) -> MemoryEstimate:
-    """Per-GPU memory of one training step; ``ranks`` default: $WORLD_SIZE, else 8 (one node)."""
+    """Per-GPU memory of one training step; ``ranks`` default: $WORLD_SIZE, else 8 (one node).
+
+    - training state, fp32: weights, gradients and optimizer buffers (Lion one, AdamW two), sharded over
+      the ranks by FSDP / HSDP (divided by the ranks of a shard group), whole on every rank otherwise;
+    - FSDP's gathered weights: the block being computed and the next (prefetched), fp32;
+    - activations, per micro-batch of ``b`` x ``T`` tokens, hidden size ``h``, ``a`` heads: a block keeps
+      about ``34 * T * b * h`` bytes at 16 bits (Korthikanti et al., 2022, "Reducing Activation
+      Recomputation in Large Transformer Models", without the attention-score term: flash and flex
+      attention never hold it; twice that at fp32). The ``torch`` backend holds the scores and
+      probabilities, ``a * T * T * b`` fp32 values each, per block. With activation checkpointing only
+      each block's input is kept (``T * b * h`` fp32) plus one block's activations during its recompute;
+    - the loss: the fused loss (model/loss.py) holds one chunk of fp32 logits, about 128 MiB, never all.
+    """
     ranks = ranks or int(os.environ.get("WORLD_SIZE", 8))
     cfg = recipe_model_config(recipe)
     t = recipe.train

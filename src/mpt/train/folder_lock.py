@@ -1,21 +1,10 @@
-"""One training run at a time in a checkpoint folder.
+"""One training run at a time in a checkpoint folder: :func:`hold_folder`.
 
 Two runs saving into one folder destroy each other's work: the second removes the first's
 ``step-N.tmp`` in the middle of its save, and replaces or prunes checkpoints it takes for its own. So a
 run holds its ``checkpoint.folder`` from before it reads a checkpoint until its export is written, and
-a second run is refused with one line naming the holder.
-
-- A local folder: an OS lock (``flock``, through ``filelock``) on ``folder/.lock``. The kernel drops it
-  when the holding process ends, however it ends (``kill -9`` included), so a killed run's folder can
-  be resumed at once. The holder describes itself in ``.lock-holder.json`` for the refusal.
-- Object storage (``s3://...``) has no locks: a lease object ``folder/.lease.json`` names the holder
-  and a heartbeat thread renews it every ``lease_seconds / 4``. It is created only where none exists
-  and replaced only if unchanged since it was read (S3's conditional writes), so of two runs racing
-  for it exactly one wins (other fsspec stores lack conditional writes: there a replace checks, then
-  writes). A lease not renewed for ``checkpoint.lease_seconds`` belongs to a run that died and is taken
-  over; a run that stalled that long and lost its lease stops before its next save. A group that
-  ``torchrun --max-restarts`` restarts (the same job, a later attempt) takes its earlier lease at once.
-
+a second run is refused with one line naming the holder. A local folder is held with an OS lock
+(:class:`_LocalLock`), object storage with a lease object that a heartbeat renews (:class:`_Lease`).
 Rank 0 takes the lock alone; every rank learns the outcome through one collective, so all ranks
 refuse or all proceed.
 """
@@ -66,6 +55,10 @@ class FolderLock:
 
 
 class _LocalLock(FolderLock):
+    """An OS lock (``flock``, through ``filelock``) on ``folder/.lock``. The kernel drops it when the holding
+    process ends, however it ends (``kill -9`` included), so a killed run's folder can be resumed at once.
+    The holder describes itself in ``.lock-holder.json`` for the refusal."""
+
     def __init__(self, root, me: dict) -> None:
         from filelock import FileLock, Timeout
 
@@ -108,6 +101,17 @@ class _LocalLock(FolderLock):
 
 
 class _Lease(FolderLock):
+    """Object storage (``s3://...``) has no locks: a lease object ``folder/.lease.json`` names the holder and a
+    heartbeat thread renews it every ``lease_seconds / 4``.
+
+    It is created only where none exists and replaced only if unchanged since it was read (S3's conditional
+    writes), so of two runs racing for it exactly one wins (other fsspec stores lack conditional writes:
+    there a replace checks, then writes). A lease not renewed for ``checkpoint.lease_seconds`` belongs to a
+    run that died and is taken over; a run that stalled that long and lost its lease stops before its next
+    save. A group that ``torchrun --max-restarts`` restarts (the same job, a later attempt) takes its
+    earlier lease at once.
+    """
+
     def __init__(self, root, me: dict, seconds: float, log) -> None:
         self._root, self._fs, self._me, self._seconds = root, root.fs, me, seconds
         self._path = f"{root.path.rstrip('/')}/{LEASE_NAME}"

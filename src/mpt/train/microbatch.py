@@ -1,20 +1,11 @@
 """``micro_batch_size: auto``: the largest power-of-two share of the rank batch whose step fits in memory.
 
-The probe runs once, before the first step, identically on every rank. Out-of-memory is caught per
-rank, but under FSDP or DDP the other ranks may meanwhile go on to a collective (an all-gather, a
-reduce-scatter, a gradient all-reduce) that the failed rank will never join. So the ranks meet at
-every block boundary in a one-number all-reduce carrying "I ran out of memory": before each block's
-forward (ahead of FSDP's all-gather), before each block's backward (ahead of its all-gathers) and
-after it (ahead of its gradient reduction). Between two meeting points every rank issues the same
-collectives before any computation that could run out of memory, so a rank that fails reports it
-at the meeting point its peers reach next, and all of them abandon the attempt together. Each
-attempt ends with exactly one all-reduce that reports a failure, or with one more that reports
-success on all ranks, so the ranks never fall out of step. FSDP2's per-iteration state is then
-reset on every rank (``reset_iter_state``), since the ranks stopped at different points.
-
-Not covered: an out-of-memory inside FSDP's own collective buffers, or in the embedding's backward
-(the last computation, when memory use is lowest) strands the peers; the watchdog covers the probe
-and ends such a job with a message instead of a hang.
+:func:`find_micro_batch_size` probes once, before the first step, identically on every rank, halving
+after an out-of-memory. Under FSDP or DDP a rank that runs out of memory would leave its peers waiting
+in a collective it never joins, so the ranks meet at every block boundary (:class:`_OutOfMemorySync`)
+and abandon a failed attempt together. Not covered: an out-of-memory inside FSDP's own collective
+buffers, or in the embedding's backward (the last computation, when memory use is lowest) strands the
+peers; the watchdog covers the probe and ends such a job with a message instead of a hang.
 """
 
 from __future__ import annotations
@@ -33,6 +24,18 @@ class _PeerOutOfMemory(RuntimeError):
 
 
 class _OutOfMemorySync:
+    """The ranks' meeting points: a one-number all-reduce carrying "I ran out of memory" before each block's
+    forward (ahead of FSDP's all-gather), before each block's backward (ahead of its all-gathers) and after
+    it (ahead of its gradient reduction).
+
+    Out-of-memory is caught per rank, while the other ranks may go on to a collective (an all-gather, a
+    reduce-scatter, a gradient all-reduce) that the failed rank will never join. Between two meeting points
+    every rank issues the same collectives before any computation that could run out of memory, so a rank
+    that fails reports it at the meeting point its peers reach next, and all of them abandon the attempt
+    together. Each attempt ends with exactly one all-reduce that reports a failure, or with one more that
+    reports success on all ranks, so the ranks never fall out of step.
+    """
+
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         self.device = device
         self.handles = []

@@ -1,18 +1,9 @@
-"""Decoupled Lion and decoupled AdamW, and the weight-decay parameter groups.
+"""Decoupled Lion and decoupled AdamW, and the weight-decay parameter groups (:func:`param_groups`).
 
 "Decoupled" (as in LLM Foundry / Composer): weight decay shrinks weights by ``wd * lr / initial_lr``
 per step, so ``weight_decay`` is a fraction of the weight removed per step at the peak rate,
-independent of the learning rate's scale.
-
-AdamW is ``torch.optim.AdamW`` itself (its foreach and fused kernels, its state layout): torch
-shrinks weights by ``lr * weight_decay``, so each group is given ``weight_decay / initial_lr`` and
-the product is the decoupled rate at every point of the schedule.
-
-Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
-    update = sign(beta1 * m + (1 - beta1) * g);  p -= lr * update;  m = beta2 * m + (1 - beta2) * g
-It keeps one state buffer per parameter, half of AdamW's optimizer memory. torch has no Lion, so it
-is written here with ``torch._foreach_*`` operations: one kernel launch per operation for all of a
-group's tensors, not one per parameter; they work on plain tensors and on FSDP2's DTensors.
+independent of the learning rate's scale. AdamW is ``torch.optim.AdamW`` itself
+(:func:`decoupled_adamw`); torch has no Lion, so :class:`DecoupledLion` is written here.
 """
 
 from __future__ import annotations
@@ -26,6 +17,15 @@ from ..model.norm import LayerNorm
 
 
 class DecoupledLion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), with decoupled decay::
+
+        update = sign(beta1 * m + (1 - beta1) * g);  p -= lr * update;  m = beta2 * m + (1 - beta2) * g
+
+    It keeps one state buffer per parameter, half of AdamW's optimizer memory. Each operation is one
+    ``torch._foreach_*`` kernel launch for all of a group's tensors, not one per parameter; they work on
+    plain tensors and on FSDP2's DTensors.
+    """
+
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
         if not lr > 0:
             raise ValueError(f"DecoupledLion lr={lr} must be > 0")
@@ -58,6 +58,10 @@ class DecoupledLion(torch.optim.Optimizer):
 def decoupled_adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                     fused: bool | None = None) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` with each group's ``weight_decay`` made decoupled (see the module docstring).
+
+    It is torch's own (its foreach and fused kernels, its state layout): torch shrinks weights by
+    ``lr * weight_decay``, so each group is given ``weight_decay / initial_lr`` and the product is the
+    decoupled rate at every point of the schedule.
 
     ``fused`` (one kernel for the whole step) is for CUDA; None lets torch choose (foreach on CUDA).
     """
