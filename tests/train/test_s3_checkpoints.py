@@ -245,3 +245,35 @@ def test_torchrun_restarting_a_group_takes_over_its_own_lease_at_once(tmp_path, 
     assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {rank0[0]} on host" in out
     assert "(an earlier attempt of this torchrun job)" in out
     assert "resumed from" in out
+
+
+def test_a_run_that_loses_its_lease_during_an_s3_save_makes_no_checkpoint_and_prunes_nothing(tmp_path, s3_server):
+    """A run stopped inside a save for longer than lease_seconds: meanwhile another run took the folder over.
+    Going on, it must neither make that step a checkpoint (the new holder may be writing the same step) nor
+    prune older ones. The takeover happens here while the optimizer's state is read, inside the save."""
+    import json
+
+    from mpt.train.checkpoint import save
+    from mpt.train.folder_lock import hold_folder
+    from tests.tiny import tiny_model
+
+    url = f"s3://{s3_server.bucket}/runs/stalled-in-save"
+    fs = fsspec.filesystem("s3")
+    model = tiny_model()
+    stall = []
+
+    class TakenOverMidSave(torch.optim.AdamW):
+        def state_dict(self):
+            if stall:  # what the other run does while this one stands still: it rewrites the lease as its own
+                lease = f"{url}/.lease.json"
+                fs.pipe_file(lease, json.dumps(dict(json.loads(fs.cat_file(lease)), token="other", pid=1)).encode())
+            return super().state_dict()
+
+    optimizer = TakenOverMidSave(model.parameters())
+    with hold_folder(url, "test", 600.0, log=lambda *_: None) as lock:
+        save(url, 1, model, optimizer, {"run_name": "test"}, keep=1, lock=lock)
+        stall.append(True)
+        with pytest.raises(CheckpointError, match=r"this run's lease was taken over by run 'test' \(pid 1 "):
+            save(url, 2, model, optimizer, {"run_name": "test"}, keep=1, lock=lock)
+    fs.invalidate_cache()
+    assert [p.name for p in complete_checkpoints(url)] == ["step-00000001"]  # step 2 not made, step 1 not pruned

@@ -272,9 +272,16 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
     if message is None:
         if rank == 0:
             try:
-                _write_manifest(root, staging, final, model, trainer_state, trainable_only)
-                complete = True
-                prune(root, final, run_name, keep)
+                # A run stopped mid-save past its lease (object storage) must neither make this step a
+                # checkpoint nor prune: the run that took the folder over may be writing this step now.
+                problem = lock.problem() if lock is not None else None
+                ours = problem is None
+                if ours:
+                    _write_manifest(root, staging, final, model, trainer_state, trainable_only)
+                    complete = True
+                    problem = lock.problem() if lock is not None else None
+                if problem is None:
+                    prune(root, final, run_name, keep)
             except Exception as err:
                 problem, ours = _failed(err, root, step, run_name, staging, lock) if not complete else \
                     (f"saved {final}, then pruning older checkpoints failed: {_one_line(err)}", True)
