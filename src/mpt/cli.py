@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from .typed_cli import Command, add_config_arguments, build_config, resolve, split_overrides
 
 # Before torch loads its OpenMP runtime: threads that spin between parallel regions take a busy
-# machine's cores from the threads that need them (benchmarks/bench_contention.py: beside another job a
-# small CPU run slowed 6.7x spinning, 1.2x passive). A value the user set wins.
+# machine's cores from the threads that need them (benchmarks/bench_contention.py measures both policies
+# beside another job; BENCHMARKS.md has the figures). A value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # ---- the commands that declare their own arguments -------------------------------------------------

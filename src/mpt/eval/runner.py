@@ -178,7 +178,7 @@ class _PrefixCache:
         """Rows ``index``: keys and values per layer (the last ``width`` prefix columns, then the free
         ones), key mask and real prefix lengths."""
         cols = slice(self.width - width, self.width + self.room)
-        # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
+        # Advanced indexing rather than index_select: benchmarks/bench_kernels.py times both on CPU (BENCHMARKS.md).
         pairs = [(k[index, :, cols], v[index, :, cols]) for k, v in self.pairs]
         mask = self.mask[index, self.width - width:]
         return pairs, mask, mask.sum(1)
@@ -284,7 +284,7 @@ def _score_rows(features: torch.Tensor, targets: torch.Tensor, row_of_token: tor
     Only the positions that predict a scored token come here, so the vocabulary projection (the
     biggest matmul of a small model) runs there and not over the whole prompt.
     ``features`` are logits, or hidden states when ``head`` maps them to logits. Chunks of 128
-    positions keep each (chunk, vocab) block in cache (~25% faster than one big block on CPU),
+    positions keep each (chunk, vocab) block small (benchmarks/bench_kernels.py times it against one block),
     and the fused cross-entropy gives -log p(target) without a log-softmax matrix. A target whose
     logit equals the row maximum counts as greedy; ``greedy=False`` skips that pass (multiple
     choice needs only the log-probabilities) and reports False.

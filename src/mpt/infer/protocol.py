@@ -299,7 +299,8 @@ def _dumps(value) -> str:
 
 def response_bytes(head: ResponseHead, choices: list[dict], tokens: dict) -> bytes:
     """:func:`response` serialized a choice at a time: json.dumps holds the GIL for the whole of what it is
-    given (3 MB, 200 ms for 8 x 2,000 scored tokens), and the event loop needs it to send other clients' tokens."""
+    given (megabytes for 8 x 2,000 scored tokens), and the event loop needs it to send other clients' tokens
+    (benchmarks/bench_serve_harm.py measures their waits while such a request is scored)."""
     head_json = _dumps(head.fields())
     return f'{head_json[:-1]},"choices":[{",".join(map(_dumps, choices))}],"usage":{_dumps(tokens)}}}'.encode()
 

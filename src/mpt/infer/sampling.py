@@ -93,7 +93,7 @@ def _row_max(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     On CPU torch's max-with-index scans a long row one element at a time, while ``amax`` (no index) is
     vectorised: over blocks of 64 scores, the block maxima, then the best block, then the index within
-    it, is 4x faster at 8 rows x 50,432 (0.44 -> 0.10 ms, a twentieth of a decode step of mpt-tiny).
+    it, is several times faster at 8 rows x 50,432 (benchmarks/bench_kernels.py; BENCHMARKS.md).
     The first maximal block holds the first maximal index, so ties resolve as ``max`` does; a NaN
     anywhere makes its block's and its row's maximum NaN, as it does for ``max``.
     """

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 # Decode steps through torch.compile over a static cache: auto is on for CUDA (CUDA graphs), off on CPU,
-# where each new batch shape costs a compile of tens of seconds for a 1.2-1.5x faster small-model step.
+# where each new batch shape costs a compile of tens of seconds for a modestly faster small-model step
+# (benchmarks/bench_decode.py; the figures are in BENCHMARKS.md).
 CompileMode = Literal["auto", "on", "off"]
 
 

@@ -71,7 +71,7 @@ class KVCache:
 
     def select(self, batch_index: torch.Tensor) -> None:
         """Keep only these batch rows (finished sequences leave the batch)."""
-        # Advanced indexing, not index_select: on CPU it is ~25x faster for these 4-D buffers.
+        # Advanced indexing rather than index_select: benchmarks/bench_kernels.py times both on CPU (BENCHMARKS.md).
         for i, (kbuf, vbuf) in enumerate(zip(self.keys, self.values, strict=True)):
             if kbuf is not None:
                 self.keys[i] = kbuf[batch_index]
