@@ -1,5 +1,5 @@
 """The layering stated in mpt/__init__.py's docstring holds: every import inside the package (at the
-top of a module or inside a function) points down the table."""
+top of a module or inside a function) points down the table. And every module docstring stays short."""
 
 import ast
 from pathlib import Path
@@ -85,3 +85,16 @@ def test_data_never_imports_the_model():
                     tuple(f"mpt.{m}" for m in above))), f"{path.name}: {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("mpt.model") for a in node.names), path.name
+
+
+MAX_MODULE_DOCSTRING_LINES = 10
+
+
+def test_module_docstrings_say_what_their_file_does_in_at_most_ten_lines():
+    """Design reasoning belongs beside the code it explains, user-facing facts in README.md."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        if doc is not None and len(doc.splitlines()) > MAX_MODULE_DOCSTRING_LINES:
+            long.append(f"{path.relative_to(SRC)}: {len(doc.splitlines())} lines")
+    assert not long, f"module docstrings over {MAX_MODULE_DOCSTRING_LINES} lines:\n" + "\n".join(long)
