@@ -14,7 +14,7 @@ import termios
 
 import yaml
 
-from .helpers import make_shards, recipe_dict, save_tiny_base
+from tests.train.helpers import make_shards, recipe_dict, save_tiny_base
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -2,7 +2,7 @@
 
 The curve was recorded from this exact recipe (tests/train/golden_loss.json). If a change is meant
 to alter training (initialisation, optimizer, data order), re-record it with
-``python -m tests.train.test_golden`` and say why in the commit.
+``python -m tests.train.test_loop_golden`` and say why in the commit.
 """
 
 import json

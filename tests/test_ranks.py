@@ -1,19 +1,6 @@
-"""The small helpers several layers share (mpt.files, mpt.ranks), checked against their plain definitions."""
+"""mpt.ranks: which rank this process is, with and without a process group."""
 
-import hashlib
-
-from mpt.files import file_sha256
 from mpt.ranks import launch_env, rank_world
-
-
-def test_file_sha256_reads_in_chunks_and_equals_hashlib(tmp_path):
-    data = bytes(range(256)) * 1000 + b"tail"
-    path = tmp_path / "f.bin"
-    path.write_bytes(data)
-    want = hashlib.sha256(data).hexdigest()
-    assert file_sha256(path) == want == file_sha256(str(path), chunk=777)  # a chunk size that splits unevenly
-    (tmp_path / "empty").write_bytes(b"")
-    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
 def test_without_a_process_group_only_a_data_loader_reads_torchruns_rank(monkeypatch):

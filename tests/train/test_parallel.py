@@ -20,138 +20,34 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from mpt.config import from_dict
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import complete_checkpoints, verify
-from mpt.train.export import export_hf
 
-from .helpers import cmdline, descendants, make_shards, recipe_dict
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-WORKER = Path(__file__).with_name("dist_worker.py")
-STEPS = 8
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _recipe(run: Path, data: Path, **sections) -> dict:
-    """The test recipe with the defaults that matter here: export on, strategy auto, keep all checkpoints.
-
-    A constant schedule (after warmup) makes the learning rate independent of the run's length, so
-    segments of different lengths follow the same curve.
-    """
-    sections.setdefault("train", {})
-    sections["train"] = {"max_duration": f"{STEPS}ba", **sections["train"]}
-    sections["checkpoint"] = {"every_batches": 4, "keep": 10, "export_hf": str(run / "hf"),
-                              **sections.get("checkpoint", {})}
-    sections["scheduler"] = {"name": "constant", "warmup_batches": 2, **sections.get("scheduler", {})}
-    return recipe_dict(run, data, **sections)
-
-
-def _torchrun(nproc: int, *args, extra=(), new_session=False, env=ENV):
-    """A torchrun agent; its output goes to a file (a pipe nobody reads while the test waits could fill up)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *extra]
-    if "--rdzv-endpoint" not in extra:
-        cmd += ["--master_port", str(_port())]
-    log = tempfile.NamedTemporaryFile("w+", prefix="torchrun-", suffix=".log", delete=False)
-    proc = subprocess.Popen([*cmd, *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=new_session)
-    proc.log_path = log.name
-    log.close()
-    return proc
-
-
-def _mpt_train(nproc: int, recipe: dict, run: Path, extra=(), new_session=False):
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return _torchrun(nproc, "-m", "mpt.cli", "train", str(path), extra=extra, new_session=new_session)
-
-
-def _finish(proc, timeout=300):
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in [*descendants(proc.pid), proc.pid]:  # a hung job must not outlive its test
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        raise
-    finally:
-        out = Path(proc.log_path).read_text(errors="replace")
-        print(out[-6000:])  # shown by pytest when the test fails
-    return proc.returncode, out
-
-
-def _jobs(nproc: int, jobs: list[dict], where: Path, timeout: float = 600) -> tuple[dict[str, dict], str]:
-    """Run ``jobs`` one after another in one torchrun group; each job's outcome (its error or None, rank 0's
-    log lines, steps, checkpoint), and the group's output. A job that left no outcome (the group died or hung
-    before it ended) gets an error saying so: it fails its own test, and the jobs before it stand."""
-    where.mkdir(parents=True, exist_ok=True)
-    for job in jobs:
-        job["outcome"] = str(where / f"{job['name']}.json")
-    spec = where / f"jobs-{nproc}.json"
-    spec.write_text(json.dumps(jobs))
-    try:
-        code, out = _finish(_torchrun(nproc, str(WORKER), str(spec)), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        code, out = "timeout", ""
-    outcomes = {}
-    for job in jobs:
-        path = Path(job["outcome"])
-        outcomes[job["name"]] = json.loads(path.read_text()) if path.is_file() else {
-            "error": f"no outcome: the torchrun group ended ({code}) before this job did", "log": []}
-    return outcomes, out
-
-
-def _losses(run: Path) -> list[float]:
-    by_step = {}
-    for line in (run / "log" / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        if "loss" in m:
-            by_step[m["step"]] = m["loss"]
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def _logged_steps(run: Path) -> int:
-    path = run / "log" / "metrics.jsonl"
-    return sum('"loss"' in line for line in path.read_text().splitlines()) if path.is_file() else 0
-
-
-def _exported(run: Path) -> dict:
-    return load_file(run / "hf" / "model.safetensors")
-
-
-def _weights_at(tmp: Path, checkpoint: Path) -> dict:
-    out = tmp / f"export-{checkpoint.parent.parent.name}-{checkpoint.name}"
-    export_hf(checkpoint, out)
-    return load_file(out / "model.safetensors")
-
-
-def _close(weights: dict, reference: dict, atol=1e-4) -> None:
-    assert weights.keys() == reference.keys()
-    for name, w in weights.items():
-        assert torch.allclose(w, reference[name], atol=atol), name
-
-
-def _identical(weights: dict, reference: dict) -> None:
-    assert weights.keys() == reference.keys()
-    for name, w in weights.items():
-        assert torch.equal(w, reference[name]), f"{name} differs from the uninterrupted run"
+from .helpers import cmdline, descendants, make_shards
+from .torchrun import (
+    ENV,
+    STEPS,
+    close,
+    dist_recipe,
+    exported,
+    finish,
+    free_port,
+    identical,
+    logged_steps,
+    losses,
+    mpt_train,
+    run_jobs,
+    torchrun,
+    weights_at,
+)
 
 
 @pytest.fixture(scope="module")
@@ -163,24 +59,24 @@ def shards(tmp_path_factory):
 def reference(tmp_path_factory, shards):
     """One process, 12 steps: the curve and weights every multi-rank run must follow."""
     tmp = tmp_path_factory.mktemp("reference")
-    train(from_dict(Recipe, _recipe(tmp / "ref", shards, train={"max_duration": "12ba"})), log=lambda *a: None)
+    train(from_dict(Recipe, dist_recipe(tmp / "ref", shards, train={"max_duration": "12ba"})), log=lambda *a: None)
     ckpts = {p.name: p for p in complete_checkpoints(tmp / "ref" / "ckpt")}
-    return {"losses": _losses(tmp / "ref"), "step8": _weights_at(tmp, ckpts["step-00000008"]),
-            "step12": _weights_at(tmp, ckpts["step-00000012"])}
+    return {"losses": losses(tmp / "ref"), "step8": weights_at(tmp, ckpts["step-00000008"]),
+            "step12": weights_at(tmp, ckpts["step-00000012"])}
 
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory, shards):
     tmp = tmp_path_factory.mktemp("four")
-    jobs = [{"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
+    jobs = [{"name": name, "recipe": dist_recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
         ("fsdp", {"strategy": "fsdp"}),
         ("grad_op", {"strategy": "fsdp", "fsdp_sharding": "grad_op"}),
         ("ddp", {"strategy": "ddp"}),
         ("hsdp", {"strategy": "hsdp", "replicas": 2}),
     ]]
     # the first segment of the 4 -> 2 -> 1 resharding chain
-    jobs.append({"name": "reshard", "recipe": _recipe(tmp / "reshard", shards, train={"max_duration": "4ba"})})
-    return tmp, _jobs(4, jobs, tmp / "jobs")[0]
+    jobs.append({"name": "reshard", "recipe": dist_recipe(tmp / "reshard", shards, train={"max_duration": "4ba"})})
+    return tmp, run_jobs(4, jobs, tmp / "jobs")[0]
 
 
 @pytest.fixture(scope="module")
@@ -188,37 +84,37 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     tmp = tmp_path_factory.mktemp("two")
     four_tmp, _ = four_ranks
     chain = four_tmp / "reshard"
-    jobs = [{"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
+    jobs = [{"name": name, "recipe": dist_recipe(tmp / name, shards, parallel=parallel)} for name, parallel in [
         ("auto", {}),
         ("grad_op", {"strategy": "fsdp", "fsdp_sharding": "grad_op"}),
         ("ddp", {"strategy": "ddp"}),
     ]]
     # resharding, second segment: the 4-rank checkpoint of step 4 resumed on 2 ranks up to step 8
-    jobs.append({"name": "reshard", "recipe": _recipe(chain, shards)})
+    jobs.append({"name": "reshard", "recipe": dist_recipe(chain, shards)})
     # spike rollback: 16 good steps, then random tokens until the rollbacks run out
     noise = make_shards(tmp / "noise-shards", samples=160, random_tokens=True)
     spiky = tmp / "spiky"
-    jobs.append({"name": "spiky-good", "recipe": _recipe(spiky, shards, train={"max_duration": "16ba"},
+    jobs.append({"name": "spiky-good", "recipe": dist_recipe(spiky, shards, train={"max_duration": "16ba"},
                                                          checkpoint={"every_batches": 8, "export_hf": None})})
-    jobs.append({"name": "spiky-noise", "recipe": _recipe(
+    jobs.append({"name": "spiky-noise", "recipe": dist_recipe(
         spiky, noise, train={"max_duration": "40ba"}, checkpoint={"every_batches": 8, "export_hf": None},
         spike={"factor": 1.3, "window": 8, "min_history": 4, "patience": 2, "max_rollbacks": 2})})
     # in-training ICL evaluation: the same FSDP run with and without it
     icl_data, tokenizer, task = _icl_fixtures(tmp / "icl-inputs")
     icl = {"tasks": [str(task)], "every_batches": 4, "limit": None, "tokenizer": str(tokenizer), "batch_size": 4}
     model = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": ICL_VOCAB, "max_seq_len": 32}}
-    jobs.append({"name": "with-icl", "recipe": _recipe(tmp / "with-icl", icl_data, model=model, eval={"icl": icl})})
-    jobs.append({"name": "without-icl", "recipe": _recipe(tmp / "without-icl", icl_data, model=model)})
+    jobs.append({"name": "with-icl", "recipe": dist_recipe(tmp / "with-icl", icl_data, model=model, eval={"icl": icl})})
+    jobs.append({"name": "without-icl", "recipe": dist_recipe(tmp / "without-icl", icl_data, model=model)})
     # bf16: FSDP2 gathers bf16 parameters and reduces fp32 gradients
-    jobs.append({"name": "bf16", "recipe": _recipe(tmp / "bf16", shards, train={"precision": "bf16"})})
+    jobs.append({"name": "bf16", "recipe": dist_recipe(tmp / "bf16", shards, train={"precision": "bf16"})})
     # LoRA finetuning of a saved model, sharded (the default) and replicated
     for name, parallel in [("lora-auto", {}), ("lora-ddp", {"strategy": "ddp"})]:
-        jobs.append({"name": name, "recipe": _recipe(tmp / name, shards, parallel=parallel,
+        jobs.append({"name": name, "recipe": dist_recipe(tmp / name, shards, parallel=parallel,
                                                      model=_lora_model(tmp / "lora-base"))})
     # QLoRA with the defaults (auto: replicated, as FSDP cannot shard 4-bit weights)
-    jobs.append({"name": "qlora-auto", "recipe": _recipe(tmp / "qlora-auto", shards,
+    jobs.append({"name": "qlora-auto", "recipe": dist_recipe(tmp / "qlora-auto", shards,
                                                          model=_lora_model(tmp / "lora-base", quantize=True))})
-    return tmp, _jobs(2, jobs, tmp / "jobs")[0]
+    return tmp, run_jobs(2, jobs, tmp / "jobs")[0]
 
 
 def _lora_model(base: Path, quantize: bool = False) -> dict:
@@ -267,8 +163,8 @@ def test_icl_during_fsdp_training_scores_like_mpt_eval_and_changes_nothing(two_r
     assert outcomes["with-icl"]["error"] is None and outcomes["without-icl"]["error"] is None
     with_icl, without = tmp / "with-icl", tmp / "without-icl"
     # training is untouched: same losses, same final weights, bit for bit
-    assert _losses(with_icl) == _losses(without)
-    _identical(_exported(with_icl), _exported(without))
+    assert losses(with_icl) == losses(without)
+    identical(exported(with_icl), exported(without))
     # the accuracies are logged at steps 4 and 8 ...
     logged = {}
     for line in (with_icl / "log" / "metrics.jsonl").read_text().splitlines():
@@ -289,9 +185,9 @@ def test_four_ranks_end_export_and_follow_the_one_process_run(four_ranks, refere
     tmp, outcomes = four_ranks
     assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
     run = tmp / name
-    assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
+    assert losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
     assert len(list(complete_checkpoints(run / "ckpt")[-1].glob("rank*.pt"))) == 4
-    _close(_exported(run), reference["step8"])
+    close(exported(run), reference["step8"])
 
 
 @pytest.mark.parametrize("name", ["auto", "grad_op", "ddp"])
@@ -299,8 +195,8 @@ def test_two_ranks_end_export_and_follow_the_one_process_run(two_ranks, referenc
     tmp, outcomes = two_ranks
     assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
     run = tmp / name
-    assert _losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
-    _close(_exported(run), reference["step8"])
+    assert losses(run) == pytest.approx(reference["losses"][:STEPS], rel=1e-4)
+    close(exported(run), reference["step8"])
 
 
 def test_bf16_fsdp_on_two_ranks_follows_the_one_process_bf16_run(two_ranks, shards, tmp_path):
@@ -309,11 +205,11 @@ def test_bf16_fsdp_on_two_ranks_follows_the_one_process_bf16_run(two_ranks, shar
     tmp, outcomes = two_ranks
     assert outcomes["bf16"]["error"] is None and outcomes["bf16"]["steps"] == STEPS
     one = tmp_path / "one"
-    train(from_dict(Recipe, _recipe(one, shards, train={"precision": "bf16"})), log=lambda *a: None)
-    assert _losses(tmp / "bf16") == pytest.approx(_losses(one), rel=2e-2)
-    weights = _exported(tmp / "bf16")
+    train(from_dict(Recipe, dist_recipe(one, shards, train={"precision": "bf16"})), log=lambda *a: None)
+    assert losses(tmp / "bf16") == pytest.approx(losses(one), rel=2e-2)
+    weights = exported(tmp / "bf16")
     assert all(w.dtype == torch.float32 for w in weights.values())  # the master weights stay fp32
-    _close(weights, _exported(one), atol=2e-2)
+    close(weights, exported(one), atol=2e-2)
 
 
 @pytest.mark.parametrize("name", ["lora-auto", "lora-ddp", "qlora-auto"])
@@ -324,10 +220,10 @@ def test_lora_on_two_ranks_follows_the_one_process_lora_run(two_ranks, shards, t
     tmp, outcomes = two_ranks
     assert outcomes[name]["error"] is None and outcomes[name]["steps"] == STEPS
     one = tmp_path / "one"
-    train(from_dict(Recipe, _recipe(one, shards, model=_lora_model(tmp / "lora-base", quantize))),
+    train(from_dict(Recipe, dist_recipe(one, shards, model=_lora_model(tmp / "lora-base", quantize))),
           log=lambda *a: None)
-    assert _losses(tmp / name) == pytest.approx(_losses(one), rel=1e-4)
-    _close(_exported(tmp / name), _exported(one))
+    assert losses(tmp / name) == pytest.approx(losses(one), rel=1e-4)
+    close(exported(tmp / name), exported(one))
     if quantize:  # the 2-rank run really held a 4-bit base: its checkpoints hold the adapters alone
         state = json.loads((complete_checkpoints(tmp / name / "ckpt")[-1] / "trainer_state.json").read_text())
         assert state["trainable_only"] and state["base_quantized_on"] == "cpu"
@@ -341,10 +237,10 @@ def test_resharding_4_then_2_then_1_ranks_follows_the_one_process_run(four_ranks
     chain = four_tmp / "reshard"
     assert any(f"resumed from {chain / 'ckpt' / 'step-00000004'}" in m for m in two["reshard"]["log"])
     messages = []
-    train(from_dict(Recipe, _recipe(chain, shards, train={"max_duration": "12ba"})), log=messages.append)
+    train(from_dict(Recipe, dist_recipe(chain, shards, train={"max_duration": "12ba"})), log=messages.append)
     assert any("resumed from" in m and "step-00000008" in m for m in messages)
-    assert _losses(chain) == pytest.approx(reference["losses"], rel=1e-4)
-    _close(_exported(chain), reference["step12"])
+    assert losses(chain) == pytest.approx(reference["losses"], rel=1e-4)
+    close(exported(chain), reference["step12"])
 
 
 def test_spike_rollback_on_two_ranks_restores_the_checkpoint_weights(two_ranks):
@@ -353,26 +249,26 @@ def test_spike_rollback_on_two_ranks_restores_the_checkpoint_weights(two_ranks):
     assert "already rolled back 2 times" in outcomes["spiky-noise"]["error"]
     latest = complete_checkpoints(tmp / "spiky" / "ckpt")[-1]
     assert latest.name == "step-00000016"
-    before = _weights_at(tmp, Path(outcomes["spiky-good"]["checkpoint"]))
-    _identical(_weights_at(tmp / "after", latest), before)
+    before = weights_at(tmp, Path(outcomes["spiky-good"]["checkpoint"]))
+    identical(weights_at(tmp / "after", latest), before)
 
 
 def test_sigkill_of_one_rank_under_max_restarts_resumes_bit_identical(tmp_path, shards, two_ranks):
     two_tmp, _ = two_ranks
     run = tmp_path / "killed"
     # c10d rendezvous: each restart round meets under fresh store keys (the static one can reuse stale ones)
-    proc = _mpt_train(2, _recipe(run, shards, parallel={}), run, extra=[
-        "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}"])
+    proc = mpt_train(2, dist_recipe(run, shards, parallel={}), run, extra=[
+        "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"])
     deadline = time.time() + 180
-    while _logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)  # one rank dies; the agent restarts the whole group
-    code, out = _finish(proc)
+    code, out = finish(proc)
     assert code == 0, out[-4000:]
     assert "resumed from" in out
-    _identical(_exported(run), _exported(two_tmp / "auto"))
+    identical(exported(run), exported(two_tmp / "auto"))
 
 
 class _Payload:
@@ -395,31 +291,31 @@ def test_a_checkpoint_only_one_rank_cannot_load_sends_both_ranks_back_to_the_old
     marker = tmp_path / "pwned"
     torch.save({"torch": _Payload(marker)}, newest / "rank1.pt")
     _rewrite_manifest(newest)
-    code, out = _finish(_mpt_train(2, _recipe(run, shards, parallel={}), run))
+    code, out = finish(mpt_train(2, dist_recipe(run, shards, parallel={}), run))
     assert code == 0, out[-4000:]
     assert not marker.exists()
     assert f"checkpoint {newest} cannot be used" in out
     assert f"resumed from {older}" in out and f"resumed from {newest}" not in out
-    _identical(_exported(run), _exported(two_tmp / "auto"))
+    identical(exported(run), exported(two_tmp / "auto"))
 
 
 def test_sigterm_on_two_ranks_saves_exits_and_resumes_bit_identical(tmp_path, shards, two_ranks):
     two_tmp, _ = two_ranks
     run = tmp_path / "preempted"
-    recipe = _recipe(run, shards, parallel={}, checkpoint={"every_batches": 0})
-    proc = _mpt_train(2, recipe, run)
+    recipe = dist_recipe(run, shards, parallel={}, checkpoint={"every_batches": 0})
+    proc = mpt_train(2, recipe, run)
     deadline = time.time() + 180
-    while _logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it to every rank
-    code, out = _finish(proc)
+    code, out = finish(proc)
     assert code != 0
     assert "SIGTERM: saved" in out, out[-4000:]
     saved = complete_checkpoints(run / "ckpt")
     assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < STEPS
-    code, out = _finish(_mpt_train(2, recipe, run))
+    code, out = finish(mpt_train(2, recipe, run))
     assert code == 0, out[-4000:]
-    _identical(_exported(run), _exported(two_tmp / "auto"))
+    identical(exported(run), exported(two_tmp / "auto"))
 
 
 def _node(run: Path, port: int):
@@ -431,7 +327,7 @@ def _node(run: Path, port: int):
     """
     extra = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
              "--rdzv-id", run.name, "--max-restarts", "2"]
-    return _torchrun(1, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), extra=extra, new_session=True,
+    return torchrun(1, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), extra=extra, new_session=True,
                      env=dict(ENV, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"))
 
 
@@ -452,42 +348,42 @@ def _first_node(run: Path, recipe: dict, port: int):
 def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tmp_path, shards):
     # one run to the end on two simulated nodes (one rank each)
     whole = tmp_path / "whole"
-    port = _port()
+    port = free_port()
     long = {"max_duration": "16ba"}  # long enough to lose a node in the middle
-    agents = [_first_node(whole, _recipe(whole, shards, parallel={}, train=long), port), _node(whole, port)]
+    agents = [_first_node(whole, dist_recipe(whole, shards, parallel={}, train=long), port), _node(whole, port)]
     for agent in agents:
-        code, out = _finish(agent)
+        code, out = finish(agent)
         assert code == 0, out[-4000:]
     # the same job; node B dies mid-run (agent and rank together) and is started again with the same command
     run = tmp_path / "node-lost"
-    port = _port()
-    node_a = _first_node(run, _recipe(run, shards, parallel={}, train=long), port)
+    port = free_port()
+    node_a = _first_node(run, dist_recipe(run, shards, parallel={}, train=long), port)
     node_b = _node(run, port)
     deadline = time.time() + 180
-    while _logged_steps(run) < 5 and node_a.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 5 and node_a.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert 5 <= _logged_steps(run) < 16  # past the checkpoint of step 4, before the end
+    assert 5 <= logged_steps(run) < 16  # past the checkpoint of step 4, before the end
     for pid in [node_b.pid, *descendants(node_b.pid)]:  # the node's agent and its rank (own session)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     node_b.wait()
     node_b = _node(run, port)
-    code_a, out_a = _finish(node_a)
-    code_b, out_b = _finish(node_b)
+    code_a, out_a = finish(node_a)
+    code_b, out_b = finish(node_b)
     assert code_a == 0, out_a[-4000:]
     assert code_b == 0, out_b[-4000:]
     assert "resumed from" in out_a + out_b
-    _identical(_exported(run), _exported(whole))
+    identical(exported(run), exported(whole))
 
 
 def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_path, shards):
     # A larger model makes each save last long enough to freeze a rank inside it.
     run = tmp_path / "frozen-in-save"
-    recipe = _recipe(run, shards, parallel={}, train={"max_duration": "400ba"}, checkpoint={"every_batches": 2},
+    recipe = dist_recipe(run, shards, parallel={}, train={"max_duration": "400ba"}, checkpoint={"every_batches": 2},
                      model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
                                        "max_seq_len": 32}},
                      watchdog={"enabled": True, "min_seconds": 600.0, "factor": 1000.0, "phase_seconds": 4.0})
-    proc = _mpt_train(2, recipe, run)
+    proc = mpt_train(2, recipe, run)
     ckpt_dir = run / "ckpt"
     frozen = None
     deadline = time.time() + 120
@@ -509,7 +405,7 @@ def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_pa
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(frozen, signal.SIGKILL)
-        code, out = _finish(proc, timeout=90)
+        code, out = finish(proc, timeout=90)
     finally:
         with contextlib.suppress(ProcessLookupError):  # torchrun may have killed it already
             os.kill(frozen, signal.SIGKILL)
@@ -529,18 +425,18 @@ def test_checkpoint_folder_refusals_and_failures_are_met_by_both_ranks_alike(tmp
     shared, held = tmp_path / "shared", tmp_path / "held"
     three = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 3, "vocab_size": 64, "max_seq_len": 32}}
     jobs = [
-        {"name": "first", "recipe": _recipe(shared, shards, train={"max_duration": "4ba"})},
-        {"name": "held", "recipe": _recipe(held, shards)},
-        {"name": "fresh", "recipe": _recipe(shared, shards, checkpoint={"autoresume": False})},
-        {"name": "lion", "recipe": _recipe(shared, shards, optimizer={"name": "lion", "lr": 1e-4})},
-        {"name": "full", "recipe": _recipe(tmp_path / "full", shards, train={"max_duration": "12ba"},
+        {"name": "first", "recipe": dist_recipe(shared, shards, train={"max_duration": "4ba"})},
+        {"name": "held", "recipe": dist_recipe(held, shards)},
+        {"name": "fresh", "recipe": dist_recipe(shared, shards, checkpoint={"autoresume": False})},
+        {"name": "lion", "recipe": dist_recipe(shared, shards, optimizer={"name": "lion", "lr": 1e-4})},
+        {"name": "full", "recipe": dist_recipe(tmp_path / "full", shards, train={"max_duration": "12ba"},
                                                              checkpoint={"folder": str(tmp_path / "disk" / "ckpt"),
                                                                          "every_batches": 2})},
-        {"name": "start-over", "recipe": _recipe(shared, shards, model=three, checkpoint={"start_over": True})},
+        {"name": "start-over", "recipe": dist_recipe(shared, shards, model=three, checkpoint={"start_over": True})},
     ]
     with small_disk(tmp_path / "disk"):
         with hold_folder(held / "ckpt", "someone", 120.0, log=lambda *_: None):
-            outcomes, out = _jobs(2, jobs, tmp_path / "jobs")
+            outcomes, out = run_jobs(2, jobs, tmp_path / "jobs")
         on_disk = complete_checkpoints(tmp_path / "disk" / "ckpt")
         verify(on_disk[-1])
     expected = {

@@ -16,7 +16,7 @@ from mpt.cli import main
 from mpt.model.hf import load_pretrained
 from mpt.train import load_recipe, train
 
-from .test_distributed import _finish, _torchrun
+from .torchrun import finish, torchrun
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "mpt" / "configs" / "train"
 HELD_OUT = 0.15
@@ -71,7 +71,7 @@ def test_tiny_storywriter_gets_better_at_1024_and_2048_tokens(shared, tmp_path, 
     assert base_run.steps == 40
 
     # stage 2: the recipe, on 2 ranks under torchrun
-    code, out = _finish(_torchrun(2, "-m", "mpt.cli", "train", "mpt-tiny-storywriter.yaml"), timeout=300)
+    code, out = finish(torchrun(2, "-m", "mpt.cli", "train", "mpt-tiny-storywriter.yaml"), timeout=300)
     assert code == 0, out[-3000:]
     assert "on 2 rank(s)" in out and "1024 tokens" in out
     metrics = [json.loads(line) for line in Path("runs/mpt-tiny-storywriter/metrics.jsonl").read_text().splitlines()

@@ -222,25 +222,25 @@ def test_torchrun_restarting_a_group_takes_over_its_own_lease_at_once(tmp_path, 
     import yaml
 
     from .helpers import cmdline, descendants
-    from .test_distributed import ENV, _finish, _logged_steps, _port, _recipe, _torchrun
+    from .torchrun import ENV, dist_recipe, finish, free_port, logged_steps, torchrun
 
     data = make_shards(tmp_path / "data", samples=160)
     url = f"s3://{s3_server.bucket}/runs/restarted"
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.yaml").write_text(yaml.safe_dump(_recipe(
+    (run / "recipe.yaml").write_text(yaml.safe_dump(dist_recipe(
         run, data, parallel={}, train={"max_duration": "12ba"},
         checkpoint={"folder": url, "every_batches": 2, "lease_seconds": 600, "export_hf": None})))
-    proc = _torchrun(2, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), env=dict(ENV, **s3_server.env),
-                     extra=["--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}"])
+    proc = torchrun(2, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), env=dict(ENV, **s3_server.env),
+                     extra=["--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"])
     deadline = time.time() + 180
-    while _logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
     rank0 = [w for w in workers if b"\0RANK=0\0" in b"\0" + open(f"/proc/{w}/environ", "rb").read()]
     assert len(workers) == 2 and len(rank0) == 1, workers
     os.kill(rank0[0], signal.SIGKILL)
-    code, out = _finish(proc)
+    code, out = finish(proc)
     assert code == 0, out[-4000:]
     assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {rank0[0]} on host" in out
     assert "(an earlier attempt of this torchrun job)" in out

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from .helpers import make_shards, recipe_dict
-from .test_distributed import ENV, _finish, _identical, _torchrun
+from .torchrun import ENV, finish, identical, torchrun
 
 WORKER = Path(__file__).with_name("oom_worker.py")
 CASES = [  # (name, strategy, where rank 1 runs out of memory, largest size that fits)
@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
         job["outcome"] = str(tmp / f"{job['name']}.json")
     spec = tmp / "jobs.json"
     spec.write_text(json.dumps(jobs))
-    code, out = _finish(_torchrun(2, str(WORKER), str(spec), env=ENV), timeout=300)
+    code, out = finish(torchrun(2, str(WORKER), str(spec), env=ENV), timeout=300)
     assert code == 0, out[-5000:]
     return tmp, {job["name"]: json.loads(Path(job["outcome"]).read_text()) for job in jobs}
 
@@ -57,5 +57,5 @@ def test_ranks_agree_on_the_size_that_fits_and_train_as_if_it_was_given(runs, na
     tmp, outcomes = runs
     assert outcomes[name]["chosen"] == [fits]
     assert outcomes[name]["steps"] == 4
-    _identical(load_file(tmp / name / "hf" / "model.safetensors"),
+    identical(load_file(tmp / name / "hf" / "model.safetensors"),
                load_file(tmp / f"{strategy}-{fits}" / "hf" / "model.safetensors"))
