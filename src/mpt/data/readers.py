@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 # Plain-text files read whole, one document each: prose and source code (MPT's mix had ~10 % code).
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py", ".c", ".h", ".cc", ".cpp", ".js", ".ts", ".java", ".go",
@@ -52,6 +53,10 @@ class Document:
     line: int        # 1-based line (jsonl), row (parquet, json array) or 1 (txt)
 
 
+# the ReadStats counter a skipped bad record or file is counted under
+BadKind = Literal["bad_json", "missing_field", "binary", "too_large", "corrupt"]
+
+
 @dataclass
 class ReadStats:
     files: int = 0
@@ -71,6 +76,14 @@ class ReadStats:
     def note_bad(self, where: str) -> None:
         if len(self.bad_examples) < 10:
             self.bad_examples.append(where)
+
+    def skip_or_raise(self, skip_bad: bool, kind: BadKind, note: str, error: str) -> None:
+        """A bad record or file: DataInputError(``error``), or with ``skip_bad`` counted under ``kind`` and
+        noted as ``note`` (the caller then skips it)."""
+        if not skip_bad:
+            raise DataInputError(error)
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.note_bad(note)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path | str]:
@@ -235,12 +248,9 @@ def _corrupt(where: str, path: Path, what: str, before: int, unit: str, stats: R
     """A file unreadable from ``where`` on, after ``before`` good records: an error, or (skip_bad) the
     rest of it skipped and counted; the records before the damage were read and are kept."""
     kept = f"the {before:,} {unit} before the damage are kept" if before else "nothing of it is kept"
-    if skip_bad:
-        stats.corrupt += 1
-        stats.note_bad(f"{where}: {what} (skipped from there; {kept})")
-        return
-    raise DataInputError(f"{where}: {what}. Copy or download {path.name} again, remove it from the inputs, or pass "
-                         f"--skip-bad to skip and count damaged files (with it, {kept})")
+    stats.skip_or_raise(skip_bad, "corrupt", f"{where}: {what} (skipped from there; {kept})",
+                        f"{where}: {what}. Copy or download {path.name} again, remove it from the inputs, or pass "
+                        f"--skip-bad to skip and count damaged files (with it, {kept})")
 
 
 def _gzip_damage(err: Exception) -> str:
@@ -250,14 +260,11 @@ def _gzip_damage(err: Exception) -> str:
 
 
 def _too_large(where: str, record: str, limit: int, path: Path, stats: ReadStats, skip_bad: bool) -> None:
-    if skip_bad:
-        stats.too_large += 1
-        stats.note_bad(f"{where}: {record} over --max-record-bytes {limit:,}{_unpacked(path)}")
-        return
-    raise DataInputError(f"{where}: {record} holds more than --max-record-bytes {limit:,} bytes{_unpacked(path)}; "
-                         "pass a larger --max-record-bytes if the machine has the memory for it (a record is held "
-                         "whole, a few times over), split the record, or pass --skip-bad to skip and count such "
-                         "records")
+    stats.skip_or_raise(skip_bad, "too_large", f"{where}: {record} over --max-record-bytes {limit:,}{_unpacked(path)}",
+                        f"{where}: {record} holds more than --max-record-bytes {limit:,} bytes{_unpacked(path)}; "
+                        "pass a larger --max-record-bytes if the machine has the memory for it (a record is held "
+                        "whole, a few times over), split the record, or pass --skip-bad to skip and count such "
+                        "records")
 
 
 def _field_text(record: object, text_field: str, where: str, stats: ReadStats, skip_bad: bool) -> str | None:
@@ -267,20 +274,16 @@ def _field_text(record: object, text_field: str, where: str, stats: ReadStats, s
             available = ", ".join(map(_short, keys[:10])) + (f" and {len(keys) - 10:,} more" if len(keys) > 10 else "")
         else:
             available = f"a JSON {type(record).__name__}"
-        if skip_bad:
-            stats.missing_field += 1
-            stats.note_bad(f"{where}: no field {text_field!r}")
-            return None
-        raise DataInputError(f"{where}: no field {text_field!r}; the record has {available or 'no fields'}. "
-                             f"Pass --text-field NAME to pick the field (or --skip-bad to skip such records)")
+        stats.skip_or_raise(skip_bad, "missing_field", f"{where}: no field {text_field!r}",
+                            f"{where}: no field {text_field!r}; the record has {available or 'no fields'}. "
+                            f"Pass --text-field NAME to pick the field (or --skip-bad to skip such records)")
+        return None
     value = record[text_field]
     if not isinstance(value, str):
-        if skip_bad:
-            stats.missing_field += 1
-            stats.note_bad(f"{where}: field {text_field!r} is {type(value).__name__}")
-            return None
-        raise DataInputError(f"{where}: field {text_field!r} is a {type(value).__name__} ({_short(value)}), "
-                             "not a string; pick another --text-field (or --skip-bad to skip such records)")
+        stats.skip_or_raise(skip_bad, "missing_field", f"{where}: field {text_field!r} is {type(value).__name__}",
+                            f"{where}: field {text_field!r} is a {type(value).__name__} ({_short(value)}), "
+                            "not a string; pick another --text-field (or --skip-bad to skip such records)")
+        return None
     return value
 
 
@@ -365,11 +368,9 @@ def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, l
                 stats.records += 1
                 record, problem = _json_problem(_decode(raw, where, stats))
                 if problem:
-                    if not skip_bad:
-                        raise DataInputError(f"{where}: {problem}; fix or remove the line, or pass --skip-bad to "
-                                             "skip and count such lines")
-                    stats.bad_json += 1
-                    stats.note_bad(f"{where}: {problem}")
+                    stats.skip_or_raise(skip_bad, "bad_json", f"{where}: {problem}",
+                                        f"{where}: {problem}; fix or remove the line, or pass --skip-bad to "
+                                        "skip and count such lines")
                     continue
                 text = _field_text(record, text_field, where, stats, skip_bad)
                 if text is not None:
@@ -390,13 +391,10 @@ def _read_whole(path: Path, limit: int, stats: ReadStats, skip_bad: bool, *, bin
                 if nul >= 0:
                     # text never holds NUL; an image or archive with a text suffix would become tokens of noise
                     offset = f"offset {len(raw) + nul:,}{' of the decompressed data' if _unpacked(path) else ''}"
-                    if skip_bad:
-                        stats.binary += 1
-                        stats.note_bad(f"{path}: binary (NUL byte at {offset})")
-                        return None
-                    raise DataInputError(f"{path}: a NUL byte at {offset}: this is a binary file, not text; "
-                                         "remove it from the inputs (or pass --skip-bad to skip and count such "
-                                         "files)")
+                    stats.skip_or_raise(skip_bad, "binary", f"{path}: binary (NUL byte at {offset})",
+                                        f"{path}: a NUL byte at {offset}: this is a binary file, not text; "
+                                        "remove it from the inputs (or pass --skip-bad to skip and count such files)")
+                    return None
                 if len(raw) + len(chunk) > limit:
                     _too_large(f"{path}", record, limit, path, stats, skip_bad)
                     return None
@@ -429,11 +427,9 @@ def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, li
     except RecursionError:
         records, what, where = None, "JSON nested more deeply than the parser follows", str(path)
     if what:
-        if skip_bad:
-            stats.bad_json += 1
-            stats.note_bad(f"{where}: {what} (the whole file skipped)")
-            return
-        raise DataInputError(f"{where}: {what}; fix the file, or pass --skip-bad to skip and count it")
+        stats.skip_or_raise(skip_bad, "bad_json", f"{where}: {what} (the whole file skipped)",
+                            f"{where}: {what}; fix the file, or pass --skip-bad to skip and count it")
+        return
     for i, record in enumerate(records, start=1):
         stats.records += 1
         text = _field_text(record, text_field, f"{path} (array element {i})", stats, skip_bad)
