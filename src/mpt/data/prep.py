@@ -39,8 +39,8 @@ from .prep_folder import (
     save_progress,
 )
 from .readers import MAX_RECORD_BYTES, DataInputError, Document, ReadStats, expand_inputs, read_documents
-from .shards import INDEX_FILE, ShardWriter, read_index
-from .tokenize import DEFAULT_TOKENIZER, load_token_encoder
+from .shards import INDEX_FILE, ShardIndex, ShardWriter, read_index
+from .tokenize import DEFAULT_TOKENIZER, TokenEncoder, load_token_encoder
 
 _INPUTS = "files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset"
 _OUT = ("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one continues, a "
@@ -378,10 +378,27 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
         raise ValueError(f"the tokenizer's EOS id {tok.eos_id} is outside the declared vocab_size={vocab}")
-
     # pieces smaller than a group, so one long document still spreads over the tokenizer's threads;
     # None where cutting would change the tokens (then a long document is tokenized whole)
     piece_chars = max(1000, cfg.chunk_chars // 8) if cuts_keep_tokens(tok.tokenizer) else None
+    packer = _open_shards(cfg, tok, vocab, out, progress)
+    select = _Select(cfg, pool, workers)
+    encode = _Encode(cfg, tok, vocab, piece_chars, packer, progress)
+    stats = ReadStats()
+    start = time.perf_counter()
+    text_chars = _stream(cfg, files, stats, select, encode)
+    index = packer.writer.close(write_index=False)
+    summary = _summarize(stats, select, encode, index, text_chars)
+    summary.seconds = time.perf_counter() - start
+    write_atomic(out / SUMMARY_FILE, summary.to_json())
+    write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    return summary
+
+
+def _open_shards(cfg: PrepConfig, tok: TokenEncoder, vocab: int, out: Path, progress: Progress) -> _Packer:
+    """The shard writer (``packer.writer``) and the packer feeding it, set to continue after the
+    finished shards in ``progress``; each shard it finishes saves the point a rerun continues from."""
 
     def shard_done(_info) -> None:
         written = sum(s.tokens for s in writer.index.shards)
@@ -393,112 +410,139 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
                          shard_bytes=cfg.shard_bytes, done=progress.shards, on_shard=shard_done)
     resume_at = sum(s.tokens for s in progress.shards)
     packer = _Packer(writer, cfg, tok.eos_id, position=resume_at)
-    dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
-    analyse = functools.partial(_analyse, filters=cfg.filters, dedup=cfg.dedup)
-    stats, filtered, summary = ReadStats(), Counter(), PrepSummary()
-    start = time.perf_counter()
-    batch: list[tuple[int, Document]] = []
-    window: list[Document] = []
-    kept = 0                     # documents kept so far: their number in the resume point
-
     # an interrupted run continues at document progress.doc, of which progress.token tokens are written
     packer.starts.append((progress.doc, resume_at - progress.token))
-    to_skip = progress.token
+    return packer
 
-    def encode(group: list[tuple[int, Document, str, bool, bool]]) -> None:
-        nonlocal to_skip
-        encs = tok.tokenizer.encode_batch_fast([text for _, _, text, _, _ in group], add_special_tokens=False)
-        for (number, doc, _, first, last), enc in zip(group, encs, strict=True):
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            if len(ids) and int(ids.max()) >= vocab:
-                raise DataInputError(f"{doc.source}:{doc.line}: token id {int(ids.max())} is outside the declared "
-                                     f"vocab_size={vocab}; use a matching --tokenizer or a larger --vocab-size")
-            tokens = np.append(ids, tok.eos_id) if last else ids
-            if number == progress.doc:
-                first = False                 # its start is already in packer.starts
-                drop = min(to_skip, len(tokens))
-                to_skip -= drop
-                tokens = tokens[drop:]
-                if drop and not len(tokens):
-                    continue
-            packer.piece(number, tokens, first, last)
-        packer.cut()
 
-    def flush() -> None:
+class _Select:
+    """The filter and dedup stage: which documents of a window are kept; the others are counted."""
+
+    def __init__(self, cfg: PrepConfig, pool, workers: int):
+        self.pool, self.workers = pool, workers
+        self.analyse = functools.partial(_analyse, filters=cfg.filters, dedup=cfg.dedup)
+        self.dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
+        self.empty = 0
+        self.filtered: Counter[str] = Counter()     # by rule, in the order rules first dropped one
+
+    def keep(self, window: list[Document]) -> list[Document]:
+        texts = [d.text for d in window]
+        if self.pool is not None:
+            verdicts = self.pool.map(self.analyse, texts, chunksize=max(1, len(texts) // (4 * self.workers)))
+        else:
+            verdicts = [self.analyse(t) for t in texts]
+        kept = []
+        for doc, (dropped, fp) in zip(window, verdicts, strict=True):
+            if dropped == "empty":
+                self.empty += 1
+            elif dropped is not None:
+                self.filtered[dropped] += 1
+            elif self.dedup is None or self.dedup.check_fingerprint(fp) is None:
+                kept.append(doc)
+        return kept
+
+
+class _Encode:
+    """The tokenize stage: kept documents, numbered in order, go in batches of ``batch_docs``
+    through the tokenizer into the packer, less what an interrupted run's finished shards hold."""
+
+    def __init__(self, cfg: PrepConfig, tok: TokenEncoder, vocab: int, piece_chars: int | None, packer: _Packer,
+                 progress: Progress):
+        self.cfg, self.tok, self.vocab, self.piece_chars, self.packer = cfg, tok, vocab, piece_chars, packer
+        self.resume_doc, self.to_skip = progress.doc, progress.token
+        self.batch: list[tuple[int, Document]] = []
+        self.kept = 0                # documents kept so far: their number in the resume point
+        self.documents = 0           # documents flushed, those of the finished shards included
+
+    def add(self, docs: list[Document]) -> None:
+        for doc in docs:
+            self.batch.append((self.kept, doc))
+            self.kept += 1
+            if len(self.batch) >= self.cfg.batch_docs:
+                self.flush()
+
+    def flush(self) -> None:
         group, chars = [], 0
-        for number, doc in batch:
-            if number < progress.doc:
+        for number, doc in self.batch:
+            if number < self.resume_doc:
                 continue         # wholly in the finished shards of the interrupted run
-            pieces = split_for_tokenizer(doc.text, piece_chars) if piece_chars else [doc.text]
+            pieces = split_for_tokenizer(doc.text, self.piece_chars) if self.piece_chars else [doc.text]
             for i, text in enumerate(pieces):
                 group.append((number, doc, text, i == 0, i == len(pieces) - 1))
                 chars += len(text)
-                if chars >= cfg.chunk_chars:
-                    encode(group)
+                if chars >= self.cfg.chunk_chars:
+                    self._encode(group)
                     group, chars = [], 0
         if group:
-            encode(group)
-        summary.documents_written += len(batch)
-        batch.clear()
+            self._encode(group)
+        self.documents += len(self.batch)
+        self.batch.clear()
 
-    def process_window() -> None:
-        nonlocal kept
-        texts = [d.text for d in window]
-        if pool is not None:
-            verdicts = pool.map(analyse, texts, chunksize=max(1, len(texts) // (4 * workers)))
-        else:
-            verdicts = [analyse(t) for t in texts]
-        for doc, (dropped, fp) in zip(window, verdicts, strict=True):
-            if dropped == "empty":
-                summary.empty_dropped += 1
-            elif dropped is not None:
-                filtered[dropped] += 1
-            elif dedup is None or dedup.check_fingerprint(fp) is None:
-                batch.append((kept, doc))
-                kept += 1
-                if len(batch) >= cfg.batch_docs:
-                    flush()
-        window.clear()
+    def _encode(self, group: list[tuple[int, Document, str, bool, bool]]) -> None:
+        encs = self.tok.tokenizer.encode_batch_fast([text for _, _, text, _, _ in group], add_special_tokens=False)
+        for (number, doc, _, first, last), enc in zip(group, encs, strict=True):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            if len(ids) and int(ids.max()) >= self.vocab:
+                raise DataInputError(f"{doc.source}:{doc.line}: token id {int(ids.max())} is outside the declared "
+                                     f"vocab_size={self.vocab}; use a matching --tokenizer or a larger --vocab-size")
+            tokens = np.append(ids, self.tok.eos_id) if last else ids
+            if number == self.resume_doc:
+                first = False                 # its start is already in packer.starts
+                drop = min(self.to_skip, len(tokens))
+                self.to_skip -= drop
+                tokens = tokens[drop:]
+                if drop and not len(tokens):
+                    continue
+            self.packer.piece(number, tokens, first, last)
+        self.packer.cut()
 
+
+def _stream(cfg: PrepConfig, files, stats: ReadStats, select: _Select, encode: _Encode) -> int:
+    """Read every document through the filter, dedup and tokenize stages; returns the characters read."""
     from tqdm.auto import tqdm
 
+    window: list[Document] = []
+    text_chars = 0
     bar = tqdm(desc="prep", unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
     # documents go through in windows, so memory stays bounded however large the input
     for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split,
                               max_record_bytes=cfg.max_record_bytes):
-        summary.text_chars += len(doc.text)
+        text_chars += len(doc.text)
         window.append(doc)
         if len(window) >= 4 * cfg.batch_docs:
-            process_window()
+            encode.add(select.keep(window))
+            window.clear()
             bar.update(4 * cfg.batch_docs)
-            bar.set_postfix(tokens=f"{packer.position:,}", refresh=False)
+            bar.set_postfix(tokens=f"{encode.packer.position:,}", refresh=False)
     bar.update(len(window))
-    process_window()
-    if batch:
-        flush()
+    encode.add(select.keep(window))
+    encode.flush()
     bar.close()
-    index = writer.close(write_index=False)
+    return text_chars
 
-    summary.files = stats.files
-    summary.records_read = stats.records
-    summary.binary_skipped = stats.binary
-    summary.bad_json_skipped = stats.bad_json
-    summary.missing_field_skipped = stats.missing_field
-    summary.too_large_skipped = stats.too_large
-    summary.corrupt_skipped = stats.corrupt
-    summary.invalid_utf8_replaced = stats.invalid_utf8
-    summary.bad_examples = stats.bad_examples
-    summary.filtered = dict(filtered)
-    summary.exact_duplicates = dedup.exact_removed if dedup else 0
-    summary.near_duplicates = dedup.near_removed if dedup else 0
-    summary.document_tokens = packer.position
-    summary.samples = index.num_samples
-    summary.tokens_written = index.num_tokens
-    summary.tail_tokens_dropped = len(packer.carry)
-    summary.bytes_written = sum(s.bytes for s in index.shards)
-    summary.shards = len(index.shards)
-    summary.seconds = time.perf_counter() - start
-    write_atomic(out / SUMMARY_FILE, summary.to_json())
-    write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
-    return summary
+
+def _summarize(stats: ReadStats, select: _Select, encode: _Encode, index: ShardIndex, text_chars: int) -> PrepSummary:
+    dedup = select.dedup
+    return PrepSummary(
+        files=stats.files,
+        records_read=stats.records,
+        binary_skipped=stats.binary,
+        bad_json_skipped=stats.bad_json,
+        missing_field_skipped=stats.missing_field,
+        too_large_skipped=stats.too_large,
+        corrupt_skipped=stats.corrupt,
+        invalid_utf8_replaced=stats.invalid_utf8,
+        empty_dropped=select.empty,
+        filtered=dict(select.filtered),
+        exact_duplicates=dedup.exact_removed if dedup else 0,
+        near_duplicates=dedup.near_removed if dedup else 0,
+        documents_written=encode.documents,
+        document_tokens=encode.packer.position,
+        samples=index.num_samples,
+        tokens_written=index.num_tokens,
+        tail_tokens_dropped=len(encode.packer.carry),
+        bytes_written=sum(s.bytes for s in index.shards),
+        shards=len(index.shards),
+        text_chars=text_chars,
+        bad_examples=stats.bad_examples,
+    )
