@@ -20,4 +20,14 @@ def shared() -> Path:
         pytest.skip(f"shared test data not found at {SHARED} (set MPT_SHARED to its path)")
     return SHARED
 
+
+@pytest.fixture
+def neox(shared) -> Path:
+    """The GPT-NeoX-20B tokenizer.json in the shared data."""
+    path = shared / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"GPT-NeoX tokenizer not found at {path}")
+    return path
+
+
 from tests.s3 import s3_server  # noqa: E402,F401  (a real S3 server for tests; see tests/s3.py)

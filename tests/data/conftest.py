@@ -1,17 +1,8 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mpt.data.shards import ShardWriter
-
-
-@pytest.fixture
-def neox(shared) -> Path:
-    path = shared / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
-    if not path.is_file():
-        pytest.skip(f"GPT-NeoX tokenizer not found at {path}")
-    return path
 
 
 def write_numbered_shards(out: Path, n: int, seq_len: int = 8, per_shard: int = 10, offset: int = 0) -> Path:

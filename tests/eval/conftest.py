@@ -35,17 +35,23 @@ def eval_data() -> Path:
     return EVAL_DATA
 
 
+def _saved_with_the_neox_tokenizer(tmp_path_factory, name: str, save) -> Path:
+    """A folder where ``save(folder)`` wrote a seeded tiny model in Hugging Face format, beside the GPT-NeoX
+    tokenizer."""
+    tok = neox_tokenizer()
+    path = tmp_path_factory.mktemp(name)
+    save(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_mpt_dir(tmp_path_factory):
     """A 2-layer MPT with the GPT-NeoX vocabulary, saved with its tokenizer."""
     from mpt.model.hf import save_pretrained
 
-    tok = neox_tokenizer()
-    model = tiny_model(0, d_model=64, n_heads=4, max_seq_len=2048, vocab_size=50432)
-    path = tmp_path_factory.mktemp("tiny-mpt")
-    save_pretrained(model, path)
-    tok.save_pretrained(path)
-    return path
+    return _saved_with_the_neox_tokenizer(tmp_path_factory, "tiny-mpt", lambda path: save_pretrained(
+        tiny_model(0, d_model=64, n_heads=4, max_seq_len=2048, vocab_size=50432), path))
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +59,12 @@ def tiny_gpt2_dir(tmp_path_factory):
     """A non-MPT causal LM (GPT-2 architecture, absolute positions) with the same tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = neox_tokenizer()
-    torch.manual_seed(1)
-    cfg = GPT2Config(n_embd=64, n_head=4, n_layer=2, n_positions=1024, vocab_size=50432,
-                     bos_token_id=0, eos_token_id=0)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    def save(path):
+        torch.manual_seed(1)
+        GPT2LMHeadModel(GPT2Config(n_embd=64, n_head=4, n_layer=2, n_positions=1024, vocab_size=50432,
+                                   bos_token_id=0, eos_token_id=0)).save_pretrained(path)
+
+    return _saved_with_the_neox_tokenizer(tmp_path_factory, "tiny-gpt2", save)
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +72,14 @@ def tiny_llama_dir(tmp_path_factory):
     """A Llama-architecture causal LM (RoPE, grouped-query attention, RMSNorm) with the same tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = neox_tokenizer()
-    torch.manual_seed(2)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=2048, vocab_size=50432, bos_token_id=0,
-                      eos_token_id=0, tie_word_embeddings=True, initializer_range=0.2)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    def save(path):
+        torch.manual_seed(2)
+        LlamaForCausalLM(LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=2048, vocab_size=50432, bos_token_id=0, eos_token_id=0, tie_word_embeddings=True,
+            initializer_range=0.2)).save_pretrained(path)
+
+    return _saved_with_the_neox_tokenizer(tmp_path_factory, "tiny-llama", save)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -30,6 +30,16 @@ def _damage(path):
     path.write_bytes(bytes(raw))
 
 
+def _falls_back(tmp, data, newest, older, why: str = "") -> list[str]:
+    """Train on to step 10: the newest checkpoint is refused (its message holds ``why``) and the older one,
+    step 4's, is resumed. Returns the run's messages."""
+    result, messages = _run(tmp, data, train={"max_duration": "10ba"})
+    assert any(f"checkpoint {newest} cannot be used" in m and why in m for m in messages), messages
+    assert any(f"resumed from {older} at step 4" in m for m in messages), messages
+    assert result.steps == 10
+    return messages
+
+
 def _rewrite_manifest(checkpoint, **changes):
     """Change a checkpoint's files and re-sign them, as an attacker (or another run) could."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -99,11 +109,8 @@ def test_a_crafted_rng_file_with_a_matching_manifest_cannot_run_code(tmp_path):
     torch.save({"torch": Payload()}, newest / "rank0.pt")
     _rewrite_manifest(newest)
     verify(newest)  # the manifest matches: only the loader stands between the file and the code
-    result, messages = _run(tmp_path, data, train={"max_duration": "10ba"})
+    _falls_back(tmp_path, data, newest, older)
     assert not marker.exists()
-    assert any(f"checkpoint {newest} cannot be used" in m for m in messages), messages
-    assert any(f"resumed from {older}" in m for m in messages)
-    assert result.steps == 10
 
 
 def test_a_truncated_config_in_the_newest_checkpoint_falls_back_to_the_older_one(tmp_path):
@@ -112,10 +119,7 @@ def test_a_truncated_config_in_the_newest_checkpoint_falls_back_to_the_older_one
     older, newest = complete_checkpoints(tmp_path / "ckpt")
     config = newest / "config.json"
     config.write_text(config.read_text()[:40])
-    result, messages = _run(tmp_path, data, train={"max_duration": "10ba"})
-    assert any(f"checkpoint {newest} cannot be used" in m and "config.json" in m for m in messages), messages
-    assert any(f"resumed from {older}" in m for m in messages)
-    assert result.steps == 10
+    _falls_back(tmp_path, data, newest, older, "config.json")
 
 
 def test_a_torn_last_metrics_line_does_not_break_saving_or_plotting(tmp_path):
@@ -222,10 +226,8 @@ def test_crafted_but_self_consistent_files_fall_back_to_the_older_checkpoint(tmp
         del state["data"]
         (newest / "trainer_state.json").write_text(json.dumps(state))
         why = f"{newest}: trainer_state.json has no valid 'data' (damaged)"  # was KeyError: 'data'
-    result, messages = _run(tmp_path, data, train={"max_duration": "10ba"})
+    messages = _falls_back(tmp_path, data, newest, older, why)
     assert f"checkpoint {newest} cannot be used: {why}; trying an older one" in messages, messages
-    assert any(f"resumed from {older} at step 4" in m for m in messages)
-    assert result.steps == 10
 
 
 def test_a_damaged_checkpoint_saved_over_at_its_step_is_kept_renamed(tmp_path):
@@ -267,3 +269,11 @@ def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_
         result, messages = _run(tmp_path, data, **sections)
         assert any(f"resumed from {saved[-1]}" in m for m in messages), messages
         assert result.steps == 12
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_older_one_used(tmp_path):
+    data = make_shards(tmp_path / "data")
+    _run(tmp_path, data, train={"max_duration": "8ba"})
+    older, newest = complete_checkpoints(tmp_path / "ckpt")
+    _damage(next(newest.glob("*.distcp")))
+    _falls_back(tmp_path, data, newest, older, "checksum")

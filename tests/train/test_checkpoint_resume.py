@@ -4,7 +4,6 @@ refused on a checkpoint folder in use (until the holder dies).
 Every run here is `mpt train` in a subprocess, exactly as a user (or a supervisor) starts it.
 """
 
-import json
 import os
 import random
 import shutil
@@ -22,6 +21,7 @@ from mpt.train.checkpoint import complete_checkpoints
 from mpt.train.export import export_hf
 
 from .helpers import cmdline, descendants, make_shards, recipe_dict
+from .torchrun import logged_steps, losses
 
 TOTAL = 16
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -64,19 +64,6 @@ def _final_weights(tmp, run):
     return load_file(out / "model.safetensors")
 
 
-def _logged_steps(run):
-    path = run / "log" / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.is_file() else 0
-
-
-def _losses(run):
-    by_step = {}
-    for line in (run / "log" / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        by_step[m["step"]] = m["loss"]
-    return [by_step[s] for s in sorted(by_step)]
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("data") / "shards", samples=96)
@@ -89,7 +76,7 @@ def reference(tmp_path_factory, shards):
     recipe, run = _recipe(tmp, shards, "ref")
     code, out = _finish(_start(recipe))
     assert code == 0, out
-    return _final_weights(tmp, run), _losses(run)
+    return _final_weights(tmp, run), losses(run)
 
 
 def _assert_bit_identical(weights, reference_weights):
@@ -103,12 +90,12 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, shards,
     kill_after = random.Random(0).randint(5, TOTAL - 3)
     proc = _start(recipe)
     deadline = time.time() + 120
-    while _logged_steps(run) < kill_after and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < kill_after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.kill()  # SIGKILL: no handler runs, nothing is flushed
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert _logged_steps(run) < TOTAL
+    assert logged_steps(run) < TOTAL
     code, out = _finish(_start(recipe))
     assert code == 0, out
     assert "resumed from" in out
@@ -154,7 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_bit_identical(tmp_pat
     recipe, run = _recipe(tmp_path, shards, "preempted", checkpoint={"every_batches": 0})
     proc = _start(recipe)
     deadline = time.time() + 120
-    while _logged_steps(run) < 6 and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 6 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     code, out = _finish(proc)
@@ -173,10 +160,10 @@ def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
                           checkpoint={"every_batches": 0})
     proc = _start(recipe, nproc=2)
     deadline = time.time() + 120
-    while _logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
-    assert len(workers) >= 2, (workers, _logged_steps(run), proc.poll())
+    assert len(workers) >= 2, (workers, logged_steps(run), proc.poll())
     frozen = workers[-1]
     os.kill(frozen, signal.SIGSTOP)  # one rank freezes: the others wait forever in a collective
     start = time.time()
@@ -197,9 +184,9 @@ def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
 
 def _wait_for_steps(run, proc, steps, timeout=120):
     deadline = time.time() + timeout
-    while _logged_steps(run) < steps and proc.poll() is None and time.time() < deadline:
+    while logged_steps(run) < steps and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None and _logged_steps(run) >= steps, "the first run did not get going"
+    assert proc.poll() is None and logged_steps(run) >= steps, "the first run did not get going"
 
 
 def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_holder_frees_it(tmp_path, shards):
@@ -228,9 +215,9 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_hold
             assert len(lines) == 1 and lines[0].startswith(refusal), out
             assert lines[0].endswith(" UTC); wait for that run to end (or stop it), or use another checkpoint.folder")
             assert "Traceback" not in out
-        steps = _logged_steps(run)
+        steps = logged_steps(run)
         time.sleep(1)
-        assert holder.poll() is None and _logged_steps(run) > steps  # the holder never noticed
+        assert holder.poll() is None and logged_steps(run) > steps  # the holder never noticed
     finally:
         holder.kill()  # SIGKILL: the lock is the kernel's to release
         holder.communicate()

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpt import MPTConfig, MPTForCausalLM
+from mpt import MPTForCausalLM
 from mpt.config import ConfigError, from_dict
 from mpt.data import DataInputError
 from mpt.data.finetune import pad_collate, plan_packing
 from mpt.train import Recipe, train
 from mpt.train.data import FinetuneBatches, count_targets
 from mpt.train.recipe import DataSection
+from tests.tiny import tiny_model
 
 CHATS = [
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
@@ -20,14 +21,6 @@ CHATS = [
                   {"role": "assistant", "content": "Rome."}]},
     {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]},
 ]
-
-
-@pytest.fixture
-def neox(shared) -> Path:
-    path = shared / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
-    if not path.is_file():
-        pytest.skip(f"GPT-NeoX tokenizer not found at {path}")
-    return path
 
 
 @pytest.fixture
@@ -44,9 +37,7 @@ def mixed_jsonl(shared, tmp_path) -> Path:
 
 
 def _model(seq_len: int) -> MPTForCausalLM:
-    torch.manual_seed(0)
-    return MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=seq_len, vocab_size=50432,
-                                    attn_config={"attn_uses_sequence_id": True}))
+    return tiny_model(0, max_seq_len=seq_len, vocab_size=50432, attn_config={"attn_uses_sequence_id": True}).train()
 
 
 def test_plan_packing_places_every_example_once_within_the_row():

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpt import MPTConfig, MPTForCausalLM
 from mpt.cli import main
 from mpt.config import from_dict
 from mpt.data import Shard, read_index
 from mpt.train import Recipe, train
 from mpt.train.data import PackedPretrainBatches, PretrainBatches, count_targets
 from mpt.train.recipe import SourceSection
+from tests.tiny import tiny_model
 
 SEQ = 128
 
@@ -91,10 +91,8 @@ def test_a_packed_batch_gives_each_document_its_loss_alone(docs_shards):
     data = packed(docs_shards, rank_batch=3)
     data.next()
     batch = data.next()
-    torch.manual_seed(0)
-    model = MPTForCausalLM(MPTConfig(d_model=64, n_heads=4, n_layers=2, max_seq_len=SEQ, vocab_size=50432,
-                                     attn_config={"attn_uses_sequence_id": True, "alibi": True}))
-    model.eval()
+    model = tiny_model(0, d_model=64, n_heads=4, max_seq_len=SEQ, vocab_size=50432,
+                       attn_config={"attn_uses_sequence_id": True, "alibi": True})
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], sequence_id=batch["sequence_id"]).logits
         packed_loss = model(**batch).loss.item()

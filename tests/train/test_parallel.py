@@ -121,12 +121,10 @@ def _lora_model(base: Path, quantize: bool = False) -> dict:
     """A saved tiny MPT to finetune with LoRA (written once, the first time it is asked for); ``quantize``:
     QLoRA over its 4-bit base."""
     if not base.is_dir():
-        from mpt import MPTConfig, MPTForCausalLM
         from mpt.model.hf import save_pretrained
+        from tests.tiny import tiny_model
 
-        torch.manual_seed(5)
-        save_pretrained(MPTForCausalLM(MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=32)),
-                        base)
+        save_pretrained(tiny_model(5), base)
     return {"preset": None, "init_from": str(base), "fields": {},
             "lora": {"r": 4, "alpha": 8, "quantize_base": quantize}}
 
