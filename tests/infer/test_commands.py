@@ -88,3 +88,23 @@ def test_chat_command_int8(checkpoint, capsys, monkeypatch):
     assert code == 0, capsys.readouterr()
     assert getattr(loaded[0].model, "quantized", None) == "int8"
     assert "assistant> " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("quantize", [[], ["--quantize", "int8"]])
+def test_generate_dtype_auto_and_bf16_compose_with_int8(checkpoint, capsys, quantize):
+    """--dtype auto loads bfloat16 where this CPU has it (float32 elsewhere), with int8 weights too; an explicit
+    bf16 runs where the CPU has it and is one clear error, before the model loads, where it has not."""
+    from mpt import load
+    from mpt.model.load import cpu_has_bf16
+
+    args = ["generate", str(checkpoint), "Hello world", "--max-new-tokens", "6", "--device", "cpu", *quantize]
+    dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    assert main([*args, "--dtype", "auto"]) == 0
+    want = load(checkpoint, device="cpu", dtype=dtype, quantize=(quantize or [None])[-1])
+    assert capsys.readouterr().out == want.generate("Hello world", max_new_tokens=6).text + "\n"
+    if cpu_has_bf16():
+        assert main([*args, "--dtype", "bf16"]) == 0
+        assert capsys.readouterr().out == want.generate("Hello world", max_new_tokens=6).text + "\n"
+    else:
+        assert main([*args, "--dtype", "bf16"]) == 2
+        assert "--dtype bf16: this CPU has no native bfloat16" in capsys.readouterr().err

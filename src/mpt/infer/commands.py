@@ -16,7 +16,6 @@ from . import options as opts
 from .chat_repl import ChatConfig
 from .serve_config import CompileMode, compile_flag
 
-Dtype = Literal["float32", "bfloat16", "float16"]
 Quantize = Literal["int8"]
 
 
@@ -25,17 +24,18 @@ class ModelSource:
     model: str = option(help=opts.MODEL, positional=True)
     tokenizer: str | None = option(None, opts.TOKENIZER)
     device: str | None = option(None, opts.DEVICE)
-    dtype: Dtype | None = option(None, opts.DTYPE)
+    dtype: opts.Dtype | None = option(None, opts.DTYPE)
     quantize: Quantize | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
 
     def load(self):
         from ..paths import check_model_name
 
         check_model_name(self.model)  # in a fraction of a second, before torch and transformers load
+        from ..model.load import inference_dtype
         from .api import load
 
-        return load(self.model, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype,
-                    quantize=self.quantize)
+        return load(self.model, tokenizer=self.tokenizer, device=self.device,
+                    dtype=inference_dtype(self.dtype, self.device), quantize=self.quantize)
 
 
 @dataclass(kw_only=True)

@@ -34,7 +34,7 @@ class ServeConfig:
     model: str = option("", opts.MODEL, positional=True, required=True)
     tokenizer: str | None = option(None, opts.TOKENIZER)
     device: str | None = option(None, opts.DEVICE)
-    dtype: str | None = option(None, opts.DTYPE, choices=("float32", "bfloat16", "float16"))
+    dtype: opts.Dtype | None = option(None, opts.DTYPE)
     quantize: Literal["int8"] | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
     compile: CompileMode = option("auto", opts.COMPILE)
     host: str = option("127.0.0.1", "address to bind (default: 127.0.0.1, this machine only)")

@@ -295,13 +295,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(cfg: ServeConfig) -> None:
     """Take the port, load the model, then serve until interrupted."""
+    from ..model.load import inference_dtype
     from .api import load
 
     cfg.validate()
+    dtype = inference_dtype(cfg.dtype, cfg.device)  # bf16 on a CPU without it: refused before the port is taken
+    name = str(dtype).removeprefix("torch.")
+    weights = f"{cfg.quantize} weights, {name} activations" if cfg.quantize else f"{name} weights"
     check_uvicorn()  # before the model loads: a uvicorn the header timeout cannot use is a one-line error
     sock = bind(cfg.host, cfg.port)
     try:
-        llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize)
+        llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize)
         app = create_app(llm, cfg)
     except BaseException:
         sock.close()
@@ -312,8 +316,7 @@ def serve(cfg: ServeConfig) -> None:
     def banner() -> None:
         key = "required" if cfg.api_key else "not required"
         print(f"serving '{cfg.model_name}' at {base}/v1 (OpenAI API; key {key}), chat page at {base}/ ; context "
-              f"{cfg.context_length} tokens, batch {cfg.max_batch_size}"
-              + (f", {cfg.quantize} weights" if cfg.quantize else ""), flush=True)
+              f"{cfg.context_length} tokens, batch {cfg.max_batch_size}, {weights}", flush=True)
         warning = cfg.exposure_warning()
         if warning:
             print(warning, file=sys.stderr, flush=True)

@@ -14,6 +14,10 @@ import torch
 from mpt.paths import check_hub_reachable, did_you_mean, first_line, looks_local
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+SHORT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what `--dtype` also takes
+# CPU features (as Linux names them) with which bfloat16 matmuls run natively; without them oneDNN
+# emulates bfloat16 through float32, slower than float32 itself.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def default_device(device: str | torch.device | None = None) -> str:
@@ -31,6 +35,49 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype |
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is invalid: use auto, {', '.join(DTYPES)}")
     return getattr(torch, dtype)
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux's ``/proc/cpuinfo`` names them.
+
+    Where that file cannot be read (macOS, Windows), torch's own cpuinfo query answers for the
+    flags in :data:`BF16_CPU_FLAGS`.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86, Arm
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    # Private helpers, so looked up defensively; every CPU with AMX tiles has AMX-BF16.
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return frozenset(flag for flag, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether a CPU with ``flags`` (default: this one's) runs bfloat16 matmuls natively."""
+    return any(flag in (cpu_flags() if flags is None else flags) for flag in BF16_CPU_FLAGS)
+
+
+def inference_dtype(choice: str | None, device: str | torch.device | None = None,
+                    flags: frozenset[str] | None = None) -> torch.dtype:
+    """The weights dtype for ``--dtype CHOICE`` of generate, chat and serve, checked before anything loads.
+
+    ``None``: :func:`resolve_dtype`'s default. ``auto``: on CPU bfloat16 where ``flags`` (default: this
+    CPU's) name native support, else float32; elsewhere the default. ``bf16`` (or ``bfloat16``) on a
+    CPU without native support is an error: it would run slower than float32.
+    """
+    device = default_device(device)
+    on_cpu = torch.device(device).type == "cpu"
+    if choice == "auto":
+        return (torch.bfloat16 if cpu_has_bf16(flags) else torch.float32) if on_cpu else resolve_dtype(None, device)
+    dtype = resolve_dtype(SHORT_DTYPES.get(choice, choice) if choice else None, device)
+    if dtype == torch.bfloat16 and on_cpu and not cpu_has_bf16(flags):
+        raise ValueError(f"--dtype {choice}: this CPU has no native bfloat16 (its flags name neither "
+                         f"{' nor '.join(BF16_CPU_FLAGS)}), so bfloat16 would run emulated, slower than float32; "
+                         "pass --dtype fp32, or --dtype auto, which picks bfloat16 only where the CPU has it")
+    return dtype
 
 
 def usable_attn_impl(saved: str | None, device: str) -> str:
