@@ -109,6 +109,10 @@ def test_wrong_credentials_for_the_checkpoint_bucket_are_a_clear_error_before_tr
     assert not fsspec.filesystem("s3").exists(url)
 
 
+# Alone, after the parallel part: where its SIGSTOP lands decides what it checks. A run stopped inside a save
+# and continued after the takeover finishes writing that step's objects; on object storage (no rename) they
+# land where the new holder may have saved the same step (a known gap: see checkpoint.save).
+@pytest.mark.serial
 def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_taken_over(tmp_path, s3_server):
     """Object storage has no locks: a lease object with a heartbeat, every run a real `mpt train` process.
 

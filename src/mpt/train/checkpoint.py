@@ -274,6 +274,8 @@ def save(folder, step: int, model, optimizer, trainer_state: dict, keep: int, tr
             try:
                 # A run stopped mid-save past its lease (object storage) must neither make this step a
                 # checkpoint nor prune: the run that took the folder over may be writing this step now.
+                # Known gap: the objects DCP wrote after such a stall land in the step folder itself (S3
+                # has no rename to stage them), so they can overwrite the new holder's save of this step.
                 problem = lock.problem() if lock is not None else None
                 ours = problem is None
                 if ours:
