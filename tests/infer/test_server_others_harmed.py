@@ -24,7 +24,7 @@ from .innocents import Innocents
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 
 JSON = {"Content-Type": "application/json"}
-# These tests time one client's tokens beside another's work: they run after the parallel part of the suite,
+# These tests time one client's tokens beside another's work: they run before the parallel part of the suite,
 # alone, so that the other test process's work is not what they measure (pyproject.toml's `serial` marker).
 pytestmark = pytest.mark.serial
 

@@ -109,7 +109,7 @@ def test_wrong_credentials_for_the_checkpoint_bucket_are_a_clear_error_before_tr
     assert not fsspec.filesystem("s3").exists(url)
 
 
-# Alone, after the parallel part: where its SIGSTOP lands decides what it checks. A run stopped inside a save
+# Alone, before the parallel part: where its SIGSTOP lands decides what it checks. A run stopped inside a save
 # and continued after the takeover finishes writing that step's objects; on object storage (no rename) they
 # land where the new holder may have saved the same step (a known gap: see checkpoint.save).
 @pytest.mark.serial
