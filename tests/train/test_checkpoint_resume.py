@@ -154,6 +154,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_bit_identical(tmp_pat
     _assert_bit_identical(_final_weights(tmp_path, run), reference[0])
 
 
+@pytest.mark.serial  # its 3 s step limit must not fire on a step slowed by another test process
 def test_watchdog_dumps_stacks_and_exits_when_a_rank_hangs(tmp_path, shards):
     recipe, run = _recipe(tmp_path, shards, "hang", train={"max_duration": "400ba"},
                           watchdog={"enabled": True, "min_seconds": 3.0, "factor": 20.0},
