@@ -6,12 +6,17 @@ characters are alphanumeric; a document of more than 500 words has a most common
 :func:`first_failed_rule` names the first rule a document fails. Every rule is off unless switched on:
 ``FilterConfig.mc4()`` (``mpt prep --mc4``) switches on all four with those values, and each can be
 changed or turned off on its own (``None`` / ``False``); ``min_chars``/``max_chars`` bound ``len(text)``.
+``lang`` keeps the documents identified (:mod:`.langid`) as one of those languages with a probability of
+at least ``lang_min_score`` (S2ORC's English filter); :func:`judge` runs it after the other rules.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .langid import check_languages, identify
 
 
 @dataclass
@@ -25,6 +30,8 @@ class FilterConfig:
     max_words: int | None = None                  # mC4: 50,000
     min_chars: int | None = None
     max_chars: int | None = None
+    lang: list[str] = field(default_factory=list)   # ISO 639 codes to keep; empty: no language ID
+    lang_min_score: float = 0.0                      # the identified language's least probability
 
     @classmethod
     def mc4(cls, **overrides) -> FilterConfig:
@@ -43,15 +50,37 @@ class FilterConfig:
                     raise ValueError(f"filter {name}={v} must be >= 0")
             if a is not None and b is not None and a > b:
                 raise ValueError(f"filter {lo}={a} is larger than {hi}={b}; no document could pass")
+        if not 0.0 <= self.lang_min_score <= 1.0:
+            raise ValueError(f"filter lang_min_score={self.lang_min_score} must be a probability between 0 and 1")
+        if self.lang_min_score and not self.lang:
+            raise ValueError(f"filter lang_min_score={self.lang_min_score} needs the languages to keep (--lang)")
+        if self.lang:
+            check_languages(self.lang)
 
     @property
     def active(self) -> bool:
-        return any(v not in (None, False) for k, v in vars(self).items() if k != "long_doc_words")
+        settings = (v for k, v in vars(self).items() if k not in ("long_doc_words", "lang_min_score"))
+        return any(v not in (None, False, []) for v in settings)
+
+
+class Verdict(NamedTuple):
+    rule: str | None             # the first rule failed (a "dropped by filter" key); None: the document passes
+    lang: str | None = None      # the identified language, where the language rule was reached
+
+
+def judge(text: str, cfg: FilterConfig) -> Verdict:
+    """The first rule ``text`` fails, the language rule last (it costs the most), and the language found."""
+    rule = first_failed_rule(text, cfg)
+    if rule is not None or not cfg.lang:
+        return Verdict(rule)
+    guess = identify(text)
+    return Verdict(None if guess.lang in cfg.lang and guess.score >= cfg.lang_min_score else "lang", guess.lang)
 
 
 # The rule names below are the keys of the "dropped by filter" counts in the prep summary.
 def first_failed_rule(text: str, cfg: FilterConfig) -> str | None:
-    """The name of the first rule ``text`` fails, or None when it passes all active rules."""
+    """The name of the first rule ``text`` fails, or None when it passes all active rules but the
+    language rule (see :func:`judge`)."""
     n_chars = len(text)
     if cfg.min_chars is not None and n_chars < cfg.min_chars:
         return "min_chars"
