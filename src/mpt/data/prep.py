@@ -8,16 +8,13 @@ in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import re
 import sys
 import tempfile
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -26,8 +23,9 @@ import numpy as np
 from .. import storage
 from ..config import option
 from ..storage import write_atomic
-from .dedup import DedupConfig, Deduplicator, fingerprint
-from .filters import FilterConfig, first_failed_rule
+from .dedup import DedupConfig, Deduplicator
+from .filters import FilterConfig
+from .prep_engine import Engine, LocalEngine, PartStore, ordered_results
 from .prep_folder import (
     PROGRESS_FILE,
     RUN_FILE,
@@ -38,9 +36,19 @@ from .prep_folder import (
     remove_run,
     save_progress,
 )
-from .readers import MAX_RECORD_BYTES, DataInputError, Document, ReadStats, expand_inputs, read_documents
+from .prep_stages import (
+    PartitionResult,
+    StageSettings,
+    cuts_keep_tokens,
+    plan_partitions,
+    split_for_tokenizer,
+)
+from .readers import MAX_RECORD_BYTES, DataInputError, ReadStats, expand_inputs
 from .shards import INDEX_FILE, ShardIndex, ShardWriter, read_index
 from .tokenize import DEFAULT_TOKENIZER, TokenEncoder, load_token_encoder
+
+__all__ = ["PrepCommand", "PrepConfig", "PrepSummary", "cuts_keep_tokens", "prep", "prep_command",
+           "split_for_tokenizer"]
 
 _INPUTS = "files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset"
 _OUT = ("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one continues, a "
@@ -71,8 +79,14 @@ class PrepConfig:
                                    "--skip-bad skipped and counted; it is held whole, a few times over, so this "
                                    "bounds memory")
     batch_docs: int = option(1024, "documents tokenized together")
-    workers: int | None = option(None, "processes for the filters and near-dedup fingerprints (default: all cores; "
-                                 "the tokenizer always uses all cores)")
+    workers: int | None = option(None, "partitions prepared at once: processes (local engine) or Ray tasks "
+                                 "(default: all cores; with Ray, all the cluster's CPUs)")
+    engine: str = option("local", "local: this machine's processes; ray: Ray tasks (pip install 'mpt[ray]'), "
+                         "the same output byte for byte", choices=("local", "ray"))
+    ray_address: str | None = option(None, "the Ray cluster to join: auto (made with `ray start` on this machine) "
+                                     "or HOST:PORT (default: start Ray on this machine)")
+    partition_bytes: int = option(1 << 25, "input bytes per partition (the unit a worker prepares, and a rerun "
+                                  "after a kill does not prepare again)")
     chunk_chars: int = option(1 << 18, "characters tokenized at once (bounds memory; long documents are cut into "
                               "pieces)")
     staging: str | None = option(None, "local folder where a remote --out is built before upload (default: a "
@@ -102,6 +116,10 @@ class PrepConfig:
             raise ValueError(f"chunk_chars={self.chunk_chars} is too small; use at least 1000 (default 256 Ki)")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine={self.engine!r}: expected 'local' or 'ray'")
+        if self.partition_bytes < 1:
+            raise ValueError(f"partition_bytes={self.partition_bytes} must be >= 1")
         self.filters.validate()
         self.dedup.validate()
 
@@ -257,49 +275,11 @@ class _Packer:
         return doc, written - start
 
 
-def cuts_keep_tokens(tokenizer) -> bool:
-    """Whether this tokenizer gives the same tokens for text cut before a single space as for the whole.
-    Not so for one that prepends a marker to every input (Llama-2's ``Prepend("▁")`` normalizer)."""
-    probes = ["Hello world, this is 42 words.", "a b\nc d", "Größe über 3.5 km², déjà vu"]
-    for text in probes:
-        pieces = re.split(r"(?<=\S)(?= \S)", text)     # cut before every single space, as below
-        whole = tokenizer.encode(text, add_special_tokens=False).ids
-        if [i for p in pieces for i in tokenizer.encode(p, add_special_tokens=False).ids] != whole:
-            return False
-    return True
-
-
-def split_for_tokenizer(text: str, limit: int) -> list[str]:
-    """Cut a long text into pieces of at most about ``limit`` characters, each cut just before a single
-    space between two non-space characters. Byte-level BPE (GPT-2, GPT-NeoX), SentencePiece-style
-    and whitespace pre-tokenizers all split there, so the pieces' tokens equal the whole text's. A
-    stretch of ``limit`` characters with no such space (no natural text) is cut where it ends."""
-    pieces, start, n = [], 0, len(text)
-    while n - start > limit:
-        end = start + limit
-        cut = text.rfind(" ", start + limit // 2, end)
-        while cut > 0 and (text[cut - 1].isspace() or text[cut + 1].isspace()):
-            cut = text.rfind(" ", start + limit // 2, cut)
-        cut = end if cut <= start else cut
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
-
-
-def _analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None]:
-    """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint)."""
-    if not text or text.isspace():     # not text.strip(): that copies a text of any size
-        return "empty", None
-    rule = first_failed_rule(text, filters) if filters.active else None
-    if rule is not None:
-        return rule, None
-    return None, fingerprint(text, dedup) if (dedup.exact or dedup.near) else None
-
-
 def _claim(cfg: PrepConfig, files: list) -> dict:
     """What makes two runs the same command: the arguments that shape the output, and the inputs as found."""
-    args = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "workers", "staging", "out")}
+    # where and how the work runs does not change the output
+    args = {k: v for k, v in asdict(cfg).items()
+            if k not in ("progress", "workers", "staging", "out", "engine", "ray_address", "partition_bytes")}
     seen = []
     for f in files:
         if isinstance(f, Path):
@@ -350,7 +330,7 @@ def prep(cfg: PrepConfig) -> PrepSummary:
         if progress.shards and cfg.progress:
             print(f"prep: continuing the interrupted run in {out} after its {len(progress.shards)} finished shards",
                   file=sys.stderr)
-        summary = _run(cfg, files, out, progress)
+        summary = _run(cfg, files, out, progress, claim)
     if is_remote:
         shards = [s.file for s in read_index(out).shards]
         storage.upload_folder(out, cfg.out, [RUN_FILE, *shards, SUMMARY_FILE], last=INDEX_FILE)
@@ -358,22 +338,27 @@ def prep(cfg: PrepConfig) -> PrepSummary:
     return summary
 
 
-def _run(cfg: PrepConfig, files, out: Path, progress: Progress) -> PrepSummary:
-    workers = cfg.workers or os.cpu_count() or 1
-    pool = None
-    if workers > 1 and (cfg.filters.active or cfg.dedup.near):
-        # started before the tokenizer exists, so forking copies no tokenizer threads; the tokenizer
-        # itself uses every core through its own (Rust) thread pool
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers)
+def _engine(cfg: PrepConfig, partitions: int) -> Engine:
+    if cfg.engine == "ray":
+        from .prep_ray import RayEngine
+
+        return RayEngine(cfg.ray_address, cfg.workers)
+    return LocalEngine(max(1, min(cfg.workers or os.cpu_count() or 1, partitions)))
+
+
+def _run(cfg: PrepConfig, files, out: Path, progress: Progress, claim: dict) -> PrepSummary:
+    parts = plan_partitions(files, cfg.partition_bytes)
+    engine = _engine(cfg, len(parts))      # before the tokenizer: a forked pool copies no tokenizer threads
     try:
-        return _prep(cfg, files, pool, workers, out, progress)
+        return _prep(cfg, files, parts, engine, out, progress, PartStore(out, claim))
     finally:
-        if pool is not None:
-            pool.terminate()
+        engine.close()
 
 
-def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progress) -> PrepSummary:
+def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Progress,
+          store: PartStore) -> PrepSummary:
+    from tqdm.auto import tqdm
+
     tok = load_token_encoder(cfg.tokenizer, cfg.eos_token)
     vocab = cfg.vocab_size or tok.vocab_size
     if tok.eos_id >= vocab:
@@ -381,16 +366,25 @@ def _prep(cfg: PrepConfig, files, pool, workers: int, out: Path, progress: Progr
     # pieces smaller than a group, so one long document still spreads over the tokenizer's threads;
     # None where cutting would change the tokens (then a long document is tokenized whole)
     piece_chars = max(1000, cfg.chunk_chars // 8) if cuts_keep_tokens(tok.tokenizer) else None
-    packer = _open_shards(cfg, tok, vocab, out, progress)
-    select = _Select(cfg, pool, workers)
-    encode = _Encode(cfg, tok, vocab, piece_chars, packer, progress)
-    stats = ReadStats()
+    settings = StageSettings(cfg.text_field, cfg.hf_split, cfg.skip_bad, cfg.max_record_bytes, cfg.filters,
+                             cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars)
+    feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress)
     start = time.perf_counter()
-    text_chars = _stream(cfg, files, stats, select, encode)
-    index = packer.writer.close(write_index=False)
-    summary = _summarize(stats, select, encode, index, text_chars)
+    bar = tqdm(desc=f"prep ({cfg.engine}, {engine.slots} at once)", unit=" docs", disable=not cfg.progress,
+               dynamic_ncols=True)
+    for done, result in enumerate(ordered_results(engine, parts, settings, store), start=1):
+        feed.add(result)
+        bar.update(result.stats.records)
+        bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
+    bar.close()
+    if store.reused and cfg.progress:
+        print(f"prep: {store.reused} of {len(parts)} partitions were prepared by the interrupted run and reused",
+              file=sys.stderr)
+    index = feed.packer.writer.close(write_index=False)
+    summary = feed.summary(len(files), index)
     summary.seconds = time.perf_counter() - start
     write_atomic(out / SUMMARY_FILE, summary.to_json())
+    store.remove()
     write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     return summary
@@ -415,134 +409,78 @@ def _open_shards(cfg: PrepConfig, tok: TokenEncoder, vocab: int, out: Path, prog
     return packer
 
 
-class _Select:
-    """The filter and dedup stage: which documents of a window are kept; the others are counted."""
+class _Feed:
+    """The driver's stages, partition by partition in input order: duplicates decided (the earliest
+    copy kept), kept documents numbered and packed, less what an interrupted run's finished shards
+    hold; and everything dropped counted for the summary."""
 
-    def __init__(self, cfg: PrepConfig, pool, workers: int):
-        self.pool, self.workers = pool, workers
-        self.analyse = functools.partial(_analyse, filters=cfg.filters, dedup=cfg.dedup)
+    def __init__(self, cfg: PrepConfig, packer: _Packer, progress: Progress):
+        self.packer = packer
         self.dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
-        self.empty = 0
-        self.filtered: Counter[str] = Counter()     # by rule, in the order rules first dropped one
-
-    def keep(self, window: list[Document]) -> list[Document]:
-        texts = [d.text for d in window]
-        if self.pool is not None:
-            verdicts = self.pool.map(self.analyse, texts, chunksize=max(1, len(texts) // (4 * self.workers)))
-        else:
-            verdicts = [self.analyse(t) for t in texts]
-        kept = []
-        for doc, (dropped, fp) in zip(window, verdicts, strict=True):
-            if dropped == "empty":
-                self.empty += 1
-            elif dropped is not None:
-                self.filtered[dropped] += 1
-            elif self.dedup is None or self.dedup.check_fingerprint(fp) is None:
-                kept.append(doc)
-        return kept
-
-
-class _Encode:
-    """The tokenize stage: kept documents, numbered in order, go in batches of ``batch_docs``
-    through the tokenizer into the packer, less what an interrupted run's finished shards hold."""
-
-    def __init__(self, cfg: PrepConfig, tok: TokenEncoder, vocab: int, piece_chars: int | None, packer: _Packer,
-                 progress: Progress):
-        self.cfg, self.tok, self.vocab, self.piece_chars, self.packer = cfg, tok, vocab, piece_chars, packer
         self.resume_doc, self.to_skip = progress.doc, progress.token
-        self.batch: list[tuple[int, Document]] = []
+        self.stats = ReadStats()
+        self.empty = self.text_chars = 0
+        self.filtered: dict[str, int] = {}       # by rule, in the order rules first dropped one
         self.kept = 0                # documents kept so far: their number in the resume point
-        self.documents = 0           # documents flushed, those of the finished shards included
 
-    def add(self, docs: list[Document]) -> None:
-        for doc in docs:
-            self.batch.append((self.kept, doc))
+    def add(self, r: PartitionResult) -> None:
+        self._count(r)
+        for i in range(r.kept):
+            if self.dedup is not None and self.dedup.check_fingerprint(r.fingerprint(i)) is not None:
+                continue
+            if i in r.vocab_errors:
+                raise DataInputError(r.vocab_errors[i])
+            self._pack(self.kept, r.tokens[r.offsets[i]:r.offsets[i + 1]])
             self.kept += 1
-            if len(self.batch) >= self.cfg.batch_docs:
-                self.flush()
-
-    def flush(self) -> None:
-        group, chars = [], 0
-        for number, doc in self.batch:
-            if number < self.resume_doc:
-                continue         # wholly in the finished shards of the interrupted run
-            pieces = split_for_tokenizer(doc.text, self.piece_chars) if self.piece_chars else [doc.text]
-            for i, text in enumerate(pieces):
-                group.append((number, doc, text, i == 0, i == len(pieces) - 1))
-                chars += len(text)
-                if chars >= self.cfg.chunk_chars:
-                    self._encode(group)
-                    group, chars = [], 0
-        if group:
-            self._encode(group)
-        self.documents += len(self.batch)
-        self.batch.clear()
-
-    def _encode(self, group: list[tuple[int, Document, str, bool, bool]]) -> None:
-        encs = self.tok.tokenizer.encode_batch_fast([text for _, _, text, _, _ in group], add_special_tokens=False)
-        for (number, doc, _, first, last), enc in zip(group, encs, strict=True):
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            if len(ids) and int(ids.max()) >= self.vocab:
-                raise DataInputError(f"{doc.source}:{doc.line}: token id {int(ids.max())} is outside the declared "
-                                     f"vocab_size={self.vocab}; use a matching --tokenizer or a larger --vocab-size")
-            tokens = np.append(ids, self.tok.eos_id) if last else ids
-            if number == self.resume_doc:
-                first = False                 # its start is already in packer.starts
-                drop = min(self.to_skip, len(tokens))
-                self.to_skip -= drop
-                tokens = tokens[drop:]
-                if drop and not len(tokens):
-                    continue
-            self.packer.piece(number, tokens, first, last)
         self.packer.cut()
+        if r.error is not None:
+            raise r.error         # bad input, met after the documents above
 
+    def _count(self, r: PartitionResult) -> None:
+        for name in ("records", "bad_json", "missing_field", "invalid_utf8", "binary", "too_large", "corrupt"):
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(r.stats, name))
+        for note in r.stats.bad_examples:
+            self.stats.note_bad(note)
+        self.empty += r.empty
+        self.text_chars += r.text_chars
+        for rule, n in r.filtered.items():
+            self.filtered[rule] = self.filtered.get(rule, 0) + n
 
-def _stream(cfg: PrepConfig, files, stats: ReadStats, select: _Select, encode: _Encode) -> int:
-    """Read every document through the filter, dedup and tokenize stages; returns the characters read."""
-    from tqdm.auto import tqdm
+    def _pack(self, number: int, tokens) -> None:
+        first = True
+        if number < self.resume_doc:
+            return           # wholly in the finished shards of the interrupted run
+        if number == self.resume_doc:
+            first = False                 # its start is already in packer.starts
+            drop = min(self.to_skip, len(tokens))
+            self.to_skip -= drop
+            tokens = tokens[drop:]
+            if drop and not len(tokens):
+                return
+        self.packer.piece(number, tokens, first, True)
 
-    window: list[Document] = []
-    text_chars = 0
-    bar = tqdm(desc="prep", unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
-    # documents go through in windows, so memory stays bounded however large the input
-    for doc in read_documents(files, cfg.text_field, skip_bad=cfg.skip_bad, stats=stats, hf_split=cfg.hf_split,
-                              max_record_bytes=cfg.max_record_bytes):
-        text_chars += len(doc.text)
-        window.append(doc)
-        if len(window) >= 4 * cfg.batch_docs:
-            encode.add(select.keep(window))
-            window.clear()
-            bar.update(4 * cfg.batch_docs)
-            bar.set_postfix(tokens=f"{encode.packer.position:,}", refresh=False)
-    bar.update(len(window))
-    encode.add(select.keep(window))
-    encode.flush()
-    bar.close()
-    return text_chars
-
-
-def _summarize(stats: ReadStats, select: _Select, encode: _Encode, index: ShardIndex, text_chars: int) -> PrepSummary:
-    dedup = select.dedup
-    return PrepSummary(
-        files=stats.files,
-        records_read=stats.records,
-        binary_skipped=stats.binary,
-        bad_json_skipped=stats.bad_json,
-        missing_field_skipped=stats.missing_field,
-        too_large_skipped=stats.too_large,
-        corrupt_skipped=stats.corrupt,
-        invalid_utf8_replaced=stats.invalid_utf8,
-        empty_dropped=select.empty,
-        filtered=dict(select.filtered),
-        exact_duplicates=dedup.exact_removed if dedup else 0,
-        near_duplicates=dedup.near_removed if dedup else 0,
-        documents_written=encode.documents,
-        document_tokens=encode.packer.position,
-        samples=index.num_samples,
-        tokens_written=index.num_tokens,
-        tail_tokens_dropped=len(encode.packer.carry),
-        bytes_written=sum(s.bytes for s in index.shards),
-        shards=len(index.shards),
-        text_chars=text_chars,
-        bad_examples=stats.bad_examples,
-    )
+    def summary(self, files: int, index: ShardIndex) -> PrepSummary:
+        stats, dedup = self.stats, self.dedup
+        return PrepSummary(
+            files=files,
+            records_read=stats.records,
+            binary_skipped=stats.binary,
+            bad_json_skipped=stats.bad_json,
+            missing_field_skipped=stats.missing_field,
+            too_large_skipped=stats.too_large,
+            corrupt_skipped=stats.corrupt,
+            invalid_utf8_replaced=stats.invalid_utf8,
+            empty_dropped=self.empty,
+            filtered=dict(self.filtered),
+            exact_duplicates=dedup.exact_removed if dedup else 0,
+            near_duplicates=dedup.near_removed if dedup else 0,
+            documents_written=self.kept,
+            document_tokens=self.packer.position,
+            samples=index.num_samples,
+            tokens_written=index.num_tokens,
+            tail_tokens_dropped=len(self.packer.carry),
+            bytes_written=sum(s.bytes for s in index.shards),
+            shards=len(index.shards),
+            text_chars=self.text_chars,
+            bad_examples=stats.bad_examples,
+        )

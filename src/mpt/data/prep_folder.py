@@ -1,9 +1,9 @@
 """The output folder of `mpt prep`: who owns it, whether it is finished, and where to continue.
 
-A run first writes ``prep.json`` (its arguments and the size and time of each input file) into an
-empty folder. After each finished shard it writes ``prep-progress.json``: the shards so far and the
-point in the document stream where the next shard starts. ``summary.json`` and then ``index.json``
-are written last, so a folder with ``index.json`` is complete.
+A run first writes ``prep.json`` (its arguments, each input's size and time) into an empty folder,
+then ``prep-parts/`` (prepared partitions, until the end) and after each finished shard
+``prep-progress.json``: the shards so far and the point in the document stream where the next shard
+starts. ``summary.json`` and then ``index.json`` are written last: a folder with ``index.json`` is complete.
 
 A rerun with the same arguments continues an unfinished folder from its last finished shard; a
 folder that holds anything else (another command's output, a run with other arguments, a file of
@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from .shards import INDEX_FILE, ShardInfo
 RUN_FILE = "prep.json"
 PROGRESS_FILE = "prep-progress.json"
 SUMMARY_FILE = "summary.json"
+PARTS_DIR = "prep-parts"      # prepared partitions (prep_engine.PartStore), removed before index.json is written
 _SHARD = re.compile(r"shard-\d{5}\.bin")
-_OURS = (RUN_FILE, PROGRESS_FILE, SUMMARY_FILE, INDEX_FILE)
+_OURS = (RUN_FILE, PROGRESS_FILE, SUMMARY_FILE, INDEX_FILE, PARTS_DIR)
 
 
 class OutputFolderError(ValueError):
@@ -116,7 +118,9 @@ def open_folder(out: Path, claim: dict) -> Progress | None:
 def remove_run(out: Path) -> None:
     """Delete a run's files (a staging folder once uploaded), and the folder if nothing else is in it."""
     for p in out.iterdir():
-        if is_ours(p.name):
+        if p.name == PARTS_DIR:
+            shutil.rmtree(p, ignore_errors=True)
+        elif is_ours(p.name):
             p.unlink()
     try:
         out.rmdir()

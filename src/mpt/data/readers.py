@@ -352,11 +352,25 @@ def _lines(f, limit: int) -> Iterator[bytearray | bytes | None]:
         yield tail
 
 
-def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, limit: int) -> Iterator[Document]:
-    lineno = 0
+class _Span:
+    """Bytes ``start`` to ``end`` of an open file, for ``_lines`` (read1 only)."""
+
+    def __init__(self, f, start: int, end: int):
+        f.seek(start)
+        self.f, self.left = f, end - start
+
+    def read1(self, n: int) -> bytes:
+        data = self.f.read1(min(n, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, limit: int,
+                span: tuple[int, int, int] | None = None) -> Iterator[Document]:
+    lineno = span[2] - 1 if span else 0
     with _open_bytes(path) as f:
         try:
-            for raw in _lines(f, limit):
+            for raw in _lines(_Span(f, span[0], span[1]) if span else f, limit):
                 lineno += 1
                 where = f"{path}:{lineno}"
                 if raw is None:
@@ -503,6 +517,14 @@ def _read_hf(spec: str, text_field: str, split: str, stats: ReadStats, skip_bad:
         text = _field_text(record, text_field, f"{where} row {row}", stats, skip_bad)
         if text is not None:
             yield Document(text, spec, row)
+
+
+def read_jsonl_span(path: Path, start: int, end: int, line: int, text_field: str = "text", *,
+                    skip_bad: bool = False, stats: ReadStats, max_record_bytes: int = MAX_RECORD_BYTES
+                    ) -> Iterator[Document]:
+    """The documents of an uncompressed JSON-lines file from byte ``start`` (where line number ``line``
+    begins) to byte ``end`` (a line's end), as :func:`read_documents` reads them in the whole file."""
+    yield from _read_jsonl(path, text_field, stats, skip_bad, max_record_bytes, span=(start, end, line))
 
 
 def read_documents(files: list[Path | str], text_field: str = "text", *, skip_bad: bool = False,
