@@ -9,6 +9,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from mpt.data.dedup import DedupConfig, normalise, shingles
+from mpt.data.near_dedup import WEIGHTS
+
 VOCAB = [f"w{i}" for i in range(5000)]   # random words: two unrelated documents share no 5-gram
 
 
@@ -41,16 +44,15 @@ def planted_corpus(families: int, seed: int, levels: tuple[float, ...], copies: 
     return [t for t, _ in docs], [lv for _, lv in docs]
 
 
-def shingles(text: str, n: int = 5) -> set[int]:
-    words = text.split(" ")
-    return {int.from_bytes(hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=8).digest(), "little")
-            for i in range(max(1, len(words) - n + 1))}
+def shingle_set(text: str, n: int = 5) -> set[int]:
+    """dedup.py's shingles of the text, each as a 64-bit hash (smaller than the strings)."""
+    return {int.from_bytes(hashlib.blake2b(sh, digest_size=8).digest(), "little") for sh in shingles(normalise(text), n)}
 
 
 def exact_pairs(texts: list[str], threshold: float) -> dict[tuple[int, int], float]:
     """Every pair (i < j) with exact Jaccard >= threshold: pairs that share no shingle have Jaccard 0,
     so only the pairs an inverted index finds are compared."""
-    sets = [shingles(t) for t in texts]
+    sets = [shingle_set(t) for t in texts]
     key = np.concatenate([np.fromiter(s, dtype=np.uint64, count=len(s)) for s in sets])
     doc = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
     order = np.lexsort((doc, key))
@@ -91,6 +93,25 @@ def keep_earliest(n: int, pairs) -> set[int]:
                 members.append(nb)
         drop |= set(members) - {min(members)}
     return drop
+
+
+def datasketch_decisions(texts: list[str], cfg: DedupConfig, streaming: bool) -> set[int]:
+    """datasketch's in-memory MinHashLSH at the same threshold, num_perm and weights, candidates confirmed by
+    ``MinHash.jaccard``: streaming (query the kept ones, as dedup.Deduplicator) or over the whole corpus."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=WEIGHTS)
+    # the same MinHash values as the stages (dedup's normalise and shingles): what differs is the index
+    hashes = MinHash.bulk((shingles(normalise(t), cfg.ngram) for t in texts), num_perm=cfg.num_perm, seed=cfg.seed)
+    drop, pairs = set(), []
+    for i, m in enumerate(hashes):
+        similar = [k for k in lsh.query(m) if m.jaccard(hashes[k]) >= cfg.threshold]
+        if streaming and similar:
+            drop.add(i)
+            continue
+        pairs += [(k, i) for k in similar]
+        lsh.insert(i, m)
+    return drop if streaming else keep_earliest(len(texts), pairs)
 
 
 def precision_recall(predicted: set[int], truth: set[int]) -> tuple[float, float]:

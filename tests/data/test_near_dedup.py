@@ -7,9 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from mpt.data.dedup import DedupConfig, Deduplicator
+from mpt.data.dedup import DedupConfig, Deduplicator, fingerprint
 from mpt.data.near_dedup import (
-    WEIGHTS,
     components,
     lsh_params,
     near_duplicates,
@@ -17,7 +16,14 @@ from mpt.data.near_dedup import (
     shard_edges,
     signatures,
 )
-from tests.data.planted import edit_to, exact_pairs, keep_earliest, planted_corpus, precision_recall
+from tests.data.planted import (
+    datasketch_decisions,
+    edit_to,
+    exact_pairs,
+    keep_earliest,
+    planted_corpus,
+    precision_recall,
+)
 
 CFG = DedupConfig(exact=False, near=True, threshold=0.8, num_perm=128)
 # planted Jaccards at least 0.1 from the threshold: the MinHash estimate's spread at 128 values is ~0.035
@@ -55,6 +61,14 @@ def test_same_answer_whatever_the_partitions_and_bucket_shards(corpus):
     assert np.all(np.diff(answers[0]) > 0)   # sorted, each index once
 
 
+def test_signatures_are_the_streaming_deduplicators_minhash(corpus):
+    texts, _ = corpus
+    sigs = signatures([(7, texts[3]), (9, texts[4])], CFG)
+    assert sigs.index.tolist() == [7, 9] and sigs.keys.shape == (2, lsh_params(CFG.threshold, CFG.num_perm)[0])
+    for row, text in zip(sigs.values, texts[3:5], strict=True):
+        assert np.array_equal(row, fingerprint(text, CFG)[1])
+
+
 def words(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [f"w{rng.randrange(5000)}" for _ in range(n)]
@@ -87,33 +101,6 @@ def test_a_chain_is_one_cluster_unlike_the_streaming_deduplicator():
     assert near_duplicates(texts, cfg).tolist() == [1, 2]
     streaming = Deduplicator(cfg)
     assert [streaming.check(t) for t in texts] == [None, "near", None]
-
-
-def datasketch_decisions(texts: list[str], cfg: DedupConfig, streaming: bool) -> set[int]:
-    """datasketch's in-memory MinHashLSH at the same threshold, num_perm and weights, candidates confirmed by
-    ``MinHash.jaccard``: streaming (query the kept ones, as dedup.Deduplicator) or over the whole corpus."""
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=WEIGHTS)
-    hashes = []
-    for t in texts:
-        m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-        m.update_batch([" ".join(s).encode() for s in shingle_words(t, cfg.ngram)])
-        hashes.append(m)
-    drop, pairs = set(), []
-    for i, m in enumerate(hashes):
-        similar = [k for k in lsh.query(m) if m.jaccard(hashes[k]) >= cfg.threshold]
-        if streaming and similar:
-            drop.add(i)
-            continue
-        pairs += [(k, i) for k in similar]
-        lsh.insert(i, m)
-    return drop if streaming else keep_earliest(len(texts), pairs)
-
-
-def shingle_words(text: str, n: int) -> set[tuple[str, ...]]:
-    w = text.split(" ")
-    return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
 
 
 def test_agreement_with_datasketch_minhash_lsh(corpus):

@@ -60,12 +60,15 @@ def fingerprint(text: str, cfg: DedupConfig) -> tuple[bytes | None, np.ndarray |
         return digest, None
     from datasketch import MinHash
 
-    words = norm.split(" ")
-    n = cfg.ngram
-    shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
     m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-    m.update_batch([sh.encode("utf-8") for sh in shingles])
+    m.update_batch(shingles(norm, cfg.ngram))
     return digest, m.hashvalues
+
+
+def shingles(norm: str, n: int) -> list[bytes]:
+    """The distinct word n-grams of a normalised text, as MinHash takes them (a shorter text: itself)."""
+    words = norm.split(" ")
+    return [sh.encode("utf-8") for sh in {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}]
 
 
 class Deduplicator:

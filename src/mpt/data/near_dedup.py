@@ -13,12 +13,12 @@ Chains merge: A~B and B~C keep A only, where dedup.Deduplicator keeps C (it chec
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from .dedup import DedupConfig, fingerprint
+from .dedup import DedupConfig, normalise, shingles
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)   # spreads the band number over the key before the shard modulo
 # Every LSH candidate is confirmed from the signatures, so a false positive costs one comparison and a
@@ -54,14 +54,17 @@ class BandEntries:
 
 
 def signatures(docs: list[tuple[int, str]], cfg: DedupConfig) -> Signatures:
-    """Stage 1, one partition: the MinHash signature and band keys of each (global_index, text)."""
+    """Stage 1, one partition: the MinHash signature and band keys of each (global_index, text), the
+    signature the same as dedup.fingerprint's (MinHash.generator only shares the permutations' setup)."""
+    from datasketch import MinHash
+
     cfg.validate()
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
-    near = replace(cfg, exact=False, near=True)
     values = np.zeros((len(docs), cfg.num_perm), dtype=np.uint32)
     keys = np.zeros((len(docs), bands), dtype=np.uint64)
-    for i, (_, text) in enumerate(docs):
-        values[i] = fingerprint(text, near)[1]
+    made = MinHash.generator((shingles(normalise(t), cfg.ngram) for _, t in docs), num_perm=cfg.num_perm, seed=cfg.seed)
+    for i, m in enumerate(made):
+        values[i] = m.hashvalues
         for b in range(bands):   # a band's key stands for its r values: equal keys <=> the same bucket
             piece = values[i, b * rows:(b + 1) * rows].tobytes()
             keys[i, b] = int.from_bytes(hashlib.blake2b(piece, digest_size=8).digest(), "little")
@@ -114,7 +117,7 @@ def shard_edges(pieces: list[BandEntries], threshold: float) -> np.ndarray:
     doc = np.concatenate([p.doc for p in pieces])
     values = np.concatenate([p.values for p in pieces])
     order = np.lexsort((doc, key, band))   # buckets contiguous, each in input order: independent of partitioning
-    band, key, doc, values = band[order], key[order], doc[order], values[order]
+    band, key, doc = band[order], key[order], doc[order]   # values stay put: a sorted copy would double the shard
     new = np.ones(len(doc), dtype=bool)
     new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
     starts = np.flatnonzero(new)
@@ -122,7 +125,7 @@ def shard_edges(pieces: list[BandEntries], threshold: float) -> np.ndarray:
     parent: dict[int, int] = {}
     shared = ends - starts > 1
     for s, e in zip(starts[shared], ends[shared], strict=True):
-        _confirm_bucket(doc[s:e], values[s:e], threshold, parent)
+        _confirm_bucket(doc[s:e], values[order[s:e]], threshold, parent)
     # every key of ``parent`` is a non-root (roots never get an entry): one edge each to its root
     return np.array([(_find(parent, x), x) for x in sorted(parent)], dtype=np.int64).reshape(-1, 2)
 
