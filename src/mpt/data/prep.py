@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -145,6 +145,10 @@ class PrepCommand(PrepConfig):
     max_words: int | None = option(None, "override the maximum word count (mC4: 50,000)")
     min_chars: int | None = option(None, "drop documents shorter than this (off by default)")
     max_chars: int | None = option(None, "drop documents longer than this (off by default)")
+    lang: list[str] = option(help="keep only documents identified as this language (ISO 639 code, e.g. en; "
+                             "repeat for several)", factory=list, repeat=True, metavar="CODE")
+    lang_min_score: float | None = option(None, "least probability of the identified language (0 to 1) for "
+                                          "--lang to keep a document (default: 0, the likeliest language wins)")
     exact_dedup: bool = option(True, "keep exact duplicates (removed by default)", names=("--no-exact-dedup",))
     near_dedup: bool = option(False, "also remove near duplicates (MinHash LSH)")
     near_dedup_threshold: float | None = option(None, "estimated Jaccard similarity of word 5-grams above which a "
@@ -155,8 +159,8 @@ class PrepCommand(PrepConfig):
         cfg = copy.deepcopy(PrepConfig(**base))   # the folding below must not touch self's sections
         if self.mc4:
             cfg.filters = FilterConfig.mc4()   # the whole rule set, as the flag always meant
-        for name in ("min_words", "max_words", "min_chars", "max_chars"):
-            if getattr(self, name) is not None:
+        for name in ("min_words", "max_words", "min_chars", "max_chars", "lang", "lang_min_score"):
+            if getattr(self, name) not in (None, []):
                 setattr(cfg.filters, name, getattr(self, name))
         if self.shard_mb is not None:
             cfg.shard_bytes = int(self.shard_mb * (1 << 20))
@@ -190,6 +194,10 @@ class PrepSummary:
     invalid_utf8_replaced: int = 0
     empty_dropped: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
+    # --lang: documents per identified language that it kept (before dedup) and dropped; only those that
+    # passed the other filters are identified. Sorted by language, so summary.json is the same every run.
+    languages_kept: dict[str, int] = field(default_factory=dict)
+    languages_dropped: dict[str, int] = field(default_factory=dict)
     exact_duplicates: int = 0
     near_duplicates: int = 0
     documents_written: int = 0
@@ -218,6 +226,8 @@ class PrepSummary:
             f"{self.too_large_skipped:,} over --max-record-bytes, {self.corrupt_skipped:,} damaged files; "
             f"{self.invalid_utf8_replaced:,} with invalid UTF-8 kept with replacement characters",
             f"dropped   {self.empty_dropped:,} empty; by filter: {filt}",
+            *([f"language  kept {_counts(self.languages_kept)}; dropped {_counts(self.languages_dropped)}"]
+              if self.languages_kept or self.languages_dropped else []),
             f"dedup     {self.exact_duplicates:,} exact and {self.near_duplicates:,} near duplicates removed",
             f"wrote     {self.documents_written:,} documents, {self.tokens_written:,} tokens in {self.samples:,} samples, "
             f"{self.shards} shards, {self.bytes_written / 1e6:,.1f} MB"
@@ -227,6 +237,10 @@ class PrepSummary:
             if self.seconds else  # read back from a finished folder: no time was spent, none is reported
             "took      nothing: the folder held this same run, finished (the summary above is the one it wrote)",
         ]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
 
 
 class _Packer:
@@ -421,6 +435,8 @@ class _Feed:
         self.stats = ReadStats()
         self.empty = self.text_chars = 0
         self.filtered: dict[str, int] = {}       # by rule, in the order rules first dropped one
+        self.lang_kept: Counter[str] = Counter()
+        self.lang_dropped: Counter[str] = Counter()
         self.kept = 0                # documents kept so far: their number in the resume point
 
     def add(self, r: PartitionResult) -> None:
@@ -445,6 +461,8 @@ class _Feed:
         self.text_chars += r.text_chars
         for rule, n in r.filtered.items():
             self.filtered[rule] = self.filtered.get(rule, 0) + n
+        self.lang_kept.update(r.lang_kept)
+        self.lang_dropped.update(r.lang_dropped)
 
     def _pack(self, number: int, tokens) -> None:
         first = True
@@ -472,6 +490,8 @@ class _Feed:
             invalid_utf8_replaced=stats.invalid_utf8,
             empty_dropped=self.empty,
             filtered=dict(self.filtered),
+            languages_kept=dict(sorted(self.lang_kept.items())),
+            languages_dropped=dict(sorted(self.lang_dropped.items())),
             exact_duplicates=dedup.exact_removed if dedup else 0,
             near_duplicates=dedup.near_removed if dedup else 0,
             documents_written=self.kept,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .dedup import DedupConfig, fingerprint
-from .filters import FilterConfig, first_failed_rule
+from .filters import FilterConfig, Verdict, judge
 from .readers import Document, ReadStats, read_documents, read_jsonl_span
 from .tokenize import load_token_encoder
 
@@ -152,6 +152,8 @@ class PartitionResult:
     text_chars: int = 0
     empty: int = 0
     filtered: dict[str, int] = field(default_factory=dict)      # by rule, in the order rules first dropped one
+    lang_kept: dict[str, int] = field(default_factory=dict)     # --lang: documents per language identified,
+    lang_dropped: dict[str, int] = field(default_factory=dict)  # that it kept / dropped
     digests: np.ndarray | None = None        # (kept, 16) uint8: exact-dedup digests
     minhash: np.ndarray | None = None        # (kept, num_perm) uint64: MinHash values
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))   # kept + 1 token offsets
@@ -169,7 +171,8 @@ class PartitionResult:
 
     def to_bytes(self) -> bytes:
         meta = {"stats": asdict(self.stats), "text_chars": self.text_chars, "empty": self.empty,
-                "filtered": list(self.filtered.items()), "vocab_errors": list(self.vocab_errors.items())}
+                "filtered": list(self.filtered.items()), "vocab_errors": list(self.vocab_errors.items()),
+                "lang_kept": self.lang_kept, "lang_dropped": self.lang_dropped}
         arrays = {"offsets": self.offsets, "tokens": self.tokens}
         arrays.update({k: v for k, v in (("digests", self.digests), ("minhash", self.minhash)) if v is not None})
         buf = io.BytesIO()
@@ -181,7 +184,8 @@ class PartitionResult:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
             return cls(stats=ReadStats(**meta["stats"]), text_chars=meta["text_chars"], empty=meta["empty"],
-                       filtered=dict(meta["filtered"]), offsets=z["offsets"], tokens=z["tokens"],
+                       filtered=dict(meta["filtered"]), lang_kept=meta["lang_kept"],
+                       lang_dropped=meta["lang_dropped"], offsets=z["offsets"], tokens=z["tokens"],
                        digests=z["digests"] if "digests" in z else None,
                        minhash=z["minhash"] if "minhash" in z else None,
                        vocab_errors={int(k): v for k, v in meta["vocab_errors"]})
@@ -193,14 +197,15 @@ def partition_key(claim: dict, part: Partition) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None]:
-    """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint)."""
+def analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None, str | None]:
+    """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint, the
+    language identified where --lang asked)."""
     if not text or text.isspace():     # not text.strip(): that copies a text of any size
-        return "empty", None
-    rule = first_failed_rule(text, filters) if filters.active else None
+        return "empty", None, None
+    rule, lang = judge(text, filters) if filters.active else Verdict(None)
     if rule is not None:
-        return rule, None
-    return None, fingerprint(text, dedup) if (dedup.exact or dedup.near) else None
+        return rule, None, lang
+    return None, fingerprint(text, dedup) if (dedup.exact or dedup.near) else None, lang
 
 
 def _documents(part: Partition, s: StageSettings, stats: ReadStats):
@@ -218,11 +223,15 @@ def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
     """Read, filter, fingerprint and tokenize one partition (the stages that need no other partition)."""
     result = PartitionResult()
     filtered: Counter[str] = Counter()
+    lang_kept: Counter[str] = Counter()
+    lang_dropped: Counter[str] = Counter()
     kept: list[tuple[Document, tuple | None]] = []
     try:
         for doc in _documents(part, s, result.stats):
             result.text_chars += len(doc.text)
-            dropped, fp = analyse(doc.text, s.filters, s.dedup)
+            dropped, fp, lang = analyse(doc.text, s.filters, s.dedup)
+            if lang is not None:
+                (lang_dropped if dropped == "lang" else lang_kept)[lang] += 1
             if dropped == "empty":
                 result.empty += 1
             elif dropped is not None:
@@ -233,6 +242,7 @@ def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
         result.error = err
     result.stats.files = 0         # the driver counts the input files (a cut file is in several partitions)
     result.filtered = dict(filtered)
+    result.lang_kept, result.lang_dropped = dict(lang_kept), dict(lang_dropped)
     if s.dedup.exact:
         result.digests = np.frombuffer(b"".join(fp[0] for _, fp in kept), dtype=np.uint8).reshape(len(kept), 16)
     if s.dedup.near:
