@@ -1,0 +1,181 @@
+"""`mpt prep --engine ray`: byte for byte the local engine's output with 1, 2 and 4 workers and after its
+driver was killed (finished partitions reused, not prepared again); bad input named as in-process; a worker
+that keeps dying is an error naming the partition's file. Ray starts once for the module, on loopback."""
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mpt.data import DataInputError, DedupConfig, FilterConfig, prep_ray
+from mpt.data.prep import PrepConfig, prep
+from mpt.data.prep_engine import PrepWorkerError
+from mpt.data.prep_folder import PARTS_DIR
+from tests.conftest import SHARED
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def neox() -> Path:
+    """The GPT-NeoX-20B tokenizer.json in the shared data (module scope: the runs below share it)."""
+    path = SHARED / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+    if not path.is_file():
+        pytest.skip(f"GPT-NeoX tokenizer not found at {path} (set MPT_SHARED to the shared data)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One Ray for the module; its address lets a driver in another process join it."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])   # dying_partition runs in the workers
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="mpt-ray-"), configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(neox, tmp_path_factory) -> Path:
+    """Two JSON-lines files cut into partitions, text files, exact and near copies, bad lines, a binary file."""
+    texts = [json.loads(line)["text"] for line in (SHARED / "data" / "pretrain" / "arxiv_sample.jsonl").open()]
+    paras = [p for t in texts for p in t.split("\n\n") if len(p.split()) > 3][:700]
+    lines = []
+    for i, p in enumerate(paras):
+        lines.append(json.dumps({"text": p}))
+        if i % 40 == 7:
+            lines.append(json.dumps({"text": p.upper()}))          # an exact copy (after normalising)
+        if i % 60 == 9 and len(p.split()) > 60:
+            lines.append(json.dumps({"text": p + " and so on"}))   # a near copy
+        if i % 97 == 3:
+            lines.append("{not json")
+        if i % 131 == 5:
+            lines.append(json.dumps({"body": "no text field"}))
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "a.jsonl").write_text("\n".join(lines[:450]) + "\n")
+    (folder / "b.jsonl").write_text("\n".join(lines[450:]) + "\n")
+    for k in range(4):
+        (folder / f"t{k}.txt").write_text(paras[k] + "\n" + paras[k + 10])
+    (folder / "z.txt").write_bytes(b"a text suffix, \x00 binary inside")
+    return folder
+
+
+def settings(corpus: Path, out: Path, neox: Path, **kw) -> PrepConfig:
+    base = dict(inputs=[str(corpus)], out=str(out), tokenizer=str(neox), seq_len=64, shard_bytes=20_000,
+                skip_bad=True, filters=FilterConfig(min_words=5), dedup=DedupConfig(near=True),
+                partition_bytes=30_000, progress=False)
+    return PrepConfig(**{**base, **kw})
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, corpus, neox, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("local") / "out"
+    s = prep(settings(corpus, out, neox, workers=1))
+    assert s.exact_duplicates and s.near_duplicates and s.bad_json_skipped and s.missing_field_skipped
+    assert s.binary_skipped == 1 and s.filtered and s.shards > 3
+    return files_of(out)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_ray_output_is_the_local_engines_byte_for_byte(cluster, corpus, neox, reference, tmp_path, workers):
+    prep(settings(corpus, tmp_path / "out", neox, engine="ray", workers=workers))
+    got = files_of(tmp_path / "out")
+    assert sorted(got) == sorted(reference)          # no prep-parts/ left behind
+    assert {"index.json", "summary.json", "shard-00000.bin", "prep.json"} <= set(got)
+    assert got == reference
+
+
+def test_driver_killed_then_rerun_reuses_finished_partitions(cluster, corpus, neox, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mpt.cli", "prep", str(corpus), "--out", str(out), "--tokenizer", str(neox),
+           "--seq-len", "64", "--shard-mb", str(20_000 / (1 << 20)), "--skip-bad", "--min-words", "5",
+           "--near-dedup", "--partition-bytes", "30000", "--engine", "ray", "--ray-address", cluster,
+           "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(list((out / PARTS_DIR).glob("*.npz"))
+                                                                        if (out / PARTS_DIR).is_dir() else []) < 2:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (out / "index.json").exists(), "killed before the end: the folder must not look complete"
+    stored = len(list((out / PARTS_DIR).glob("*.npz")))
+    assert stored >= 2
+
+    # the same command again (in this process, to save a start), with its progress on: it says what it reused
+    prep(settings(corpus, out, neox, engine="ray", workers=1, progress=True))
+    said = capsys.readouterr().err
+    reused = re.search(r"prep: (\d+) of (\d+) partitions were prepared by the interrupted run and reused", said)
+    assert reused, said
+    assert stored <= int(reused[1]) < int(reused[2]), (stored, reused[0])
+    assert files_of(out) == reference
+
+
+def bad_inputs(folder: Path) -> dict[str, Path]:
+    good = "".join(json.dumps({"text": f"document number {i} is fine"}) + "\n" for i in range(30))
+    cases = {}
+    for name, content in [("malformed", good + "{not json\n" + good), ("missing", good + '{"body": 1}\n')]:
+        (folder / name).mkdir()
+        (folder / name / "in.jsonl").write_text(content)
+        cases[name] = folder / name
+    (folder / "binary").mkdir()
+    (folder / "binary" / "a.txt").write_text("plain")
+    (folder / "binary" / "b.txt").write_bytes(b"PNG\x00\x01")
+    (folder / "damaged").mkdir()
+    (folder / "damaged" / "in.jsonl.gz").write_bytes(gzip.compress(good.encode())[:-30])   # cut short
+    return {k: cases.get(k, folder / k) for k in ("malformed", "missing", "binary", "damaged")}
+
+
+def test_bad_input_is_named_on_ray_as_in_process(cluster, neox, tmp_path):
+    said = {}
+    for name, folder in bad_inputs(tmp_path).items():
+        errors = []
+        for engine in ("local", "ray"):
+            with pytest.raises(DataInputError) as err:
+                prep(PrepConfig(inputs=[str(folder)], out=str(tmp_path / f"{name}-{engine}"), tokenizer=str(neox),
+                                engine=engine, workers=2, partition_bytes=300, progress=False))
+            errors.append(str(err.value))
+        assert errors[0] == errors[1], name
+        said[name] = errors[1]
+    folder = tmp_path
+    assert said["malformed"].startswith(f"{folder}/malformed/in.jsonl:31: malformed JSON"), said
+    assert said["missing"].startswith(f"{folder}/missing/in.jsonl:31: no field 'text'"), said
+    assert said["binary"].startswith(f"{folder}/binary/b.txt: a NUL byte at offset 3"), said
+    assert said["damaged"].startswith(f"{folder}/damaged/in.jsonl.gz:"), said
+    assert not any("Traceback" in m or "RayTaskError" in m for m in said.values()), said
+
+
+def dying_partition(part, s):
+    """The stage, but its worker dies on the partition of dies.jsonl (as on a record too big for memory)."""
+    if any(p.path.endswith("dies.jsonl") for p in part.pieces):
+        os._exit(1)
+    from mpt.data.prep_stages import prepare_partition
+
+    return prepare_partition(part, s)
+
+
+def test_a_worker_that_keeps_dying_is_an_error_naming_the_file(cluster, neox, tmp_path, monkeypatch):
+    for name in ("a.jsonl", "dies.jsonl", "z.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"text": f"the text of {name}"}) + "\n")
+    monkeypatch.setattr(prep_ray, "prepare_partition", dying_partition)
+    monkeypatch.setattr(prep_ray, "RETRIES", 1)
+    with pytest.raises(PrepWorkerError, match=rf"partition 1 \({tmp_path}/dies.jsonl \(lines from 1, bytes 0-35\)\): "
+                                              r"the Ray worker preparing it died, 2 times"):
+        prep(PrepConfig(inputs=[str(tmp_path / n) for n in ("a.jsonl", "dies.jsonl", "z.jsonl")],
+                        out=str(tmp_path / "out"), tokenizer=str(neox), engine="ray", partition_bytes=10,
+                        progress=False))
