@@ -1,14 +1,13 @@
 """Whole-corpus near-dedup as stages no worker needs the corpus for: ``signatures`` per partition
-(datasketch MinHash of dedup.py's word shingles, b bands of r rows cut into 64-bit band keys) →
-``route`` each (band, key) to one of B bucket shards by hash → ``shard_edges`` per shard: documents
-sharing a bucket, confirmed when their signatures' estimated Jaccard >= threshold (signatures, not
-shingles, travel: fixed size, where shingles grow with the text) → ``components``: union-find,
-every document but the earliest (smallest global index) of each component dropped.
-Memory: a shard holds ~N*b/B entries of 20+4*num_perm bytes whatever the duplicates; the step that
-grows with duplicate pairs is ``components``: its union-find holds the D documents that have a
-confirmed near-duplicate and at most b*D edges (each shard sends a spanning forest, never its pairs).
-Chains merge: A~B and B~C keep A only, where dedup.Deduplicator keeps C (it checks kept ones only).
-"""
+(datasketch MinHash of dedup.py's shingles; b bands of r rows, each a 64-bit key) → ``route`` each
+(band, key) to one of B bucket shards by hash → ``shard_edges`` per shard: documents sharing a bucket,
+confirmed when their signatures' estimated Jaccard >= threshold (signatures travel, not shingles:
+fixed size, where shingles grow with the text) → ``components``: union-find; all but the earliest
+(smallest global index) document of each component dropped. Chains merge: A~B, B~C keep A only
+(dedup.Deduplicator keeps C: it checks kept ones). Memory: a shard holds ~N*b/B entries of 26 bytes
+and <= min(N, N*b/B) signatures of 4*num_perm bytes; what grows with duplicate pairs is ``components``:
+a union-find over the D documents with a confirmed near-duplicate, fed <= b*D edges (each shard sends
+a spanning forest, never its pairs). A shard's compute grows with the square of its largest bucket."""
 
 from __future__ import annotations
 
@@ -46,11 +45,13 @@ class Signatures:
 
 @dataclass
 class BandEntries:
-    """(band, key, doc) entries bound for one bucket shard, each with its document's signature."""
+    """(band, key, doc) entries bound for one bucket shard, and the signature of each of their documents
+    once (a document's bands often meet in one shard: b copies would be most of the traffic)."""
     band: np.ndarray     # (m,) uint16
     key: np.ndarray      # (m,) uint64
     doc: np.ndarray      # (m,) int64
-    values: np.ndarray   # (m, num_perm) uint32
+    row: np.ndarray      # (m,) int64: the entry's signature in ``values``
+    values: np.ndarray   # (u, num_perm) uint32, u <= m
 
 
 def signatures(docs: list[tuple[int, str]], cfg: DedupConfig) -> Signatures:
@@ -88,7 +89,8 @@ def route(sigs: Signatures, shards: int) -> list[BandEntries]:
     out = []
     for s in range(shards):
         pick = np.flatnonzero(owner == s)
-        out.append(BandEntries(band[pick], key[pick], sigs.index[row[pick]], sigs.values[row[pick]]))
+        used, local = np.unique(row[pick], return_inverse=True)
+        out.append(BandEntries(band[pick], key[pick], sigs.index[row[pick]], local.reshape(-1), sigs.values[used]))
     return out
 
 
@@ -115,9 +117,11 @@ def shard_edges(pieces: list[BandEntries], threshold: float) -> np.ndarray:
     band = np.concatenate([p.band for p in pieces])
     key = np.concatenate([p.key for p in pieces])
     doc = np.concatenate([p.doc for p in pieces])
+    offsets = np.cumsum([0] + [len(p.values) for p in pieces[:-1]])
+    row = np.concatenate([p.row + o for p, o in zip(pieces, offsets, strict=True)])
     values = np.concatenate([p.values for p in pieces])
     order = np.lexsort((doc, key, band))   # buckets contiguous, each in input order: independent of partitioning
-    band, key, doc = band[order], key[order], doc[order]   # values stay put: a sorted copy would double the shard
+    band, key, doc, row = band[order], key[order], doc[order], row[order]
     new = np.ones(len(doc), dtype=bool)
     new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
     starts = np.flatnonzero(new)
@@ -125,7 +129,7 @@ def shard_edges(pieces: list[BandEntries], threshold: float) -> np.ndarray:
     parent: dict[int, int] = {}
     shared = ends - starts > 1
     for s, e in zip(starts[shared], ends[shared], strict=True):
-        _confirm_bucket(doc[s:e], values[order[s:e]], threshold, parent)
+        _confirm_bucket(doc[s:e], values[row[s:e]], threshold, parent)
     # every key of ``parent`` is a non-root (roots never get an entry): one edge each to its root
     return np.array([(_find(parent, x), x) for x in sorted(parent)], dtype=np.int64).reshape(-1, 2)
 
