@@ -56,6 +56,14 @@ def llm(checkpoint):
     return load(checkpoint, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def plain_llm(checkpoint):
+    """Without prepacked weights: what torch.compile takes (``--compile on`` loads this way)."""
+    from mpt import load
+
+    return load(checkpoint, device="cpu", prepack=False)
+
+
 def free_port() -> int:
     import socket
 

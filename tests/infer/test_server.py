@@ -181,18 +181,19 @@ def test_server_with_int8_weights(llm8):
 
 
 @pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
-def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
+def test_serve_compile_mode_reaches_the_engine(plain_llm, mode, compiled):
     """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
     from mpt.infer.server import ServeConfig, create_app
 
-    app = create_app(llm, ServeConfig(model="tiny", compile=mode))
+    app = create_app(plain_llm, ServeConfig(model="tiny", compile=mode))
     assert (app.state.server.scheduler.engine.decoder is not None) is compiled
 
 
-def test_a_compiled_server_answers_with_the_eager_text(llm):
-    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text."""
+def test_a_compiled_server_answers_with_the_eager_text(llm, plain_llm):
+    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text (as the
+    eager, prepacked model's)."""
 
-    s = RunningServer(llm, compile="on", context_length=256)
+    s = RunningServer(plain_llm, compile="on", context_length=256)
     try:
         for prompt in ("Hello world", "The quick brown fox"):
             r = s.client().completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)

@@ -27,7 +27,7 @@ class ModelSource:
     dtype: opts.Dtype | None = option(None, opts.DTYPE)
     quantize: Quantize | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
 
-    def load(self):
+    def load(self, prepack: bool = True):
         from ..paths import check_model_name
 
         check_model_name(self.model)  # in a fraction of a second, before torch and transformers load
@@ -35,7 +35,7 @@ class ModelSource:
         from .api import load
 
         return load(self.model, tokenizer=self.tokenizer, device=self.device,
-                    dtype=inference_dtype(self.dtype, self.device), quantize=self.quantize)
+                    dtype=inference_dtype(self.dtype, self.device), quantize=self.quantize, prepack=prepack)
 
 
 @dataclass(kw_only=True)
@@ -75,7 +75,7 @@ class GenerateConfig(ModelSource):
 def generate(cfg: GenerateConfig) -> None:
     """Stream one continuation to stdout, or print JSON lines for several prompts; the speed on stderr."""
     prompts = cfg.prompts()
-    llm = cfg.load()
+    llm = cfg.load(prepack=compile_flag(cfg.compile) is not True)  # torch.compile cannot take packed weights
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
               repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed,
               batch_size=cfg.batch_size, compile=compile_flag(cfg.compile))

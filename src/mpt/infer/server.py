@@ -305,7 +305,8 @@ def serve(cfg: ServeConfig) -> None:
     check_uvicorn()  # before the model loads: a uvicorn the header timeout cannot use is a one-line error
     sock = bind(cfg.host, cfg.port)
     try:
-        llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize)
+        llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize,
+                   prepack=compile_flag(cfg.compile) is not True)  # torch.compile cannot take packed weights
         app = create_app(llm, cfg)
     except BaseException:
         sock.close()

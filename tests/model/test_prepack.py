@@ -1,0 +1,84 @@
+"""oneDNN-prepacked linear weights (``mpt.load``'s default on CPU): the same logits, greedy tokens and state
+dict as the plain model, refused for training, and off where torch.compile is asked for."""
+
+import logging
+
+import pytest
+import torch
+
+from mpt import MPTForCausalLM
+from mpt.model.hf import save_pretrained
+from mpt.model.load import cpu_has_bf16
+from mpt.model.prepack import PackedLinear, can_prepack, prepack_model
+from mpt.model.quantize import quantize_model
+from tests.infer.conftest import INFER_FIELDS
+from tests.tiny import tiny_model
+
+pytestmark = pytest.mark.skipif(not can_prepack(tiny_model(0)), reason="this torch build has no oneDNN prepacking")
+
+IDS = torch.randint(0, 416, (3, 40), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_packed_logits_equal_the_plain_models_to_float32_rounding(tied):
+    plain = tiny_model(2, **INFER_FIELDS, tie_word_embeddings=tied)
+    packed = prepack_model(tiny_model(2, **INFER_FIELDS, tie_word_embeddings=tied))
+    assert packed.prepacked and isinstance(packed.lm_head, PackedLinear)
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    assert isinstance(packed.transformer.wte, torch.nn.Embedding)  # the lookup keeps the plain table
+    with torch.inference_mode():
+        want = plain.double()(IDS).logits
+        got = packed(IDS).logits.double()
+        f32 = plain.float()(IDS).logits.double()
+    # float32 summation order only: the packed model is as close to float64 as the plain float32 one
+    assert float((got - want).abs().max()) < 4 * float((f32 - want).abs().max()) + 1e-6
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_packed_bfloat16_logits_stay_near_the_plain_bfloat16_ones():
+    plain = tiny_model(3, **INFER_FIELDS).to(torch.bfloat16)
+    packed = prepack_model(tiny_model(3, **INFER_FIELDS).to(torch.bfloat16))
+    assert isinstance(packed.lm_head, PackedLinear)
+    with torch.inference_mode():
+        ref, got = tiny_model(3, **INFER_FIELDS)(IDS).logits, packed(IDS).logits.float()
+        plain_err = float((plain(IDS).logits.float() - ref).norm() / ref.norm())
+    assert float((got - ref).norm() / ref.norm()) < 2 * plain_err + 1e-3
+
+
+def test_the_state_dict_is_the_plain_models_and_save_pretrained_round_trips(tmp_path):
+    plain = tiny_model(4, **INFER_FIELDS)
+    packed = prepack_model(tiny_model(4, **INFER_FIELDS))
+    a, b = plain.state_dict(), packed.state_dict()
+    assert a.keys() == b.keys()  # the tied head adds no key
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    save_pretrained(packed, tmp_path / "m")
+    again = MPTForCausalLM.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(a[k], v) for k, v in again.state_dict().items())
+    fresh = prepack_model(tiny_model(5, **INFER_FIELDS))
+    fresh.load_state_dict(a)  # repacks the loaded weights
+    with torch.inference_mode():
+        assert torch.equal(fresh(IDS).logits, packed(IDS).logits)
+
+
+def test_training_a_packed_model_is_a_clear_error():
+    packed = prepack_model(tiny_model(0, **INFER_FIELDS))
+    x = packed.transformer.wte(IDS).detach().requires_grad_()
+    with pytest.raises(RuntimeError, match="prepacked for CPU inference.*prepack=False"):
+        packed.transformer.blocks[0].attn.Wqkv(x)
+
+
+def test_quantized_models_and_float16_are_left_alone():
+    q = prepack_model(quantize_model(tiny_model(0, **INFER_FIELDS)))
+    assert not getattr(q, "prepacked", False)
+    h = prepack_model(tiny_model(0, **INFER_FIELDS).half())
+    assert not getattr(h, "prepacked", False) and isinstance(h.transformer.blocks[0].attn.Wqkv, torch.nn.Linear)
+
+
+def test_a_compiled_engine_over_packed_weights_decodes_eagerly_with_a_warning(caplog):
+    from mpt.infer.batching import BatchEngine
+
+    packed = prepack_model(tiny_model(0, **INFER_FIELDS))
+    with caplog.at_level(logging.WARNING, logger="mpt.serve"):
+        engine = BatchEngine(packed, None, [0], compile=True)
+    assert engine.decoder is None and "prepack=False" in caplog.text
