@@ -172,7 +172,7 @@ def test_worker_processes_give_identical_shards(shared, neox, tmp_path):
     for workers in (1, 2):
         s = prep(PrepConfig(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / f"w{workers}"),
                             tokenizer=str(neox), workers=workers, filters=FilterConfig(min_words=500),
-                            dedup=DedupConfig(near=True), seq_len=256, progress=False))
+                            dedup=DedupConfig(near=True), seq_len=256, partition_bytes=60_000, progress=False))
         shards.append([sh.sha256 for sh in read_index(tmp_path / f"w{workers}").shards])
         short = sum(len(t.split()) < 500 for t in docs + planted)
         assert (s.filtered.get("min_words", 0), s.exact_duplicates) == (short, 0)

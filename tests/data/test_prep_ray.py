@@ -39,10 +39,13 @@ def cluster():
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])   # dying_partition runs in the workers
+    # no token: the second node (`ray start`, below) and the drivers in other processes join without one
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="mpt-ray-"), configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    os.environ.pop("RAY_AUTH_MODE", None)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +182,52 @@ def test_a_worker_that_keeps_dying_is_an_error_naming_the_file(cluster, neox, tm
         prep(PrepConfig(inputs=[str(tmp_path / n) for n in ("a.jsonl", "dies.jsonl", "z.jsonl")],
                         out=str(tmp_path / "out"), tokenizer=str(neox), engine="ray", partition_bytes=10,
                         progress=False))
+
+
+def node_processes(temp_dir: str) -> list:
+    """The processes of the Ray node started with ``temp_dir``: those naming it, and their children."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in a for a in p.info["cmdline"] or [])]
+    return roots + [c for r in roots for c in r.children(recursive=True)]
+
+
+def test_a_second_node_killed_mid_run_changes_nothing(cluster, corpus, neox, reference, tmp_path):
+    """A node joined as on another machine (`ray start --address`, its own temp dir) dies with tasks on it:
+    Ray runs them again on the head, and the output is the same bytes."""
+    node_dir = tempfile.mkdtemp(prefix="mpt-ray-node-")
+    ray_cli = Path(sys.executable).parent / "ray"
+    start = subprocess.run([str(ray_cli), "start", "--address", cluster, "--node-ip-address", "127.0.0.1",
+                            "--temp-dir", node_dir, "--num-cpus", "2", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=120)
+    try:
+        assert start.returncode == 0, start.stderr
+        assert sum(n["Alive"] for n in ray.nodes()) == 2
+        out = tmp_path / "out"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mpt.cli", "prep", str(corpus), "--out", str(out), "--tokenizer", str(neox),
+             "--seq-len", "64", "--shard-mb", str(20_000 / (1 << 20)), "--skip-bad", "--min-words", "5",
+             "--near-dedup", "--partition-bytes", "30000", "--engine", "ray", "--ray-address", cluster,
+             "--workers", "4", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        parts = out / PARTS_DIR
+
+        def busy() -> bool:      # a partition finished, and the node is preparing another
+            return (parts.is_dir() and any(parts.iterdir())
+                    and any("prepare_partition" in p.name() for p in node_processes(node_dir)))
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not busy():
+            time.sleep(0.01)
+        assert proc.poll() is None and not (out / "index.json").exists(), "the run ended before the node was killed"
+        assert busy(), "no task ran on the second node"
+        import psutil
+
+        victims = node_processes(node_dir)
+        for p in victims:
+            p.kill()
+        assert not psutil.wait_procs(victims, timeout=10)[1]
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+        assert files_of(out) == reference
+    finally:
+        for p in node_processes(node_dir):
+            p.kill()
