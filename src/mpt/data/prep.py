@@ -381,7 +381,8 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
     # None where cutting would change the tokens (then a long document is tokenized whole)
     piece_chars = max(1000, cfg.chunk_chars // 8) if cuts_keep_tokens(tok.tokenizer) else None
     settings = StageSettings(cfg.text_field, cfg.hf_split, cfg.skip_bad, cfg.max_record_bytes, cfg.filters,
-                             cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars)
+                             cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars,
+                             cfg.batch_docs)
     feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress)
     start = time.perf_counter()
     bar = tqdm(desc=f"prep ({cfg.engine}, {engine.slots} at once)", unit=" docs", disable=not cfg.progress,

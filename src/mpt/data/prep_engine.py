@@ -103,7 +103,7 @@ class PartStore:
         return result
 
     def save(self, part: Partition, result: PartitionResult) -> None:
-        self.folder.mkdir(exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(part), result.to_bytes())
         self.computed += 1
 

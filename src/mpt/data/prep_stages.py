@@ -140,7 +140,8 @@ class StageSettings:
     eos_token: str | None
     vocab: int
     chunk_chars: int
-    piece_chars: int | None          # None: documents are tokenized whole (see prep.cuts_keep_tokens)
+    piece_chars: int | None          # None: documents are tokenized whole (see cuts_keep_tokens)
+    batch_docs: int = 1024           # documents (or pieces) tokenized together, at most
 
 
 @dataclass
@@ -283,7 +284,7 @@ def _tokenize(docs: list[Document], s: StageSettings, result: PartitionResult) -
         for k, text in enumerate(pieces):
             group.append((i, text, k == len(pieces) - 1))
             chars += len(text)
-            if chars >= s.chunk_chars:
+            if chars >= s.chunk_chars or len(group) >= s.batch_docs:
                 encode()
                 chars = 0
     if group:
