@@ -91,6 +91,22 @@ def test_greedy_rows_picked_together_equal_picked_one_by_one():
             pick_token(logits[bad], greedy, [], None)
 
 
+def test_greedy_rows_with_logit_bias_are_picked_together_as_one_by_one():
+    """Greedy rows with and without logit_bias share one batched pick; each gets pick_token's token."""
+    engine = BatchEngine(tiny_model(0, **INFER_FIELDS), None, [0])
+    g = torch.Generator().manual_seed(9)
+    biases = [None, {5: 100.0}, {3: -100.0, 17: 2.5}, None, {int(i): -100.0 for i in range(40)}]
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.randn(len(biases), 64, generator=g).to(dtype)
+        logits[2, 3] = logits[2].max() + 1  # the bias must push this row's best token away
+        engine.rows = [Row(i, [1], SamplingParams(temperature=0.0, logit_bias=b)) for i, b in enumerate(biases)]
+        engine.logits = logits.clone()
+        picks = engine._pick()
+        assert picks == [pick_token(logits[i], r.params, [], None) for i, r in enumerate(engine.rows)]
+        assert picks[1] == 5 and picks[2] != 3 and picks[4] >= 40
+        assert torch.equal(engine.logits, logits)  # the scores a row's logprobs read are not changed
+
+
 def test_the_blockwise_row_max_equals_torch_max_ties_and_nan_included():
     """greedy_tokens' CPU fast path (blocks of 64 scores) gives max(dim=-1)'s values and first indices."""
     from mpt.infer.sampling import _row_max

@@ -207,3 +207,31 @@ def test_schema_pages_are_off_when_a_key_is_set(server, open_server):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert httpx.get(server.url + path, headers={"Authorization": "Bearer test-key"}).status_code == 404, path
     assert httpx.get(open_server.url + "/openapi.json").json()["info"]["title"] == "mpt serve"
+
+
+def test_accepted_connections_send_at_once():
+    """The socket `bind` takes gives connections with TCP_NODELAY once asyncio serves it (as uvicorn does):
+    without, a kept-alive connection's response waited 40 ms for the client's delayed ACK (Nagle's rule)."""
+    import asyncio
+    import socket
+
+    from mpt.infer.server import bind
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        sock = bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0

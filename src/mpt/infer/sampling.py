@@ -51,9 +51,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """The next token is the argmax of the raw scores (no temperature, penalty or bias), so rows
+        """The next token is the argmax of the scores plus ``logit_bias`` (no temperature or penalty), so rows
         with these settings can be picked together (:func:`greedy_tokens`)."""
-        return self.temperature < GREEDY_BELOW and self.repetition_penalty == 1.0 and not self.logit_bias
+        return self.temperature < GREEDY_BELOW and self.repetition_penalty == 1.0
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

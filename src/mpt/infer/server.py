@@ -281,8 +281,10 @@ def bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as err:
         raise ValueError(f"host={host!r} is not an address of this machine ({err.strerror}): use e.g. 127.0.0.1 "
                          "or 0.0.0.0") from None
-    family, _, _, _, address = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, address = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then. Without it every
+    # response on a kept-alive connection waited 40 ms for the client's delayed ACK (Nagle), streams too.
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a just-closed port is free
     try:
         sock.bind(address)
