@@ -54,6 +54,8 @@ def test_mpt_serve_command(checkpoint, llm):
             proc.kill()
             out = proc.communicate()[0]
     assert "serving 'tiny' at http://127.0.0.1" in out and "key required" in out
+    # warmed up at every batch size the default batch (16 rows) reaches, before the port listened
+    assert out.index("warming up: 5 batch sizes (1, 2, 4, 8, 16 rows).....") < out.index("serving 'tiny'")
 
 
 def run_serve(*args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from . import protocol
 from .admission import Admission
 from .api import LLM
+from .batching import run
 from .connections import check_uvicorn, uvicorn_server
 from .guard import ClientGone, check_local_request, read_body
 from .jobs import Collected, Job, Jobs, unless_gone
@@ -295,6 +297,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warm_up(llm: LLM, cfg: ServeConfig) -> None:
+    """Decode a few tokens at every row bucket the batch can reach, before the port listens: a compiled decode
+    step compiles its shapes here (tens of seconds each on CPU), not in the first clients' requests, and oneDNN
+    builds its kernels for them. The server answers /health only once this is done."""
+    from ..model.decode import row_bucket
+    from .sampling import SamplingParams
+
+    sizes = sorted({min(row_bucket(n), cfg.max_batch_size) for n in range(1, cfg.max_batch_size + 1)})
+    print(f"warming up: {len(sizes)} batch sizes ({', '.join(map(str, sizes))} rows)", end="", flush=True)
+    start, engine = time.perf_counter(), llm.engine(compile_flag(cfg.compile))
+    for rows in sizes:
+        for _ in run(engine, llm.requests([[llm.stop_token_ids[0] if llm.stop_token_ids else 0] * 4] * rows,
+                                         SamplingParams(max_new_tokens=3)), rows):
+            pass
+        print(".", end="", flush=True)
+    print(f" {time.perf_counter() - start:.1f} s", flush=True)
+
+
 def serve(cfg: ServeConfig) -> None:
     """Take the port, load the model, then serve until interrupted."""
     from ..model.load import inference_dtype
@@ -310,6 +330,7 @@ def serve(cfg: ServeConfig) -> None:
         llm = load(cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize,
                    prepack=compile_flag(cfg.compile) is not True)  # torch.compile cannot take packed weights
         app = create_app(llm, cfg)
+        warm_up(llm, cfg)
     except BaseException:
         sock.close()
         raise
