@@ -85,7 +85,7 @@ class PrepConfig:
                          "the same output byte for byte", choices=("local", "ray"))
     ray_address: str | None = option(None, "the Ray cluster to join: auto (made with `ray start` on this machine) "
                                      "or HOST:PORT (default: start Ray on this machine)")
-    partition_bytes: int = option(1 << 25, "input bytes per partition (the unit a worker prepares, and a rerun "
+    partition_bytes: int = option(1 << 23, "input bytes per partition (the unit a worker prepares, and a rerun "
                                   "after a kill does not prepare again)")
     chunk_chars: int = option(1 << 18, "characters tokenized at once (bounds memory; long documents are cut into "
                               "pieces)")

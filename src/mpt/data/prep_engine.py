@@ -10,6 +10,7 @@ rerun after the driver was killed reuses it instead of preparing it again. A wor
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import zipfile
 from collections import deque
@@ -44,6 +45,11 @@ def _done(result: PartitionResult) -> Future:
     return f
 
 
+def _one_thread() -> None:
+    # a pool process per core: the tokenizer's own thread pool in each would only compete for them
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 class LocalEngine:
     """Partitions prepared in this process (one slot), or in a pool of forked processes."""
 
@@ -52,7 +58,7 @@ class LocalEngine:
         self.pool = None
         if workers > 1:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread)
             # the processes start now, before the driver loads its tokenizer, so forking copies no tokenizer
             # threads; each loads its own
             self.pool.submit(int).result()

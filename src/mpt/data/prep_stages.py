@@ -24,6 +24,7 @@ import numpy as np
 from .dedup import DedupConfig, fingerprint
 from .filters import FilterConfig, Verdict, judge
 from .readers import Document, ReadStats, read_documents, read_jsonl_span
+from .shards import token_dtype
 from .tokenize import load_token_encoder
 
 _SCAN = 1 << 20          # bytes read at a time when looking for line ends to cut a big file at
@@ -158,7 +159,7 @@ class PartitionResult:
     digests: np.ndarray | None = None        # (kept, 16) uint8: exact-dedup digests
     minhash: np.ndarray | None = None        # (kept, num_perm) uint64: MinHash values
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))   # kept + 1 token offsets
-    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))   # uint16 or uint32
     vocab_errors: dict[int, str] = field(default_factory=dict)  # kept document -> its out-of-vocabulary error
     error: Exception | None = None
 
@@ -290,4 +291,7 @@ def _tokenize(docs: list[Document], s: StageSettings, result: PartitionResult) -
     if group:
         encode()
     result.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    result.tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
+    # as the shards hold them: half the bytes to send and store with a vocabulary of up to 65,536 (an id
+    # beyond the vocabulary is an error before it is used)
+    result.tokens = tokens.astype(token_dtype(s.vocab), copy=False)
