@@ -1,6 +1,7 @@
-"""`mpt prep --engine ray`: byte for byte the local engine's output with 1, 2 and 4 workers and after its
-driver was killed (finished partitions reused, not prepared again); bad input named as in-process; a worker
-that keeps dying is an error naming the partition's file. Ray starts once for the module, on loopback."""
+"""`mpt prep --engine ray`: byte for byte the local engine's output with 1, 2 and 4 workers, after its
+driver was killed (finished partitions reused, not prepared again; output on S3) and with a node killed
+mid-run; bad input named as in-process; a worker that keeps dying is an error naming the partition's
+file. Ray starts once for the module, on loopback."""
 
 import gzip
 import json
@@ -102,31 +103,39 @@ def test_ray_output_is_the_local_engines_byte_for_byte(cluster, corpus, neox, re
     assert got == reference
 
 
-def test_driver_killed_then_rerun_reuses_finished_partitions(cluster, corpus, neox, reference, tmp_path, capsys):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mpt.cli", "prep", str(corpus), "--out", str(out), "--tokenizer", str(neox),
-           "--seq-len", "64", "--shard-mb", str(20_000 / (1 << 20)), "--skip-bad", "--min-words", "5",
-           "--near-dedup", "--partition-bytes", "30000", "--engine", "ray", "--ray-address", cluster,
-           "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_driver_killed_then_rerun_reuses_finished_partitions(cluster, corpus, neox, reference, tmp_path, capsys,
+                                                            s3_server):
+    """The driver (a real `mpt prep` process) writing to S3 is SIGKILLed after a few partitions: the same
+    command again reuses those from its staging folder and uploads the bytes of an uninterrupted run."""
+    import fsspec
+
+    url, staging = f"s3://{s3_server.bucket}/ray-killed", tmp_path / "staging"
+    cmd = [sys.executable, "-m", "mpt.cli", "prep", str(corpus), "--out", url, "--staging", str(staging),
+           "--tokenizer", str(neox), "--seq-len", "64", "--shard-mb", str(20_000 / (1 << 20)), "--skip-bad",
+           "--min-words", "5", "--near-dedup", "--partition-bytes", "30000", "--engine", "ray",
+           "--ray-address", cluster, "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **s3_server.env})
+    parts = staging / PARTS_DIR
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and len(list((out / PARTS_DIR).glob("*.npz"))
-                                                                        if (out / PARTS_DIR).is_dir() else []) < 2:
+    while time.monotonic() < deadline and proc.poll() is None and len(list(parts.glob("*.npz"))) < 2:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    assert not (out / "index.json").exists(), "killed before the end: the folder must not look complete"
-    stored = len(list((out / PARTS_DIR).glob("*.npz")))
+    assert not (staging / "index.json").exists(), "killed before the end: the folder must not look complete"
+    stored = len(list(parts.glob("*.npz")))
     assert stored >= 2
 
     # the same command again (in this process, to save a start), with its progress on: it says what it reused
-    prep(settings(corpus, out, neox, engine="ray", workers=1, progress=True))
+    prep(settings(corpus, url, neox, engine="ray", workers=1, progress=True, staging=str(staging)))
     said = capsys.readouterr().err
     reused = re.search(r"prep: (\d+) of (\d+) partitions were prepared by the interrupted run and reused", said)
     assert reused, said
     assert stored <= int(reused[1]) < int(reused[2]), (stored, reused[0])
-    assert files_of(out) == reference
+    fs = fsspec.filesystem("s3")
+    assert {n: fs.cat(f"{url}/{n}") for n in sorted(reference)} == reference
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(url)) == sorted(reference)
+    assert not staging.exists()
 
 
 def bad_inputs(folder: Path) -> dict[str, Path]:
