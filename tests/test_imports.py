@@ -53,16 +53,24 @@ def test_unknown_names_are_attribute_errors():
         mpt.nope  # noqa: B018
 
 
-def test_the_cli_sets_a_passive_openmp_wait_before_torch_loads_unless_the_user_chose():
-    """OMP_WAIT_POLICY is read once, when torch's OpenMP runtime starts: it must be set before that."""
+def test_the_cli_sets_the_openmp_wait_before_torch_loads_unless_the_user_chose():
+    """OpenMP's wait settings are read once, when torch's OpenMP runtime starts: they must be set before that.
+    Decoding commands spin a bounded while, the others wait passively."""
     import os
 
-    probe = ("import os, sys\nimport mpt.cli\nimport torch\n"
-             "print(os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
-    assert run.stdout.split()[-1] == "PASSIVE"
-    assert "torch" not in loaded_after("import mpt.cli")  # so the value is in place when torch starts OpenMP
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
-    assert run.stdout.split()[-1] == "ACTIVE"
+    probe = ("import os, sys\nimport mpt.cli\nmpt.cli.openmp_defaults(mpt.cli.parse(sys.argv[1:]).command)\n"
+             "import torch\n"
+             "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def settings(*argv: str, **extra: str) -> list[str]:
+        run = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True,
+                             env={**env, **extra})
+        return run.stdout.split()[-2:]
+
+    assert settings("train", "recipe.yaml") == ["PASSIVE", "None"]
+    assert settings("serve", "my-mpt") == ["None", "30000"]
+    assert settings("generate", "my-mpt", "Hi") == ["None", "30000"]
+    assert "torch" not in loaded_after("import mpt.cli")  # so the values are in place when torch starts OpenMP
+    assert settings("train", "recipe.yaml", OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
+    assert settings("serve", "my-mpt", GOMP_SPINCOUNT="5") == ["None", "5"]

@@ -18,10 +18,22 @@ from dataclasses import dataclass
 
 from .typed_cli import Command, add_config_arguments, build_config, resolve, split_overrides
 
-# Before torch loads its OpenMP runtime: threads that spin between parallel regions take a busy
-# machine's cores from the threads that need them (benchmarks/bench_contention.py measures both policies
-# beside another job; BENCHMARKS.md has the figures). A value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+DECODING_COMMANDS = ("serve", "generate", "chat")
+
+
+def openmp_defaults(command: str) -> None:
+    """OpenMP's waiting between parallel regions, set before torch loads its runtime (main() calls this after
+    parsing, which imports no torch); a value the user set wins.
+
+    Threads that spin take a busy machine's cores from the threads that need them (benchmarks/bench_contention.py,
+    beside a training job: PASSIVE). A decode step is hundreds of short parallel regions, though, and sleeping
+    between them made `mpt serve` 20-30 % slower with its clients on the same cores: decoding commands spin a
+    bounded while (libgomp's GOMP_SPINCOUNT) and then sleep (BENCHMARKS.md, OpenMP waiting when decoding).
+    """
+    if command in DECODING_COMMANDS:
+        os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+    else:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # ---- the commands that declare their own arguments -------------------------------------------------
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from .console import command_output, expected_errors, one_line
 
     args = parse(sys.argv[1:] if argv is None else list(argv))
+    openmp_defaults(args.command)
     try:
         with command_output(args.prog, args.verbose):
             return args.func(args)
