@@ -1,6 +1,7 @@
 """Batch-1 greedy decode on the CPU: compiled against eager, and (``--peer llamacpp``) against llama.cpp.
 
-Ours run ``generate_ids`` eagerly (``compile=False``) and compiled over a static cache (``compile=True``);
+Ours run ``generate_ids`` eagerly (``compile=False``), compiled over a static cache (``compile=True``) and,
+with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on CPU);
 an untimed first run compiles each shape, then the runs are interleaved so all see the same machine load,
 and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
 ``--dtype``): ``tiny`` (d_model 128, vocab 4,096: per-op overhead), ``small`` (d_model 256, vocab 50,432:
@@ -124,6 +125,7 @@ def contenders(args, work: Path) -> dict:
     import peers
 
     from mpt.infer.gguf_export import GGUFExportConfig, export_gguf
+    from mpt.model.prepack import prepack_model
     from mpt.model.quantize import quantize_model
 
     model = peers.build_issue_model(work).to(DTYPES[args.dtype])
@@ -136,7 +138,9 @@ def contenders(args, work: Path) -> dict:
             return time.perf_counter() - start, out[0, len(prompt):].tolist()
         return run
 
+    packed = prepack_model(copy.deepcopy(model))  # what mpt.load gives on CPU (mpt.model.prepack)
     runs = {f"ours {args.dtype} eager": ours(model, False), f"ours {args.dtype} compiled": ours(model, True),
+            f"ours {args.dtype} prepacked": ours(packed, False),
             "ours int8 eager": ours(int8, False), "ours int8 compiled": ours(int8, True)}
     python = peers.llamacpp_python()
     if python is None:

@@ -56,8 +56,8 @@ def build_issue_model(out: Path, seed: int = 0):
 
 
 def readme_serve_flags() -> list[str]:
-    """The flags of the README's `mpt serve` command (its first ``mpt serve NAME ...`` line), less ``--port``:
-    the benchmark measures what a user who copies that line gets."""
+    """The flags of the README's `mpt serve` command (its first ``mpt serve NAME ...`` line), less ``--port`` and
+    ``--dtype`` (the benchmark sets each dtype): the benchmark measures what a user who copies that line gets."""
     for line in (REPO / "README.md").read_text().splitlines():
         if not re.match(r"mpt serve [^-\s]", line):
             continue
@@ -66,9 +66,9 @@ def readme_serve_flags() -> list[str]:
             flags, rest = [], words[3:]
             while rest:
                 word = rest.pop(0)
-                if word == "--port":
+                if word in ("--port", "--dtype"):
                     rest = rest[1:]
-                elif not word.startswith("--port="):
+                elif not word.startswith(("--port=", "--dtype=")):
                     flags.append(word)
             return flags
     raise SystemExit("README.md has no `mpt serve MODEL ...` line")
