@@ -153,6 +153,11 @@ class PrepCommand(PrepConfig):
     near_dedup: bool = option(False, "also remove near duplicates (MinHash LSH)")
     near_dedup_threshold: float | None = option(None, "estimated Jaccard similarity of word 5-grams above which a "
                                                 "document is a near duplicate (default: 0.8)")
+    mix: str | None = option(None, "a data-mix recipe (a shipped name, e.g. mpt-7b-mix, or a YAML file): prep each "
+                             "of its sources into --out/<source>/ and write --out/mix.yaml for data.sources "
+                             "(no INPUT; other options given here apply to every source)", metavar="NAME_OR_YAML")
+    allow_missing: bool = option(False, "with --mix: skip a source whose inputs match nothing (recorded in "
+                                 "mix-summary.json) and renormalise the other proportions")
 
     def to_config(self) -> PrepConfig:
         base = {f.name: getattr(self, f.name) for f in fields(PrepConfig)}
@@ -175,11 +180,27 @@ class PrepCommand(PrepConfig):
 
 def prep_command(args: PrepCommand) -> int:
     """`mpt prep`: run :func:`prep` and print its summary."""
+    if args.mix is not None or args.allow_missing:
+        return _mix_command(args)
     cfg = args.to_config()
     summary = prep(cfg)
     print("\n".join(summary.lines()))
     print(f"shards, index.json and summary.json are in {cfg.out}")
     return 0
+
+
+def _mix_command(args: PrepCommand) -> int:
+    from .prep_mix import mix_command
+
+    if args.mix is None:
+        raise ValueError("--allow-missing goes with --mix NAME_OR_YAML")
+    if args.inputs:
+        raise ValueError(f"prep --mix takes its inputs from the recipe; remove {' '.join(args.inputs)}")
+    defaults = PrepCommand()
+    given = {f.name: getattr(args, f.name) for f in fields(PrepCommand)   # the options set on the command line
+             if f.name not in ("inputs", "out", "mix", "allow_missing")
+             and getattr(args, f.name) != getattr(defaults, f.name)}
+    return mix_command(args.mix, args.out, args.allow_missing, given)
 
 
 @dataclass
