@@ -1,8 +1,8 @@
 """`mpt prep`: read text, filter, deduplicate, tokenize and write token shards, with a summary.
 
 Nothing is dropped without being counted: the summary lists documents read, bad records skipped,
-empty documents, documents dropped by each filter rule, exact and near duplicates removed, and
-in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
+empty documents, documents dropped by each filter rule, exact, near and semantic duplicates removed,
+and in ``concat`` mode the tokens of the final sample that did not fill ``seq_len``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = ["PrepCommand", "PrepConfig", "PrepSummary", "cuts_keep_tokens", "prep
            "split_for_tokenizer"]
 
 _INPUTS = "files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset"
+SEMANTIC_BATCH = 32     # documents embedded together by --semantic-dedup
 _OUT = ("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one continues, a "
         "finished one is left as it is)")
 
@@ -93,6 +94,12 @@ class PrepConfig:
                                  "temporary folder)")
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    semantic_dedup: str | None = option(None, "also drop semantic duplicates (SemDeDup): documents embedded by this "
+                                        "Hugging Face model folder (an encoder, or a causal LM's base model), "
+                                        "k-means clustered, the most similar to an earlier kept one dropped "
+                                        "(mpt.data.semantic_dedup; pip install 'mpt[semantic]')", metavar="MODEL")
+    semantic_drop: float = option(0.2, "with --semantic-dedup: the share of the documents left after exact and "
+                                  "near dedup to drop", metavar="FRACTION")
     progress: bool = option(True, "no progress bar")
 
     def validate(self) -> None:
@@ -122,6 +129,12 @@ class PrepConfig:
             raise ValueError(f"partition_bytes={self.partition_bytes} must be >= 1")
         self.filters.validate()
         self.dedup.validate()
+        if not 0 < self.semantic_drop < 1:
+            raise ValueError(f"semantic_drop={self.semantic_drop} must be between 0 and 1 (exclusive)")
+        if self.semantic_dedup is not None:
+            from .semantic_dedup import check_model_dir
+
+            check_model_dir(self.semantic_dedup)
 
 
 @dataclass
@@ -221,6 +234,7 @@ class PrepSummary:
     languages_dropped: dict[str, int] = field(default_factory=dict)
     exact_duplicates: int = 0
     near_duplicates: int = 0
+    semantic_duplicates: int = 0    # --semantic-dedup: dropped among those left after exact and near dedup
     documents_written: int = 0
     document_tokens: int = 0        # tokens of kept documents, EOS included
     samples: int = 0
@@ -249,7 +263,8 @@ class PrepSummary:
             f"dropped   {self.empty_dropped:,} empty; by filter: {filt}",
             *([f"language  kept {_counts(self.languages_kept)}; dropped {_counts(self.languages_dropped)}"]
               if self.languages_kept or self.languages_dropped else []),
-            f"dedup     {self.exact_duplicates:,} exact and {self.near_duplicates:,} near duplicates removed",
+            f"dedup     {self.exact_duplicates:,} exact, {self.near_duplicates:,} near and "
+            f"{self.semantic_duplicates:,} semantic duplicates removed",
             f"wrote     {self.documents_written:,} documents, {self.tokens_written:,} tokens in {self.samples:,} samples, "
             f"{self.shards} shards, {self.bytes_written / 1e6:,.1f} MB"
             + (f"; {self.tail_tokens_dropped:,} final tokens did not fill a sample and were not written"
@@ -403,16 +418,24 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
     piece_chars = max(1000, cfg.chunk_chars // 8) if cuts_keep_tokens(tok.tokenizer) else None
     settings = StageSettings(cfg.text_field, cfg.hf_split, cfg.skip_bad, cfg.max_record_bytes, cfg.filters,
                              cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars,
-                             cfg.batch_docs)
+                             cfg.batch_docs, cfg.semantic_dedup)
     feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress)
     start = time.perf_counter()
     bar = tqdm(desc=f"prep ({cfg.engine}, {engine.slots} at once)", unit=" docs", disable=not cfg.progress,
                dynamic_ncols=True)
+    if cfg.semantic_dedup is not None:
+        # a first pass: every document left after exact and near dedup is embedded before any is packed
+        feed.semantic = _semantic_drops(cfg, ordered_results(engine, parts, settings, store), bar)
+        first_reused, bar = store.reused, None       # the second pass reads the partitions stored by the first
     for done, result in enumerate(ordered_results(engine, parts, settings, store), start=1):
         feed.add(result)
-        bar.update(result.stats.records)
-        bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
-    bar.close()
+        if bar is not None:
+            bar.update(result.stats.records)
+            bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
+    if bar is not None:
+        bar.close()
+    if cfg.semantic_dedup is not None:
+        store.reused = first_reused
     if store.reused and cfg.progress:
         print(f"prep: {store.reused} of {len(parts)} partitions were prepared by the interrupted run and reused",
               file=sys.stderr)
@@ -424,6 +447,27 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
     write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     return summary
+
+
+def _semantic_drops(cfg: PrepConfig, results, bar) -> set[int]:
+    """--semantic-dedup: which documents left after exact and near dedup (numbered in input order) to drop."""
+    from .semantic_dedup import choose_drops, embed_ids
+
+    dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
+    ids: list[np.ndarray] = []
+    for r in results:
+        bar.update(r.stats.records)
+        for i in range(r.kept):
+            if dedup is None or dedup.check_fingerprint(r.fingerprint(i)) is None:
+                ids.append(r.embed_ids[r.embed_offsets[i]:r.embed_offsets[i + 1]].astype(np.int64))
+        if r.error is not None:
+            raise r.error         # bad input: nothing is written, as the drops depend on every document
+    bar.close()
+    if not ids:
+        return set()
+    # clusters of about sqrt(N) documents: choose_drops holds one cluster's c x c similarities at a time
+    clusters = max(1, round(len(ids) ** 0.5))
+    return set(choose_drops(embed_ids(ids, cfg.semantic_dedup, SEMANTIC_BATCH), cfg.semantic_drop, clusters))
 
 
 def _open_shards(cfg: PrepConfig, tok: TokenEncoder, vocab: int, out: Path, progress: Progress) -> _Packer:
@@ -460,11 +504,17 @@ class _Feed:
         self.lang_kept: Counter[str] = Counter()
         self.lang_dropped: Counter[str] = Counter()
         self.kept = 0                # documents kept so far: their number in the resume point
+        self.semantic: set[int] = set()   # --semantic-dedup: numbers (among those left after dedup) to drop
+        self.candidates = self.semantic_removed = 0
 
     def add(self, r: PartitionResult) -> None:
         self._count(r)
         for i in range(r.kept):
             if self.dedup is not None and self.dedup.check_fingerprint(r.fingerprint(i)) is not None:
+                continue
+            self.candidates += 1
+            if self.candidates - 1 in self.semantic:
+                self.semantic_removed += 1
                 continue
             if i in r.vocab_errors:
                 raise DataInputError(r.vocab_errors[i])
@@ -516,6 +566,7 @@ class _Feed:
             languages_dropped=dict(sorted(self.lang_dropped.items())),
             exact_duplicates=dedup.exact_removed if dedup else 0,
             near_duplicates=dedup.near_removed if dedup else 0,
+            semantic_duplicates=self.semantic_removed,
             documents_written=self.kept,
             document_tokens=self.packer.position,
             samples=index.num_samples,

@@ -1,11 +1,12 @@
 """`mpt prep`'s per-partition stages, the same plain functions for every engine.
 
-The input is cut into partitions (whole files grouped up to ``partition_bytes``; a bigger ``.jsonl``
-cut at line ends, each piece knowing its first line's number). ``prepare_partition`` reads one,
-normalises and filters, fingerprints (exact digest, MinHash) and tokenizes what the filters keep,
-and returns a :class:`PartitionResult`: data only, no shared state, so it runs in this process, a
-process pool or a Ray task alike. Duplicates are decided and samples packed by the driver, in input
-order (prep.py), so the output does not depend on where or in which order partitions ran.
+The input is cut into partitions (whole files grouped up to ``partition_bytes``; a bigger ``.jsonl`` cut
+at line ends, each piece knowing its first line's number). ``prepare_partition`` reads one, normalises
+and filters, fingerprints (exact digest, MinHash) and tokenizes what the filters keep (with
+--semantic-dedup, also for the embedding model), and returns a :class:`PartitionResult`: data only, no
+shared state, so it runs in this process, a process pool or a Ray task alike. Duplicates are decided and
+samples packed by the driver, in input order (prep.py), so the output does not depend on where or in
+which order partitions ran.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ class StageSettings:
     chunk_chars: int
     piece_chars: int | None          # None: documents are tokenized whole (see cuts_keep_tokens)
     batch_docs: int = 1024           # documents (or pieces) tokenized together, at most
+    semantic_model: str | None = None    # --semantic-dedup: the embedding model whose token ids are kept too
+    semantic_tokens: int = 512           # its first tokens of each document
 
 
 @dataclass
@@ -162,6 +165,9 @@ class PartitionResult:
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))   # uint16 or uint32
     vocab_errors: dict[int, str] = field(default_factory=dict)  # kept document -> its out-of-vocabulary error
     error: Exception | None = None
+    # --semantic-dedup: kept document i's ids for the embedding model are embed_ids[embed_offsets[i]:...[i + 1]]
+    embed_offsets: np.ndarray | None = None
+    embed_ids: np.ndarray | None = None
 
     @property
     def kept(self) -> int:
@@ -176,7 +182,9 @@ class PartitionResult:
                 "filtered": list(self.filtered.items()), "vocab_errors": list(self.vocab_errors.items()),
                 "lang_kept": self.lang_kept, "lang_dropped": self.lang_dropped}
         arrays = {"offsets": self.offsets, "tokens": self.tokens}
-        arrays.update({k: v for k, v in (("digests", self.digests), ("minhash", self.minhash)) if v is not None})
+        optional = (("digests", self.digests), ("minhash", self.minhash), ("embed_offsets", self.embed_offsets),
+                    ("embed_ids", self.embed_ids))
+        arrays.update({k: v for k, v in optional if v is not None})
         buf = io.BytesIO()
         np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return buf.getvalue()
@@ -190,6 +198,8 @@ class PartitionResult:
                        lang_dropped=meta["lang_dropped"], offsets=z["offsets"], tokens=z["tokens"],
                        digests=z["digests"] if "digests" in z else None,
                        minhash=z["minhash"] if "minhash" in z else None,
+                       embed_offsets=z["embed_offsets"] if "embed_offsets" in z else None,
+                       embed_ids=z["embed_ids"] if "embed_ids" in z else None,
                        vocab_errors={int(k): v for k, v in meta["vocab_errors"]})
 
 
@@ -250,6 +260,12 @@ def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
     if s.dedup.near:
         result.minhash = np.array([fp[1] for _, fp in kept], dtype=np.uint64).reshape(len(kept), s.dedup.num_perm)
     _tokenize([doc for doc, _ in kept], s, result)
+    if s.semantic_model is not None:
+        from .semantic_dedup import tokenize
+
+        ids = tokenize([doc.text for doc, _ in kept], s.semantic_model, s.semantic_tokens)
+        result.embed_offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+        result.embed_ids = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, dtype=np.int32)
     return result
 
 
