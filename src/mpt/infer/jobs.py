@@ -9,6 +9,7 @@ the server stops. :func:`unless_gone` runs work until the client disconnects.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -34,6 +35,12 @@ class Jobs:
     def __init__(self, scheduler: Scheduler, device: torch.device | str, metrics: Metrics | None) -> None:
         self.scheduler, self.device, self.metrics = scheduler, device, metrics
         self.running: set[Job] = set()
+        # Updates from the decode thread wait here for the event loop: one wake-up carries a whole step's rows,
+        # where a call_soon_threadsafe per row woke the loop (and took the GIL from the decode thread) 8 times a
+        # step at 8 clients.
+        self._mail: list[tuple[Job, Update]] = []
+        self._mail_lock = threading.Lock()
+        self._drain_scheduled = False
 
     def __len__(self) -> int:
         return len(self.running)
@@ -45,6 +52,25 @@ class Jobs:
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
         return job
+
+    def post(self, job: Job, u: Update) -> None:
+        """From the decode thread: ``u`` for ``job``, delivered on the event loop with the others of its step."""
+        with self._mail_lock:
+            self._mail.append((job, u))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            job.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+    def _drain(self) -> None:
+        with self._mail_lock:
+            mail, self._mail = self._mail, []
+            self._drain_scheduled = False
+        for job, u in mail:
+            job._deliver(u)
 
     def fail_unfinished(self, message: str) -> None:
         """End every job's unfinished rows now with a 503 error (the server is stopping)."""
@@ -97,10 +123,7 @@ class Job:
         return [r.prompt_ids for r in self.rows[::self.n]]
 
     def _from_thread(self, u: Update) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._deliver, u)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            pass
+        self.jobs.post(self, u)
 
     def _deliver(self, u: Update) -> None:
         if u.finish_reason is not None:
