@@ -137,6 +137,10 @@ def test_prep_drops_the_planted_copies(model_dir, tmp_path):
     tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
     kept = [t for i, t in enumerate(texts) if i not in copies]
     assert tokens.tolist() == [i for t in kept for i in [*tok.encode(t).ids, 0]]
+    # one partition instead of several: the same shards (documents are embedded by the driver, in input order)
+    prep(_prep_config(model_dir, src, tmp_path / "one", semantic_drop=len(copies) / len(texts)))
+    assert [(tmp_path / "one" / f.file).read_bytes() for f in index.shards] == \
+        [(tmp_path / "o" / f.file).read_bytes() for f in index.shards]
 
 
 def test_prep_checks_semantic_options_before_work(model_dir, tmp_path):
