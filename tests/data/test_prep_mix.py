@@ -12,8 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from mpt.cli import main
 from mpt.config import apply_overrides, from_dict
 from mpt.data import read_index
-from mpt.data.prep import PrepCommand
-from mpt.data.prep_mix import MixError, _prep_command, load_mix, mix_names, run_mix
+from mpt.data.prep_mix import MixError, load_mix, mix_names, run_mix
 from mpt.train.recipe import DataSection
 
 SOURCES = {"web": 0.5, "code": 0.3, "books": 0.2}
@@ -139,14 +138,6 @@ def test_shipped_mpt_7b_mix_parses_and_validates():
     # by path too
     assert load_mix(str(__import__("mpt").__path__[0] + "/configs/data/mpt-7b-mix.yaml")).sources.keys() == \
         recipe.sources.keys()
-
-
-def test_semantic_dedup_is_refused_by_name_until_prep_has_it(tmp_path):
-    recipe = load_mix("mpt-7b-mix")
-    if "semantic_dedup" in {f.name for f in __import__("dataclasses").fields(PrepCommand)}:
-        pytest.skip("this mpt prep has --semantic-dedup: the recipe's fields are plain prep options")
-    with pytest.raises(MixError, match=r"sources\.c4\.prep\.semantic_dedup.*--semantic-dedup"):
-        _prep_command(recipe, "c4", str(tmp_path / "c4"))
 
 
 def test_run_mix_refuses_when_nothing_is_there(tmp_path, monkeypatch):
