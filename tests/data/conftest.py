@@ -1,6 +1,8 @@
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mpt.data.shards import ShardWriter
 
@@ -14,3 +16,14 @@ def write_numbered_shards(out: Path, n: int, seq_len: int = 8, per_shard: int = 
     index = w.close()
     assert [s.samples for s in index.shards[:-1]] == [per_shard] * (len(index.shards) - 1)
     return out
+
+
+def word_tokenizer(path: Path, words: int | Iterable[str]) -> str:
+    """A word-level tokenizer saved at ``path`` (EOS 0, [UNK] 1, then ``words``; a count n gives w0 .. w{n-1}):
+    it loads in a blink and costs next to no memory, so a test measures the reading, not the tokenizer."""
+    names = [f"w{i}" for i in range(words)] if isinstance(words, int) else list(words)
+    tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(names)}},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return str(path)

@@ -3,15 +3,18 @@ the rule runs after the others; ``mpt prep`` keeps the languages asked for, drop
 per language, honours ``--lang-min-score``, and refuses a code the model does not know before any work."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer
 
 from mpt.cli import main
 from mpt.data import Shard, read_index
 from mpt.data.filters import FilterConfig, Verdict, judge
 from mpt.data.langid import identify, known_languages
+
+from .conftest import word_tokenizer
 
 EN = ["The committee will meet again next Thursday to discuss the budget.",
       "Most of the samples were stored at minus eighty degrees until analysis.",
@@ -63,11 +66,7 @@ def mixed(tmp_path):
     src = tmp_path / "mixed.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     words = sorted({w for t in texts for w in t.split()})
-    tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
-                                     unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(tmp_path / "tok.json"))
-    return src, tmp_path / "tok.json"
+    return src, Path(word_tokenizer(tmp_path / "tok.json", words))
 
 
 def kept_texts(out, tokenizer) -> list[str]:

@@ -19,6 +19,8 @@ from mpt.data import DataInputError, Shard, read_index
 from mpt.data.prep import PrepCommand, PrepConfig, prep
 from mpt.data.readers import ReadStats, expand_inputs, read_documents
 
+from .conftest import word_tokenizer
+
 
 def all_tokens(out) -> np.ndarray:
     index = read_index(out)
@@ -181,13 +183,6 @@ def test_worker_processes_give_identical_shards(shared, neox, tmp_path):
     assert shards[0] == shards[1]
 
 
-def word_tokenizer(path) -> None:
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(1000)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path))
-
-
 _PEAK = """
 import resource, sys
 from mpt.data.prep import PrepConfig, prep
@@ -203,7 +198,7 @@ print(s.document_tokens, *peaks)
 def test_memory_is_bounded_by_the_chunk_not_the_record(tmp_path):
     """One 20 MB record (4 M words) used to peak 1.2 GB above a tiny input's peak with this tokenizer
     (3.1 GB in all with GPT-NeoX's); now the record costs a few copies of its text."""
-    word_tokenizer(tmp_path / "tok.json")
+    word_tokenizer(tmp_path / "tok.json", 1000)
     rng = np.random.default_rng(0)
     words = 4_000_000
     (tmp_path / "big.txt").write_text(" ".join(f"w{i}" for i in rng.integers(0, 1000, words)))

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mpt.cli import main
 from mpt.config import apply_overrides, from_dict
@@ -15,15 +14,9 @@ from mpt.data import read_index
 from mpt.data.prep_mix import MixError, load_mix, mix_names, run_mix
 from mpt.train.recipe import DataSection
 
+from .conftest import word_tokenizer
+
 SOURCES = {"web": 0.5, "code": 0.3, "books": 0.2}
-
-
-def word_tokenizer(path) -> str:
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(200)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path))
-    return str(path)
 
 
 def write_docs(folder, seed: int, n: int = 40) -> None:
@@ -38,7 +31,7 @@ def recipe(tmp_path):
     """A three-source recipe over generated jsonl; ``books`` also drops documents under 10 words."""
     for i, name in enumerate(SOURCES):
         write_docs(tmp_path / "raw" / name, seed=i)
-    data = {"prep": {"tokenizer": word_tokenizer(tmp_path / "tok.json"), "seq_len": 16, "workers": 1},
+    data = {"prep": {"tokenizer": word_tokenizer(tmp_path / "tok.json", 200), "seq_len": 16, "workers": 1},
             "sources": {n: {"proportion": p, "inputs": [str(tmp_path / "raw" / n)]} for n, p in SOURCES.items()}}
     data["sources"]["books"]["prep"] = {"min_words": 10}
     path = tmp_path / "mix.yaml"

@@ -16,7 +16,6 @@ import textwrap
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from mpt.cli import main
 from mpt.data.prep import PrepConfig, prep
@@ -28,6 +27,8 @@ from mpt.data.readers import (
     read_documents,
     read_json_lines,
 )
+
+from .conftest import word_tokenizer
 
 
 def run_prep(capsys, *argv) -> tuple[int, str, str]:
@@ -42,15 +43,6 @@ def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpt prep: error: "), err[-2000:]
     return lines[0]
-
-
-def word_tokenizer(path) -> str:
-    """A tokenizer that loads in a blink and costs next to no memory, so that a peak measures the reading."""
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(100)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path))
-    return str(path)
 
 
 # --- 13: JSON nested 100,000 levels deep --------------------------------------------------------------
@@ -228,7 +220,7 @@ def peak_of_prep(tmp_path, *argv, timeout=120) -> tuple[int, float, float, float
     process, after a tiny run has loaded everything."""
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("w1 w2 w3")
-    tok = word_tokenizer(tmp_path / "tok.json")
+    tok = word_tokenizer(tmp_path / "tok.json", 100)
     run = subprocess.run([sys.executable, "-c", _PEAK, str(tiny), str(tmp_path / "out"), tok, *map(str, argv)],
                          capture_output=True, text=True, timeout=timeout)
     line = next((x for x in run.stdout.splitlines() if x.startswith("PEAK")), None)
