@@ -24,7 +24,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests.data.planted: the corpus and the truth
 
 from mpt.data.dedup import DedupConfig  # noqa: E402
-from mpt.data.near_dedup import components, lsh_params, route, shard_edges, signatures  # noqa: E402
+from mpt.data.near_dedup import (  # noqa: E402
+    bucket_groups,
+    candidates,
+    confirm,
+    lsh_params,
+    route,
+    signatures,
+)
 from tests.data.planted import (  # noqa: E402
     datasketch_decisions,
     exact_pairs,
@@ -49,12 +56,14 @@ def staged(texts: list[str], cfg: DedupConfig, partitions: int, shards: int, pea
         return out
 
     bounds = np.linspace(0, len(texts), partitions + 1).astype(int)
-    routed = []
+    routed, values = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        sigs = timed("signatures", signatures, [(g, texts[g]) for g in range(lo, hi)], cfg)
-        routed.append(timed("route", route, sigs, shards))
-    edges = [timed("shard_edges", shard_edges, [r[s] for r in routed], cfg.threshold) for s in range(shards)]
-    return timed("components", components, edges)
+        sigs = timed("signatures", signatures, texts[lo:hi], cfg)
+        values.append(sigs.values)
+        routed.append(timed("route", route, sigs.keys, np.arange(lo, hi), shards))
+    groups = [timed("bucket_groups", bucket_groups, np.concatenate([r[s] for r in routed])) for s in range(shards)]
+    docs = candidates(groups)
+    return timed("confirm", confirm, groups, docs, np.concatenate(values)[docs], cfg.threshold)
 
 
 def main() -> None:

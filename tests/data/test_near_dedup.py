@@ -9,11 +9,13 @@ import pytest
 
 from mpt.data.dedup import DedupConfig, Deduplicator, fingerprint
 from mpt.data.near_dedup import (
-    components,
+    band_keys,
+    bucket_groups,
+    candidates,
+    confirm,
     lsh_params,
     near_duplicates,
     route,
-    shard_edges,
     signatures,
 )
 from tests.data.planted import (
@@ -49,12 +51,15 @@ def test_same_answer_whatever_the_partitions_and_bucket_shards(corpus):
     answers = []
     for parts in (1, 2, 4, 7):
         bounds = np.linspace(0, len(texts), parts + 1).astype(int)
-        sigs = [signatures([(g, texts[g]) for g in range(lo, hi)], CFG)
-                for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        sigs = [signatures(texts[lo:hi], CFG) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        values = np.concatenate([s.values for s in sigs])
         for shards in (1, 3, 8):
-            routed = [pickle.loads(pickle.dumps(route(s, shards))) for s in sigs]   # as a Ray task returns it
-            edges = [shard_edges([r[s] for r in routed], CFG.threshold) for s in range(shards)]
-            answers.append(components(pickle.loads(pickle.dumps(edges))))
+            routed = [pickle.loads(pickle.dumps(route(s.keys, np.arange(lo, hi), shards)))   # as a Ray task returns it
+                      for s, lo, hi in zip(sigs, bounds, bounds[1:], strict=False)]
+            groups = [pickle.loads(pickle.dumps(bucket_groups(np.concatenate([r[s] for r in routed]))))
+                      for s in range(shards)]
+            docs = candidates(groups)
+            answers.append(confirm(groups, docs, values[docs], CFG.threshold))
     assert len(answers[0]) > 100
     for other in answers[1:]:
         assert np.array_equal(answers[0], other)
@@ -63,10 +68,23 @@ def test_same_answer_whatever_the_partitions_and_bucket_shards(corpus):
 
 def test_signatures_are_the_streaming_deduplicators_minhash(corpus):
     texts, _ = corpus
-    sigs = signatures([(7, texts[3]), (9, texts[4])], CFG)
-    assert sigs.index.tolist() == [7, 9] and sigs.keys.shape == (2, lsh_params(CFG.threshold, CFG.num_perm)[0])
+    sigs = signatures(texts[3:5], CFG)
+    bands, rows = lsh_params(CFG.threshold, CFG.num_perm)
+    assert sigs.values.dtype == np.uint32 and sigs.keys.shape == (2, bands)
     for row, text in zip(sigs.values, texts[3:5], strict=True):
         assert np.array_equal(row, fingerprint(text, CFG)[1])
+    # a band's key changes with any of its r values and with nothing outside the band
+    changed = sigs.values.copy()
+    changed[0, rows] += 1                  # the second band's first value
+    keys = band_keys(changed, CFG)
+    assert keys[0, 1] != sigs.keys[0, 1]
+    assert np.array_equal(np.delete(keys[0], 1), np.delete(sigs.keys[0], 1))
+
+
+def test_a_bucket_group_is_listed_once():
+    entries = np.concatenate(route(np.array([[5, 6], [5, 6], [7, 8]], dtype=np.uint64), np.array([10, 11, 12]), 1))
+    groups = bucket_groups(entries)
+    assert groups.offsets.tolist() == [0, 2] and groups.docs.tolist() == [10, 11]   # both bands: one group
 
 
 def words(n: int, seed: int) -> list[str]:

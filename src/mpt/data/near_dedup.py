@@ -1,29 +1,30 @@
 """Whole-corpus near-dedup as stages no worker needs the corpus for: ``signatures`` per partition
-(datasketch MinHash of dedup.py's shingles; b bands of r rows, each a 64-bit key) → ``route`` each
-(band, key) to one of B bucket shards by hash → ``shard_edges`` per shard: documents sharing a bucket,
-confirmed when their signatures' estimated Jaccard >= threshold (signatures travel, not shingles:
-fixed size, where shingles grow with the text) → ``components``: union-find; all but the earliest
-(smallest global index) document of each component dropped. Chains merge: A~B, B~C keep A only
-(dedup.Deduplicator keeps C: it checks kept ones). Memory: a shard holds ~N*b/B entries of 26 bytes
-and <= min(N, N*b/B) signatures of 4*num_perm bytes; what grows with duplicate pairs is ``components``:
-a union-find over the D documents with a confirmed near-duplicate, fed <= b*D edges (each shard sends
-a spanning forest, never its pairs). A shard's compute grows with the square of its largest bucket."""
+(dedup.fingerprint's MinHash; b bands of r values, each band one 64-bit key) → ``route`` the (band, key,
+doc) entries to B bucket shards by hash → ``bucket_groups`` per shard: the documents sharing a bucket →
+``confirm``: each group's pairs whose signatures' estimated Jaccard >= threshold joined (union-find), all
+but the earliest (smallest global number) document of each component dropped. Chains merge: A~B, B~C
+keep A only (dedup.Deduplicator keeps C: it checks kept ones). Memory: a shard holds ~N*b/B entries of
+18 bytes. What grows with the duplicates is ``confirm``: it holds the signatures (4*num_perm bytes) of
+the D documents that share a bucket with another, and a union-find over them; its compute grows with
+the square of the largest bucket."""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from .dedup import DedupConfig, normalise, shingles
+from .dedup import DedupConfig, fingerprint
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)   # spreads the band number over the key before the shard modulo
+_PRIME = np.uint64(0x100000001B3)      # FNV-1a's 64-bit prime: folds a band's r values into one key
 # Every LSH candidate is confirmed from the signatures, so a false positive costs one comparison and a
 # false negative a kept duplicate: weigh misses 9:1 (datasketch's default 1:1 picks 9 bands of 13 rows
 # at 0.8/128, which finds 40 % of the pairs at Jaccard 0.8; 14 of 9 finds 87 %, at 0.9 99.9 %).
 WEIGHTS = (0.1, 0.9)
+ENTRY = np.dtype([("band", "<u2"), ("key", "<u8"), ("doc", "<i8")])   # one document's key in one band
 
 
 @cache
@@ -37,40 +38,30 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 @dataclass
 class Signatures:
-    """One partition's stage-1 output: row i is document ``index[i]`` (its global input position)."""
-    index: np.ndarray    # (n,) int64
-    values: np.ndarray   # (n, num_perm) uint32: the MinHash signature
-    keys: np.ndarray     # (n, bands) uint64: one hash per band of r signature values
+    """Stage 1's output for n documents."""
+    values: np.ndarray   # (n, num_perm) uint32: the MinHash signature (dedup.fingerprint's values)
+    keys: np.ndarray     # (n, bands) uint64: one key per band of r values, equal values <=> equal keys
 
 
-@dataclass
-class BandEntries:
-    """(band, key, doc) entries bound for one bucket shard, and the signature of each of their documents
-    once (a document's bands often meet in one shard: b copies would be most of the traffic)."""
-    band: np.ndarray     # (m,) uint16
-    key: np.ndarray      # (m,) uint64
-    doc: np.ndarray      # (m,) int64
-    row: np.ndarray      # (m,) int64: the entry's signature in ``values``
-    values: np.ndarray   # (u, num_perm) uint32, u <= m
-
-
-def signatures(docs: list[tuple[int, str]], cfg: DedupConfig) -> Signatures:
-    """Stage 1, one partition: the MinHash signature and band keys of each (global_index, text), the
-    signature the same as dedup.fingerprint's (MinHash.generator only shares the permutations' setup)."""
-    from datasketch import MinHash
-
-    cfg.validate()
+def band_keys(values: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """Each signature's band keys: a band's r values folded into 64 bits (a collision only adds a
+    candidate, which ``confirm`` rejects)."""
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
-    values = np.zeros((len(docs), cfg.num_perm), dtype=np.uint32)
-    keys = np.zeros((len(docs), bands), dtype=np.uint64)
-    made = MinHash.generator((shingles(normalise(t), cfg.ngram) for _, t in docs), num_perm=cfg.num_perm, seed=cfg.seed)
-    for i, m in enumerate(made):
-        values[i] = m.hashvalues
-        for b in range(bands):   # a band's key stands for its r values: equal keys <=> the same bucket
-            piece = values[i, b * rows:(b + 1) * rows].tobytes()
-            keys[i, b] = int.from_bytes(hashlib.blake2b(piece, digest_size=8).digest(), "little")
-    index = np.fromiter((g for g, _ in docs), dtype=np.int64, count=len(docs))
-    return Signatures(index, values, keys)
+    v = np.asarray(values, dtype=np.uint64)[:, :bands * rows].reshape(len(values), bands, rows)
+    key = np.full((len(values), bands), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):      # arithmetic modulo 2**64 is the point
+        for j in range(rows):
+            key = (key ^ v[:, :, j]) * _PRIME
+    return key
+
+
+def signatures(texts: Iterable[str], cfg: DedupConfig) -> Signatures:
+    """Stage 1, one partition: the MinHash signature and band keys of each text."""
+    cfg.validate()
+    near = DedupConfig(exact=False, near=True, threshold=cfg.threshold, num_perm=cfg.num_perm, ngram=cfg.ngram,
+                       seed=cfg.seed)
+    values = np.array([fingerprint(t, near)[1] for t in texts], dtype=np.uint32).reshape(-1, cfg.num_perm)
+    return Signatures(values, band_keys(values, cfg))
 
 
 def shard_of(band: np.ndarray, key: np.ndarray, shards: int) -> np.ndarray:
@@ -79,19 +70,50 @@ def shard_of(band: np.ndarray, key: np.ndarray, shards: int) -> np.ndarray:
     return (mixed % np.uint64(shards)).astype(np.int64)
 
 
-def route(sigs: Signatures, shards: int) -> list[BandEntries]:
-    """Stage 2a, one partition: its entries split by bucket shard (list position = shard number)."""
-    n, bands = sigs.keys.shape
-    band = np.tile(np.arange(bands, dtype=np.uint16), n)
-    key = sigs.keys.reshape(-1)
-    row = np.repeat(np.arange(n), bands)
-    owner = shard_of(band, key, shards)
-    out = []
-    for s in range(shards):
-        pick = np.flatnonzero(owner == s)
-        used, local = np.unique(row[pick], return_inverse=True)
-        out.append(BandEntries(band[pick], key[pick], sigs.index[row[pick]], local.reshape(-1), sigs.values[used]))
-    return out
+def route(keys: np.ndarray, docs: np.ndarray, shards: int) -> list[np.ndarray]:
+    """Stage 2a, one partition: the ``ENTRY`` records of documents ``docs`` (global numbers; row i's band
+    keys are ``keys[i]``) split by bucket shard (list position = shard number)."""
+    n, bands = keys.shape
+    entries = np.empty(n * bands, dtype=ENTRY)
+    entries["band"] = np.tile(np.arange(bands, dtype=np.uint16), n)
+    entries["key"] = keys.reshape(-1)
+    entries["doc"] = np.repeat(np.asarray(docs, dtype=np.int64), bands)
+    owner = shard_of(entries["band"], entries["key"], shards)
+    return [entries[owner == s] for s in range(shards)]
+
+
+@dataclass
+class Groups:
+    """Sets of documents that share a bucket: group g is ``docs[offsets[g]:offsets[g + 1]]``, ascending."""
+    offsets: np.ndarray   # (g + 1,) int64
+    docs: np.ndarray      # (m,) int64
+
+
+def bucket_groups(entries: np.ndarray) -> Groups:
+    """Stage 2b, one shard: its entries from every partition → the buckets of more than one document,
+    each group once (a near-duplicate pair shares many bands' buckets)."""
+    order = np.lexsort((entries["doc"], entries["key"], entries["band"]))
+    band, key, doc = entries["band"][order], entries["key"][order], entries["doc"][order]
+    new = np.ones(len(doc), dtype=bool)
+    new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(doc)).astype(np.int64)
+    seen: set[bytes] = set()
+    members, offsets = [], [0]
+    for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+        group = doc[s:e]              # ascending: doc was the last sort key
+        if (tag := group.tobytes()) not in seen:
+            seen.add(tag)
+            members.append(group)
+            offsets.append(offsets[-1] + len(group))
+    docs = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+    return Groups(np.array(offsets, dtype=np.int64), docs)
+
+
+def candidates(groups: Iterable[Groups]) -> np.ndarray:
+    """The sorted documents whose signatures ``confirm`` needs: every one in some group."""
+    docs = [g.docs for g in groups]
+    return np.unique(np.concatenate(docs)) if docs else np.zeros(0, dtype=np.int64)
 
 
 def _find(parent: dict[int, int], x: int) -> int:
@@ -105,56 +127,33 @@ def _find(parent: dict[int, int], x: int) -> int:
 
 def _union(parent: dict[int, int], a: int, b: int) -> None:
     ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:   # the smaller global index stays root, so a component's root is its earliest document
+    if ra != rb:   # the smaller global number stays root, so a component's root is its earliest document
         parent[max(ra, rb)] = min(ra, rb)
 
 
-def shard_edges(pieces: list[BandEntries], threshold: float) -> np.ndarray:
-    """Stage 2b, one shard: its entries from every partition → confirmed near-duplicate edges, as a
-    spanning forest ((root, doc) per non-root document: connectivity kept, pairs never listed)."""
-    if not pieces:
-        return np.zeros((0, 2), dtype=np.int64)
-    band = np.concatenate([p.band for p in pieces])
-    key = np.concatenate([p.key for p in pieces])
-    doc = np.concatenate([p.doc for p in pieces])
-    offsets = np.cumsum([0] + [len(p.values) for p in pieces[:-1]])
-    row = np.concatenate([p.row + o for p, o in zip(pieces, offsets, strict=True)])
-    values = np.concatenate([p.values for p in pieces])
-    order = np.lexsort((doc, key, band))   # buckets contiguous, each in input order: independent of partitioning
-    band, key, doc, row = band[order], key[order], doc[order], row[order]
-    new = np.ones(len(doc), dtype=bool)
-    new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(doc))
+def confirm(groups: Iterable[Groups], docs: np.ndarray, values: np.ndarray, threshold: float) -> np.ndarray:
+    """Stage 3: the sorted documents to drop. ``values[i]`` is the signature of document ``docs[i]``
+    (``docs``: ``candidates(groups)``). Within each group every pair whose share of equal signature
+    values passes ``threshold`` is joined; all but the earliest document of each component go."""
     parent: dict[int, int] = {}
-    shared = ends - starts > 1
-    for s, e in zip(starts[shared], ends[shared], strict=True):
-        _confirm_bucket(doc[s:e], values[row[s:e]], threshold, parent)
-    # every key of ``parent`` is a non-root (roots never get an entry): one edge each to its root
-    return np.array([(_find(parent, x), x) for x in sorted(parent)], dtype=np.int64).reshape(-1, 2)
-
-
-def _confirm_bucket(doc: np.ndarray, values: np.ndarray, threshold: float, parent: dict[int, int]) -> None:
-    """Union every pair of the bucket whose estimated Jaccard (share of equal signature values) passes."""
-    for j in range(1, len(doc)):
-        earlier = np.flatnonzero((values[:j] == values[j]).mean(axis=1) >= threshold)
-        for i in earlier:
-            _union(parent, int(doc[i]), int(doc[j]))
-
-
-def components(edges: list[np.ndarray]) -> np.ndarray:
-    """Stage 3: the sorted global indices to drop: all but the earliest document of each component."""
-    parent: dict[int, int] = {}
-    for part in edges:
-        for a, b in part.tolist():
-            _union(parent, a, b)
+    for g in groups:
+        for k in range(len(g.offsets) - 1):
+            members = g.docs[g.offsets[k]:g.offsets[k + 1]]
+            sig = values[np.searchsorted(docs, members)]
+            for j in range(1, len(members)):
+                for i in np.flatnonzero((sig[:j] == sig[j]).mean(axis=1) >= threshold):
+                    _union(parent, int(members[i]), int(members[j]))
     return np.array(sorted(parent), dtype=np.int64)   # the non-roots: roots never get an entry
 
 
 def near_duplicates(texts: list[str], cfg: DedupConfig, partitions: int = 1, shards: int = 1) -> np.ndarray:
     """The stages run in this process: ``partitions`` contiguous ranges, ``shards`` bucket shards."""
     bounds = np.linspace(0, len(texts), partitions + 1).astype(int)
-    routed = [route(signatures([(g, texts[g]) for g in range(lo, hi)], cfg), shards)
-              for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    edges = [shard_edges([r[s] for r in routed], cfg.threshold) for s in range(shards)]
-    return components(edges)
+    values, routed = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        sigs = signatures(texts[lo:hi], cfg)
+        values.append(sigs.values)
+        routed.append(route(sigs.keys, np.arange(lo, hi), shards))
+    groups = [bucket_groups(np.concatenate([r[s] for r in routed])) for s in range(shards)]
+    docs = candidates(groups)
+    return confirm(groups, docs, np.concatenate(values)[docs], cfg.threshold)
