@@ -49,7 +49,7 @@ class CountingEngine:
     def __init__(self, slots: int):
         self.slots, self.running, self.most = slots, [], 0
 
-    def submit(self, part, settings):
+    def submit(self, fn, part, settings):
         handle = {"part": part, "done": False}
         self.running.append(handle)
         self.most = max(self.most, len(self.running))
@@ -62,8 +62,8 @@ class CountingEngine:
         handles[-1]["done"] = True           # the last submitted first: results still come back in order
         self.running.remove(handles[-1])
 
-    def get(self, handle, part):
-        return PartitionResult(text_chars=part.number)
+    def get(self, handle, where):
+        return PartitionResult(text_chars=handle["part"].number)
 
 
 def test_results_come_back_in_order_with_bounded_work_in_flight(tmp_path):

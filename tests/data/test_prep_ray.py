@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt.data import DataInputError, DedupConfig, FilterConfig, prep_ray
+from mpt.data import DataInputError, DedupConfig, FilterConfig, prep_engine, prep_ray
 from mpt.data.prep import PrepConfig, prep
 from mpt.data.prep_engine import PrepWorkerError
 from mpt.data.prep_folder import PARTS_DIR
@@ -184,7 +184,7 @@ def dying_partition(part, s):
 def test_a_worker_that_keeps_dying_is_an_error_naming_the_file(cluster, neox, tmp_path, monkeypatch):
     for name in ("a.jsonl", "dies.jsonl", "z.jsonl"):
         (tmp_path / name).write_text(json.dumps({"text": f"the text of {name}"}) + "\n")
-    monkeypatch.setattr(prep_ray, "prepare_partition", dying_partition)
+    monkeypatch.setattr(prep_engine, "prepare_partition", dying_partition)   # what the engine is asked to run
     monkeypatch.setattr(prep_ray, "RETRIES", 1)
     with pytest.raises(PrepWorkerError, match=rf"partition 1 \({tmp_path}/dies.jsonl \(lines from 1, bytes 0-35\)\): "
                                               r"the Ray worker preparing it died, 2 times"):

@@ -23,8 +23,9 @@ import numpy as np
 from .. import storage
 from ..config import option
 from ..storage import write_atomic
-from .dedup import DedupConfig, Deduplicator
+from .dedup import DedupConfig
 from .filters import FilterConfig
+from .prep_dedup import Drops, decide
 from .prep_engine import Engine, LocalEngine, PartStore, ordered_results
 from .prep_folder import (
     PROGRESS_FILE,
@@ -51,7 +52,6 @@ __all__ = ["PrepCommand", "PrepConfig", "PrepSummary", "cuts_keep_tokens", "prep
            "split_for_tokenizer"]
 
 _INPUTS = "files, folders or globs (quote globs); hf:NAME[:CONFIG] for a Hugging Face dataset"
-SEMANTIC_BATCH = 32     # documents embedded together by --semantic-dedup
 _OUT = ("output folder or s3:// URL: empty, or holding a run of this same command (an interrupted one continues, a "
         "finished one is left as it is)")
 
@@ -163,7 +163,8 @@ class PrepCommand(PrepConfig):
     lang_min_score: float | None = option(None, "least probability of the identified language (0 to 1) for "
                                           "--lang to keep a document (default: 0, the likeliest language wins)")
     exact_dedup: bool = option(True, "keep exact duplicates (removed by default)", names=("--no-exact-dedup",))
-    near_dedup: bool = option(False, "also remove near duplicates (MinHash LSH)")
+    near_dedup: bool = option(False, "also remove near duplicates: MinHash LSH over the whole corpus, of each "
+                              "cluster of near copies only the earliest kept (mpt.data.near_dedup)")
     near_dedup_threshold: float | None = option(None, "estimated Jaccard similarity of word 5-grams above which a "
                                                 "document is a near duplicate (default: 0.8)")
     mix: str | None = option(None, "a data-mix recipe (a shipped name, e.g. mpt-7b-mix, or a YAML file): prep each "
@@ -419,14 +420,15 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
     settings = StageSettings(cfg.text_field, cfg.hf_split, cfg.skip_bad, cfg.max_record_bytes, cfg.filters,
                              cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars,
                              cfg.batch_docs, cfg.semantic_dedup)
-    feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress)
     start = time.perf_counter()
     bar = tqdm(desc=f"prep ({cfg.engine}, {engine.slots} at once)", unit=" docs", disable=not cfg.progress,
                dynamic_ncols=True)
-    if cfg.semantic_dedup is not None:
-        # a first pass: every document left after exact and near dedup is embedded before any is packed
-        feed.semantic = _semantic_drops(cfg, ordered_results(engine, parts, settings, store), bar)
-        first_reused, bar = store.reused, None       # the second pass reads the partitions stored by the first
+    drops = None
+    if cfg.dedup.near or cfg.semantic_dedup is not None:
+        # a first pass decides what whole-corpus dedup drops; the second reads the partitions it stored
+        drops = decide(ordered_results(engine, parts, settings, store), parts, engine, store, cfg, bar)
+        first_reused, bar = store.reused, None
+    feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress, drops)
     for done, result in enumerate(ordered_results(engine, parts, settings, store), start=1):
         feed.add(result)
         if bar is not None:
@@ -434,7 +436,7 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
             bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
     if bar is not None:
         bar.close()
-    if cfg.semantic_dedup is not None:
+    if drops is not None:
         store.reused = first_reused
     if store.reused and cfg.progress:
         print(f"prep: {store.reused} of {len(parts)} partitions were prepared by the interrupted run and reused",
@@ -447,27 +449,6 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
     write_atomic(out / INDEX_FILE, index.to_json())      # last: the folder is complete from here on
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     return summary
-
-
-def _semantic_drops(cfg: PrepConfig, results, bar) -> set[int]:
-    """--semantic-dedup: which documents left after exact and near dedup (numbered in input order) to drop."""
-    from .semantic_dedup import choose_drops, embed_ids
-
-    dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
-    ids: list[np.ndarray] = []
-    for r in results:
-        bar.update(r.stats.records)
-        for i in range(r.kept):
-            if dedup is None or dedup.check_fingerprint(r.fingerprint(i)) is None:
-                ids.append(r.embed_ids[r.embed_offsets[i]:r.embed_offsets[i + 1]].astype(np.int64))
-        if r.error is not None:
-            raise r.error         # bad input: nothing is written, as the drops depend on every document
-    bar.close()
-    if not ids:
-        return set()
-    # clusters of about sqrt(N) documents: choose_drops holds one cluster's c x c similarities at a time
-    clusters = max(1, round(len(ids) ** 0.5))
-    return set(choose_drops(embed_ids(ids, cfg.semantic_dedup, SEMANTIC_BATCH), cfg.semantic_drop, clusters))
 
 
 def _open_shards(cfg: PrepConfig, tok: TokenEncoder, vocab: int, out: Path, progress: Progress) -> _Packer:
@@ -489,32 +470,44 @@ def _open_shards(cfg: PrepConfig, tok: TokenEncoder, vocab: int, out: Path, prog
     return packer
 
 
-class _Feed:
-    """The driver's stages, partition by partition in input order: duplicates decided (the earliest
-    copy kept), kept documents numbered and packed, less what an interrupted run's finished shards
-    hold; and everything dropped counted for the summary."""
+class _Cursor:
+    """Membership in a sorted array of document numbers, asked in increasing order."""
 
-    def __init__(self, cfg: PrepConfig, packer: _Packer, progress: Progress):
+    def __init__(self, numbers: np.ndarray):
+        self.numbers, self.at = numbers, 0
+
+    def __contains__(self, n: int) -> bool:
+        while self.at < len(self.numbers) and self.numbers[self.at] < n:
+            self.at += 1
+        return self.at < len(self.numbers) and self.numbers[self.at] == n
+
+
+class _Feed:
+    """The driver's last stages, partition by partition in input order: duplicates dropped (the earliest
+    copy kept: decided here for exact dedup alone, else by prep_dedup's first pass), kept documents
+    numbered and packed, less what an interrupted run's finished shards hold; and everything dropped
+    counted for the summary."""
+
+    def __init__(self, cfg: PrepConfig, packer: _Packer, progress: Progress, drops: Drops | None):
         self.packer = packer
-        self.dedup = Deduplicator(cfg.dedup) if (cfg.dedup.exact or cfg.dedup.near) else None
+        self.seen: set[bytes] | None = set() if cfg.dedup.exact and drops is None else None
+        drops = drops or Drops()
+        self.exact, self.near, self.semantic = _Cursor(drops.exact), _Cursor(drops.near), _Cursor(drops.semantic)
         self.resume_doc, self.to_skip = progress.doc, progress.token
         self.stats = ReadStats()
         self.empty = self.text_chars = 0
         self.filtered: dict[str, int] = {}       # by rule, in the order rules first dropped one
         self.lang_kept: Counter[str] = Counter()
         self.lang_dropped: Counter[str] = Counter()
+        self.number = 0              # documents the filters kept so far (what the drops are numbered by)
         self.kept = 0                # documents kept so far: their number in the resume point
-        self.semantic: set[int] = set()   # --semantic-dedup: numbers (among those left after dedup) to drop
-        self.candidates = self.semantic_removed = 0
+        self.removed = Counter()     # duplicates dropped, by kind
 
     def add(self, r: PartitionResult) -> None:
         self._count(r)
         for i in range(r.kept):
-            if self.dedup is not None and self.dedup.check_fingerprint(r.fingerprint(i)) is not None:
-                continue
-            self.candidates += 1
-            if self.candidates - 1 in self.semantic:
-                self.semantic_removed += 1
+            if (kind := self._duplicate(r, i)) is not None:
+                self.removed[kind] += 1
                 continue
             if i in r.vocab_errors:
                 raise DataInputError(r.vocab_errors[i])
@@ -523,6 +516,17 @@ class _Feed:
         self.packer.cut()
         if r.error is not None:
             raise r.error         # bad input, met after the documents above
+
+    def _duplicate(self, r: PartitionResult, i: int) -> str | None:
+        n, self.number = self.number, self.number + 1
+        if self.seen is not None:
+            digest = r.digest(i)
+            if digest in self.seen:
+                return "exact"
+            self.seen.add(digest)
+            return None
+        return next((kind for kind, c in (("exact", self.exact), ("near", self.near),
+                                          ("semantic", self.semantic)) if n in c), None)
 
     def _count(self, r: PartitionResult) -> None:
         for name in ("records", "bad_json", "missing_field", "invalid_utf8", "binary", "too_large", "corrupt"):
@@ -550,7 +554,7 @@ class _Feed:
         self.packer.piece(number, tokens, first, True)
 
     def summary(self, files: int, index: ShardIndex) -> PrepSummary:
-        stats, dedup = self.stats, self.dedup
+        stats = self.stats
         return PrepSummary(
             files=files,
             records_read=stats.records,
@@ -564,9 +568,9 @@ class _Feed:
             filtered=dict(self.filtered),
             languages_kept=dict(sorted(self.lang_kept.items())),
             languages_dropped=dict(sorted(self.lang_dropped.items())),
-            exact_duplicates=dedup.exact_removed if dedup else 0,
-            near_duplicates=dedup.near_removed if dedup else 0,
-            semantic_duplicates=self.semantic_removed,
+            exact_duplicates=self.removed["exact"],
+            near_duplicates=self.removed["near"],
+            semantic_duplicates=self.removed["semantic"],
             documents_written=self.kept,
             document_tokens=self.packer.position,
             samples=index.num_samples,

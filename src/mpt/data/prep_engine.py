@@ -1,6 +1,7 @@
-"""Where `mpt prep`'s partitions are prepared: in this process, in a pool of processes, or on Ray.
+"""Where `mpt prep`'s stages run: in this process, in a pool of processes, or on Ray.
 
-``ordered_results`` hands the results back in input order with a bounded number of partitions in
+An engine runs plain functions of plain data (``submit(fn, *args)``): a partition's preparation, a
+bucket shard's near-dedup grouping. ``ordered_results`` hands the results back in input order with a bounded number of partitions in
 flight (at most ``slots`` computing, twice that held), whatever the engine. Each finished result is
 kept in the output folder (``prep-parts/``, named by the run's settings and the partition), so a
 rerun after the driver was killed reuses it instead of preparing it again. A worker that dies is a
@@ -14,11 +15,13 @@ import os
 import shutil
 import zipfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from ..storage import write_atomic
 from .prep_folder import PARTS_DIR
@@ -26,20 +29,21 @@ from .prep_stages import Partition, PartitionResult, StageSettings, partition_ke
 
 
 class PrepWorkerError(RuntimeError):
-    """The process preparing a partition died (killed, out of memory) and was not brought back."""
+    """The process running a stage (a partition's preparation) died (killed, out of memory) and was not
+    brought back."""
 
 
 class Engine(Protocol):
-    slots: int         # partitions computed at once
+    slots: int         # calls computed at once
 
-    def submit(self, part: Partition, settings: StageSettings): ...
+    def submit(self, fn: Callable, *args): ...
     def ready(self, handle) -> bool: ...
     def wait(self, handles: list) -> None: ...
-    def get(self, handle, part: Partition) -> PartitionResult: ...
+    def get(self, handle, where: str): ...   # ``where``: what the call was working on, for a worker's death
     def close(self) -> None: ...
 
 
-def _done(result: PartitionResult) -> Future:
+def _done(result) -> Future:
     f: Future = Future()
     f.set_result(result)
     return f
@@ -63,10 +67,10 @@ class LocalEngine:
             # threads; each loads its own
             self.pool.submit(int).result()
 
-    def submit(self, part: Partition, settings: StageSettings) -> Future:
+    def submit(self, fn: Callable, *args) -> Future:
         if self.pool is None:
-            return _done(prepare_partition(part, settings))
-        return self.pool.submit(prepare_partition, part, settings)
+            return _done(fn(*args))
+        return self.pool.submit(fn, *args)
 
     def ready(self, handle: Future) -> bool:
         return handle.done()
@@ -74,11 +78,11 @@ class LocalEngine:
     def wait(self, handles: list[Future]) -> None:
         wait(handles, return_when=FIRST_COMPLETED)
 
-    def get(self, handle: Future, part: Partition) -> PartitionResult:
+    def get(self, handle: Future, where: str):
         try:
             return handle.result()
         except BrokenProcessPool:
-            raise PrepWorkerError(f"{part.where()}: the process preparing it died (killed, or out of memory on a "
+            raise PrepWorkerError(f"{where}: the process preparing it died (killed, or out of memory on a "
                                   "huge record: a smaller --max-record-bytes bounds what one record may take)"
                                   ) from None
 
@@ -108,6 +112,11 @@ class PartStore:
         self.reused += 1
         return result
 
+    def signatures(self, part: Partition):
+        """The stored partition's MinHash signatures only (an npz member is read on its own)."""
+        with np.load(self._path(part), allow_pickle=False) as z:
+            return z["signature"]
+
     def save(self, part: Partition, result: PartitionResult) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(part), result.to_bytes())
@@ -133,7 +142,7 @@ def ordered_results(engine: Engine, parts: list[Partition], settings: StageSetti
             if part is None:
                 break
             stored = store.load(part)
-            pending.append((part, None if stored else engine.submit(part, settings), stored))
+            pending.append((part, None if stored else engine.submit(prepare_partition, part, settings), stored))
         if not pending:
             return
         part, handle, stored = pending[0]
@@ -144,7 +153,21 @@ def ordered_results(engine: Engine, parts: list[Partition], settings: StageSetti
         if stored is not None:
             yield stored
             continue
-        result = engine.get(handle, part)
+        result = engine.get(handle, part.where())
         if result.error is None:
             store.save(part, result)
         yield result
+
+
+def ordered_calls(engine: Engine, fn: Callable, calls: Iterable[tuple[str, tuple]]) -> Iterator:
+    """``fn(*args)`` for each (where, args) of ``calls``, on ``engine``, results in order; at most
+    ``engine.slots`` in flight, so the arguments made lazily by ``calls`` are not all held at once."""
+    pending: deque[tuple[str, object]] = deque()
+    todo = iter(calls)
+    while True:
+        while len(pending) < engine.slots and (call := next(todo, None)) is not None:
+            pending.append((call[0], engine.submit(fn, *call[1])))
+        if not pending:
+            return
+        where, handle = pending.popleft()
+        yield engine.get(handle, where)

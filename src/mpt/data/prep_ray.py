@@ -1,6 +1,6 @@
 """`mpt prep --engine ray`: partitions prepared as Ray tasks, on one machine or a cluster.
 
-The tasks run the same ``prepare_partition`` as the local engine; the driver (prep.py) decides
+The tasks run the same stage functions as the local engine; the driver (prep.py) decides
 duplicates, packs and writes, so the output is byte for byte the local engine's. Without an
 address Ray starts on this machine; ``auto`` or HOST:PORT joins a cluster made with ``ray start``.
 A task whose worker or node dies is retried by Ray; one that keeps dying is a PrepWorkerError
@@ -10,9 +10,9 @@ naming the partition's files, and bad input is the same typed error, same words,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .prep_engine import PrepWorkerError
-from .prep_stages import Partition, PartitionResult, StageSettings, prepare_partition
 
 RETRIES = 3          # a task whose worker or node died runs again this many times
 
@@ -30,10 +30,12 @@ class RayEngine:
             extra = {} if address else {"include_dashboard": False}   # options for a Ray this call starts
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **extra)
         self.slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.task = ray.remote(prepare_partition).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
+        self.tasks: dict[Callable, object] = {}
 
-    def submit(self, part: Partition, settings: StageSettings):
-        return self.task.remote(part, settings)
+    def submit(self, fn: Callable, *args):
+        if fn not in self.tasks:
+            self.tasks[fn] = self.ray.remote(fn).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
+        return self.tasks[fn].remote(*args)
 
     def ready(self, handle) -> bool:
         return bool(self.ray.wait([handle], timeout=0, fetch_local=False)[0])
@@ -41,7 +43,7 @@ class RayEngine:
     def wait(self, handles: list) -> None:
         self.ray.wait(handles, num_returns=1, fetch_local=False)
 
-    def get(self, handle, part: Partition) -> PartitionResult:
+    def get(self, handle, where: str):
         ray = self.ray
         try:
             return ray.get(handle)
@@ -51,7 +53,7 @@ class RayEngine:
             raise (cause if isinstance(cause, Exception) else err) from None
         except ray.exceptions.RayError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise PrepWorkerError(f"{part.where()}: the Ray worker preparing it died, {RETRIES + 1} times "
+            raise PrepWorkerError(f"{where}: the Ray worker preparing it died, {RETRIES + 1} times "
                                   f"(killed, its node lost, or out of memory on a huge record: a smaller "
                                   f"--max-record-bytes bounds what one record may take); Ray said "
                                   f"{type(err).__name__}: {first}") from None

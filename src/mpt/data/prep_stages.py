@@ -2,10 +2,10 @@
 
 The input is cut into partitions (whole files grouped up to ``partition_bytes``; a bigger ``.jsonl`` cut
 at line ends, each piece knowing its first line's number). ``prepare_partition`` reads one, normalises
-and filters, fingerprints (exact digest, MinHash) and tokenizes what the filters keep (with
---semantic-dedup, also for the embedding model), and returns a :class:`PartitionResult`: data only, no
-shared state, so it runs in this process, a process pool or a Ray task alike. Duplicates are decided and
-samples packed by the driver, in input order (prep.py), so the output does not depend on where or in
+and filters, fingerprints (exact digest; MinHash and its LSH band keys) and tokenizes what the filters keep
+(with --semantic-dedup, also for the embedding model), and returns a :class:`PartitionResult`: data only,
+no shared state, so it runs in this process, a process pool or a Ray task alike. Duplicates are decided
+and samples packed by the driver, in input order (prep.py), so the output does not depend on where or in
 which order partitions ran.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from .dedup import DedupConfig, fingerprint
 from .filters import FilterConfig, Verdict, judge
+from .near_dedup import band_keys
 from .readers import Document, ReadStats, read_documents, read_jsonl_span
 from .shards import token_dtype
 from .tokenize import load_token_encoder
@@ -160,7 +161,8 @@ class PartitionResult:
     lang_kept: dict[str, int] = field(default_factory=dict)     # --lang: documents per language identified,
     lang_dropped: dict[str, int] = field(default_factory=dict)  # that it kept / dropped
     digests: np.ndarray | None = None        # (kept, 16) uint8: exact-dedup digests
-    minhash: np.ndarray | None = None        # (kept, num_perm) uint64: MinHash values
+    signature: np.ndarray | None = None      # (kept, num_perm) uint32: MinHash values (near dedup)
+    band_keys: np.ndarray | None = None      # (kept, bands) uint64: their LSH band keys (near_dedup.band_keys)
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))   # kept + 1 token offsets
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))   # uint16 or uint32
     vocab_errors: dict[int, str] = field(default_factory=dict)  # kept document -> its out-of-vocabulary error
@@ -173,17 +175,17 @@ class PartitionResult:
     def kept(self) -> int:
         return len(self.offsets) - 1
 
-    def fingerprint(self, i: int) -> tuple[bytes | None, np.ndarray | None]:
-        return (None if self.digests is None else self.digests[i].tobytes(),
-                None if self.minhash is None else self.minhash[i])
+    def digest(self, i: int) -> bytes:
+        assert self.digests is not None, "exact dedup was off when this partition was prepared"
+        return self.digests[i].tobytes()
 
     def to_bytes(self) -> bytes:
         meta = {"stats": asdict(self.stats), "text_chars": self.text_chars, "empty": self.empty,
                 "filtered": list(self.filtered.items()), "vocab_errors": list(self.vocab_errors.items()),
                 "lang_kept": self.lang_kept, "lang_dropped": self.lang_dropped}
         arrays = {"offsets": self.offsets, "tokens": self.tokens}
-        optional = (("digests", self.digests), ("minhash", self.minhash), ("embed_offsets", self.embed_offsets),
-                    ("embed_ids", self.embed_ids))
+        optional = (("digests", self.digests), ("signature", self.signature), ("band_keys", self.band_keys),
+                    ("embed_offsets", self.embed_offsets), ("embed_ids", self.embed_ids))
         arrays.update({k: v for k, v in optional if v is not None})
         buf = io.BytesIO()
         np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -197,7 +199,8 @@ class PartitionResult:
                        filtered=dict(meta["filtered"]), lang_kept=meta["lang_kept"],
                        lang_dropped=meta["lang_dropped"], offsets=z["offsets"], tokens=z["tokens"],
                        digests=z["digests"] if "digests" in z else None,
-                       minhash=z["minhash"] if "minhash" in z else None,
+                       signature=z["signature"] if "signature" in z else None,
+                       band_keys=z["band_keys"] if "band_keys" in z else None,
                        embed_offsets=z["embed_offsets"] if "embed_offsets" in z else None,
                        embed_ids=z["embed_ids"] if "embed_ids" in z else None,
                        vocab_errors={int(k): v for k, v in meta["vocab_errors"]})
@@ -258,7 +261,8 @@ def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
     if s.dedup.exact:
         result.digests = np.frombuffer(b"".join(fp[0] for _, fp in kept), dtype=np.uint8).reshape(len(kept), 16)
     if s.dedup.near:
-        result.minhash = np.array([fp[1] for _, fp in kept], dtype=np.uint64).reshape(len(kept), s.dedup.num_perm)
+        result.signature = np.array([fp[1] for _, fp in kept], dtype=np.uint32).reshape(len(kept), s.dedup.num_perm)
+        result.band_keys = band_keys(result.signature, s.dedup)
     _tokenize([doc for doc, _ in kept], s, result)
     if s.semantic_model is not None:
         from .semantic_dedup import tokenize

@@ -1,0 +1,147 @@
+"""`mpt prep`'s whole-corpus dedup decisions: a first pass over the prepared partitions, in input order.
+
+Documents are numbered as the filters kept them, in input order. Exact: the first copy of a digest is
+kept (the digests seen are held until the pass ends: 16 bytes and a set entry per distinct document).
+Near: each kept partition's band keys are routed to bucket shards spilled to ``prep-parts/near/``, each
+shard grouped by the engine (``near_dedup.bucket_groups``, a task per shard), then the groups confirmed
+here with the signatures of their documents only, read back from the stored partitions. Semantic: the
+documents left are embedded and clustered here (``semantic_dedup``). The answer is three sorted arrays of
+document numbers that the second pass (prep.py's packing) skips; none depends on the engine or partitioning.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .near_dedup import ENTRY, bucket_groups, candidates, confirm, route
+from .prep_engine import Engine, PartStore, ordered_calls
+from .prep_stages import Partition, PartitionResult
+
+SEMANTIC_BATCH = 32     # documents embedded together by --semantic-dedup
+MAX_SHARDS = 256        # bucket shards: a shard holds about 1/B of the corpus' band entries
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Drops:
+    """Sorted numbers of the documents to drop, by reason."""
+    exact: np.ndarray = field(default_factory=_empty)
+    near: np.ndarray = field(default_factory=_empty)
+    semantic: np.ndarray = field(default_factory=_empty)
+
+
+class Spill:
+    """Band entries bound for each bucket shard, appended partition by partition to one file per shard."""
+
+    def __init__(self, folder: Path, shards: int):
+        shutil.rmtree(folder, ignore_errors=True)      # a killed run's spill: rebuilt from the partitions
+        folder.mkdir(parents=True)
+        self.folder, self.shards = folder, shards
+
+    def _path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.npy"
+
+    def add(self, routed: list[np.ndarray]) -> None:
+        for shard, entries in enumerate(routed):
+            if len(entries):
+                with open(self._path(shard), "ab") as f:
+                    np.save(f, entries)
+
+    def load(self, shard: int) -> np.ndarray:
+        pieces = []
+        path = self._path(shard)
+        if path.is_file():
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                while f.tell() < size:
+                    pieces.append(np.load(f))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=ENTRY)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: Engine, store: PartStore,
+           cfg, bar) -> Drops:
+    """The first pass: ``results`` (every partition's, in order) → the documents to drop. ``cfg`` is the
+    run's PrepConfig (its dedup section and semantic options)."""
+    near = cfg.dedup.near
+    spill = Spill(store.folder / "near", max(engine.slots, min(MAX_SHARDS, len(parts)))) if near else None
+    seen: set[bytes] = set()
+    exact: list[int] = []
+    bases: list[int] = []             # each partition's first document number
+    embed: list[tuple[int, np.ndarray]] = []      # --semantic-dedup: (number, ids) of those left
+    total = 0
+    for r in results:
+        bar.update(r.stats.records)
+        bases.append(total)
+        keep = []
+        for i in range(r.kept):
+            if cfg.dedup.exact:
+                digest = r.digest(i)
+                if digest in seen:
+                    exact.append(total + i)
+                    continue
+                seen.add(digest)
+            keep.append(i)
+        rows = np.array(keep, dtype=np.int64)
+        if spill is not None:
+            spill.add(route(r.band_keys[rows], total + rows, spill.shards))
+        if cfg.semantic_dedup is not None:
+            embed += [(total + i, r.embed_ids[r.embed_offsets[i]:r.embed_offsets[i + 1]].astype(np.int64))
+                      for i in keep]
+        total += r.kept
+        if r.error is not None:
+            raise r.error         # bad input: nothing is written, as the decisions depend on every document
+    bar.close()
+    del seen
+    drops = Drops(exact=np.array(exact, dtype=np.int64))
+    if spill is not None:
+        drops.near = _near(engine, spill, parts, bases + [total], store, cfg.dedup.threshold)
+        spill.remove()
+    if embed:
+        drops.semantic = _semantic(embed, drops.near, cfg)
+    return drops
+
+
+def _near(engine: Engine, spill: Spill, parts: list[Partition], bases: list[int], store: PartStore,
+          threshold: float) -> np.ndarray:
+    """Bucket shards grouped on the engine, then the groups confirmed with their documents' signatures."""
+    calls = ((f"near-dedup bucket shard {s} of {spill.shards}", (spill.load(s),)) for s in range(spill.shards))
+    groups = list(ordered_calls(engine, bucket_groups, calls))
+    docs = candidates(groups)
+    values = None
+    for p, part in enumerate(parts):    # the signatures of the candidates in each partition, from its stored result
+        lo, hi = np.searchsorted(docs, bases[p]), np.searchsorted(docs, bases[p + 1])
+        if hi > lo:
+            sig = store.signatures(part)
+            values = np.zeros((len(docs), sig.shape[1]), dtype=np.uint32) if values is None else values
+            values[lo:hi] = sig[docs[lo:hi] - bases[p]]
+    return confirm(groups, docs, values, threshold) if values is not None else _empty()
+
+
+def _semantic(embed: list[tuple[int, np.ndarray]], near: np.ndarray, cfg) -> np.ndarray:
+    """--semantic-dedup over the documents left after exact and near dedup: the numbers to drop."""
+    from .semantic_dedup import choose_drops, embed_ids
+
+    left = [(n, ids) for n, ids in embed if not _member(near, n)]
+    if not left:
+        return _empty()
+    # clusters of about sqrt(N) documents: choose_drops holds one cluster's c x c similarities at a time
+    clusters = max(1, round(len(left) ** 0.5))
+    vectors = embed_ids([ids for _, ids in left], cfg.semantic_dedup, SEMANTIC_BATCH)
+    chosen = choose_drops(vectors, cfg.semantic_drop, clusters)
+    return np.array(sorted(left[i][0] for i in chosen), dtype=np.int64)
+
+
+def _member(sorted_numbers: np.ndarray, n: int) -> bool:
+    i = np.searchsorted(sorted_numbers, n)
+    return bool(i < len(sorted_numbers) and sorted_numbers[i] == n)
