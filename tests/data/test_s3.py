@@ -11,7 +11,7 @@ import time
 import fsspec
 import pytest
 
-from mpt.data import Source, StreamConfig, StreamingDataLoader, StreamingDataset, read_index
+from mpt.data import DataInputError, Source, StreamConfig, StreamingDataLoader, StreamingDataset, read_index
 from mpt.data.prep import PrepConfig, prep
 from mpt.data.shards import INDEX_FILE
 from mpt.storage import RemoteAccessError, list_files, upload_folder
@@ -147,3 +147,38 @@ def test_missing_bucket_and_refused_credentials_are_clear_errors(s3_server, neox
             f"StreamingDataset(StreamConfig([Source({url!r})], batch_size=2))")
     run = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env, timeout=120)
     assert f"RemoteAccessError: {url}: access denied" in run.stderr and "AWS_ACCESS_KEY_ID" in run.stderr, run.stderr
+
+
+def test_prep_reads_inputs_from_s3_as_from_local_files(s3_server, neox, tmp_path):
+    """A prefix of objects (jsonl, gzipped jsonl, text) gives the bytes the same files give locally; a bad
+    line in an object is named by its URL and line; a prefix holding nothing is a clear error."""
+    import gzip
+
+    local = tmp_path / "in"
+    local.mkdir()
+    rows = [json.dumps({"text": f"document {i}: " + " ".join(f"word{(i * 7 + k) % 50}" for k in range(40))})
+            for i in range(60)]
+    (local / "a.jsonl").write_text("\n".join(rows[:30]) + "\n")
+    (local / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(rows[30:]) + "\n").encode()))
+    (local / "c.txt").write_text("a plain text file, one document")
+    fs = fsspec.filesystem("s3")
+    prefix = f"s3://{s3_server.bucket}/inputs"
+    fs.put(str(local) + "/", prefix + "/", recursive=True)
+
+    def run(inputs, out, **kw):
+        return prep(PrepConfig(inputs=inputs, out=str(tmp_path / out), tokenizer=str(neox), seq_len=32,
+                               partition_bytes=2000, progress=False, **kw))
+
+    mine, theirs = run([str(local)], "local"), run([prefix], "s3", workers=2)
+    assert (mine.records_read, mine.files) == (theirs.records_read, theirs.files) == (61, 3)
+    got = sorted(p.name for p in (tmp_path / "s3").iterdir())
+    assert got == sorted(p.name for p in (tmp_path / "local").iterdir())
+    for name in got:
+        if name != "prep.json":      # the run's claim names its inputs
+            assert (tmp_path / "s3" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+    fs.pipe(f"{prefix}/bad/x.jsonl", (rows[0] + "\n{not json\n").encode())
+    with pytest.raises(DataInputError, match=rf"^{prefix}/bad/x.jsonl:2: malformed JSON"):
+        run([f"{prefix}/bad/x.jsonl"], "bad")
+    with pytest.raises(DataInputError, match=rf"{prefix}/nothing: no .jsonl, .json, .parquet.* files there"):
+        run([f"{prefix}/nothing"], "none")

@@ -45,6 +45,7 @@ from .prep_stages import (
     split_for_tokenizer,
 )
 from .readers import MAX_RECORD_BYTES, DataInputError, ReadStats, expand_inputs
+from .remote_files import RemoteFile
 from .shards import INDEX_FILE, ShardIndex, ShardWriter, read_index
 from .tokenize import DEFAULT_TOKENIZER, TokenEncoder, load_token_encoder
 
@@ -333,7 +334,9 @@ def _claim(cfg: PrepConfig, files: list) -> dict:
             if k not in ("progress", "workers", "staging", "out", "engine", "ray_address", "partition_bytes")}
     seen = []
     for f in files:
-        if isinstance(f, Path):
+        if isinstance(f, RemoteFile):
+            seen.append([f.url, f.size, f.version])
+        elif isinstance(f, Path):
             st = f.stat()
             seen.append([str(f), st.st_size, st.st_mtime_ns])
         else:

@@ -2,7 +2,8 @@
 
 The tasks run the same stage functions as the local engine; the driver (prep.py) decides
 duplicates, packs and writes, so the output is byte for byte the local engine's. Without an
-address Ray starts on this machine; ``auto`` or HOST:PORT joins a cluster made with ``ray start``.
+address Ray starts on this machine; ``auto`` or HOST:PORT joins a cluster made with ``ray start``. The
+driver's AWS_* variables go with every task, so each node reads s3:// inputs with the driver's settings.
 A task whose worker or node dies is retried by Ray; one that keeps dying is a PrepWorkerError
 naming the partition's files, and bad input is the same typed error, same words, as in-process.
 """
@@ -10,6 +11,7 @@ naming the partition's files, and bad input is the same typed error, same words,
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from .prep_engine import PrepWorkerError
@@ -31,10 +33,14 @@ class RayEngine:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **extra)
         self.slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.tasks: dict[Callable, object] = {}
+        self.options = dict(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
+        # the driver's object-storage settings, so a task on any node reads s3:// inputs as the driver would
+        if env := {k: v for k, v in os.environ.items() if k.startswith("AWS_")}:
+            self.options["runtime_env"] = {"env_vars": env}
 
     def submit(self, fn: Callable, *args):
         if fn not in self.tasks:
-            self.tasks[fn] = self.ray.remote(fn).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
+            self.tasks[fn] = self.ray.remote(fn).options(**self.options)
         return self.tasks[fn].remote(*args)
 
     def ready(self, handle) -> bool:

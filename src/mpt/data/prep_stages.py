@@ -26,6 +26,7 @@ from .dedup import DedupConfig, fingerprint
 from .filters import FilterConfig, Verdict, judge
 from .near_dedup import band_keys
 from .readers import Document, ReadStats, read_documents, read_jsonl_span
+from .remote_files import RemoteFile
 from .shards import token_dtype
 from .tokenize import load_token_encoder
 
@@ -35,11 +36,12 @@ _SCAN = 1 << 20          # bytes read at a time when looking for line ends to cu
 @dataclass(frozen=True)
 class Piece:
     """A whole input file (``end`` -1), or bytes ``start`` to ``end`` of a ``.jsonl`` file whose first
-    line is line number ``line``."""
+    line is line number ``line``. ``remote``: the object when ``path`` is an object-storage URL."""
     path: str
     start: int = 0
     end: int = -1
     line: int = 1
+    remote: RemoteFile | None = None
 
     def where(self) -> str:
         return self.path if self.end < 0 else f"{self.path} (lines from {self.line:,}, bytes {self.start:,}-{self.end:,})"
@@ -63,13 +65,13 @@ def plan_partitions(files: list, partition_bytes: int) -> list[Partition]:
     size = 0
     for f in files:
         big_jsonl = isinstance(f, Path) and f.name.endswith(".jsonl") and f.stat().st_size > partition_bytes
-        if isinstance(f, str) or big_jsonl:     # hf:NAME streams; a big file is cut
+        if isinstance(f, str) or big_jsonl:     # hf:NAME streams; a big local file is cut (not an object)
             if current:
                 groups.append(current)
                 current, size = [], 0
             groups.extend([p] for p in (_cut_lines(f, partition_bytes) if big_jsonl else [Piece(f)]))
             continue
-        current.append(Piece(str(f)))
+        current.append(Piece(str(f), remote=f if isinstance(f, RemoteFile) else None))
         size += f.stat().st_size
         if size >= partition_bytes:
             groups.append(current)
@@ -230,6 +232,8 @@ def _documents(part: Partition, s: StageSettings, stats: ReadStats):
                                        skip_bad=s.skip_bad, stats=stats, max_record_bytes=s.max_record_bytes)
         else:
             path = piece.path if piece.path.startswith("hf:") else Path(piece.path)
+            if piece.remote is not None:
+                path = piece.remote
             yield from read_documents([path], s.text_field, skip_bad=s.skip_bad, stats=stats, hf_split=s.hf_split,
                                       max_record_bytes=s.max_record_bytes)
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .remote_files import RemoteFile, is_remote, list_remote
+
 # Plain-text files read whole, one document each: prose and source code (MPT's mix had ~10 % code).
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py", ".c", ".h", ".cc", ".cpp", ".js", ".ts", ".java", ".go",
                  ".rs", ".sh")
@@ -93,13 +95,23 @@ def expand_inputs(inputs: list[str]) -> list[Path | str]:
     first path in the order. Links to folders are followed, except back into a folder already
     walked, so a link loop (``sub/up -> ..``) neither repeats files nor walks without end.
 
+    An ``s3://`` (any fsspec) URL is one object, a prefix or a glob (:mod:`.remote_files`).
     ``hf:NAME`` or ``hf:NAME:CONFIG`` is a Hugging Face dataset (a hub name, or a local folder of
     data files), read by ``datasets.load_dataset`` in streaming mode; it is passed through as is.
     """
-    files: list[Path | str] = []
+    files: list[Path | str | RemoteFile] = []
     for item in inputs:
         path = Path(item)
-        if item.startswith("hf:"):
+        if is_remote(item):
+            found, single = list_remote(item)
+            if single and not item.endswith(SUFFIXES):
+                raise DataInputError(f"{item}: unknown file type; expected one of {', '.join(SUFFIXES)}")
+            found = [f for f in found if f.name.endswith(SUFFIXES)]
+            if not found:
+                raise DataInputError(f"{item}: no {', '.join(SUFFIXES)} files there (an object, a prefix holding "
+                                     "some, or a glob)")
+            files.extend(found)
+        elif item.startswith("hf:"):
             if len(item) <= 3:
                 raise DataInputError(f"{item!r}: expected hf:NAME or hf:NAME:CONFIG")
             files.append(item)
@@ -131,7 +143,7 @@ def _identity(path: str | Path) -> tuple[int, int]:
 def _once_each(files: list[Path | str]) -> list[Path | str]:
     seen, kept = set(), []
     for f in files:
-        key = f if isinstance(f, str) else _identity(f)
+        key = str(f) if isinstance(f, str | RemoteFile) else _identity(f)
         if key not in seen:
             seen.add(key)
             kept.append(f)
@@ -229,7 +241,9 @@ def _decode(raw: bytes, where: str, stats: ReadStats) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _open_bytes(path: Path):
+def _open_bytes(path: Path | RemoteFile):
+    if isinstance(path, RemoteFile):
+        return path.open_bytes()
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
@@ -470,7 +484,7 @@ def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool,
 
     row = 0
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path.open_raw() if isinstance(path, RemoteFile) else path)
         names = pf.schema_arrow.names
         if text_field not in names:
             raise DataInputError(f"{path}: no column {text_field!r}; the file has {', '.join(map(repr, names))}. "
@@ -539,7 +553,7 @@ def read_documents(files: list[Path | str], text_field: str = "text", *, skip_ba
         if isinstance(path, str) and path.startswith("hf:"):
             yield from _read_hf(path, text_field, hf_split, stats, skip_bad)
             continue
-        path = Path(path)
+        path = path if isinstance(path, RemoteFile) else Path(path)
         name = path.name.removesuffix(".gz")
         if name.endswith(".jsonl"):
             yield from _read_jsonl(path, text_field, stats, skip_bad, max_record_bytes)
