@@ -141,17 +141,6 @@ def test_run_mix_refuses_when_nothing_is_there(tmp_path, monkeypatch):
         run_mix("mpt-7b-mix", str(tmp_path / "out"), allow_missing=True)
 
 
-def test_an_option_prep_lacks_is_refused_by_name_before_any_work(recipe, tmp_path, monkeypatch):
-    monkeypatch.setattr("mpt.data.prep_mix.PENDING_OPTIONS", {"future_filter": "--future-filter"})
-    data = yaml.safe_load(recipe.read_text())
-    data["sources"]["code"]["prep"] = {"future_filter": 3}
-    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert load_mix(str(recipe)).options("code") == {**data["prep"], "future_filter": 3}    # reads
-    with pytest.raises(MixError, match=r"sources\.code\.prep\.future_filter.*no --future-filter option"):
-        run_mix(str(recipe), str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
-
-
 def test_a_source_asking_semantic_dedup_it_cannot_have_stops_the_mix_before_any_work(recipe, tmp_path, capsys):
     data = yaml.safe_load(recipe.read_text())
     data["sources"]["code"]["prep"] = {"semantic_dedup": str(tmp_path / "no-model"), "semantic_drop": 0.2}
@@ -159,5 +148,5 @@ def test_a_source_asking_semantic_dedup_it_cannot_have_stops_the_mix_before_any_
     assert set(load_mix(str(recipe)).sources) == set(SOURCES)     # the recipe reads; the model is checked to run
     out = tmp_path / "out"
     assert main(["prep", "--mix", str(recipe), "--out", str(out), "--no-progress"]) == 2
-    err = capsys.readouterr().err    # no such option yet, or no such model folder: either way named, before work
+    err = capsys.readouterr().err    # no such model folder: named, before work
     assert "source 'code'" in err and "--semantic-dedup" in err and not out.exists()
