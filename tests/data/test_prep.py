@@ -300,3 +300,49 @@ def test_prep_command_line_errors_name_the_flag(tmp_path, capsys):
     path.write_text("inputs: [a.jsonl]\nout: o\nmode: docs\nshard_mb: 1\nnear_dedup: true\n")
     cfg = prep_config(parse(["prep", "--config", str(path), "--no-progress"]))
     assert (cfg.mode, cfg.shard_bytes, cfg.dedup.near, cfg.progress) == ("docs", 1 << 20, True, False)
+
+
+def test_cli_keeps_values_of_a_field_and_documents_of_enough_paragraphs(tmp_path, capsys):
+    """The Stack's language selection (--keep-values) and S2ORC's paragraph rule (--min-paragraphs), run by the
+    real command line over jsonl (cut into partitions) and parquet in two worker processes."""
+    langs = ["Python", "Go", "Ruby", "Markdown"]
+    records = []
+    for i in range(120):
+        paragraphs = [f"w{i} w{200 + k}\nw{300 + k} w{300 + k}" for k in range(1 + i % 3)]
+        records.append({"content": (" \r\n\r\n" if i % 2 else "\n\n\n").join(paragraphs), "lang": langs[i % 4],
+                        "id": i})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:80]))
+    pq.write_table(pa.table({k: [r[k] for r in records[80:]] for k in ("content", "lang", "id")}), folder / "b.parquet")
+    tok = word_tokenizer(tmp_path / "tok.json", 400)
+    out = tmp_path / "out"
+    argv = ["prep", str(folder), "--tokenizer", tok, "--text-field", "content", "--keep-values", "lang=Python",
+            "--keep-values", "lang=Go", "--min-paragraphs", "2", "--mode", "docs", "--workers", "2",
+            "--partition-bytes", "1500", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "by filter: keep_values:lang 60, min_paragraphs 20" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["filtered"] == {"keep_values:lang": 60, "min_paragraphs": 20}
+    assert summary["records_read"] == 120 and summary["missing_field_skipped"] == 0
+    kept = [r["id"] for r in records if r["lang"] in ("Python", "Go") and 1 + r["id"] % 3 >= 2]
+    index = read_index(out)
+    firsts = [int(s[0]) - 2 for info in index.shards for s in Shard(out / info.file, np.dtype("<u2"))]
+    assert firsts == kept and len(kept) == 40          # each document's first word names it: w{id} is id + 2
+
+    # a record without the field: an error naming the file, line and field; with --skip-bad, counted
+    with (folder / "a.jsonl").open("a") as f:
+        f.write(json.dumps({"content": "w1 w2", "id": 999}) + "\n")
+    assert main([*argv, "--out", str(tmp_path / "o2")]) == 2
+    assert (f"{folder / 'a.jsonl'}:81: no field 'lang' (the record has 'content', 'id'), so --keep-values cannot "
+            "select it") in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "o3"), "--skip-bad"]) == 0
+    summary = json.loads((tmp_path / "o3" / "summary.json").read_text())
+    assert (summary["missing_field_skipped"], summary["documents_written"]) == (1, 40)
+    assert summary["bad_examples"] == [f"{folder / 'a.jsonl'}:81: no field 'lang'"]
+    # the flags' values are checked before any work
+    assert main([*argv, "--out", str(tmp_path / "o4"), "--keep-values", "lang"]) == 2
+    assert "--keep-values 'lang': expected FIELD=VALUE[,VALUE...]" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "o5"), "--min-paragraphs", "-1"]) == 2
+    assert "min_paragraphs=-1 must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o4").exists() and not (tmp_path / "o5").exists()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import random
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from mpt.cli import main
 from mpt.config import apply_overrides, from_dict
 from mpt.data import read_index
+from mpt.data.filters import parse_keep_values
 from mpt.data.prep_mix import MixError, load_mix, mix_names, run_mix
 from mpt.train.recipe import DataSection
 
@@ -127,6 +130,11 @@ def test_shipped_mpt_7b_mix_parses_and_validates():
     assert all(s.inputs == [f"data/raw/{n}/"] for n, s in recipe.sources.items())
     assert recipe.options("mc4")["mc4"] is True
     assert recipe.options("s2orc")["lang"] == ["en"] and recipe.options("s2orc")["min_words"] == 500
+    assert recipe.options("s2orc")["min_paragraphs"] == 5
+    # The Stack's two sources select records by their `lang` column, code and Markdown apart
+    stack, markdown = (parse_keep_values(recipe.options(n)["keep_values"]) for n in ("the-stack", "the-stack-markdown"))
+    assert markdown == {"lang": ["Markdown"]} and list(stack) == ["lang"] and "Markdown" not in stack["lang"]
+    assert recipe.options("the-stack")["text_field"] == recipe.options("the-stack-markdown")["text_field"] == "content"
     assert recipe.options("c4")["semantic_drop"] == 0.2
     # by path too
     assert load_mix(str(__import__("mpt").__path__[0] + "/configs/data/mpt-7b-mix.yaml")).sources.keys() == \
@@ -141,17 +149,6 @@ def test_run_mix_refuses_when_nothing_is_there(tmp_path, monkeypatch):
         run_mix("mpt-7b-mix", str(tmp_path / "out"), allow_missing=True)
 
 
-def test_an_option_prep_lacks_is_refused_by_name_before_any_work(recipe, tmp_path, monkeypatch):
-    monkeypatch.setattr("mpt.data.prep_mix.PENDING_OPTIONS", {"future_filter": "--future-filter"})
-    data = yaml.safe_load(recipe.read_text())
-    data["sources"]["code"]["prep"] = {"future_filter": 3}
-    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert load_mix(str(recipe)).options("code") == {**data["prep"], "future_filter": 3}    # reads
-    with pytest.raises(MixError, match=r"sources\.code\.prep\.future_filter.*no --future-filter option"):
-        run_mix(str(recipe), str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
-
-
 def test_a_source_asking_semantic_dedup_it_cannot_have_stops_the_mix_before_any_work(recipe, tmp_path, capsys):
     data = yaml.safe_load(recipe.read_text())
     data["sources"]["code"]["prep"] = {"semantic_dedup": str(tmp_path / "no-model"), "semantic_drop": 0.2}
@@ -159,5 +156,41 @@ def test_a_source_asking_semantic_dedup_it_cannot_have_stops_the_mix_before_any_
     assert set(load_mix(str(recipe)).sources) == set(SOURCES)     # the recipe reads; the model is checked to run
     out = tmp_path / "out"
     assert main(["prep", "--mix", str(recipe), "--out", str(out), "--no-progress"]) == 2
-    err = capsys.readouterr().err    # no such option yet, or no such model folder: either way named, before work
+    err = capsys.readouterr().err    # no such model folder: named, before work
     assert "source 'code'" in err and "--semantic-dedup" in err and not out.exists()
+
+
+def test_shipped_mix_selects_the_stacks_languages_and_s2orcs_papers_at_tiny_scale(tmp_path, monkeypatch, capsys):
+    """mpt-7b-mix itself, on three of its sources: The Stack's code and Markdown split one table by `lang`, and
+    S2ORC keeps English papers of >= 500 words in >= 5 paragraphs; the other sources are absent and skipped."""
+    monkeypatch.chdir(tmp_path)
+    langs = ["Python", "Java", "Ruby", "Markdown"]        # Python and Java are in the recipe's example list
+    table = pa.table({"content": [f"w{i} w{i + 1} w{i + 2}" for i in range(40)], "lang": [langs[i % 4] for i in range(40)]})
+    for name in ("the-stack", "the-stack-markdown"):      # one copy, given to both sources
+        (tmp_path / "data" / "raw" / name).mkdir(parents=True)
+        pq.write_table(table, tmp_path / "data" / "raw" / name / "stack.parquet")
+    sentence = "The results of this study show that the proposed method improves accuracy on every benchmark."
+
+    def paper(paragraphs: int, sentences: int) -> str:
+        return "\r\n\r\n".join(" ".join([sentence] * sentences) for _ in range(paragraphs))
+
+    papers = [paper(6, 8), paper(4, 12), paper(6, 1), paper(5, 7), paper(9, 6)]    # 0, 3, 4 pass
+    (tmp_path / "data" / "raw" / "s2orc").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "s2orc" / "papers.jsonl").write_text("".join(json.dumps({"text": p}) + "\n"
+                                                                              for p in papers))
+    tok = word_tokenizer(tmp_path / "tok.json", 60)
+    out = tmp_path / "out"
+    assert main(["prep", "--mix", "mpt-7b-mix", "--out", str(out), "--allow-missing", "--tokenizer", tok,
+                 "--seq-len", "4", "--workers", "1", "--no-exact-dedup", "--no-progress"]) == 0
+    capsys.readouterr()
+    summaries = {n: json.loads((out / n / "summary.json").read_text()) for n in ("the-stack", "the-stack-markdown",
+                                                                                 "s2orc")}
+    assert summaries["the-stack"]["filtered"] == {"keep_values:lang": 20}           # Ruby and Markdown
+    assert summaries["the-stack"]["documents_written"] == 20
+    assert summaries["the-stack-markdown"]["filtered"] == {"keep_values:lang": 30}
+    assert summaries["the-stack-markdown"]["documents_written"] == 10
+    assert summaries["s2orc"]["filtered"] == {"min_paragraphs": 1, "min_words": 1}
+    assert summaries["s2orc"]["documents_written"] == 3 and summaries["s2orc"]["languages_kept"] == {"en": 3}
+    total = 0.10 + 0.035 + 0.033
+    assert sources_of(out) == [{"path": str(out / n), "proportion": pytest.approx(p / total)}
+                               for n, p in (("the-stack", 0.10), ("the-stack-markdown", 0.035), ("s2orc", 0.033))]

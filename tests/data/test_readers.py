@@ -312,3 +312,66 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, line, message):
     with pytest.raises(DataInputError) as err:
         list(read_json_lines(path))
     assert str(err.value).startswith(f"{path}:2: {message}")
+
+
+# --- field values for --keep-values ----------------------------------------------------------------------
+
+
+def test_documents_carry_the_requested_fields_from_every_record_format(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"content": "x = 1", "lang": "Python", "stars": 5}\n\n'
+                                      '{"content": "# Title", "lang": "Markdown", "stars": 0, "fork": true}\n')
+    (tmp_path / "b.json").write_text(json.dumps([{"content": "int main;", "lang": "C", "stars": 12}]))
+    pq.write_table(pa.table({"content": ["fn main() {}"], "lang": ["Rust"], "stars": [7]}), tmp_path / "c.parquet")
+    files = expand_inputs([str(tmp_path)])
+    docs = list(read_documents(files, "content", fields=("lang", "stars")))
+    assert [(d.text, d.line, d.fields) for d in docs] == [
+        ("x = 1", 1, {"lang": "Python", "stars": "5"}), ("# Title", 3, {"lang": "Markdown", "stars": "0"}),
+        ("int main;", 1, {"lang": "C", "stars": "12"}), ("fn main() {}", 1, {"lang": "Rust", "stars": "7"})]
+    assert [d.fields for d in read_documents([tmp_path / "a.jsonl"], "content", fields=("fork",), skip_bad=True)] \
+        == [{"fork": "true"}]                             # a boolean as JSON writes it; the first record lacks it
+    assert all(d.fields == {} for d in read_documents(files, "content"))      # nothing asked, nothing carried
+    # the text field itself may be selected by: one column read, both handed over
+    assert [d.fields for d in read_documents([tmp_path / "c.parquet"], "lang", fields=("lang",))] == [{"lang": "Rust"}]
+
+
+def test_a_record_without_the_selected_field_is_a_bad_record(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"content": "a", "lang": "Go"}\n{"content": "b", "ext": "go"}\n{"content": "c", "lang": null}\n'
+                   '{"content": "d", "lang": ["Go"]}\n{"content": "e", "lang": "Go"}\n')
+    with pytest.raises(DataInputError) as err:
+        list(read_documents([src], "content", fields=("lang",)))
+    assert str(err.value) == (f"{src}:2: no field 'lang' (the record has 'content', 'ext'), so --keep-values cannot "
+                              "select it; fix the field name, or pass --skip-bad to skip and count such records")
+    stats = ReadStats()
+    assert [d.text for d in read_documents([src], "content", fields=("lang",), skip_bad=True, stats=stats)] == ["a", "e"]
+    assert (stats.records, stats.missing_field) == (5, 3)
+    assert stats.bad_examples == [f"{src}:2: no field 'lang'", f"{src}:3: field 'lang' is None",
+                                  f"{src}:4: field 'lang' is ['Go']"]
+    array = tmp_path / "in.json"
+    array.write_text(json.dumps([{"content": "a", "lang": "Go"}, {"content": "b"}]))
+    with pytest.raises(DataInputError, match=re.escape(f"{array} (array element 2): no field 'lang' (the record has "
+                                                       "'content'), so --keep-values cannot select it")):
+        list(read_documents([array], "content", fields=("lang",)))
+    # Parquet: a file without the column, or a null in it
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"content": ["a", "b"], "ext": ["go", "rs"]}), table)
+    with pytest.raises(DataInputError, match=re.escape(f"{table}: no column 'lang' to select by (--keep-values); "
+                                                       "the file has 'content', 'ext'")):
+        list(read_documents([table], "content", fields=("lang",)))
+    nulls = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"content": ["a", "b"], "lang": ["Go", None]}), nulls)
+    with pytest.raises(DataInputError, match=re.escape(f"{nulls} row 2: column 'lang' is None, not a string or an "
+                                                       "integer, so --keep-values cannot select it")):
+        list(read_documents([nulls], "content", fields=("lang",)))
+    stats = ReadStats()
+    assert [d.text for d in read_documents([nulls], "content", fields=("lang",), skip_bad=True, stats=stats)] == ["a"]
+    assert stats.missing_field == 1
+    # a text file has no fields at all
+    txt = tmp_path / "notes.md"
+    txt.write_text("# notes")
+    with pytest.raises(DataInputError, match=re.escape(f"{txt}: a text file has no field 'lang', so --keep-values "
+                                                       "cannot select it")):
+        list(read_documents([txt], fields=("lang",)))
+    stats = ReadStats()
+    assert list(read_documents([txt], fields=("lang",), skip_bad=True, stats=stats)) == []
+    assert (stats.records, stats.missing_field) == (1, 1)

@@ -1,17 +1,19 @@
-"""Document quality filters: the mC4 rules of the MPT-7B release, and a generic length filter.
+"""Document quality filters: the mC4 rules of the MPT-7B release, length, paragraph and field-value rules.
 
 The MPT-7B appendix states the mC4 rules: the most common character is alphabetic; at least 92 % of
 characters are alphanumeric; a document of more than 500 words has a most common word of at most
-7.5 % of its words, else at most 30 %; and 200 <= words <= 50,000 (all bounds inclusive).
-:func:`first_failed_rule` names the first rule a document fails. Every rule is off unless switched on:
-``FilterConfig.mc4()`` (``mpt prep --mc4``) switches on all four with those values, and each can be
-changed or turned off on its own (``None`` / ``False``); ``min_chars``/``max_chars`` bound ``len(text)``.
-``lang`` keeps the documents identified (:mod:`.langid`) as one of those languages with a probability of
-at least ``lang_min_score`` (S2ORC's English filter); :func:`judge` runs it after the other rules.
+7.5 % of its words, else at most 30 %; and 200 <= words <= 50,000 (all bounds inclusive). Every rule is
+off unless switched on; ``FilterConfig.mc4()`` (``mpt prep --mc4``) switches on those four. Also:
+``min_chars``/``max_chars``, ``min_paragraphs`` (S2ORC's ">= 5 paragraphs", :func:`count_paragraphs`),
+``keep_values`` (records whose field is one of some values: The Stack's languages, :func:`unselected`) and
+``lang`` (language ID, :mod:`.langid`: S2ORC's English filter), run last by :func:`judge` as it costs most.
+:func:`first_failed_rule` names the first rule a text fails: the key it is counted under in the summary.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,6 +32,9 @@ class FilterConfig:
     max_words: int | None = None                  # mC4: 50,000
     min_chars: int | None = None
     max_chars: int | None = None
+    min_paragraphs: int | None = None             # S2ORC: 5 (see count_paragraphs)
+    # field (JSON field / parquet column) -> the values to keep; a record whose field holds another is dropped
+    keep_values: dict[str, list[str]] = field(default_factory=dict)
     lang: list[str] = field(default_factory=list)   # ISO 639 codes to keep; empty: no language ID
     lang_min_score: float = 0.0                      # the identified language's least probability
 
@@ -50,6 +55,14 @@ class FilterConfig:
                     raise ValueError(f"filter {name}={v} must be >= 0")
             if a is not None and b is not None and a > b:
                 raise ValueError(f"filter {lo}={a} is larger than {hi}={b}; no document could pass")
+        if self.min_paragraphs is not None and self.min_paragraphs < 0:
+            raise ValueError(f"filter min_paragraphs={self.min_paragraphs} must be >= 0")
+        for name, values in self.keep_values.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"filter keep_values: field name {name!r} must be a non-empty string")
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"filter keep_values[{name!r}] = {values!r}: expected a non-empty list of strings "
+                                 "(quote numbers and true/false in YAML)")
         if not 0.0 <= self.lang_min_score <= 1.0:
             raise ValueError(f"filter lang_min_score={self.lang_min_score} must be a probability between 0 and 1")
         if self.lang_min_score and not self.lang:
@@ -60,7 +73,47 @@ class FilterConfig:
     @property
     def active(self) -> bool:
         settings = (v for k, v in vars(self).items() if k not in ("long_doc_words", "lang_min_score"))
-        return any(v not in (None, False, []) for v in settings)
+        return any(v not in (None, False, [], {}) for v in settings)
+
+
+# A paragraph: a line holding a non-space character, with the lines after it that hold one too. The
+# look-behind lets a match start only where a line starts, and the possessive quantifiers never give back,
+# so a long blank stretch is scanned once rather than once per character in it.
+_PARAGRAPH = re.compile(r"(?<![^\n])[^\S\n]*+\S[^\n]*+(?:\n[^\S\n]*+\S[^\n]*+)*+")
+
+
+def count_paragraphs(text: str, at_most: int | None = None) -> int:
+    """The paragraphs of ``text``, counting no further than ``at_most``.
+
+    Lines end at "\n" (the "\r" of a CRLF is then whitespace at the line's end); a line is blank when it
+    holds only whitespace (``str.isspace``: spaces, tabs, CR, no-break spaces...) or nothing. A paragraph
+    is a run of consecutive non-blank lines, so paragraphs are separated by one or more blank lines, and
+    blank lines before the first or after the last separate nothing. The text is scanned, not copied.
+    """
+    return sum(1 for _ in itertools.islice(_PARAGRAPH.finditer(text), at_most))
+
+
+def unselected(fields: dict[str, str], keep: dict[str, list[str]]) -> str | None:
+    """``keep_values:FIELD`` for the first field of ``keep`` whose value in ``fields`` (a record's, as the
+    readers hand them over) is not one of those to keep; None when every one is."""
+    for name, values in keep.items():
+        if fields[name] not in values:
+            return f"keep_values:{name}"
+    return None
+
+
+def parse_keep_values(items: list[str]) -> dict[str, list[str]]:
+    """``["lang=Python,Java", "lang=Go"]`` (``--keep-values``, repeatable) -> ``{"lang": ["Python", "Java", "Go"]}``."""
+    keep: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, listed = item.partition("=")
+        values = [v.strip() for v in listed.split(",")]
+        if not sep or not name.strip() or not all(values):
+            raise ValueError(f"--keep-values {item!r}: expected FIELD=VALUE[,VALUE...] with no empty value, "
+                             "e.g. lang=Python,Java")
+        kept = keep.setdefault(name.strip(), [])
+        kept.extend(v for v in values if v not in kept)
+    return keep
 
 
 class Verdict(NamedTuple):
@@ -86,6 +139,8 @@ def first_failed_rule(text: str, cfg: FilterConfig) -> str | None:
         return "min_chars"
     if cfg.max_chars is not None and n_chars > cfg.max_chars:
         return "max_chars"
+    if cfg.min_paragraphs is not None and count_paragraphs(text, cfg.min_paragraphs) < cfg.min_paragraphs:
+        return "min_paragraphs"
     if cfg.most_common_char_alpha or cfg.min_alnum_ratio is not None:
         # The appendix does not define "characters": we count the non-whitespace ones, since counting
         # spaces would make the space the most common character of nearly every English text, and the

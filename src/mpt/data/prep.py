@@ -24,7 +24,7 @@ from .. import storage
 from ..config import option
 from ..storage import write_atomic
 from .dedup import DedupConfig
-from .filters import FilterConfig
+from .filters import FilterConfig, parse_keep_values
 from .prep_dedup import Drops, decide
 from .prep_engine import Engine, LocalEngine, PartStore, ordered_results
 from .prep_folder import (
@@ -159,6 +159,12 @@ class PrepCommand(PrepConfig):
     max_words: int | None = option(None, "override the maximum word count (mC4: 50,000)")
     min_chars: int | None = option(None, "drop documents shorter than this (off by default)")
     max_chars: int | None = option(None, "drop documents longer than this (off by default)")
+    min_paragraphs: int | None = option(None, "drop documents of fewer paragraphs: runs of non-blank lines, "
+                                        "separated by blank or whitespace-only lines (S2ORC: 5; off by default)")
+    keep_values: list[str] = option(help="keep only the records whose JSON field / parquet column FIELD holds one "
+                                    "of these values, e.g. lang=Python,Java for The Stack's languages (repeat for "
+                                    "more fields or values); a record without FIELD is a bad record, as one without "
+                                    "--text-field is", factory=list, repeat=True, metavar="FIELD=V1,V2")
     lang: list[str] = option(help="keep only documents identified as this language (ISO 639 code, e.g. en; "
                              "repeat for several)", factory=list, repeat=True, metavar="CODE")
     lang_min_score: float | None = option(None, "least probability of the identified language (0 to 1) for "
@@ -179,9 +185,11 @@ class PrepCommand(PrepConfig):
         cfg = copy.deepcopy(PrepConfig(**base))   # the folding below must not touch self's sections
         if self.mc4:
             cfg.filters = FilterConfig.mc4()   # the whole rule set, as the flag always meant
-        for name in ("min_words", "max_words", "min_chars", "max_chars", "lang", "lang_min_score"):
+        for name in ("min_words", "max_words", "min_chars", "max_chars", "min_paragraphs", "lang", "lang_min_score"):
             if getattr(self, name) not in (None, []):
                 setattr(cfg.filters, name, getattr(self, name))
+        if self.keep_values:
+            cfg.filters.keep_values = {**cfg.filters.keep_values, **parse_keep_values(self.keep_values)}
         if self.shard_mb is not None:
             cfg.shard_bytes = int(self.shard_mb * (1 << 20))
         if not self.exact_dedup:

@@ -29,8 +29,6 @@ from .readers import DataInputError, expand_inputs
 MIX_FILE = "mix.yaml"
 MIX_SUMMARY_FILE = "mix-summary.json"
 TOLERANCE = 1e-6
-# Options a recipe may name before this `mpt prep` has them: refused with their own message, not "unknown key".
-PENDING_OPTIONS = {"semantic_dedup": "--semantic-dedup", "semantic_drop": "--semantic-drop"}
 # Set by the mix itself: one source's inputs and its folder under --out.
 _RESERVED = ("inputs", "out", "mix", "allow_missing")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -107,31 +105,26 @@ def _check(recipe: MixRecipe) -> None:
         for key in src.prep:
             if key in _RESERVED:
                 raise MixError(f"{where}: `sources.{name}.prep.{key}` is set by the mix; use `sources.{name}.inputs`")
-        _prep_command(recipe, name, "unused", allow_pending=True)   # unknown or invalid options: before any work
+        _prep_command(recipe, name, "unused", check_model=False)   # unknown or invalid options: before any work
     total = sum(s.proportion for s in recipe.sources.values())
     if abs(total - 1.0) > TOLERANCE:
         shares = ", ".join(f"{n} {s.proportion}" for n, s in recipe.sources.items())
         raise MixError(f"{where}: the proportions sum to {total:.9g}, not 1 (within {TOLERANCE:g}): {shares}")
 
 
-def _prep_command(recipe: MixRecipe, name: str, out: str, allow_pending: bool = False,
-                  overrides: dict | None = None):
-    """The `mpt prep` command one source runs; options the recipe or ``overrides`` set, checked."""
+def _prep_command(recipe: MixRecipe, name: str, out: str, overrides: dict | None = None, check_model: bool = True):
+    """The `mpt prep` command one source runs; options the recipe or ``overrides`` set, checked. Without
+    ``check_model`` the --semantic-dedup model folder is not: it need not exist to read a recipe, only to run it."""
     from .prep import PrepCommand
 
-    known = {f.name for f in dataclasses.fields(PrepCommand)}
     options = {**recipe.options(name), **(overrides or {})}
-    for key, flag in PENDING_OPTIONS.items():
-        if allow_pending:      # checked when the source runs (its model folder need not exist to read a recipe)
-            options.pop(key, None)
-        elif key in options and key not in known:
-            raise MixError(f"{recipe.where}: `sources.{name}.prep.{key}`: this `mpt prep` has no {flag} option "
-                           f"yet, so source {name!r} cannot be prepared as the recipe asks; remove the key "
-                           "(no semantic deduplication) or update mpt")
     data = {**options, "inputs": list(recipe.sources[name].inputs), "out": out}
     try:
         cmd = from_dict(PrepCommand, data, f"sources.{name}.prep", validate=False)
-        cmd.to_config().validate()
+        cfg = cmd.to_config()
+        if not check_model:
+            cfg.semantic_dedup = None
+        cfg.validate()
     except (ConfigError, ValueError) as err:
         raise MixError(f"{recipe.where}: source {name!r}: {err}") from None
     return cmd

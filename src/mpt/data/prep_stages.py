@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .dedup import DedupConfig, fingerprint
-from .filters import FilterConfig, Verdict, judge
+from .filters import FilterConfig, Verdict, judge, unselected
 from .near_dedup import band_keys
 from .readers import Document, ReadStats, read_documents, read_jsonl_span
 from .remote_files import RemoteFile
@@ -214,9 +214,12 @@ def partition_key(claim: dict, part: Partition) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str | None, tuple | None, str | None]:
+def analyse(text: str, filters: FilterConfig, dedup: DedupConfig, fields: dict[str, str] | None = None
+            ) -> tuple[str | None, tuple | None, str | None]:
     """Per-document work that needs no shared state: (why it is dropped or None, dedup fingerprint, the
-    language identified where --lang asked)."""
+    language identified where --lang asked). ``fields``: the record's values that --keep-values selects by."""
+    if filters.keep_values and (rule := unselected(fields or {}, filters.keep_values)) is not None:
+        return rule, None, None      # not of this source at all: counted before it could count as empty
     if not text or text.isspace():     # not text.strip(): that copies a text of any size
         return "empty", None, None
     rule, lang = judge(text, filters) if filters.active else Verdict(None)
@@ -226,16 +229,18 @@ def analyse(text: str, filters: FilterConfig, dedup: DedupConfig) -> tuple[str |
 
 
 def _documents(part: Partition, s: StageSettings, stats: ReadStats):
+    fields = tuple(s.filters.keep_values)
     for piece in part.pieces:
         if piece.end >= 0:
             yield from read_jsonl_span(Path(piece.path), piece.start, piece.end, piece.line, s.text_field,
-                                       skip_bad=s.skip_bad, stats=stats, max_record_bytes=s.max_record_bytes)
+                                       fields=fields, skip_bad=s.skip_bad, stats=stats,
+                                       max_record_bytes=s.max_record_bytes)
         else:
             path = piece.path if piece.path.startswith("hf:") else Path(piece.path)
             if piece.remote is not None:
                 path = piece.remote
-            yield from read_documents([path], s.text_field, skip_bad=s.skip_bad, stats=stats, hf_split=s.hf_split,
-                                      max_record_bytes=s.max_record_bytes)
+            yield from read_documents([path], s.text_field, fields=fields, skip_bad=s.skip_bad, stats=stats,
+                                      hf_split=s.hf_split, max_record_bytes=s.max_record_bytes)
 
 
 def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
@@ -248,7 +253,7 @@ def prepare_partition(part: Partition, s: StageSettings) -> PartitionResult:
     try:
         for doc in _documents(part, s, result.stats):
             result.text_chars += len(doc.text)
-            dropped, fp, lang = analyse(doc.text, s.filters, s.dedup)
+            dropped, fp, lang = analyse(doc.text, s.filters, s.dedup, doc.fields)
             if lang is not None:
                 (lang_dropped if dropped == "lang" else lang_kept)[lang] += 1
             if dropped == "empty":

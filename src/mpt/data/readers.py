@@ -1,12 +1,12 @@
 """Read documents from jsonl / json / txt / parquet files, folders, globs and Hugging Face datasets.
 
-Every document carries the file and line (or row) it came from, so that any later error can
-name them. A ``.txt`` file (or another plain-text file: ``.md``, ``.py``, ... see TEXT_SUFFIXES) is one document, read as Python's text mode reads it (a UTF-8
-byte-order mark removed, CRLF line ends turned into LF). Bad input is an error that says where
-and what to do, unless the caller asks to skip bad records, in which case each skip is counted
-in ``ReadStats``. Hostile input costs bounded time and memory: a record is read a piece at a time
-up to ``max_record_bytes`` (a gzip bomb, a sparse file of NULs), a damaged ``.gz`` or ``.parquet``
-is named where the damage is met, and a link loop under a folder or glob is walked once.
+Every document carries the file and line (or row) it came from, so that any later error can name them,
+and the values of the fields asked for (``fields``: what ``--keep-values`` selects by). A ``.txt`` file (or
+another plain-text file: ``.md``, ``.py``, ... see TEXT_SUFFIXES) is one document, read as Python's text mode
+reads it (a UTF-8 byte-order mark removed, CRLF line ends turned into LF). Bad input is an error that says
+where and what to do, unless the caller asks to skip bad records, each skip then counted in ``ReadStats``.
+Hostile input costs bounded time and memory: a record is read a piece at a time up to ``max_record_bytes``
+(a gzip bomb, a sparse file of NULs), a damaged ``.gz`` / ``.parquet`` is named where met, a link loop walked once.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Document:
     text: str
     source: str      # file path
     line: int        # 1-based line (jsonl), row (parquet, json array) or 1 (txt)
+    fields: dict[str, str] = field(default_factory=dict)   # the requested fields' values, as text (see _values)
 
 
 # the ReadStats counter a skipped bad record or file is counted under
@@ -301,6 +302,34 @@ def _field_text(record: object, text_field: str, where: str, stats: ReadStats, s
     return value
 
 
+def _values(record: dict, fields: tuple[str, ...], where: str, stats: ReadStats, skip_bad: bool,
+            noun: str = "field") -> dict[str, str] | None:
+    """The values of ``fields`` in ``record`` (a string as it is, an integer or boolean as JSON writes it:
+    5, true), or None when one is missing or holds anything else: a bad record, like one without its text."""
+    values = {}
+    for name in fields:
+        value = record.get(name)
+        if isinstance(value, str):
+            values[name] = value
+            continue
+        if isinstance(value, int):     # bool included
+            values[name] = json.dumps(value)
+            continue
+        if name in record:
+            note = f"{noun} {name!r} is {_short(value)}"
+            error = f"{note}, not a string or an integer"
+        else:
+            keys = list(record)
+            more = f" and {len(keys) - 10:,} more" if len(keys) > 10 else ""
+            note = f"no {noun} {name!r}"
+            error = f"{note} (the record has {', '.join(map(_short, keys[:10])) or 'no fields'}{more})"
+        stats.skip_or_raise(skip_bad, "missing_field", f"{where}: {note}",
+                            f"{where}: {error}, so --keep-values cannot select it; fix the {noun} name, or pass "
+                            "--skip-bad to skip and count such records")
+        return None
+    return values
+
+
 def _json_problem(line: str) -> tuple[object, str | None]:
     """(the parsed record, None), or (None, why it cannot be parsed)."""
     try:
@@ -379,7 +408,7 @@ class _Span:
         return data
 
 
-def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, limit: int,
+def _read_jsonl(path: Path, text_field: str, fields: tuple[str, ...], stats: ReadStats, skip_bad: bool, limit: int,
                 span: tuple[int, int, int] | None = None) -> Iterator[Document]:
     lineno = span[2] - 1 if span else 0
     with _open_bytes(path) as f:
@@ -401,8 +430,8 @@ def _read_jsonl(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, l
                                         "skip and count such lines")
                     continue
                 text = _field_text(record, text_field, where, stats, skip_bad)
-                if text is not None:
-                    yield Document(text, str(path), lineno)
+                if text is not None and (values := _values(record, fields, where, stats, skip_bad)) is not None:
+                    yield Document(text, str(path), lineno, values)
         except _GZIP_DAMAGE as err:
             _corrupt(f"{path}:{lineno + 1}", path, _gzip_damage(err), lineno, "lines", stats, skip_bad)
 
@@ -434,7 +463,8 @@ def _read_whole(path: Path, limit: int, stats: ReadStats, skip_bad: bool, *, bin
     return raw
 
 
-def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, limit: int) -> Iterator[Document]:
+def _read_json(path: Path, text_field: str, fields: tuple[str, ...], stats: ReadStats, skip_bad: bool,
+               limit: int) -> Iterator[Document]:
     try:
         with _open_bytes(path) as f:
             head = f.read(4096).lstrip()
@@ -442,7 +472,7 @@ def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, li
         _corrupt(f"{path}", path, _gzip_damage(err), 0, "", stats, skip_bad)
         return
     if not head.startswith(b"["):
-        yield from _read_jsonl(path, text_field, stats, skip_bad, limit)  # a .json file of one object per line
+        yield from _read_jsonl(path, text_field, fields, stats, skip_bad, limit)  # a .json file of one object per line
         return
     raw = _read_whole(path, limit, stats, skip_bad, binary_check=False,
                       record="this JSON array file (parsed whole; JSON Lines is read a line at a time)")
@@ -460,13 +490,19 @@ def _read_json(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, li
         return
     for i, record in enumerate(records, start=1):
         stats.records += 1
-        text = _field_text(record, text_field, f"{path} (array element {i})", stats, skip_bad)
-        if text is not None:
-            yield Document(text, str(path), i)
+        where = f"{path} (array element {i})"
+        text = _field_text(record, text_field, where, stats, skip_bad)
+        if text is not None and (values := _values(record, fields, where, stats, skip_bad)) is not None:
+            yield Document(text, str(path), i, values)
 
 
-def _read_txt(path: Path, stats: ReadStats, skip_bad: bool, limit: int) -> Iterator[Document]:
+def _read_txt(path: Path, fields: tuple[str, ...], stats: ReadStats, skip_bad: bool, limit: int) -> Iterator[Document]:
     stats.records += 1
+    if fields:
+        stats.skip_or_raise(skip_bad, "missing_field", f"{path}: a text file has no field {fields[0]!r}",
+                            f"{path}: a text file has no field {fields[0]!r}, so --keep-values cannot select it; "
+                            "give only JSON / Parquet inputs, or pass --skip-bad to skip and count such files")
+        return
     raw = _read_whole(path, limit, stats, skip_bad, binary_check=True,
                       record="this text file (one document, read whole)")
     if raw is None:
@@ -477,7 +513,8 @@ def _read_txt(path: Path, stats: ReadStats, skip_bad: bool, limit: int) -> Itera
     yield Document(_decode(raw, str(path), stats).replace("\r\n", "\n"), str(path), 1)
 
 
-def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool, limit: int) -> Iterator[Document]:
+def _read_parquet(path: Path, text_field: str, fields: tuple[str, ...], stats: ReadStats, skip_bad: bool,
+                  limit: int) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -489,11 +526,16 @@ def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool,
         if text_field not in names:
             raise DataInputError(f"{path}: no column {text_field!r}; the file has {', '.join(map(repr, names))}. "
                                  "Pass --text-field NAME to pick the column")
-        for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
-            column = batch.column(0)
+        for name in fields:
+            if name not in names:
+                raise DataInputError(f"{path}: no column {name!r} to select by (--keep-values); the file has "
+                                     f"{', '.join(map(repr, names))}")
+        for batch in pf.iter_batches(columns=list(dict.fromkeys([text_field, *fields])), batch_size=4096):
+            column = batch.column(text_field)
+            selected = {name: batch.column(name).to_pylist() for name in fields}
             sizes = (pc.binary_length(column).to_pylist() if pa.types.is_string(column.type)
                      or pa.types.is_large_string(column.type) else [0] * len(column))
-            for value, size in zip(column.to_pylist(), sizes, strict=True):
+            for k, (value, size) in enumerate(zip(column.to_pylist(), sizes, strict=True)):
                 row += 1
                 stats.records += 1
                 if size and size > limit:
@@ -506,14 +548,18 @@ def _read_parquet(path: Path, text_field: str, stats: ReadStats, skip_bad: bool,
                         continue
                     raise DataInputError(f"{path} row {row}: column {text_field!r} is {_short(value)}, not a "
                                          "string; pass --skip-bad to skip and count such rows")
-                yield Document(value, str(path), row)
+                values = _values({name: selected[name][k] for name in fields}, fields, f"{path} row {row}", stats,
+                                 skip_bad, noun="column")
+                if values is not None:
+                    yield Document(value, str(path), row, values)
     except (pa.ArrowException, OSError) as err:
         # pyarrow's words for a truncated, corrupt or non-Parquet file, without the file's name
         where = f"{path} row {row + 1}" if row else str(path)
         _corrupt(where, path, f"not a readable Parquet file ({err})", row, "rows", stats, skip_bad)
 
 
-def _read_hf(spec: str, text_field: str, split: str, stats: ReadStats, skip_bad: bool) -> Iterator[Document]:
+def _read_hf(spec: str, text_field: str, fields: tuple[str, ...], split: str, stats: ReadStats,
+             skip_bad: bool) -> Iterator[Document]:
     try:
         import datasets
     except ImportError as err:
@@ -526,42 +572,47 @@ def _read_hf(spec: str, text_field: str, split: str, stats: ReadStats, skip_bad:
     if columns and text_field not in columns:
         raise DataInputError(f"{where}: no column {text_field!r}; the dataset has {', '.join(map(repr, columns))}. "
                              "Pass --text-field NAME to pick the column")
+    if columns and (absent := [name for name in fields if name not in columns]):
+        raise DataInputError(f"{where}: no column {absent[0]!r} to select by (--keep-values); the dataset has "
+                             f"{', '.join(map(repr, columns))}")
     for row, record in enumerate(ds, start=1):
         stats.records += 1
         text = _field_text(record, text_field, f"{where} row {row}", stats, skip_bad)
-        if text is not None:
-            yield Document(text, spec, row)
+        if text is not None and (values := _values(record, fields, f"{where} row {row}", stats, skip_bad)) is not None:
+            yield Document(text, spec, row, values)
 
 
 def read_jsonl_span(path: Path, start: int, end: int, line: int, text_field: str = "text", *,
-                    skip_bad: bool = False, stats: ReadStats, max_record_bytes: int = MAX_RECORD_BYTES
-                    ) -> Iterator[Document]:
+                    fields: tuple[str, ...] = (), skip_bad: bool = False, stats: ReadStats,
+                    max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Document]:
     """The documents of an uncompressed JSON-lines file from byte ``start`` (where line number ``line``
     begins) to byte ``end`` (a line's end), as :func:`read_documents` reads them in the whole file."""
-    yield from _read_jsonl(path, text_field, stats, skip_bad, max_record_bytes, span=(start, end, line))
+    yield from _read_jsonl(path, text_field, fields, stats, skip_bad, max_record_bytes, span=(start, end, line))
 
 
-def read_documents(files: list[Path | str], text_field: str = "text", *, skip_bad: bool = False,
-                   stats: ReadStats | None = None, hf_split: str = "train",
+def read_documents(files: list[Path | str], text_field: str = "text", *, fields: tuple[str, ...] = (),
+                   skip_bad: bool = False, stats: ReadStats | None = None, hf_split: str = "train",
                    max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Document]:
     """Yield every document of ``files`` in order; counts go to ``stats``. A record (jsonl line, text
     file, JSON array file, Parquet value) of more than ``max_record_bytes`` decompressed bytes is an
-    error, or with ``skip_bad`` skipped and counted, found before more than that is read."""
+    error, or with ``skip_bad`` skipped and counted, found before more than that is read. Each document
+    carries the values of ``fields`` (JSON fields / Parquet columns); a record without one of them, or
+    any text file, is a bad record as one without ``text_field`` is."""
     stats = stats if stats is not None else ReadStats()
     for path in files:
         stats.files += 1
         if isinstance(path, str) and path.startswith("hf:"):
-            yield from _read_hf(path, text_field, hf_split, stats, skip_bad)
+            yield from _read_hf(path, text_field, fields, hf_split, stats, skip_bad)
             continue
         path = path if isinstance(path, RemoteFile) else Path(path)
         name = path.name.removesuffix(".gz")
         if name.endswith(".jsonl"):
-            yield from _read_jsonl(path, text_field, stats, skip_bad, max_record_bytes)
+            yield from _read_jsonl(path, text_field, fields, stats, skip_bad, max_record_bytes)
         elif name.endswith(".json"):
-            yield from _read_json(path, text_field, stats, skip_bad, max_record_bytes)
+            yield from _read_json(path, text_field, fields, stats, skip_bad, max_record_bytes)
         elif name.endswith(TEXT_SUFFIXES):
-            yield from _read_txt(path, stats, skip_bad, max_record_bytes)
+            yield from _read_txt(path, fields, stats, skip_bad, max_record_bytes)
         elif name.endswith(".parquet"):
-            yield from _read_parquet(path, text_field, stats, skip_bad, max_record_bytes)
+            yield from _read_parquet(path, text_field, fields, stats, skip_bad, max_record_bytes)
         else:
             raise DataInputError(f"{path}: unknown file type; expected one of {', '.join(SUFFIXES)}")
