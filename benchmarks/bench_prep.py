@@ -1,4 +1,4 @@
-"""`mpt prep` (local engine; Ray with 1 and 2 workers) beside datatrove's local executor on one generated corpus.
+"""`mpt prep` (local engine with 1 and 2 workers; Ray with 1 and 2 workers) beside datatrove's local executor on one generated corpus.
 
 The corpus: jsonl files of generated English-like documents (Zipf-distributed words in sentences and
 paragraphs), 5 % exact copies and 5 % near-copies planted. Every contender reads it, applies C4/mC4-style
@@ -153,6 +153,8 @@ def main() -> None:
                 tok = tokenizer_path(work)
             runs = [("mpt prep, local", "local", args.workers)]
             if mb == args.mb and not args.no_ray:
+                # the in-process engine (one worker: no pool) is what Ray at one worker is measured against
+                runs += [("mpt prep, local, 1 worker", "local", 1)]
                 runs += [(f"mpt prep, Ray {w} worker{'s' * (w > 1)}", "ray", w) for w in (1, args.workers)]
             if not args.no_peer:
                 runs.append(("datatrove LocalPipelineExecutor", "datatrove", args.workers))
@@ -172,7 +174,12 @@ def main() -> None:
         ratio = f"{r['docs_per_s'] / peer['docs_per_s']:.2f}x" if peer and peer is not r else ""
         print(f"{r['contender']:<34} {r['mb']:>5g} {r['docs']:>8} {r['seconds']:>8.1f} {r['docs_per_s']:>8.0f} "
               f"{r['tokens_per_s']:>10.0f} {ratio:>13} {r['rss_mb']:>12.0f}")
-    print(json.dumps({"bench": "prep", "workers": args.workers, "rows": rows}))
+    by = {r["contender"]: r for r in rows if r["mb"] == args.mb}
+    ray_vs_local = None
+    if "mpt prep, Ray 1 worker" in by:
+        ray_vs_local = by["mpt prep, Ray 1 worker"]["seconds"] / by["mpt prep, local, 1 worker"]["seconds"]
+        print(f"Ray at 1 worker takes {ray_vs_local:.2f}x the in-process engine's time (local, 1 worker; target <= 1.3x)")
+    print(json.dumps({"bench": "prep", "workers": args.workers, "ray1_vs_local1": ray_vs_local, "rows": rows}))
 
 
 if __name__ == "__main__":
