@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from mpt.data import DataInputError, DedupConfig, FilterConfig, prep_engine, prep_ray
+from mpt.data import DataInputError, DedupConfig, FilterConfig, prep_dedup, prep_engine, prep_ray
 from mpt.data.prep import PrepConfig, prep
 from mpt.data.prep_engine import PrepWorkerError
 from mpt.data.prep_folder import PARTS_DIR
 from tests.conftest import SHARED
+from tests.data.conftest import semantic_corpus
 
 ray = pytest.importorskip("ray")
 
@@ -272,3 +273,20 @@ def test_a_second_node_killed_mid_run_changes_nothing(cluster, corpus, neox, ref
     finally:
         for p in node_processes(node_dir):
             p.kill()
+
+
+def test_semantic_dedup_embeds_on_ray_tasks_with_the_local_engines_output(cluster, tmp_path, tiny_bert):
+    """--semantic-dedup with the embedding spread over Ray tasks (7 documents each): the local engine's bytes."""
+    from tests.data.test_semantic_dedup import _prep_config
+
+    texts, copies = semantic_corpus()
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    drop = len(copies) / len(texts)
+    local = prep(_prep_config(tiny_bert, src, tmp_path / "local", semantic_drop=drop))
+    assert local.semantic_duplicates == len(copies)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prep_dedup, "EMBED_TASK", 7)
+        prep(_prep_config(tiny_bert, src, tmp_path / "ray", semantic_drop=drop, partition_bytes=2000,
+                          engine="ray", workers=2))
+    assert files_of(tmp_path / "ray") == files_of(tmp_path / "local")

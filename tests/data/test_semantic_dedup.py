@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 
-from mpt.data import semantic_dedup
+from mpt.data import prep_dedup, semantic_dedup
 from mpt.data.semantic_dedup import check_model_dir, choose_drops, embed
-
-
-def _corpus(n_docs: int = 40, n_copies: int = 10, seed: int = 0) -> tuple[list[str], list[int]]:
-    """Distinct documents, then near-copies of some of them (case, whitespace, two words swapped)
-    inserted after their originals; returns the texts and the copies' indices."""
-    rng = random.Random(seed)
-    words = [f"w{i}x{rng.randrange(10**6)}" for i in range(400)]
-    docs = [" ".join(rng.sample(words, 30)) for _ in range(n_docs)]
-    out: list[tuple[str, bool]] = [(d, False) for d in docs]
-    for k in range(n_copies):
-        toks = docs[k].split()
-        i, j = rng.sample(range(len(toks)), 2)
-        toks[i], toks[j] = toks[j], toks[i]
-        copy = "  ".join(toks)
-        copy = copy.upper() if k % 2 else copy.capitalize()
-        at = rng.randrange(k + 1, len(out) + 1)       # somewhere after the original
-        while any(t == docs[k] for t, _ in out[at:]):
-            at += 1
-        out.insert(at, (copy, True))
-    return [t for t, _ in out], [i for i, (_, c) in enumerate(out) if c]
+from tests.data.conftest import semantic_corpus
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    """A tiny random BERT and a lower-casing word-level tokenizer whose vocabulary is the corpus' words."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    texts, _ = _corpus()
-    vocab = ["[PAD]", "[UNK]", *sorted({w.lower() for t in texts for w in t.split()})]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(folder)
-    return str(folder)
+def model_dir(tiny_bert) -> str:
+    return tiny_bert
 
 
 def test_planted_copies_go_first_and_originals_stay(model_dir):
-    texts, copies = _corpus()
+    texts, copies = semantic_corpus()
     emb = embed(texts, model_dir, batch_size=8, max_tokens=48)
     assert emb.dtype == np.float32 and emb.shape == (len(texts), 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
@@ -63,7 +25,7 @@ def test_planted_copies_go_first_and_originals_stay(model_dir):
 
 
 def test_deterministic(model_dir):
-    texts, _ = _corpus()
+    texts, _ = semantic_corpus()
     first = embed(texts, model_dir, batch_size=8, max_tokens=48)
     semantic_dedup._model.cache_clear()        # loaded again: the same bytes
     second = embed(texts, model_dir, batch_size=8, max_tokens=48)
@@ -112,10 +74,10 @@ def _prep_config(model_dir: str, src, out, **kw):
 
     # the model folder's word-level tokenizer also makes the shards ([PAD] as EOS: a test has no other)
     return PrepConfig(inputs=[str(src)], out=str(out), tokenizer=model_dir, eos_token="[PAD]", mode="docs",
-                      progress=False, workers=1, semantic_dedup=model_dir, **kw)
+                      progress=False, semantic_dedup=model_dir, **{"workers": 1, **kw})
 
 
-def test_prep_drops_the_planted_copies(model_dir, tmp_path):
+def test_prep_drops_the_planted_copies(model_dir, tmp_path, monkeypatch):
     import json
 
     from tokenizers import Tokenizer
@@ -123,7 +85,7 @@ def test_prep_drops_the_planted_copies(model_dir, tmp_path):
     from mpt.data import Shard, read_index
     from mpt.data.prep import PrepSummary, prep
 
-    texts, copies = _corpus()
+    texts, copies = semantic_corpus()
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*texts, texts[5]]))   # + one exact copy
     s = prep(_prep_config(model_dir, src, tmp_path / "o", semantic_drop=len(copies) / (len(texts)),
@@ -137,10 +99,15 @@ def test_prep_drops_the_planted_copies(model_dir, tmp_path):
     tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
     kept = [t for i, t in enumerate(texts) if i not in copies]
     assert tokens.tolist() == [i for t in kept for i in [*tok.encode(t).ids, 0]]
-    # one partition instead of several: the same shards (documents are embedded by the driver, in input order)
+    # one partition instead of several, and embedding tasks of 7 documents on two worker processes: the
+    # same shards
     prep(_prep_config(model_dir, src, tmp_path / "one", semantic_drop=len(copies) / len(texts)))
-    assert [(tmp_path / "one" / f.file).read_bytes() for f in index.shards] == \
-        [(tmp_path / "o" / f.file).read_bytes() for f in index.shards]
+    monkeypatch.setattr(prep_dedup, "EMBED_TASK", 7)
+    prep(_prep_config(model_dir, src, tmp_path / "two", semantic_drop=len(copies) / len(texts),
+                      partition_bytes=2000, workers=2))
+    for other in ("one", "two"):
+        assert [(tmp_path / other / f.file).read_bytes() for f in index.shards] == \
+            [(tmp_path / "o" / f.file).read_bytes() for f in index.shards]
 
 
 def test_prep_checks_semantic_options_before_work(model_dir, tmp_path):

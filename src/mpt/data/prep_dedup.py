@@ -5,7 +5,7 @@ kept (the digests seen are held until the pass ends: 16 bytes and a set entry pe
 Near: each kept partition's band keys are routed to bucket shards spilled to ``prep-parts/near/``, each
 shard grouped by the engine (``near_dedup.bucket_groups``, a task per shard), then the groups confirmed
 here with the signatures of their documents only, read back from the stored partitions. Semantic: the
-documents left are embedded and clustered here (``semantic_dedup``). The answer is three sorted arrays of
+documents left are embedded by the engine's workers, then clustered here (``semantic_dedup``). The answer is three sorted arrays of
 document numbers that the second pass (prep.py's packing) skips; none depends on the engine or partitioning.
 """
 
@@ -23,6 +23,7 @@ from .prep_engine import Engine, PartStore, ordered_calls
 from .prep_stages import Partition, PartitionResult
 
 SEMANTIC_BATCH = 32     # documents embedded together by --semantic-dedup
+EMBED_TASK = 1024       # documents one embedding task takes
 MAX_SHARDS = 256        # bucket shards: a shard holds about 1/B of the corpus' band entries
 
 
@@ -108,7 +109,7 @@ def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: E
         drops.near = _near(engine, spill, parts, bases + [total], store, cfg.dedup.threshold)
         spill.remove()
     if embed:
-        drops.semantic = _semantic(embed, drops.near, cfg)
+        drops.semantic = _semantic(engine, embed, drops.near, cfg)
     return drops
 
 
@@ -128,16 +129,20 @@ def _near(engine: Engine, spill: Spill, parts: list[Partition], bases: list[int]
     return confirm(groups, docs, values, threshold) if values is not None else _empty()
 
 
-def _semantic(embed: list[tuple[int, np.ndarray]], near: np.ndarray, cfg) -> np.ndarray:
-    """--semantic-dedup over the documents left after exact and near dedup: the numbers to drop."""
-    from .semantic_dedup import choose_drops, embed_ids
+def _semantic(engine: Engine, embed: list[tuple[int, np.ndarray]], near: np.ndarray, cfg) -> np.ndarray:
+    """--semantic-dedup over the documents left after exact and near dedup: the numbers to drop. The
+    embedding runs on the engine, ``EMBED_TASK`` documents a task (the model loaded once per worker)."""
+    from .semantic_dedup import choose_drops, embed_one_thread
 
     left = [(n, ids) for n, ids in embed if not _member(near, n)]
     if not left:
         return _empty()
     # clusters of about sqrt(N) documents: choose_drops holds one cluster's c x c similarities at a time
     clusters = max(1, round(len(left) ** 0.5))
-    vectors = embed_ids([ids for _, ids in left], cfg.semantic_dedup, SEMANTIC_BATCH)
+    calls = ((f"semantic-dedup embedding of documents {lo:,} to {min(lo + EMBED_TASK, len(left)):,} left",
+              ([ids for _, ids in left[lo:lo + EMBED_TASK]], cfg.semantic_dedup, SEMANTIC_BATCH))
+             for lo in range(0, len(left), EMBED_TASK))
+    vectors = np.concatenate(list(ordered_calls(engine, embed_one_thread, calls)))
     chosen = choose_drops(vectors, cfg.semantic_drop, clusters)
     return np.array(sorted(left[i][0] for i in chosen), dtype=np.int64)
 

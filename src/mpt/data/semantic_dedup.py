@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_model_dir", "choose_drops", "embed", "embed_ids", "tokenize"]
+__all__ = ["check_model_dir", "choose_drops", "embed", "embed_ids", "embed_one_thread", "tokenize"]
 
 
 def check_model_dir(path: str) -> None:
@@ -79,6 +79,20 @@ def embed_ids(ids: list[np.ndarray], model_dir: str, batch_size: int) -> np.ndar
             out.append(mean.float().numpy())
     dim = model.config.hidden_size
     return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
+
+
+def embed_one_thread(ids: list[np.ndarray], model_dir: str, batch_size: int) -> np.ndarray:
+    """:func:`embed_ids` with torch on one thread: the unit of work `mpt prep` hands its engine (a Ray task,
+    a pool process or its own). A matrix product's sums may be ordered by the thread count, so one thread
+    everywhere gives the same bits on any engine and worker count (on the same kind of CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return embed_ids(ids, model_dir, batch_size)
+    finally:
+        torch.set_num_threads(before)
 
 
 def embed(texts: list[str], model_dir: str, batch_size: int = 32, max_tokens: int = 512) -> np.ndarray:
