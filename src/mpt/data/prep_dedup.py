@@ -79,7 +79,7 @@ def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: E
     seen: set[bytes] = set()
     exact: list[int] = []
     bases: list[int] = []             # each partition's first document number
-    embed: list[tuple[int, np.ndarray]] = []      # --semantic-dedup: (number, ids) of those left
+    left: list[np.ndarray] = []      # --semantic-dedup: the numbers of the documents left, by partition
     total = 0
     for r in results:
         bar.update(r.stats.records)
@@ -97,8 +97,7 @@ def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: E
         if spill is not None:
             spill.add(route(r.band_keys[rows], total + rows, spill.shards))
         if cfg.semantic_dedup is not None:
-            embed += [(total + i, r.embed_ids[r.embed_offsets[i]:r.embed_offsets[i + 1]].astype(np.int64))
-                      for i in keep]
+            left.append(total + rows)
         total += r.kept
         if r.error is not None:
             raise r.error         # bad input: nothing is written, as the decisions depend on every document
@@ -108,8 +107,9 @@ def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: E
     if spill is not None:
         drops.near = _near(engine, spill, parts, bases + [total], store, cfg.dedup.threshold)
         spill.remove()
-    if embed:
-        drops.semantic = _semantic(engine, embed, drops.near, cfg)
+    if cfg.semantic_dedup is not None:
+        numbers = np.setdiff1d(np.concatenate(left or [_empty()]), drops.near, assume_unique=True)
+        drops.semantic = _semantic(engine, numbers, _Ids(store, parts, bases), cfg)
     return drops
 
 
@@ -123,30 +123,41 @@ def _near(engine: Engine, spill: Spill, parts: list[Partition], bases: list[int]
     for p, part in enumerate(parts):    # the signatures of the candidates in each partition, from its stored result
         lo, hi = np.searchsorted(docs, bases[p]), np.searchsorted(docs, bases[p + 1])
         if hi > lo:
-            sig = store.signatures(part)
+            [sig] = store.arrays(part, "signature")
             values = np.zeros((len(docs), sig.shape[1]), dtype=np.uint32) if values is None else values
             values[lo:hi] = sig[docs[lo:hi] - bases[p]]
     return confirm(groups, docs, values, threshold) if values is not None else _empty()
 
 
-def _semantic(engine: Engine, embed: list[tuple[int, np.ndarray]], near: np.ndarray, cfg) -> np.ndarray:
-    """--semantic-dedup over the documents left after exact and near dedup: the numbers to drop. The
-    embedding runs on the engine, ``EMBED_TASK`` documents a task (the model loaded once per worker)."""
+class _Ids:
+    """Documents' token ids for the embedding model, read back from the stored partitions one at a time."""
+
+    def __init__(self, store: PartStore, parts: list[Partition], bases: list[int]):
+        self.store, self.parts, self.bases = store, parts, np.array(bases, dtype=np.int64)
+        self.at, self.offsets, self.ids = -1, _empty(), _empty()
+
+    def __call__(self, number: int) -> np.ndarray:
+        p = int(np.searchsorted(self.bases, number, side="right")) - 1
+        if p != self.at:
+            self.at = p
+            self.offsets, self.ids = self.store.arrays(self.parts[p], "embed_offsets", "embed_ids")
+        i = number - int(self.bases[p])
+        return self.ids[self.offsets[i]:self.offsets[i + 1]].astype(np.int64)
+
+
+def _semantic(engine: Engine, left: np.ndarray, ids: _Ids, cfg) -> np.ndarray:
+    """--semantic-dedup over the documents ``left`` after exact and near dedup (sorted numbers): those to
+    drop. The embedding runs on the engine, ``EMBED_TASK`` documents a task (the model loaded once per
+    worker), their ids read as the tasks are handed out, so the driver holds a few tasks' worth."""
     from .semantic_dedup import choose_drops, embed_one_thread
 
-    left = [(n, ids) for n, ids in embed if not _member(near, n)]
-    if not left:
+    if not len(left):
         return _empty()
     # clusters of about sqrt(N) documents: choose_drops holds one cluster's c x c similarities at a time
     clusters = max(1, round(len(left) ** 0.5))
     calls = ((f"semantic-dedup embedding of documents {lo:,} to {min(lo + EMBED_TASK, len(left)):,} left",
-              ([ids for _, ids in left[lo:lo + EMBED_TASK]], cfg.semantic_dedup, SEMANTIC_BATCH))
+              ([ids(int(n)) for n in left[lo:lo + EMBED_TASK]], cfg.semantic_dedup, SEMANTIC_BATCH))
              for lo in range(0, len(left), EMBED_TASK))
     vectors = np.concatenate(list(ordered_calls(engine, embed_one_thread, calls)))
     chosen = choose_drops(vectors, cfg.semantic_drop, clusters)
-    return np.array(sorted(left[i][0] for i in chosen), dtype=np.int64)
-
-
-def _member(sorted_numbers: np.ndarray, n: int) -> bool:
-    i = np.searchsorted(sorted_numbers, n)
-    return bool(i < len(sorted_numbers) and sorted_numbers[i] == n)
+    return np.array(sorted(int(left[i]) for i in chosen), dtype=np.int64)

@@ -112,10 +112,10 @@ class PartStore:
         self.reused += 1
         return result
 
-    def signatures(self, part: Partition):
-        """The stored partition's MinHash signatures only (an npz member is read on its own)."""
+    def arrays(self, part: Partition, *names: str) -> list[np.ndarray]:
+        """Some arrays of a stored partition's result only (an npz member is read on its own)."""
         with np.load(self._path(part), allow_pickle=False) as z:
-            return z["signature"]
+            return [z[name] for name in names]
 
     def save(self, part: Partition, result: PartitionResult) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
