@@ -432,21 +432,25 @@ def _prep(cfg: PrepConfig, files, parts, engine: Engine, out: Path, progress: Pr
                              cfg.dedup, cfg.tokenizer, cfg.eos_token, vocab, cfg.chunk_chars, piece_chars,
                              cfg.batch_docs, cfg.semantic_dedup)
     start = time.perf_counter()
-    bar = tqdm(desc=f"prep ({cfg.engine}, {engine.slots} at once)", unit=" docs", disable=not cfg.progress,
-               dynamic_ncols=True)
+    two_passes = cfg.dedup.near or cfg.semantic_dedup is not None
+    where = f"{cfg.engine}, {engine.slots} at once"
+
+    def new_bar(stage: str):
+        label = f"prep {stage} ({where})" if stage else f"prep ({where})"
+        return tqdm(desc=label, unit=" docs", disable=not cfg.progress, dynamic_ncols=True)
+
+    bar = new_bar("1/2: prepare partitions" if two_passes else "")
     drops = None
-    if cfg.dedup.near or cfg.semantic_dedup is not None:
+    if two_passes:
         # a first pass decides what whole-corpus dedup drops; the second reads the partitions it stored
         drops = decide(ordered_results(engine, parts, settings, store), parts, engine, store, cfg, bar)
-        first_reused, bar = store.reused, None
+        first_reused, bar = store.reused, new_bar("2/2: pack and write")
     feed = _Feed(cfg, _open_shards(cfg, tok, vocab, out, progress), progress, drops)
     for done, result in enumerate(ordered_results(engine, parts, settings, store), start=1):
         feed.add(result)
-        if bar is not None:
-            bar.update(result.stats.records)
-            bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
-    if bar is not None:
-        bar.close()
+        bar.update(result.stats.records)
+        bar.set_postfix(partitions=f"{done}/{len(parts)}", tokens=f"{feed.packer.position:,}", refresh=False)
+    bar.close()
     if drops is not None:
         store.reused = first_reused
     if store.reused and cfg.progress:

@@ -12,6 +12,7 @@ document numbers that the second pass (prep.py's packing) skips; none depends on
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,12 +104,16 @@ def decide(results: Iterable[PartitionResult], parts: list[Partition], engine: E
             raise r.error         # bad input: nothing is written, as the decisions depend on every document
     bar.close()
     del seen
+    say = print if cfg.progress else (lambda *a, **k: None)
     drops = Drops(exact=np.array(exact, dtype=np.int64))
     if spill is not None:
+        say(f"prep: near dedup: grouping {spill.shards} bucket shards, then confirming", file=sys.stderr, flush=True)
         drops.near = _near(engine, spill, parts, bases + [total], store, cfg.dedup.threshold)
         spill.remove()
     if cfg.semantic_dedup is not None:
         numbers = np.setdiff1d(np.concatenate(left or [_empty()]), drops.near, assume_unique=True)
+        say(f"prep: semantic dedup: embedding {len(numbers):,} documents, {EMBED_TASK:,} a task, then clustering",
+            file=sys.stderr, flush=True)
         drops.semantic = _semantic(engine, numbers, _Ids(store, parts, bases), cfg)
     return drops
 
