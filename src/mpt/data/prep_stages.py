@@ -9,8 +9,9 @@ and samples packed by the driver, in input order (prep.py), so the output does n
 which order partitions ran.
 
 Why not datatrove's blocks: its filters are C4's, Gopher's and FineWeb's rules, not the MPT appendix's mC4
-rules (filters.py); its tokenizer writes its own token files, not our shards and index; its readers do not
-name file and line for a bad record as ours must; and its MinHash is four stages over its own folders. In
+rules (filters.py); its tokenizer writes its own token files, not our shards and index; its JSON-lines
+reader logs a malformed line as a warning naming the file and goes on, where ours stops with file and line
+(or counts it, --skip-bad); and its MinHash is four stages over its own folders. In
 benchmarks/bench_prep.py the closest datatrove pipeline runs at about an eighth of these stages' speed.
 """
 
