@@ -1,18 +1,12 @@
 """`mpt prep`'s per-partition stages, the same plain functions for every engine.
 
-The input is cut into partitions (whole files grouped up to ``partition_bytes``; a bigger ``.jsonl`` cut
-at line ends, each piece knowing its first line's number). ``prepare_partition`` reads one, normalises
-and filters, fingerprints (exact digest; MinHash and its LSH band keys) and tokenizes what the filters keep
-(with --semantic-dedup, also for the embedding model), and returns a :class:`PartitionResult`: data only,
-no shared state, so it runs in this process, a process pool or a Ray task alike. Duplicates are decided
-and samples packed by the driver, in input order (prep.py), so the output does not depend on where or in
-which order partitions ran.
-
-Why not datatrove's blocks: its filters are C4's, Gopher's and FineWeb's rules, not the MPT appendix's mC4
-rules (filters.py); its tokenizer writes its own token files, not our shards and index; its JSON-lines
-reader logs a malformed line as a warning naming the file and goes on, where ours stops with file and line
-(or counts it, --skip-bad); and its MinHash is four stages over its own folders. In
-benchmarks/bench_prep.py the closest datatrove pipeline runs at about an eighth of these stages' speed.
+The input is cut into partitions (files grouped up to ``partition_bytes``; a bigger ``.jsonl`` cut at line
+ends). ``prepare_partition`` reads one, filters, fingerprints (exact digest; MinHash and its LSH band keys)
+and tokenizes what the filters keep, returning a :class:`PartitionResult`: data only, so it runs in this
+process, a pool or a Ray task alike; the driver decides duplicates and packs in input order (prep.py).
+Not datatrove's blocks: its filters are C4/Gopher/FineWeb rules, not the MPT appendix's mC4 rules; its
+tokenizer writes its own files, not our shards; its JSON-lines reader logs a bad line and goes on, where
+ours stops with file and line (or counts it); in benchmarks/bench_prep.py it runs at ~1/8 of our speed.
 """
 
 from __future__ import annotations
