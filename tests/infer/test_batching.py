@@ -56,3 +56,26 @@ def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
     while engine.rows:
         engine.step()
     assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=200).text
+
+
+def test_a_bfloat16_engine_on_cpu_decodes_over_a_float32_cache_as_the_plain_forward_does():
+    """CPU attention in bfloat16 is slow at decode shapes (mpt.model.cache.attention_dtype): the engine keeps its cache
+    in float32, and its greedy tokens are those of the model's own forward over such a cache."""
+    from mpt import KVCache
+    from mpt.infer.batching import BatchEngine
+
+    model = tiny_model(8, **MODEL_FIELDS).to(torch.bfloat16)
+    prompt = [5, 6, 7, 8, 9]
+    engine = BatchEngine(model, None, [])
+    engine.add([Row(0, prompt, SamplingParams(6))])
+    assert engine.cache.keys[0].dtype == torch.float32
+    out = []
+    while engine.rows:
+        out += [u.token_id for u in engine.step()]
+    cache, ids, want = KVCache(model.config.n_layers, dtype=torch.float32), torch.tensor([prompt]), []
+    with torch.inference_mode():
+        for _ in range(6):
+            logits = model(ids, cache=cache, use_cache=True).logits[0, -1]
+            want.append(int(logits.argmax()))
+            ids = torch.tensor([[want[-1]]])
+    assert out == want

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import KVCache, MPTForCausalLM
+from ..model.cache import attention_dtype
 from ..model.decode import StaticDecoder, bucket
 from .logprobs import TopK, token_logprob
 from .sampling import SamplingParams, greedy_tokens, pick_token
@@ -67,7 +68,9 @@ class BatchEngine:
         self.decode = decode
         self.stop_token_ids = set(stop_token_ids)
         self.pad_token_id = pad_token_id
-        self.device = next(model.parameters()).device
+        param = next(model.parameters())
+        self.device = param.device
+        self.cache_dtype = attention_dtype(param.dtype, self.device)  # float32 for a bfloat16 model on CPU
         learned_positions = model.transformer.wpe is not None
         # Models with learned position embeddings are served one sequence at a time (here, in run and in the
         # scheduler); generate_ids batches their rows, all joining at once (tested equal to one at a time).
@@ -258,7 +261,7 @@ class Prefill:
         # A compiling engine decodes over bucketed capacities: allocate one now, so joining a long prompt
         # (76k tokens: tens of GB of cache on a 7B model) does not copy its cache into a new buffer.
         capacity = bucket(n + reserve) if engine.decoder is not None else n + reserve
-        self.cache = KVCache(engine.model.config.n_layers, capacity=capacity)
+        self.cache = KVCache(engine.model.config.n_layers, capacity=capacity, dtype=engine.cache_dtype)
         self.done = 0  # prompt positions already in the cache
         self.logits: torch.Tensor | None = None
 
@@ -289,7 +292,7 @@ def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -
     la, lb = mask_a.shape[1], mask_b.shape[1]
     n = max(la, lb)
     ra, rb = mask_a.shape[0], mask_b.shape[0]
-    merged = KVCache(len(a.keys))
+    merged = KVCache(len(a.keys), dtype=a.dtype)
     for i in range(len(a.keys)):
         for src_a, src_b, dst in ((a.keys[i], b.keys[i], merged.keys), (a.values[i], b.values[i], merged.values)):
             h, d = src_a.shape[1], src_a.shape[3]

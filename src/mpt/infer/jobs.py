@@ -54,10 +54,17 @@ class Jobs:
         return job
 
     def post(self, job: Job, u: Update) -> None:
-        """From the decode thread: ``u`` for ``job``, delivered on the event loop with the others of its step."""
+        """From the decode thread: ``u`` for ``job``, delivered on the event loop with the others of its step.
+
+        A collecting job's (a non-streamed answer's) updates before its rows' last wait in the mailbox for a
+        wake-up that something else needs: the event loop woken every step took a core from the decode thread's
+        OpenMP threads (8 clients, bfloat16: 5-10 % of the tokens per second).
+        """
+        if job.first_token is None and u.token_id is not None:
+            job.first_token = time.monotonic()  # when it came, not when the loop saw it
         with self._mail_lock:
             self._mail.append((job, u))
-            if self._drain_scheduled:
+            if self._drain_scheduled or (job.collecting and u.finish_reason is None):
                 return
             self._drain_scheduled = True
         try:
@@ -117,6 +124,7 @@ class Job:
                        torch.Generator(jobs.device).manual_seed((params.seed + index) % 2**64))
                 self.rows.append(Row((key, index), ids, params, gen))
         self.unfinished = {r.key for r in self.rows}  # as the scheduler sees it
+        self.collecting = False  # collect() reads the updates only once every row ended
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -171,6 +179,7 @@ class Job:
     async def collect(self) -> dict[int, Collected]:
         """Every choice's updates, gathered (wrap it in :func:`unless_gone`: nothing here watches the client)."""
         rows = {r.key[1]: Collected() for r in self.rows}
+        self.collecting = True
         try:
             async for u in self.updates():
                 row = rows[u.key[1]]

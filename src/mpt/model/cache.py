@@ -2,7 +2,8 @@
 
 transformers' ``DynamicCache`` concatenates every step (copying the whole context each time);
 this one writes into spare capacity and doubles only when full, so a decode step touches the
-context only inside attention. It has the same ``update``/``get_seq_length`` surface as
+context only inside attention. Its ``dtype`` may differ from the model's: a bfloat16 model on CPU attends in
+float32 over a float32 cache (:func:`attention_dtype`). It has the same ``update``/``get_seq_length`` surface as
 transformers' caches (and the few flags and ``reorder_cache`` their ``generate`` reads), and the model
 accepts either; ``MPTForCausalLM.generate`` gives transformers' loop one of these by default. The
 compiled decode step (:mod:`mpt.model.decode`) attends over these same buffers at a fixed shape.
@@ -18,9 +19,11 @@ class KVCache:
     # compiled decode is mpt.model.decode, which uses this cache's buffers directly).
     is_compileable = False
 
-    def __init__(self, n_layers: int, capacity: int = 0) -> None:
-        """``capacity``: tokens to reserve on first use (prompt + new tokens avoids any regrowth)."""
+    def __init__(self, n_layers: int, capacity: int = 0, dtype: torch.dtype | None = None) -> None:
+        """``capacity``: tokens to reserve on first use (prompt + new tokens avoids any regrowth). ``dtype``: the
+        buffers' (None: the first keys'); the attention then runs in it (``MPTAttention``)."""
         self.capacity = capacity
+        self.dtype = dtype
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = [0] * n_layers
@@ -50,8 +53,8 @@ class KVCache:
             shape = (k.shape[0], k.shape[1], new_cap, k.shape[3])
             # Zeros, not uninitialised memory: the compiled decode step (decode.py) attends over the whole
             # buffer with the unwritten columns masked, and a masked NaN would still poison softmax @ V.
-            new_k = k.new_zeros(shape)
-            new_v = v.new_zeros(shape)
+            new_k = k.new_zeros(shape, dtype=self.dtype)
+            new_v = v.new_zeros(shape, dtype=self.dtype)
             if kbuf is not None:
                 new_k[:, :, :start] = kbuf[:, :, :start]
                 new_v[:, :, :start] = vbuf[:, :, :start]
@@ -76,3 +79,16 @@ class KVCache:
             if kbuf is not None:
                 self.keys[i] = kbuf[batch_index]
                 self.values[i] = vbuf[batch_index]
+
+
+def attention_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype a decoding cache (and so the attention) should have for a model of ``dtype`` on ``device``.
+
+    float32 for a bfloat16 or float16 model on CPU: there PyTorch's SDPA runs half-precision inputs several times
+    slower than float32 ones (8 rows x 8 heads x 1 query over 100 keys: 380 us against 75), which at decode shapes
+    made attention a quarter of a bfloat16 step; the cache costs twice the memory, the linear layers stay in
+    ``dtype``. Elsewhere ``dtype`` itself.
+    """
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype

@@ -64,13 +64,14 @@ def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Ten
         x = x + tr.wpe(key_mask.long().sum(1, keepdim=True) - 1)
     x = tr.emb_drop(x)
     C = key_mask.shape[1]
-    neg = torch.finfo(x.dtype).min
+    dtype = keys[0].dtype  # the attention's (a cache may keep another dtype than the model's: KVCache)
+    neg = torch.finfo(dtype).min
     slopes = tr.alibi_slopes(x.device)
     if slopes is None:
-        mask = torch.zeros(1, 1, 1, C, dtype=x.dtype, device=x.device)
+        mask = torch.zeros(1, 1, 1, C, dtype=dtype, device=x.device)
     else:
         rel = torch.arange(C, device=x.device) - pos  # j - i, as the eager mask computes it
-        mask = (slopes[:, None, None] * rel).to(x.dtype)[None]
+        mask = (slopes[:, None, None] * rel).to(dtype)[None]
     mask = mask.masked_fill(~key_mask[:, None, None, :], neg)
     inp = AttentionInputs(1, C, slopes, key_mask, "torch", sdpa_mask=mask)
     cache = _StaticView(keys, values, pos)

@@ -103,8 +103,11 @@ class MPTAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+        dtype = q.dtype
+        if k.dtype != dtype:  # a cache of another dtype (KVCache's dtype): attend in the cache's
+            q = q.to(k.dtype)
         out = attend(q, k, v, attn_inputs, self.softmax_scale, self.attn_pdrop if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D).to(dtype))
 
 
 class MPTMLP(nn.Module):
@@ -259,6 +262,7 @@ class MPTModel(MPTPreTrainedModel):
         x = self.emb_drop(x)
 
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = getattr(cache, "dtype", None) or dtype  # a KVCache of its own dtype: the attention runs in it
         attn_inputs = prepare(self.config.attn_config["attn_impl"], B, T, past + T, self.alibi_slopes(x.device),
                               key_mask, dtype, x.device, sequence_id)
         for block in self.blocks:
