@@ -104,27 +104,6 @@ def test_ray_output_is_the_local_engines_byte_for_byte(cluster, corpus, neox, re
     assert got == reference
 
 
-def test_field_selection_and_paragraph_rule_on_ray_as_in_process(cluster, neox, tmp_path):
-    """--keep-values and --min-paragraphs run in the Ray tasks: the same files and counts as the local engine."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    records = [{"text": "\n\n".join(f"Part {k} of record {i}." for k in range(1 + i % 3)),
-                "lang": ("Python", "Go", "Ruby")[i % 3]} for i in range(90)]
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:60]))
-    pq.write_table(pa.table({k: [r[k] for r in records[60:]] for k in ("text", "lang")}), tmp_path / "in" / "b.parquet")
-    filters = FilterConfig(keep_values={"lang": ["Python", "Go"]}, min_paragraphs=2)
-    outs = {}
-    for engine in ("local", "ray"):
-        s = prep(PrepConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / engine), tokenizer=str(neox),
-                            filters=filters, engine=engine, workers=2, partition_bytes=1000, seq_len=16,
-                            progress=False))
-        assert s.filtered == {"keep_values:lang": 30, "min_paragraphs": 30} and s.documents_written == 30, engine
-        outs[engine] = files_of(tmp_path / engine)
-    assert outs["ray"] == outs["local"]
-
-
 def test_driver_killed_then_rerun_reuses_finished_partitions(cluster, corpus, neox, reference, tmp_path, capsys,
                                                             s3_server):
     """The driver (a real `mpt prep` process) writing to S3 is SIGKILLed after a few partitions: the same
