@@ -162,27 +162,6 @@ def test_hugging_face_dataset_input(neox, tmp_path):
         list(read_documents(expand_inputs([f"hf:{folder}"])))
 
 
-def test_worker_processes_give_identical_shards(shared, neox, tmp_path):
-    from mpt.data import DedupConfig, FilterConfig
-
-    src = shared / "data" / "pretrain" / "arxiv_sample.jsonl"
-    docs = [json.loads(line)["text"][:30_000] for line in src.read_text().splitlines()]
-    # the papers, then five of them again with their last 2 % cut off: near duplicates to remove
-    planted = [d[:int(len(d) * 0.98)] for d in docs[:5]]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs + planted))
-    shards = []
-    for workers in (1, 2):
-        s = prep(PrepConfig(inputs=[str(tmp_path / "in.jsonl")], out=str(tmp_path / f"w{workers}"),
-                            tokenizer=str(neox), workers=workers, filters=FilterConfig(min_words=500),
-                            dedup=DedupConfig(near=True), seq_len=256, partition_bytes=60_000, progress=False))
-        shards.append([sh.sha256 for sh in read_index(tmp_path / f"w{workers}").shards])
-        short = sum(len(t.split()) < 500 for t in docs + planted)
-        assert (s.filtered.get("min_words", 0), s.exact_duplicates) == (short, 0)
-        assert s.near_duplicates == sum(len(t.split()) >= 500 for t in planted) > 0
-        assert s.documents_written == 25 - short - s.near_duplicates
-    assert shards[0] == shards[1]
-
-
 _PEAK = """
 import resource, sys
 from mpt.data.prep import PrepConfig, prep
