@@ -33,12 +33,13 @@ def quiet_third_parties(prog: str) -> None:
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
     warnings.formatwarning = lambda message, *_args, **_kw: f"{prog}: warning: {message}\n"
     # Libraries that log through an unconfigured logger reach stderr through logging's last resort:
-    # bitsandbytes' "Failed to load CPU gemm_4bit_forward ..." on every import, lm-eval's INFO lines.
+    # bitsandbytes' "Failed to load CPU gemm_4bit_forward ..." on every import, lm-eval's INFO lines,
+    # `kernels`' "Skipping publisher trust check ..." (bitsandbytes asks it for a CPU kernel when offline).
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-NOISY_LOGGERS = ("bitsandbytes", "lm_eval", "lm-eval", "peft", "accelerate", "datasets", "evaluate")
+NOISY_LOGGERS = ("bitsandbytes", "kernels", "lm_eval", "lm-eval", "peft", "accelerate", "datasets", "evaluate")
 
 
 @contextlib.contextmanager
