@@ -58,6 +58,41 @@ def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
     assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=200).text
 
 
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_alone(llm, chunk):
+    """The engine fuses each chunk of a joining prompt into a decode step (mpt.model.ragged): one forward."""
+    engine = llm.engine()
+    assert engine.fuses
+    running = Row("running", llm.encode("Hello world"), greedy(40))
+    engine.add([running])
+    joining = Row("joining", llm.encode(LONG), greedy(12))
+    prefill, steps = engine.prefill([joining], chunk), 0
+    while not prefill.finished:
+        assert engine.step(prefill) and prefill.error is None
+        steps += 1
+    assert steps == math.ceil(len(joining.prompt_ids) / chunk)
+    engine.join(prefill)
+    while engine.rows:
+        engine.step()
+    assert llm.decode(joining.out_ids) == llm.generate(LONG, max_new_tokens=12).text
+    assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=40).text
+
+
+def test_a_joining_prompt_whose_chunk_fails_fails_alone(llm, caplog):
+    """A chunk that cannot run (a token id past the vocabulary) fails the fused forward: the running rows' step
+    runs again on its own, and the error is the joining prompt's."""
+    engine = llm.engine()
+    running = Row("running", llm.encode("Hello world"), greedy(20))
+    engine.add([running])
+    prefill = engine.prefill([Row("bad", [5, 6, llm.model.config.vocab_size + 10], greedy(4))])
+    assert len(engine.step(prefill)) == 1
+    assert isinstance(prefill.error, IndexError) and not prefill.finished
+    assert "running them apart" in caplog.text
+    while engine.rows:
+        engine.step()
+    assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=20).text
+
+
 def test_a_bfloat16_engine_on_cpu_decodes_over_a_float32_cache_as_the_plain_forward_does():
     """CPU attention in bfloat16 is slow at decode shapes (mpt.model.cache.attention_dtype): the engine keeps its cache
     in float32, and its greedy tokens are those of the model's own forward over such a cache."""

@@ -20,6 +20,7 @@ import torch
 from ..model import KVCache, MPTForCausalLM
 from ..model.cache import attention_dtype
 from ..model.decode import StaticDecoder, bucket
+from ..model.ragged import Group, forward_groups
 from .logprobs import TopK, token_logprob
 from .sampling import SamplingParams, greedy_tokens, pick_token
 from .text import TextStream
@@ -140,10 +141,23 @@ class BatchEngine:
         if len(keep) < len(self.rows):
             self._keep(keep)
 
+    @property
+    def fuses(self) -> bool:
+        """Whether :meth:`step` runs a joining prompt's chunk in the decode step's forward (eager, ALiBi or no
+        positions); a compiled step has fixed shapes, and learned positions serve one row at a time."""
+        return self.decoder is None and self.model.transformer.wpe is None
+
     @torch.inference_mode()
-    def step(self) -> list[Update]:
-        """Sample one token for every row, retire finished rows, run the others one position forward."""
+    def step(self, joining: Prefill | None = None, positions: int | None = None) -> list[Update]:
+        """Sample one token for every row, retire finished rows, run the others one position forward.
+
+        ``joining``: its next ``positions`` prompt positions (None: a whole chunk) run in the same forward when the
+        engine :attr:`fuses` (:mod:`mpt.model.ragged`: the weights are read once for both), else right after.
+        If that fails, the error goes to ``joining.error`` and those rows alone: the running rows go on.
+        """
         if not self.rows:
+            if joining is not None:
+                joining.advance_alone(positions)
             return []
         updates, keep, tokens = [], [], []
         for i, (r, tok) in enumerate(zip(self.rows, self._pick(), strict=True)):
@@ -166,13 +180,35 @@ class BatchEngine:
         if self.rows:
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
             ids = torch.tensor(tokens, device=self.device)[:, None]
+            if joining is not None and self.fuses and self._fused(ids, joining, positions):
+                return updates
             if self.decoder is not None:
                 self.logits = self.decoder(ids, self.cache, self.mask if self.padded else None)
             else:
                 out = self.model(ids, attention_mask=self.mask if self.padded else None, cache=self.cache,
                                  use_cache=True)
                 self.logits = out.logits[:, -1]
+        if joining is not None:
+            joining.advance_alone(positions)
         return updates
+
+    def _fused(self, ids: torch.Tensor, joining: Prefill, positions: int | None) -> bool:
+        """The decode forward and ``joining``'s next chunk as one; False (both caches put back) if it failed,
+        so the caller runs them apart and a failure is pinned on whichever of them it belongs to."""
+        start, end = joining.span(positions)
+        before = self.cache.get_seq_length()
+        groups = [Group(ids, self.cache, self.mask if self.padded else None),
+                  Group(joining.ids[:, start:end], joining.cache, joining.mask[:, :end] if joining.padded else None)]
+        try:
+            self.logits, logits = forward_groups(self.model, groups)
+        except Exception:
+            log.warning("a decode step fused with a joining prompt's chunk failed; running them apart",
+                        exc_info=True)
+            self.cache.crop(before)
+            joining.cache.crop(start)
+            return False
+        joining.finish(end, logits)
+        return True
 
     def _pick(self) -> list[int | Exception]:
         """Every row's next token, or the exception picking it raised (that row alone fails)."""
@@ -263,7 +299,23 @@ class Prefill:
         capacity = bucket(n + reserve) if engine.decoder is not None else n + reserve
         self.cache = KVCache(engine.model.config.n_layers, capacity=capacity, dtype=engine.cache_dtype)
         self.done = 0  # prompt positions already in the cache
+        self.ran = 0  # positions the last chunk ran
         self.logits: torch.Tensor | None = None
+        self.error: Exception | None = None  # set by BatchEngine.step when a chunk run beside the batch failed
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.ids.shape[1]
+
+    def span(self, tokens: int | None = None) -> tuple[int, int]:
+        """The prompt positions the next ``tokens`` (at most ``chunk``; None: ``chunk``) cover."""
+        return self.done, min(self.done + min(tokens or self.chunk, self.chunk), self.ids.shape[1])
+
+    def finish(self, end: int, logits: torch.Tensor) -> None:
+        """Positions up to ``end`` are in the cache; ``logits`` are the last one's."""
+        self.done, self.ran = end, end - self.done
+        if self.finished:
+            self.logits = logits
 
     @torch.inference_mode()
     def advance(self, tokens: int | None = None) -> bool:
@@ -271,14 +323,18 @@ class Prefill:
 
         True once the whole prompt is in the cache (``logits`` then set).
         """
-        end = min(self.done + min(tokens or self.chunk, self.chunk), self.ids.shape[1])
-        out = self.engine.model(self.ids[:, self.done:end], attention_mask=self.mask[:, :end] if self.padded else None,
+        start, end = self.span(tokens)
+        out = self.engine.model(self.ids[:, start:end], attention_mask=self.mask[:, :end] if self.padded else None,
                                 cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.done = end
-        if end == self.ids.shape[1]:
-            self.logits = out.logits[:, -1]
-            return True
-        return False
+        self.finish(end, out.logits[:, -1])
+        return self.finished
+
+    def advance_alone(self, tokens: int | None) -> None:
+        """:meth:`advance`, its error kept in ``error`` (for :meth:`BatchEngine.step`, whose rows it must not fail)."""
+        try:
+            self.advance(tokens)
+        except Exception as err:
+            self.error = err
 
 
 def _merge(a: KVCache, mask_a: torch.Tensor, b: KVCache, mask_b: torch.Tensor) -> tuple[KVCache, torch.Tensor]:

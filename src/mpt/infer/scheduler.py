@@ -101,54 +101,90 @@ class Scheduler:
             # than a prefill's last one): a chunk per loop turn, taking turns with a joining prompt's chunks,
             # so neither a long scoring request nor a burst of joining prompts holds up the other or the
             # running streams.
+            fused: tuple[Prefill, int | None] | None = None  # a joining chunk to run inside this decode step
             if self._scoring and (self._score_turn or not self._admissible()):
                 updates = []
                 self._score_chunk()
             else:
-                updates = self._admit()
+                updates, fused = self._admit()
             self._score_turn = not self._score_turn
             size = len(self.engine)
             try:
                 start = time.perf_counter()
-                updates += self.engine.step()
+                updates += self.engine.step(*(fused or ()))
+                took = time.perf_counter() - start
                 if size:
                     self.steps += 1  # decode steps actually run, not idle turns of the loop
-                    took = time.perf_counter() - start
+                if fused is not None:
+                    self._time_fused(fused[0], fused[1], took)
+                elif size:
                     self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
             except Exception as err:  # the batch's forward pass failed (e.g. out of memory): all its rows fail
                 log.error("decode step failed:\n%s", traceback.format_exc())
                 updates += [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}")
                             for r in self.engine.reset()]
+            if fused is not None:
+                updates += self._chunk_ran(fused[0])
             if size and self.on_step is not None:
                 self.on_step(size)
             for u in updates:
                 self._deliver(u)
 
-    def _admit(self) -> list[Update]:
-        """Prefill waiting rows into free batch slots, one chunk per call; a failed prefill fails those rows only."""
+    def _admit(self) -> tuple[list[Update], tuple[Prefill, int | None] | None]:
+        """Prefill waiting rows into free batch slots, one chunk per call; a failed prefill fails those rows only.
+
+        While rows decode on an engine that :attr:`~BatchEngine.fuses`, the chunk is returned (with its size) for
+        the decode step to run in its own forward, instead of being run here.
+        """
         joining = self._prefill.rows if self._prefill is not None else []
         try:
             if self._prefill is None:
                 free = self.max_rows - len(self.engine)
                 if free <= 0 or not self._waiting:
-                    return []
+                    return [], None
                 joining, self._waiting = self._waiting[:free], self._waiting[free:]
                 self._prefill = self.engine.prefill(joining, self.prefill_chunk)
             tokens, before = self._chunk_tokens(len(self._prefill.rows)), self._prefill.done
+            if self.engine.fuses and len(self.engine):
+                return [], (self._prefill, tokens)
             start = time.perf_counter()
-            done = self._prefill.advance(tokens)
+            self._prefill.advance(tokens)
             if tokens is not None and self._prefill.done - before == tokens:  # a whole paced chunk: time it
                 self._prefill_rate = tokens * len(self._prefill.rows) / max(time.perf_counter() - start, 1e-9)
-            if done:
-                prefill, self._prefill = self._prefill, None
-                self.engine.join(prefill)
-                cancelled, self._cancel_on_join = self._cancel_on_join, set()
-                self.engine.cancel(cancelled)
         except Exception as err:
-            log.error("prefill failed:\n%s", traceback.format_exc())
+            if self._prefill is None:  # it could not even start (engine.prefill refused these rows)
+                log.error("prefill failed:\n%s", traceback.format_exc())
+                return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining], None
+            self._prefill.error = err
+        return self._chunk_ran(self._prefill), None
+
+    def _chunk_ran(self, prefill: Prefill) -> list[Update]:
+        """After a chunk of ``prefill``: its rows join the batch once it is whole; if it failed, they alone fail."""
+        if prefill.error is not None:
+            err = prefill.error
+            log.error("prefill failed:\n%s", "".join(traceback.format_exception(err)))
             self._prefill, self._cancel_on_join = None, set()
-            return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in joining]
+            return [Update(r.key, None, "", "error", f"{type(err).__name__}: {err}") for r in prefill.rows]
+        if prefill.finished:
+            self._prefill = None
+            try:
+                self.engine.join(prefill)
+            except Exception as err:
+                prefill.error = err
+                return self._chunk_ran(prefill)
+            cancelled, self._cancel_on_join = self._cancel_on_join, set()
+            self.engine.cancel(cancelled)
         return []
+
+    def _time_fused(self, prefill: Prefill, tokens: int | None, took: float) -> None:
+        """The prefill rate of a chunk run inside a decode step: its positions over what it added to the step.
+
+        The added time is taken as at least a quarter of a plain step, so one noisy measure can at most
+        quadruple the next chunk.
+        """
+        if tokens is None or self._step_s is None or prefill.error is not None or prefill.ran != tokens:
+            return  # only a whole paced chunk is timed
+        self._prefill_rate = tokens * len(prefill.rows) / max(took - self._step_s, 0.25 * self._step_s)
 
     def _admissible(self) -> bool:
         """Whether :meth:`_admit` has work: a prefill under way, or rows waiting for a free slot."""

@@ -91,8 +91,12 @@ class MPTAttention(nn.Module):
         self.out_proj._is_residual = True
 
     def forward(self, x: torch.Tensor, attn_inputs, cache=None) -> torch.Tensor:
-        B, T, D = x.shape
-        qkv = self.Wqkv(x)
+        return self.out_proj(self.mix(self.Wqkv(x), attn_inputs, cache))
+
+    def mix(self, qkv: torch.Tensor, attn_inputs, cache=None) -> torch.Tensor:
+        """Attention between the projections: ``qkv`` (B, T, 3·D) to the heads' outputs (B, T, D), before
+        ``out_proj`` (apart so :mod:`mpt.model.ragged` can run the projections over several batches at once)."""
+        B, T, D = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         q, k, v = qkv.chunk(3, dim=-1)
@@ -107,7 +111,7 @@ class MPTAttention(nn.Module):
         if k.dtype != dtype:  # a cache of another dtype (KVCache's dtype): attend in the cache's
             q = q.to(k.dtype)
         out = attend(q, k, v, attn_inputs, self.softmax_scale, self.attn_pdrop if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, D).to(dtype))
+        return out.transpose(1, 2).reshape(B, T, D).to(dtype)
 
 
 class MPTMLP(nn.Module):

@@ -1,0 +1,60 @@
+"""One forward over several batches at once, each with its own cache: a decode step and a joining prompt's chunk.
+
+At serving sizes a step is bound by reading the weights, not by arithmetic: a separate forward for a joining
+prompt reads every weight again. :func:`forward_groups` runs the projections, norms and MLPs once over the
+tokens of all groups flattened together, and only attention per group, over that group's own cache and mask
+(vLLM's chunked prefill does the same inside its decode step). The numbers per token are those of separate
+forwards up to the matmul's summation order. Learned position embeddings are not handled (their engine serves
+one row at a time, so it has nothing to fuse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import prepare
+
+
+@dataclass
+class Group:
+    """``ids`` (B, T) to run after what ``cache`` holds; ``mask`` (B, cached + T), 1 = real token (None: no padding)."""
+
+    ids: torch.Tensor
+    cache: object
+    mask: torch.Tensor | None = None
+
+
+@torch.inference_mode()
+def forward_groups(model, groups: list[Group]) -> list[torch.Tensor]:
+    """Each group's logits at its last position, ``(B, V)`` per group, with its cache advanced by ``T``."""
+    tr = model.transformer
+    if tr.wpe is not None:
+        raise ValueError("forward_groups does not handle learned position embeddings (learned_pos_emb)")
+    D = model.config.d_model
+    x = tr.wte(torch.cat([g.ids.reshape(-1) for g in groups]))
+    frac = model.config.embedding_fraction
+    if frac < 1:  # as MPTModel.forward computes it, so the numbers match
+        x = x * frac + x.detach() * (1 - frac)
+    slopes = tr.alibi_slopes(x.device)
+    inputs = []
+    for g in groups:
+        B, T = g.ids.shape
+        past = g.cache.get_seq_length()
+        key_mask = g.mask.bool() if g.mask is not None else None
+        dtype = getattr(g.cache, "dtype", None) or x.dtype
+        inputs.append(prepare(model.config.attn_config["attn_impl"], B, T, past + T, slopes, key_mask, dtype,
+                              x.device))
+    sizes = [g.ids.numel() for g in groups]
+    for block in tr.blocks:
+        qkv = block.attn.Wqkv(block.norm_1(x))
+        mixed = [block.attn.mix(part.view(*g.ids.shape, -1), inp, g.cache).reshape(-1, D)
+                 for part, g, inp in zip(qkv.split(sizes), groups, inputs, strict=True)]
+        x = x + block.attn.out_proj(torch.cat(mixed))
+        x = x + block.ffn(block.norm_2(x))
+    ends = torch.tensor(sizes, device=x.device).cumsum(0)
+    last = torch.cat([torch.arange(1, g.ids.shape[0] + 1, device=x.device) * g.ids.shape[1] + (end - n) - 1
+                      for g, end, n in zip(groups, ends.tolist(), sizes, strict=True)])
+    logits = model.logits(tr.norm_f(x[last]))
+    return list(logits.split([g.ids.shape[0] for g in groups]))
