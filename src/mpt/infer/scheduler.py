@@ -1,12 +1,12 @@
 """The server's decode loop: one background thread drives the BatchEngine; requests join between steps.
 
-Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and a
-callback (:meth:`Scheduler.score` for ``echo`` with ``logprobs``); the thread admits waiting requests
-whenever the batch has room (prefilling them and merging them into the running batch), runs one decode
-step for every row, and hands each update to its callback. A handler whose client went away calls
-:meth:`Scheduler.cancel`; the row leaves the batch before the next step. The model is only ever touched
-from this thread, so a compiled decode step (:class:`~mpt.infer.batching.BatchEngine`'s ``compile``, the
-default on CUDA) is compiled and CUDA-graph-captured on this thread too.
+Request handlers (on the asyncio event loop) call :meth:`Scheduler.submit` with engine requests and a callback
+(:meth:`Scheduler.score` for ``echo`` with ``logprobs``). The thread admits waiting requests whenever the batch
+has room (their prompts run a chunk per decode step, inside its forward, then they merge into the batch), runs
+one decode step for every row, and hands each update to its callback. A handler whose client went away calls
+:meth:`Scheduler.cancel`; the row leaves the batch before the next step. The model is only ever touched from
+this thread, so a compiled decode step (:class:`~mpt.infer.batching.BatchEngine`'s ``compile``, the default on
+CUDA) is compiled and CUDA-graph-captured on this thread too.
 """
 
 from __future__ import annotations
