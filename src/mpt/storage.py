@@ -9,6 +9,7 @@ A leaf module: it imports nothing from ``mpt``, and fsspec or universal_pathlib 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -52,7 +53,8 @@ def remove_tree(path) -> None:
     if is_local_path(path):
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
-        path.fs.rm(path.path, recursive=True)
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by someone else: gone is what we want
+            path.fs.rm(path.path, recursive=True)
 
 
 # ---- object storage ---------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class BatchEngine:
                         "load it with prepack=False to compile the decode step")
             compile = False
         self.decoder = StaticDecoder(model, compile=True) if compile else None
+        self.fuse_joins = True  # False: a joining chunk runs in a forward of its own (benchmarks/bench_joins.py)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -145,7 +146,7 @@ class BatchEngine:
     def fuses(self) -> bool:
         """Whether :meth:`step` runs a joining prompt's chunk in the decode step's forward (eager, ALiBi or no
         positions); a compiled step has fixed shapes, and learned positions serve one row at a time."""
-        return self.decoder is None and self.model.transformer.wpe is None
+        return self.fuse_joins and self.decoder is None and self.model.transformer.wpe is None
 
     @torch.inference_mode()
     def step(self, joining: Prefill | None = None, positions: int | None = None) -> list[Update]:

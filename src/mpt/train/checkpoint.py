@@ -348,13 +348,20 @@ def _save_failed(err: BaseException, root, step: int, run_name: str, staging) ->
 
 
 def _intact(path) -> bool:
-    """Cheap check for pruning: every file of the manifest present with its size (no hashing)."""
+    """Cheap check for pruning: every file of the manifest present with its size (no hashing).
+
+    A file that goes while this looks (another process pruning, e.g. the run that took over an object-storage
+    folder from this one while it was stopped) makes the checkpoint not intact, never an error.
+    """
     manifest = _manifest(path)
     if manifest is None:
         return False
     for name, want in manifest.get("files", {}).items():
         p = path / name
-        if not p.is_file() or p.stat().st_size != want["bytes"]:
+        try:
+            if not p.is_file() or p.stat().st_size != want["bytes"]:
+                return False
+        except FileNotFoundError:
             return False
     return True
 
