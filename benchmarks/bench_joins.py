@@ -4,7 +4,7 @@ forward (the default, :mod:`mpt.model.ragged`) against a forward of their own (`
 Issue 21's model (peers.build_issue_model: d_model 512, GPT-NeoX tokenizer; needs ../shared), the server's
 Scheduler in-process without HTTP, C clients that each send their next chat request as soon as one ends; the
 requests' lengths differ (32-95 tokens), so rows end at different steps and every join meets running rows.
-Rounds alternate the two modes. Prints a table, then one JSON line.
+Rounds alternate the two modes; the model is loaded as `mpt serve` loads it. Prints a table, then one JSON line.
 
     python benchmarks/bench_joins.py [--dtype fp32 bf16] [--clients 8] [--requests 32] [--rounds 3]
 """
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import peers
@@ -67,12 +68,14 @@ def main() -> int:
         sys.exit(f"needs the GPT-NeoX tokenizer at {peers.NEOX} (../shared)")
     import mpt
     from mpt.infer.chat import Message, render
+    from mpt.infer.server import on_a_passing_thread
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        peers.build_issue_model(Path(tmp))
+        on_a_passing_thread(partial(peers.build_issue_model, Path(tmp)))
         for dtype in args.dtype:
-            llm = mpt.load(tmp, dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype])
+            # as `mpt serve` loads it: the decode thread must be the only one with OpenMP threads (server.py)
+            llm = on_a_passing_thread(partial(mpt.load, tmp, dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype]))
             prompts = [render([Message("user", " ".join(WORDS[i % 7:] + WORDS[:i % 5]))], llm.tokenizer)
                        for i in range(args.requests)]
             measure(llm, prompts[:args.clients], args.clients, True)  # warm-up
