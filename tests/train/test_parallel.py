@@ -9,8 +9,8 @@
 - A newest checkpoint that only rank 1 cannot load: both ranks resume from the same older one.
 - Checkpoint-folder refusals and failures (a held folder, a fresh run over another run's checkpoints,
   a changed optimizer, a full disk): the same one-line error on both ranks, and the group goes on.
-- Two nodes (two torchrun agents, c10d rendezvous): one run to the end; then one node dies mid-run,
-  is started again, and the job resumes and finishes by itself.
+- Two nodes (two torchrun agents, c10d rendezvous): one node dies mid-run, is started again, and the job
+  resumes and finishes by itself, with the weights of the same job run on one node.
 """
 
 import contextlib
@@ -111,6 +111,8 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     for name, parallel in [("lora-auto", {}), ("lora-ddp", {"strategy": "ddp"})]:
         jobs.append({"name": name, "recipe": dist_recipe(tmp / name, shards, parallel=parallel,
                                                      model=_lora_model(tmp / "lora-base"))})
+    # what the two-node runs below must equal: the same 2-rank job, 16 steps, in this group (no launch of its own)
+    jobs.append({"name": "long", "recipe": dist_recipe(tmp / "long", shards, parallel={}, train=TWO_NODE_TRAIN)})
     # QLoRA with the defaults (auto: replicated, as FSDP cannot shard 4-bit weights)
     jobs.append({"name": "qlora-auto", "recipe": dist_recipe(tmp / "qlora-auto", shards,
                                                          model=_lora_model(tmp / "lora-base", quantize=True))})
@@ -316,6 +318,9 @@ def test_sigterm_on_two_ranks_saves_exits_and_resumes_bit_identical(tmp_path, sh
     identical(exported(run), exported(two_tmp / "auto"))
 
 
+TWO_NODE_TRAIN = {"max_duration": "16ba"}  # long enough to lose a node in the middle
+
+
 def _node(run: Path, port: int):
     """One simulated node: a torchrun agent with one rank, meeting the other node at 127.0.0.1:port.
 
@@ -343,19 +348,13 @@ def _first_node(run: Path, recipe: dict, port: int):
     raise AssertionError("node A's rendezvous never listened")
 
 
-def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tmp_path, shards):
-    # one run to the end on two simulated nodes (one rank each)
-    whole = tmp_path / "whole"
-    port = free_port()
-    long = {"max_duration": "16ba"}  # long enough to lose a node in the middle
-    agents = [_first_node(whole, dist_recipe(whole, shards, parallel={}, train=long), port), _node(whole, port)]
-    for agent in agents:
-        code, out = finish(agent)
-        assert code == 0, out[-4000:]
-    # the same job; node B dies mid-run (agent and rank together) and is started again with the same command
+def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tmp_path, shards, two_ranks):
+    """A 2-rank job on two simulated nodes (one rank each); node B dies mid-run (agent and rank together) and is
+    started again with the same command: both nodes end, and the weights are those of the same job run on one
+    node without a fault (the "long" job of the two-rank group)."""
     run = tmp_path / "node-lost"
     port = free_port()
-    node_a = _first_node(run, dist_recipe(run, shards, parallel={}, train=long), port)
+    node_a = _first_node(run, dist_recipe(run, shards, parallel={}, train=TWO_NODE_TRAIN), port)
     node_b = _node(run, port)
     deadline = time.time() + 180
     while logged_steps(run) < 5 and node_a.poll() is None and time.time() < deadline:
@@ -371,7 +370,9 @@ def test_two_nodes_run_to_the_end_and_survive_a_node_that_dies_and_comes_back(tm
     assert code_a == 0, out_a[-4000:]
     assert code_b == 0, out_b[-4000:]
     assert "resumed from" in out_a + out_b
-    identical(exported(run), exported(whole))
+    group, outcomes = two_ranks
+    assert outcomes["long"]["error"] is None and outcomes["long"]["steps"] == 16
+    identical(exported(run), exported(group / "long"))
 
 
 def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_path, shards):
