@@ -133,8 +133,8 @@ class Scheduler:
     def _admit(self) -> tuple[list[Update], tuple[Prefill, int | None] | None]:
         """Prefill waiting rows into free batch slots, one chunk per call; a failed prefill fails those rows only.
 
-        While rows decode on an engine that :attr:`~BatchEngine.fuses`, the chunk is returned (with its size) for
-        the decode step to run in its own forward, instead of being run here.
+        While rows decode on an engine that :attr:`~BatchEngine.fuses`, the chunk is not run here: it is returned
+        (with its size) for the decode step to run inside its forward.
         """
         joining = self._prefill.rows if self._prefill is not None else []
         try:

@@ -53,8 +53,10 @@ def forward_groups(model, groups: list[Group]) -> list[torch.Tensor]:
                  for part, g, inp in zip(qkv.split(sizes), groups, inputs, strict=True)]
         x = x + block.attn.out_proj(torch.cat(mixed))
         x = x + block.ffn(block.norm_2(x))
-    ends = torch.tensor(sizes, device=x.device).cumsum(0)
-    last = torch.cat([torch.arange(1, g.ids.shape[0] + 1, device=x.device) * g.ids.shape[1] + (end - n) - 1
-                      for g, end, n in zip(groups, ends.tolist(), sizes, strict=True)])
-    logits = model.logits(tr.norm_f(x[last]))
+    last, start = [], 0  # each row's last token in the flattened tokens
+    for g in groups:
+        B, T = g.ids.shape
+        last += [start + (i + 1) * T - 1 for i in range(B)]
+        start += B * T
+    logits = model.logits(tr.norm_f(x[torch.tensor(last, device=x.device)]))
     return list(logits.split([g.ids.shape[0] for g in groups]))
