@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import build_checkpoint, free_port  # noqa: E402
+from bench_serve import build_tiny  # noqa: E402
+from peers import free_port  # noqa: E402
 
 
 def stream(url: str, prompt: str, max_tokens: int, arrivals: list[float], started: threading.Event,
@@ -108,7 +109,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        build_checkpoint(Path(tmp))
+        build_tiny(Path(tmp))
         llm = load(tmp, device=args.device)
         from mpt.infer.serve_config import ServeConfig
 

@@ -27,6 +27,12 @@ log = logging.getLogger("mpt.serve")
 
 class Scheduler:
     MIN_CHUNK = 16  # prompt tokens per paced chunk at least, so a slow model still makes progress
+    # A chunk run inside a decode step is sized for half of prefill_stall, and at most 1.5x the last chunk: its
+    # cost grows faster than its length (attention over the prompt so far) and is measured as a difference of two
+    # noisy times. benchmarks/bench_serve_join.py, streams' p95 gap over a plain step's: 1.83-1.87x so, against
+    # 2.47-2.50x at the full share (BENCHMARKS.md).
+    FUSED_SHARE = 0.5
+    FUSED_GROWTH = 1.5
 
     def __init__(self, engine: BatchEngine, max_batch_size: int = 16, prefill_chunk: int | None = None,
                  prefill_stall: float = 1.0) -> None:
@@ -146,6 +152,9 @@ class Scheduler:
                 self._prefill = self.engine.prefill(joining, self.prefill_chunk)
             tokens, before = self._chunk_tokens(len(self._prefill.rows)), self._prefill.done
             if self.engine.fuses and len(self.engine):
+                if tokens is not None and self._prefill_rate is not None:
+                    grown = int(self.FUSED_GROWTH * self._prefill.ran) if self._prefill.ran else tokens
+                    tokens = max(self.MIN_CHUNK, min(int(tokens * self.FUSED_SHARE), grown))
                 return [], (self._prefill, tokens)
             start = time.perf_counter()
             self._prefill.advance(tokens)
@@ -179,12 +188,11 @@ class Scheduler:
     def _time_fused(self, prefill: Prefill, tokens: int | None, took: float) -> None:
         """The prefill rate of a chunk run inside a decode step: its positions over what it added to the step.
 
-        The added time is taken as at least a quarter of a plain step, so one noisy measure can at most
-        quadruple the next chunk.
+        A difference of two noisy times (the next chunk's growth is bounded in :meth:`_admit`).
         """
         if tokens is None or self._step_s is None or prefill.error is not None or prefill.ran != tokens:
             return  # only a whole paced chunk is timed
-        self._prefill_rate = tokens * len(prefill.rows) / max(took - self._step_s, 0.25 * self._step_s)
+        self._prefill_rate = tokens * len(prefill.rows) / max(took - self._step_s, 0.01 * self._step_s)
 
     def _admissible(self) -> bool:
         """Whether :meth:`_admit` has work: a prefill under way, or rows waiting for a free slot."""
