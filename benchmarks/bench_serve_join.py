@@ -109,8 +109,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        build_tiny(Path(tmp))
-        llm = load(tmp, device=args.device)
+        # as `mpt serve` does: the server's decode thread must be the only one with OpenMP threads (server.py)
+        from mpt.infer.server import on_a_passing_thread
+
+        llm = on_a_passing_thread(lambda: (build_tiny(Path(tmp)), load(tmp, device=args.device))[1])
         from mpt.infer.serve_config import ServeConfig
 
         default = ServeConfig()

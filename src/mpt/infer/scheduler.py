@@ -27,11 +27,11 @@ log = logging.getLogger("mpt.serve")
 
 class Scheduler:
     MIN_CHUNK = 16  # prompt tokens per paced chunk at least, so a slow model still makes progress
-    # A chunk run inside a decode step is sized for half of prefill_stall, and at most 1.5x the last chunk: its
+    # A chunk run inside a decode step is sized for a third of prefill_stall, and at most 1.5x the last chunk: its
     # cost grows faster than its length (attention over the prompt so far) and is measured as a difference of two
-    # noisy times. benchmarks/bench_serve_join.py, streams' p95 gap over a plain step's: 1.83-1.87x so, against
-    # 2.47-2.50x at the full share (BENCHMARKS.md).
-    FUSED_SHARE = 0.5
+    # noisy times. benchmarks/bench_serve_join.py, streams' p95 gap over a plain step's: 1.81-1.86x so, against
+    # 1.83-2.57x at half and 2.47-3.07x at the whole stall (BENCHMARKS.md).
+    FUSED_SHARE = 0.35
     FUSED_GROWTH = 1.5
 
     def __init__(self, engine: BatchEngine, max_batch_size: int = 16, prefill_chunk: int | None = None,

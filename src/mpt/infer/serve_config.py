@@ -69,7 +69,8 @@ class ServeConfig:
     prefill_chunk: int = option(512, "prompt tokens per prefill forward at most (bounds a long prompt's memory; 0: "
                                 "no bound)")
     prefill_stall: float = option(1.0, "while rows decode, a joining prompt is read in chunks that each add at most "
-                                  "about this many decode steps' time (run inside a decode step: half), so streams "
+                                  "about this many decode steps' time (run inside a decode step: a third), so "
+                                  "streams "
                                   "keep flowing (0: chunks of --prefill-chunk tokens)")
 
     def validate(self) -> ServeConfig:
