@@ -128,7 +128,7 @@ def with_probes(test):
     return test
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
+@settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @with_probes
 @given(target=targets, body=bodies, key=auth, content_type=content_types)
