@@ -3,7 +3,8 @@
 `checkpoint.folder: s3://bucket/run` saves through DCP's fsspec storage, autoresume reads it back,
 `mpt export` turns it into a transformers folder, an upload cut short (no manifest) is never taken
 for a checkpoint, and a missing bucket is a clear error before any step. One run at a time holds a
-folder through a lease object with a heartbeat, taken over once stale or by a restarted torchrun group.
+folder through a lease object with a heartbeat, taken over once stale (a restarted torchrun group takes its
+own over at once: tests/train/test_parallel.py, beside the bit-identical resume after a SIGKILL).
 """
 
 import fsspec
@@ -213,42 +214,6 @@ def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_ta
     assert f"resumed from {last}" in out, out
     assert newest().name == f"step-{end:08d}"
     assert not fs.exists(f"{url}/.lease.json")  # released at the end
-
-
-def test_torchrun_restarting_a_group_takes_over_its_own_lease_at_once(tmp_path, s3_server):
-    """2 ranks under `torchrun --max-restarts 1`; rank 0, which holds the lease, is killed (SIGKILL). The
-    agent restarts the group: the new rank 0 takes over the earlier attempt's lease, fresh as it is
-    (lease_seconds 600 here), and the run resumes and finishes."""
-    import os
-    import signal
-    import time
-
-    import yaml
-
-    from .helpers import cmdline, descendants
-    from .torchrun import ENV, dist_recipe, finish, free_port, logged_steps, torchrun
-
-    data = make_shards(tmp_path / "data", samples=160)
-    url = f"s3://{s3_server.bucket}/runs/restarted"
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "recipe.yaml").write_text(yaml.safe_dump(dist_recipe(
-        run, data, parallel={}, train={"max_duration": "12ba"},
-        checkpoint={"folder": url, "every_batches": 2, "lease_seconds": 600, "export_hf": None})))
-    proc = torchrun(2, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), env=dict(ENV, **s3_server.env),
-                     extra=["--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"])
-    deadline = time.time() + 180
-    while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
-    rank0 = [w for w in workers if b"\0RANK=0\0" in b"\0" + open(f"/proc/{w}/environ", "rb").read()]
-    assert len(workers) == 2 and len(rank0) == 1, workers
-    os.kill(rank0[0], signal.SIGKILL)
-    code, out = finish(proc)
-    assert code == 0, out[-4000:]
-    assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {rank0[0]} on host" in out
-    assert "(an earlier attempt of this torchrun job)" in out
-    assert "resumed from" in out
 
 
 def test_a_run_that_loses_its_lease_during_an_s3_save_makes_no_checkpoint_and_prunes_nothing(tmp_path, s3_server):

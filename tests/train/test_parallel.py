@@ -4,8 +4,8 @@
   run ends, exports, and follows the one-process loss curve and weights (float tolerance).
 - Resharding: 4 ranks -> 2 ranks -> 1 process, each segment resuming the previous one's checkpoint.
 - Spike rollback on 2 ranks; in-training ICL evaluation on FSDP ranks changes nothing in training.
-- SIGKILL of one rank under `torchrun --max-restarts 1`: the group restarts, resumes, and ends
-  bit-identical to an uninterrupted run. SIGTERM on 2 ranks: saves, exits, resumes bit-identical.
+- SIGKILL of rank 0 (holding the S3 folder's lease) under `torchrun --max-restarts 1`: the group restarts,
+  takes the lease over, resumes, ends bit-identical. SIGTERM on 2 ranks: saves, exits, resumes bit-identical.
 - A newest checkpoint that only rank 1 cannot load: both ranks resume from the same older one.
 - Checkpoint-folder refusals and failures (a held folder, a fresh run over another run's checkpoints,
   a changed optimizer, a full disk): the same one-line error on both ranks, and the group goes on.
@@ -253,21 +253,30 @@ def test_spike_rollback_on_two_ranks_restores_the_checkpoint_weights(two_ranks):
     identical(weights_at(tmp / "after", latest), before)
 
 
-def test_sigkill_of_one_rank_under_max_restarts_resumes_bit_identical(tmp_path, shards, two_ranks):
+def test_sigkill_of_rank_0_under_max_restarts_takes_over_its_s3_lease_and_resumes_bit_identical(
+        tmp_path, shards, two_ranks, s3_server):
+    """2 ranks under `torchrun --max-restarts 1`, checkpoints on S3; rank 0, which holds the folder's lease, is
+    killed (SIGKILL). The agent restarts the group: the new rank 0 takes over the earlier attempt's lease at
+    once, fresh as it is (lease_seconds 600), and the run resumes and ends bit-identical to an uninterrupted run."""
     two_tmp, _ = two_ranks
     run = tmp_path / "killed"
+    url = f"s3://{s3_server.bucket}/runs/restarted"
+    recipe = dist_recipe(run, shards, parallel={}, checkpoint={"folder": url, "lease_seconds": 600})
     # c10d rendezvous: each restart round meets under fresh store keys (the static one can reuse stale ones)
-    proc = mpt_train(2, dist_recipe(run, shards, parallel={}), run, extra=[
+    proc = mpt_train(2, recipe, run, env=dict(ENV, **s3_server.env), extra=[
         "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"])
     deadline = time.time() + 180
     while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     workers = [w for w in descendants(proc.pid) if "mpt.cli" in cmdline(w)]
-    assert len(workers) == 2, workers
-    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; the agent restarts the whole group
+    rank0 = [w for w in workers if b"\0RANK=0\0" in b"\0" + open(f"/proc/{w}/environ", "rb").read()]
+    assert len(workers) == 2 and len(rank0) == 1, workers
+    os.kill(rank0[0], signal.SIGKILL)  # one rank dies; the agent restarts the whole group
     code, out = finish(proc)
     assert code == 0, out[-4000:]
-    assert "resumed from" in out
+    assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {rank0[0]} on host" in out
+    assert "(an earlier attempt of this torchrun job)" in out
+    assert f"resumed from {url}/step-" in out
     identical(exported(run), exported(two_tmp / "auto"))
 
 
@@ -329,7 +338,10 @@ def _node(run: Path, port: int):
     restarted after a crash) waits for them forever.
     """
     extra = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-             "--rdzv-id", run.name, "--max-restarts", "2"]
+             "--rdzv-id", run.name, "--max-restarts", "2",
+             # a node without a heartbeat for 5 s is dead (torchrun's default: 3 x 5 s), so the surviving node's
+             # next round does not wait 15 s for the dead node to leave it
+             "--rdzv-conf", "keep_alive_interval=1,keep_alive_max_attempt=5"]
     return torchrun(1, "-m", "mpt.cli", "train", str(run / "recipe.yaml"), extra=extra, new_session=True,
                      env=dict(ENV, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"))
 

@@ -58,11 +58,11 @@ def torchrun(nproc: int, *args, extra=(), new_session=False, env=ENV):
     return proc
 
 
-def mpt_train(nproc: int, recipe: dict, run: Path, extra=(), new_session=False):
+def mpt_train(nproc: int, recipe: dict, run: Path, extra=(), new_session=False, env=ENV):
     run.mkdir(parents=True, exist_ok=True)
     path = run / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    return torchrun(nproc, "-m", "mpt.cli", "train", str(path), extra=extra, new_session=new_session)
+    return torchrun(nproc, "-m", "mpt.cli", "train", str(path), extra=extra, new_session=new_session, env=env)
 
 
 def finish(proc, timeout=300):
