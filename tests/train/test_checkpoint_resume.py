@@ -103,11 +103,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, shards,
 
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(tmp_path, shards, reference):
-    # A larger model makes each save last long enough to be caught in the act.
-    recipe, run = _recipe(tmp_path, shards, "killed-in-save",
-                          model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
-                                            "max_seq_len": 32}},
-                          checkpoint={"every_batches": 2})
+    # A larger model makes each save last long enough to be caught in the act; 8 steps, a save every 2.
+    sections = {"model": {"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
+                                     "max_seq_len": 32}},
+                "checkpoint": {"every_batches": 2}, "train": {"max_duration": "8ba"}}
+    recipe, run = _recipe(tmp_path, shards, "killed-in-save", **sections)
+    # the same recipe without interruption, meanwhile in a process of its own
+    ref_recipe, ref_run = _recipe(tmp_path, shards, "in-save-reference", **sections)
+    ref_proc = _start(ref_recipe)
     ckpt_dir = run / "ckpt"
     caught = None
     for _attempt in range(8):  # each attempt resumes the run; stop once a kill lands inside a save
@@ -118,6 +121,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(tmp_path, s
             if tmp_dirs and complete_checkpoints(ckpt_dir):
                 proc.kill()
                 break
+            time.sleep(0.002)  # a save lasts far longer; a busy loop would take a core from the runs
         proc.wait()
         leftovers = [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")] if ckpt_dir.is_dir() else []
         if leftovers and proc.returncode == -signal.SIGKILL:
@@ -127,12 +131,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(tmp_path, s
     code, out = _finish(_start(recipe))
     assert code == 0, out
     assert not any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir())
-    # the same recipe without interruption
-    ref_recipe, ref_run = _recipe(tmp_path, shards, "in-save-reference",
-                                  model={"fields": {"d_model": 256, "n_heads": 4, "n_layers": 4, "vocab_size": 64,
-                                                    "max_seq_len": 32}},
-                                  checkpoint={"every_batches": 2})
-    code, out = _finish(_start(ref_recipe))
+    code, out = _finish(ref_proc)
     assert code == 0, out
     _assert_bit_identical(_final_weights(tmp_path, run), _final_weights(tmp_path, ref_run))
 
@@ -187,7 +186,7 @@ def _wait_for_steps(run, proc, steps, timeout=120):
     deadline = time.time() + timeout
     while logged_steps(run) < steps and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None and logged_steps(run) >= steps, "the first run did not get going"
+    assert proc.poll() is None and logged_steps(run) >= steps, f"the holder did not train on to step {steps}"
 
 
 def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_holder_frees_it(tmp_path, shards):
@@ -209,16 +208,16 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_hold
         other_recipe.write_text(yaml.safe_dump(other))
         refusal = (f"mpt train: error: checkpoint.folder {folder} is in use by run 'test' (pid {holder.pid} on host "
                    f"{socket.gethostname()}, since ")
-        for second in (other_recipe, recipe):
-            code, out = _finish(_start(second), timeout=120)
+        # both at once: another run name, and the same command again
+        for second in [_start(other_recipe), _start(recipe)]:
+            code, out = _finish(second, timeout=120)
             assert code == 2, out
             lines = [line for line in out.splitlines() if "error" in line.lower()]
             assert len(lines) == 1 and lines[0].startswith(refusal), out
             assert lines[0].endswith(" UTC); wait for that run to end (or stop it), or use another checkpoint.folder")
             assert "Traceback" not in out
         steps = logged_steps(run)
-        time.sleep(1)
-        assert holder.poll() is None and logged_steps(run) > steps  # the holder never noticed
+        _wait_for_steps(run, holder, steps + 1)  # the holder never noticed: it trains on
     finally:
         holder.kill()  # SIGKILL: the lock is the kernel's to release
         holder.communicate()
