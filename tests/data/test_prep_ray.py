@@ -43,8 +43,11 @@ def cluster():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])   # dying_partition runs in the workers
     # no token: the second node (`ray start`, below) and the drivers in other processes join without one
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # a node that misses 3 health checks 1 s apart is dead (Ray's default: 5 at 3 s, 15 s a killed node's tasks
+    # wait before they run again elsewhere); a live node's check only fails after its 10 s timeout
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="mpt-ray-"), configure_logging=False)
+             _temp_dir=tempfile.mkdtemp(prefix="mpt-ray-"), configure_logging=False,
+             _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     os.environ.pop("RAY_AUTH_MODE", None)
