@@ -30,8 +30,9 @@ import yaml
 from mpt.config import from_dict
 from mpt.train import Recipe, train
 from mpt.train.checkpoint import complete_checkpoints, verify
+from mpt.train.folder_lock import hold_folder
 
-from .helpers import cmdline, descendants, make_shards
+from .helpers import cmdline, descendants, make_shards, small_disk
 from .torchrun import (
     ENV,
     STEPS,
@@ -81,6 +82,7 @@ def four_ranks(tmp_path_factory, shards):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, shards, four_ranks):
+    """The 2-rank group: every job below in one torchrun launch (one start of Python and torch per rank)."""
     tmp = tmp_path_factory.mktemp("two")
     four_tmp, _ = four_ranks
     chain = four_tmp / "reshard"
@@ -116,7 +118,43 @@ def two_ranks(tmp_path_factory, shards, four_ranks):
     # QLoRA with the defaults (auto: replicated, as FSDP cannot shard 4-bit weights)
     jobs.append({"name": "qlora-auto", "recipe": dist_recipe(tmp / "qlora-auto", shards,
                                                          model=_lora_model(tmp / "lora-base", quantize=True))})
-    return tmp, run_jobs(2, jobs, tmp / "jobs")[0]
+    # "auto"'s checkpoints, the newest with a rank-1 file that only rank 1 refuses (planted before the job)
+    run = tmp / "one-rank-sees-it"
+    jobs.append({"name": "one-rank-sees-it", "recipe": dist_recipe(run, shards, parallel={}),
+                 "before": [f"{__name__}:plant_a_checkpoint_rank_1_cannot_load", str(tmp / "auto" / "ckpt"),
+                            str(run / "ckpt"), str(tmp / "pwned")]})
+    # checkpoint-folder refusals and failures, last: a held folder, a full disk (a real small filesystem)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(small_disk(tmp / "disk"))
+        except pytest.skip.Exception as why:  # not root: only the test of the refusals skips, saying why
+            no_disk = str(why)
+        else:
+            no_disk = None
+            stack.enter_context(hold_folder(tmp / "held" / "ckpt", "someone", 120.0, log=lambda *_: None))
+            jobs += _refusal_jobs(tmp, shards)
+        outcomes, out = run_jobs(2, jobs, tmp / "jobs")
+        (tmp / "jobs" / "group.log").write_text(out)
+        # the full disk's checkpoints, read and verified while the disk is there
+        outcomes["disk"] = {"error": no_disk, "checkpoints": [] if no_disk else [
+            str(p) for p in complete_checkpoints(tmp / "disk" / "ckpt")]}
+        if not no_disk:
+            verify(complete_checkpoints(tmp / "disk" / "ckpt")[-1])
+    return tmp, outcomes
+
+
+def _refusal_jobs(tmp: Path, shards: Path) -> list[dict]:
+    shared, held = tmp / "shared", tmp / "held"
+    three = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 3, "vocab_size": 64, "max_seq_len": 32}}
+    return [
+        {"name": "first", "recipe": dist_recipe(shared, shards, train={"max_duration": "4ba"})},
+        {"name": "held", "recipe": dist_recipe(held, shards)},
+        {"name": "fresh", "recipe": dist_recipe(shared, shards, checkpoint={"autoresume": False})},
+        {"name": "lion", "recipe": dist_recipe(shared, shards, optimizer={"name": "lion", "lr": 1e-4})},
+        {"name": "full", "recipe": dist_recipe(tmp / "full", shards, train={"max_duration": "12ba"},
+                                               checkpoint={"folder": str(tmp / "disk" / "ckpt"), "every_batches": 2})},
+        {"name": "start-over", "recipe": dist_recipe(shared, shards, model=three, checkpoint={"start_over": True})},
+    ]
 
 
 def _lora_model(base: Path, quantize: bool = False) -> dict:
@@ -288,23 +326,29 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_a_checkpoint_only_one_rank_cannot_load_sends_both_ranks_back_to_the_older_one(tmp_path, shards, two_ranks):
+def plant_a_checkpoint_rank_1_cannot_load(source: str, folder: str, marker: str) -> None:
+    """Copy a run's checkpoints; the newest's rank-1 RNG file becomes a crafted pickle (writing ``marker``
+    if it ever ran) under a manifest that matches it. Called by dist_worker.py before its job."""
+    from tests.train.test_checkpoint import _rewrite_manifest
+
+    shutil.copytree(source, folder)
+    newest = complete_checkpoints(Path(folder))[-1]
+    torch.save({"torch": _Payload(Path(marker))}, newest / "rank1.pt")
+    _rewrite_manifest(newest)
+
+
+def test_a_checkpoint_only_one_rank_cannot_load_sends_both_ranks_back_to_the_older_one(two_ranks):
     """Rank 1's RNG file in the newest checkpoint is a crafted pickle with a matching manifest: rank 0
     loads that checkpoint fine, rank 1 refuses its file. Both must resume from the same older one."""
-    from .test_checkpoint import _rewrite_manifest
-
-    two_tmp, _ = two_ranks
-    run = tmp_path / "one-rank-sees-it"
-    shutil.copytree(two_tmp / "auto" / "ckpt", run / "ckpt")
-    older, newest = complete_checkpoints(run / "ckpt")[-2:]
-    marker = tmp_path / "pwned"
-    torch.save({"torch": _Payload(marker)}, newest / "rank1.pt")
-    _rewrite_manifest(newest)
-    code, out = finish(mpt_train(2, dist_recipe(run, shards, parallel={}), run))
-    assert code == 0, out[-4000:]
-    assert not marker.exists()
-    assert f"checkpoint {newest} cannot be used" in out
-    assert f"resumed from {older}" in out and f"resumed from {newest}" not in out
+    two_tmp, outcomes = two_ranks
+    run = two_tmp / "one-rank-sees-it"
+    outcome = outcomes["one-rank-sees-it"]
+    assert outcome["error"] is None and outcome["steps"] == STEPS
+    older, newest = run / "ckpt" / "step-00000004", run / "ckpt" / "step-00000008"
+    said = "\n".join(outcome["log"])
+    assert not (two_tmp / "pwned").exists()
+    assert f"checkpoint {newest} cannot be used" in said
+    assert f"resumed from {older}" in said and f"resumed from {newest}" not in said
     identical(exported(run), exported(two_tmp / "auto"))
 
 
@@ -424,32 +468,17 @@ def test_the_watchdog_covers_saves_a_rank_frozen_mid_save_ends_the_others(tmp_pa
     assert "(most recent call first):" in out and "checkpoint.py" in out, out[-3000:]
 
 
-def test_checkpoint_folder_refusals_and_failures_are_met_by_both_ranks_alike(tmp_path, shards):
-    """One torchrun group of 2 ranks runs jobs one after another: a folder another process holds, a fresh run
-    over checkpoints it did not write, a changed optimizer, a disk that fills up during a save. Each is
-    the same one-line error on both ranks, and the next job runs (no rank is left waiting in a collective);
-    then start_over moves the old checkpoints aside and trains."""
-    from mpt.train.folder_lock import hold_folder
-
-    from .helpers import small_disk
-
-    shared, held = tmp_path / "shared", tmp_path / "held"
-    three = {"fields": {"d_model": 32, "n_heads": 2, "n_layers": 3, "vocab_size": 64, "max_seq_len": 32}}
-    jobs = [
-        {"name": "first", "recipe": dist_recipe(shared, shards, train={"max_duration": "4ba"})},
-        {"name": "held", "recipe": dist_recipe(held, shards)},
-        {"name": "fresh", "recipe": dist_recipe(shared, shards, checkpoint={"autoresume": False})},
-        {"name": "lion", "recipe": dist_recipe(shared, shards, optimizer={"name": "lion", "lr": 1e-4})},
-        {"name": "full", "recipe": dist_recipe(tmp_path / "full", shards, train={"max_duration": "12ba"},
-                                                             checkpoint={"folder": str(tmp_path / "disk" / "ckpt"),
-                                                                         "every_batches": 2})},
-        {"name": "start-over", "recipe": dist_recipe(shared, shards, model=three, checkpoint={"start_over": True})},
-    ]
-    with small_disk(tmp_path / "disk"):
-        with hold_folder(held / "ckpt", "someone", 120.0, log=lambda *_: None):
-            outcomes, out = run_jobs(2, jobs, tmp_path / "jobs")
-        on_disk = complete_checkpoints(tmp_path / "disk" / "ckpt")
-        verify(on_disk[-1])
+def test_checkpoint_folder_refusals_and_failures_are_met_by_both_ranks_alike(two_ranks):
+    """Jobs of the 2-rank group, one after another: a folder another process holds, a fresh run over
+    checkpoints it did not write, a changed optimizer, a disk that fills up during a save. Each is the same
+    one-line error on both ranks, and the next job runs (no rank is left waiting in a collective); then
+    start_over moves the old checkpoints aside and trains."""
+    tmp, outcomes = two_ranks
+    if outcomes["disk"]["error"]:
+        pytest.skip(outcomes["disk"]["error"])
+    out = (tmp / "jobs" / "group.log").read_text()
+    shared, held = tmp / "shared", tmp / "held"
+    on_disk = [Path(p) for p in outcomes["disk"]["checkpoints"]]  # verified in the fixture, the disk mounted
     expected = {
         "held": f"checkpoint.folder {held / 'ckpt'} is in use by run 'someone' (pid {os.getpid()} on host "
                 f"{socket.gethostname()}, since ",
