@@ -1,7 +1,8 @@
 """Real processes: SIGKILL and SIGTERM mid-run, torchrun with 2 ranks, resharded resume, and a second run
 refused on a checkpoint folder in use (until the holder dies).
 
-Every run here is `mpt train` in a subprocess, exactly as a user (or a supervisor) starts it.
+Every run killed, stopped or refused here is `mpt train` in a subprocess, exactly as a user (or a
+supervisor) starts it.
 """
 
 import os
@@ -192,7 +193,7 @@ def _wait_for_steps(run, proc, steps, timeout=120):
 def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_holder_frees_it(tmp_path, shards):
     """Two `mpt train` processes on one folder: the second (another run name, or the same command twice) is
     refused with one line naming the holder, which trains on; killed with SIGKILL, the holder's lock goes
-    with its process and the same command resumes."""
+    with its process and the same recipe resumes."""
     import socket
 
     recipe, run = _recipe(tmp_path, shards, "holder", train={"max_duration": "100000ba"},
@@ -224,8 +225,11 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused_and_a_killed_hold
     assert holder.returncode == -signal.SIGKILL
     newest = complete_checkpoints(folder)[-1]
     end = int(newest.name.split("-")[1]) + 2
-    code, out = _finish(subprocess.Popen([_mpt(), "train", str(recipe), f"train.max_duration={end}ba"], env=ENV,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    assert code == 0, out
-    assert f"resumed from {newest}" in out
+    # the same recipe and override as `mpt train RECIPE train.max_duration=...`, in this process (a start saved)
+    from mpt.train import load_recipe, train
+
+    messages = []
+    result = train(load_recipe(str(recipe), [f"train.max_duration={end}ba"]), log=messages.append)
+    assert result.steps == end
+    assert any(f"resumed from {newest}" in m for m in messages), messages
     assert complete_checkpoints(folder)[-1].name == f"step-{end:08d}"
