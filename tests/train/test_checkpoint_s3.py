@@ -114,8 +114,10 @@ def test_wrong_credentials_for_the_checkpoint_bucket_are_a_clear_error_before_tr
 # and continued after the takeover finishes writing that step's objects; on object storage (no rename) they
 # land where the new holder may have saved the same step (a known gap: see checkpoint.save).
 @pytest.mark.serial
-def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_taken_over(tmp_path, s3_server):
-    """Object storage has no locks: a lease object with a heartbeat, every run a real `mpt train` process.
+def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_taken_over(tmp_path, s3_server,
+                                                                                         capsys):
+    """Object storage has no locks: a lease object with a heartbeat; every run stopped or killed is a real
+    `mpt train` process, the refused one and the last are `mpt train` run in this process (a start saved).
 
     A second run is refused while the holder's heartbeat keeps its lease fresh. A holder stopped
     (SIGSTOP) past checkpoint.lease_seconds loses it to the same command started again, and once
@@ -131,6 +133,8 @@ def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_ta
     import time
 
     import yaml
+
+    from mpt.cli import main
 
     data = make_shards(tmp_path / "data")
     url = f"s3://{s3_server.bucket}/runs/leased"
@@ -169,10 +173,12 @@ def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_ta
     second = None
     try:
         wait_for_steps(first, "first", 3)
-        started = time.time()
-        out, _ = mpt_train(recipe("other", run_name="other"), "train.max_duration=2ba").communicate(timeout=120)
-        # by then the lease is older than lease_seconds: only the holder's heartbeat kept it fresh
-        assert time.time() - started > 2
+        # the lease is older than lease_seconds: only the holder's heartbeat keeps it fresh
+        while time.time() - json.loads(fs.cat_file(f"{url}/.lease.json"))["since"] < 2.5:
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["train", str(recipe("other", run_name="other")), "train.max_duration=2ba"]) == 2
+        out = capsys.readouterr().err
         assert f"mpt train: error: checkpoint.folder {url} is in use by run 'test' (pid {first.pid} on host " \
                f"{host}, since " in out, out
         assert "(a lease without a heartbeat for checkpoint.lease_seconds=2 is taken over; if that run is gone, " \
@@ -209,7 +215,9 @@ def test_an_s3_folder_in_use_is_refused_and_a_stalled_or_killed_runs_lease_is_ta
     time.sleep(2)
     last = newest()
     end = int(last.name.split("-")[1]) + 2
-    out, _ = mpt_train(recipe("first"), f"train.max_duration={end}ba").communicate(timeout=120)
+    capsys.readouterr()
+    assert main(["train", str(recipe("first")), f"train.max_duration={end}ba"]) == 0
+    out = capsys.readouterr().out
     assert f"checkpoint.folder {url}: took over the lease of run 'test' (pid {second.pid} on host" in out, out
     assert f"resumed from {last}" in out, out
     assert newest().name == f"step-{end:08d}"
