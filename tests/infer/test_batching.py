@@ -93,21 +93,25 @@ def test_a_joining_prompt_whose_chunk_fails_fails_alone(llm, caplog):
     assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=20).text
 
 
-def test_a_bfloat16_engine_on_cpu_decodes_over_a_float32_cache_as_the_plain_forward_does():
-    """CPU attention in bfloat16 is slow at decode shapes (mpt.model.cache.attention_dtype): the engine keeps its cache
-    in float32, and its greedy tokens are those of the model's own forward over such a cache."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_engine_on_cpu_decodes_over_a_cache_of_its_attention_dtype_as_the_plain_forward_does(dtype):
+    """The engine keeps its cache in attention_dtype (float16 on CPU: float32, where half-precision SDPA is slow;
+    bfloat16: itself on a CPU with native bfloat16), and its greedy tokens are the model's own forward's over such
+    a cache."""
     from mpt import KVCache
     from mpt.infer.batching import BatchEngine
+    from mpt.model.cache import attention_dtype
 
-    model = tiny_model(8, **MODEL_FIELDS).to(torch.bfloat16)
+    model = tiny_model(8, **MODEL_FIELDS).to(dtype)
     prompt = [5, 6, 7, 8, 9]
     engine = BatchEngine(model, None, [])
     engine.add([Row(0, prompt, SamplingParams(6))])
-    assert engine.cache.keys[0].dtype == torch.float32
+    cache_dtype = attention_dtype(dtype, "cpu")
+    assert engine.cache.keys[0].dtype == cache_dtype
     out = []
     while engine.rows:
         out += [u.token_id for u in engine.step()]
-    cache, ids, want = KVCache(model.config.n_layers, dtype=torch.float32), torch.tensor([prompt]), []
+    cache, ids, want = KVCache(model.config.n_layers, dtype=cache_dtype), torch.tensor([prompt]), []
     with torch.inference_mode():
         for _ in range(6):
             logits = model(ids, cache=cache, use_cache=True).logits[0, -1]

@@ -71,7 +71,7 @@ class BatchEngine:
         self.pad_token_id = pad_token_id
         param = next(model.parameters())
         self.device = param.device
-        self.cache_dtype = attention_dtype(param.dtype, self.device)  # float32 for a bfloat16 model on CPU
+        self.cache_dtype = attention_dtype(param.dtype, self.device)  # float32 where CPU attention in half is slow
         learned_positions = model.transformer.wpe is not None
         # Models with learned position embeddings are served one sequence at a time (here, in run and in the
         # scheduler); generate_ids batches their rows, all joining at once (tested equal to one at a time).

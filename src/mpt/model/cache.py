@@ -2,7 +2,7 @@
 
 transformers' ``DynamicCache`` concatenates every step (copying the whole context each time);
 this one writes into spare capacity and doubles only when full, so a decode step touches the
-context only inside attention. Its ``dtype`` may differ from the model's: a bfloat16 model on CPU attends in
+context only inside attention. Its ``dtype`` may differ from the model's: a float16 model on CPU attends in
 float32 over a float32 cache (:func:`attention_dtype`). It has the same ``update``/``get_seq_length`` surface as
 transformers' caches (and the few flags and ``reorder_cache`` their ``generate`` reads), and the model
 accepts either; ``MPTForCausalLM.generate`` gives transformers' loop one of these by default. The
@@ -84,11 +84,15 @@ class KVCache:
 def attention_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     """The dtype a decoding cache (and so the attention) should have for a model of ``dtype`` on ``device``.
 
-    float32 for a bfloat16 or float16 model on CPU: there PyTorch's SDPA runs half-precision inputs several times
-    slower than float32 ones (8 rows x 8 heads x 1 query over 100 keys: 380 us against 75), which at decode shapes
-    made attention a quarter of a bfloat16 step; the cache costs twice the memory, the linear layers stay in
-    ``dtype``. Elsewhere ``dtype`` itself.
+    float32 for a float16 model on CPU, and for a bfloat16 one on a CPU without native bfloat16 (neither
+    avx512_bf16 nor AMX): PyTorch's SDPA runs those half-precision inputs several times slower than float32.
+    Elsewhere ``dtype`` itself: with native bfloat16 (torch 2.13, AVX-512 BF16) bfloat16 SDPA measured faster
+    than float32 at every decode and prefill shape tried (8 rows x 8 heads over 155 keys, 8 layers: 670 us
+    against 1,080), and a bfloat16 engine step 1.25x faster over a bfloat16 cache (BENCHMARKS.md).
     """
-    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        return torch.float32
+    if torch.device(device).type == "cpu":
+        from .load import cpu_has_bf16
+
+        if dtype == torch.float16 or (dtype == torch.bfloat16 and not cpu_has_bf16()):
+            return torch.float32
     return dtype

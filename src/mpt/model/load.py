@@ -6,6 +6,7 @@ checkpoint behaves the same whichever command reads it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype |
     return getattr(torch, dtype)
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags as Linux's ``/proc/cpuinfo`` names them.
 
