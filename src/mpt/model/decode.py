@@ -62,7 +62,7 @@ def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Ten
     x = tr.wte(ids)
     if tr.wpe is not None:  # a row's position counts its real tokens (left padding starts at 0, as eager)
         x = x + tr.wpe(key_mask.long().sum(1, keepdim=True) - 1)
-    x = tr.emb_drop(x)
+    x = tr.emb_drop(tr.scale_embedding(x))
     C = key_mask.shape[1]
     dtype = keys[0].dtype  # the attention's (a cache may keep another dtype than the model's: KVCache)
     neg = torch.finfo(dtype).min

@@ -212,6 +212,19 @@ class MPTModel(MPTPreTrainedModel):
             self._slopes[device] = alibi_slopes(self.config.n_heads, ac["alibi_bias_max"], device)
         return self._slopes[device]
 
+    def scale_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The token embeddings with their gradient (not their value) scaled by ``embedding_fraction``."""
+        frac = self.config.embedding_fraction
+        return x * frac + x.detach() * (1 - frac) if frac < 1 else x
+
+    def attention_inputs(self, B: int, T: int, past: int, key_mask: torch.Tensor | None, dtype: torch.dtype,
+                         cache, device: torch.device, sequence_id: torch.Tensor | None = None):
+        """What every layer's attention needs for ``T`` new tokens after ``past`` cached ones; a cache of its
+        own ``dtype`` (KVCache's) sets the attention's dtype."""
+        dtype = getattr(cache, "dtype", None) or dtype
+        return prepare(self.config.attn_config["attn_impl"], B, T, past + T, self.alibi_slopes(device), key_mask,
+                       dtype, device, sequence_id)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
@@ -260,15 +273,10 @@ class MPTModel(MPTPreTrainedModel):
             else:  # left padding: each row's first real token is position 0 (as MosaicML's code does)
                 positions = (key_mask.long().cumsum(1) - 1).clamp(min=0)[:, past:]
             x = x + self.wpe(positions)
-        frac = self.config.embedding_fraction
-        if frac < 1:  # scale the embedding's gradient, not its value
-            x = x * frac + x.detach() * (1 - frac)
-        x = self.emb_drop(x)
+        x = self.emb_drop(self.scale_embedding(x))
 
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        dtype = getattr(cache, "dtype", None) or dtype  # a KVCache of its own dtype: the attention runs in it
-        attn_inputs = prepare(self.config.attn_config["attn_impl"], B, T, past + T, self.alibi_slopes(x.device),
-                              key_mask, dtype, x.device, sequence_id)
+        attn_inputs = self.attention_inputs(B, T, past, key_mask, dtype, cache, x.device, sequence_id)
         for block in self.blocks:
             x = block(x, attn_inputs, cache)
         x = self.norm_f(x)

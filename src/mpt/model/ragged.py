@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import prepare
-
 
 @dataclass
 class Group:
@@ -33,19 +31,12 @@ def forward_groups(model, groups: list[Group]) -> list[torch.Tensor]:
     if tr.wpe is not None:
         raise ValueError("forward_groups does not handle learned position embeddings (learned_pos_emb)")
     D = model.config.d_model
-    x = tr.wte(torch.cat([g.ids.reshape(-1) for g in groups]))
-    frac = model.config.embedding_fraction
-    if frac < 1:  # as MPTModel.forward computes it, so the numbers match
-        x = x * frac + x.detach() * (1 - frac)
-    slopes = tr.alibi_slopes(x.device)
+    x = tr.scale_embedding(tr.wte(torch.cat([g.ids.reshape(-1) for g in groups])))
     inputs = []
     for g in groups:
         B, T = g.ids.shape
-        past = g.cache.get_seq_length()
         key_mask = g.mask.bool() if g.mask is not None else None
-        dtype = getattr(g.cache, "dtype", None) or x.dtype
-        inputs.append(prepare(model.config.attn_config["attn_impl"], B, T, past + T, slopes, key_mask, dtype,
-                              x.device))
+        inputs.append(tr.attention_inputs(B, T, g.cache.get_seq_length(), key_mask, x.dtype, g.cache, x.device))
     sizes = [g.ids.numel() for g in groups]
     for block in tr.blocks:
         qkv = block.attn.Wqkv(block.norm_1(x))
