@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .load import cpu_has_bf16
+
 
 class KVCache:
     # transformers' generate asks a cache passed to it whether its own compile path may use it: no (our
@@ -90,9 +92,7 @@ def attention_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dty
     than float32 at every decode and prefill shape tried (8 rows x 8 heads over 155 keys, 8 layers: 670 us
     against 1,080), and a bfloat16 engine step 1.25x faster over a bfloat16 cache (BENCHMARKS.md).
     """
-    if torch.device(device).type == "cpu":
-        from .load import cpu_has_bf16
-
-        if dtype == torch.float16 or (dtype == torch.bfloat16 and not cpu_has_bf16()):
-            return torch.float32
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and (dtype == torch.float16 or (dtype == torch.bfloat16 and not cpu_has_bf16())):
+        return torch.float32
     return dtype
