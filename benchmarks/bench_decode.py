@@ -1,7 +1,7 @@
 """Batch-1 greedy decode on the CPU: compiled against eager, and (``--peer llamacpp``) against llama.cpp.
 
 Ours run ``generate_ids`` eagerly (``compile=False``), compiled over a static cache (``compile=True``) and,
-with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on CPU);
+with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on CPU, int8 too);
 an untimed first run compiles each shape, then the runs are interleaved so all see the same machine load,
 and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
 ``--dtype``): ``tiny`` (d_model 128, vocab 4,096: per-op overhead), ``small`` (d_model 256, vocab 50,432:
@@ -139,9 +139,11 @@ def contenders(args, work: Path) -> dict:
         return run
 
     packed = prepack_model(copy.deepcopy(model))  # what mpt.load gives on CPU (mpt.model.prepack)
+    int8_packed = prepack_model(copy.deepcopy(int8))  # mpt.load(..., quantize="int8"): packed int8 weights
     runs = {f"ours {args.dtype} eager": ours(model, False), f"ours {args.dtype} compiled": ours(model, True),
             f"ours {args.dtype} prepacked": ours(packed, False),
-            "ours int8 eager": ours(int8, False), "ours int8 compiled": ours(int8, True)}
+            "ours int8 eager": ours(int8, False), "ours int8 compiled": ours(int8, True),
+            "ours int8 prepacked": ours(int8_packed, False)}
     python = peers.llamacpp_python()
     if python is None:
         print(f"llama-cpp-python is not installed in {peers.CACHE / 'llamacpp'} (benchmarks/check_gguf.py makes it): "

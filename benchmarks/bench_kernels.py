@@ -9,6 +9,9 @@
 4. Decode attention of a bfloat16 model on CPU (``mpt.model.cache.attention_dtype``): SDPA over bfloat16 caches
    against float32 ones, 8 rows x 8 heads x 1 query over 155 keys, 8 layers (each its own cache, as in a
    step); only where this CPU has native bfloat16 (elsewhere the code keeps float32 without asking).
+5. An int8 vocabulary projection (``mpt.model.quantize.Int8Linear.pack``, after ``prepack_model``): oneDNN's
+   int8 matmul over weights packed once against ``torch._int_mm`` over the plain ones, 1 and 8 rows x 512 ->
+   50,432, the whole layer (rounding the input per token, rescaling the output).
 
     python benchmarks/bench_kernels.py [--threads 1] [--repeats 10]
 
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from mpt.eval.runner import _score_rows
 from mpt.infer.sampling import _row_max
 from mpt.model.load import cpu_has_bf16
+from mpt.model.quantize import Int8Linear
 
 
 def seconds(fn) -> float:
@@ -77,6 +81,15 @@ def main() -> None:
             return lambda: [F.scaled_dot_product_attention(q, k, v, attn_mask=bias) for k, v in caches]
         rows.append(("decode attention 8x8x155x64, 8 layers", "bf16 cache", "float32 cache",
                      *pair(attention(torch.bfloat16), attention(torch.float32), args.repeats)))
+
+    weight = torch.randn(50_432, 512)
+    plain, packed = Int8Linear(weight, None), Int8Linear(weight, None)
+    packed.pack()
+    with torch.inference_mode():
+        for n in (1, 8):
+            x = torch.randn(n, 512)
+            rows.append((f"int8 projection {n} x 512 -> 50,432", "packed", "torch._int_mm",
+                         *pair(lambda x=x: packed(x), lambda x=x: plain(x), args.repeats)))
 
     print(f"{'case':42} {'ours':>14} {'ms':>8} {'alternative':>14} {'ms':>8} {'speed-up':>9}")
     for case, ours, theirs, a, b in rows:

@@ -67,7 +67,13 @@ def ensure_peer(venv: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "llama-cpp-python", "numpy"], check=True)
+        # Built for this CPU but without llama.cpp's AMX kernels: on a CPU with AMX they crash q8_0 matmuls
+        # (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue #20824; seen here with 0.3.36). GCC lets an
+        # explicit -mno-* win over what -march=native turns on, and ignores it on CPUs without AMX.
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        env = {**os.environ, "CMAKE_ARGS": f'-DCMAKE_C_FLAGS="{no_amx}" -DCMAKE_CXX_FLAGS="{no_amx}"'}
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", "llama-cpp-python", "numpy"],
+                       check=True, env=env)
     return python
 
 

@@ -85,7 +85,13 @@ def _agrees(linear: nn.Linear) -> bool:
 
 
 def prepack_model(model: nn.Module) -> nn.Module:
-    """Prepack ``model``'s bias-free linear layers, and its tied output projection, in place; returns it."""
+    """Prepack ``model``'s bias-free linear layers, and its tied output projection, in place; returns it.
+    An int8 model (:mod:`mpt.model.quantize`) gets its int8 weights packed instead."""
+    if getattr(model, "quantized", None):
+        from .quantize import pack_int8
+
+        model.prepacked = pack_int8(model)
+        return model
     linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear) and child.bias is None]
     if not can_prepack(model) or not linears or not _agrees(linears[0][2]):
