@@ -1,9 +1,9 @@
 """Batch-1 greedy decode on the CPU: compiled against eager, and (``--peer llamacpp``) against llama.cpp.
 
 Ours run ``generate_ids`` eagerly (``compile=False``), compiled over a static cache (``compile=True``) and,
-with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on CPU, int8 too);
-an untimed first run compiles each shape, then the runs are interleaved so all see the same machine load,
-and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
+with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on
+CPU, float and int8); an untimed first run compiles each shape, then the runs are interleaved so all see
+the same machine load, and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
 ``--dtype``): ``tiny`` (d_model 128, vocab 4,096: per-op overhead), ``small`` (d_model 256, vocab 50,432:
 the vocabulary projection dominates), ``body`` (d_model 768, vocab 8,192). ``--peer llamacpp``: issue
 21's model (d_model 512, 8 layers, vocab 50,432), ours in ``--dtype`` and int8, eager and compiled, beside

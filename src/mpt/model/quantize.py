@@ -3,8 +3,8 @@
 Every ``nn.Linear`` becomes an :class:`Int8Linear`: an int8 weight with one float32 scale per output row
 (symmetric), a quarter of its float32 bytes. On GPU it is weight-only (cast inside the call: it saves
 memory, not time); on CPU each call also rounds its input to int8 per token and runs an int8 x int8
-matmul (oneDNN's, over weights packed once, after ``prepack_model``). A tied embedding becomes one int8
-table for ``lm_head`` and :class:`Int8Embedding`. A quantized model is for inference only (not saved or exported).
+matmul (oneDNN's over weights packed once, after ``prepack_model``). A tied embedding becomes one int8
+table for ``lm_head`` and :class:`Int8Embedding`. Inference only: not trained, saved or exported.
 Why not a library: torchao 0.18's weight-only int8 upcasts the whole weight on every CPU call (slower
 than float32, compiled too), its int8 x int8 path is this one with no gain, and once installed
 transformers imports it with every model (seconds and CUDA warnings per command, quantized or not).
@@ -180,13 +180,13 @@ def pack_int8(model: nn.Module) -> bool:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers (each storage counted once)."""
+    """Bytes of the model's parameters, buffers (each storage counted once) and packed weights."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
         storage = t.untyped_storage()
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())
             total += storage.nbytes()
-    # and the packed int8 weights (opaque oneDNN tensors, not buffers)
-    return total + sum(m.packed.numel() for m in model.modules() if getattr(m, "packed", None) is not None
-                       and m.packed.dtype == torch.int8)
+    # and the packed weights (opaque oneDNN tensors, not buffers: Int8Linear's and prepack's PackedLinear's)
+    packed = [m.packed for m in model.modules() if isinstance(getattr(m, "packed", None), torch.Tensor)]
+    return total + sum(t.numel() * t.element_size() for t in packed)
