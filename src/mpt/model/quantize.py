@@ -73,8 +73,8 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _int8_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` rounded to int8 per token, PyTorch's int8 x int8 -> int32 matmul (``torch._int_mm``,
-        oneDNN/VNNI), then rescaled. PyTorch has no fast float x int8 matmul on CPU: casting the weight each
+        """``x`` rounded to int8 per token, an int8 x int8 -> int32 matmul (oneDNN's over the packed weight, else
+        ``torch._int_mm``), then rescaled. PyTorch has no fast float x int8 matmul on CPU: casting the weight each
         call (the GPU path) or ``torch._weight_int8pack_mm`` with float32 inputs ran slower than float32,
         the int8 x int8 path faster (figures in BENCHMARKS.md, int8 weights; benchmarks/bench_int8.py)."""
         xf = x.float()
