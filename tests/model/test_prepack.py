@@ -77,6 +77,7 @@ def test_int8_models_get_packed_int8_weights_with_the_same_logits(tied):
     packed = prepack_model(quantize_model(tiny_model(5, **INFER_FIELDS, tie_word_embeddings=tied)))
     layers = [m for m in packed.modules() if isinstance(m, Int8Linear)]
     assert packed.prepacked and layers and all(m.packed is not None for m in layers)
+    assert prepack_model(packed).prepacked  # a second call changes nothing
     # the plain int8 table stays only where the embedding lookup reads it (the tied head)
     assert [m for m in layers if m.weight is not None] == ([packed.lm_head] if tied else [])
     twins = dict(plain.named_modules())

@@ -170,11 +170,14 @@ def quantize_model(model: nn.Module, method: str | None = "int8") -> nn.Module:
 
 def pack_int8(model: nn.Module) -> bool:
     """Pack a CPU int8 model's weights for oneDNN (``prepack_model`` calls this); False where it cannot."""
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.packed is None]
-    if not layers or layers[0].weight.device.type != "cpu" or not _packing_agrees(layers[0]):
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    todo = [m for m in layers if m.packed is None]
+    if not todo:
+        return bool(layers)  # packed already
+    if todo[0].weight.device.type != "cpu" or not _packing_agrees(todo[0]):
         return False
     shared = {id(m.head[0]) for m in model.modules() if isinstance(m, Int8Embedding)}
-    for layer in layers:
+    for layer in todo:
         layer.pack(keep_plain=id(layer) in shared)
     return True
 
