@@ -1,8 +1,8 @@
 """Batch-1 greedy decode on the CPU: compiled against eager, and (``--peer llamacpp``) against llama.cpp.
 
 Ours run ``generate_ids`` eagerly (``compile=False``), compiled over a static cache (``compile=True``) and,
-with ``--peer llamacpp``, eagerly over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on
-CPU, float and int8); an untimed first run compiles each shape, then the runs are interleaved so all see
+with ``--peer llamacpp``, over oneDNN-prepacked weights (``prepacked``: what ``mpt.load`` gives on CPU, float
+and int8), eager and compiled; an untimed first run compiles each shape, then the runs are interleaved so all see
 the same machine load, and the median counts (tokens/s: new tokens over the whole call, prefill included). Models (random, in
 ``--dtype``): ``tiny`` (d_model 128, vocab 4,096: per-op overhead), ``small`` (d_model 256, vocab 50,432:
 the vocabulary projection dominates), ``body`` (d_model 768, vocab 8,192). ``--peer llamacpp``: issue
@@ -141,9 +141,9 @@ def contenders(args, work: Path) -> dict:
     packed = prepack_model(copy.deepcopy(model))  # what mpt.load gives on CPU (mpt.model.prepack)
     int8_packed = prepack_model(copy.deepcopy(int8))  # mpt.load(..., quantize="int8"): packed int8 weights
     runs = {f"ours {args.dtype} eager": ours(model, False), f"ours {args.dtype} compiled": ours(model, True),
-            f"ours {args.dtype} prepacked": ours(packed, False),
+            f"ours {args.dtype} prepacked": ours(packed, False), f"ours {args.dtype} prepacked compiled": ours(packed, True),
             "ours int8 eager": ours(int8, False), "ours int8 compiled": ours(int8, True),
-            "ours int8 prepacked": ours(int8_packed, False)}
+            "ours int8 prepacked": ours(int8_packed, False), "ours int8 prepacked compiled": ours(int8_packed, True)}
     python = peers.llamacpp_python()
     if python is None:
         print(f"llama-cpp-python is not installed in {peers.CACHE / 'llamacpp'} (benchmarks/check_gguf.py makes it): "

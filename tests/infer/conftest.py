@@ -58,7 +58,7 @@ def llm(checkpoint):
 
 @pytest.fixture(scope="session")
 def plain_llm(checkpoint):
-    """Without prepacked weights: what torch.compile takes (``--compile on`` loads this way)."""
+    """Without prepacked weights (``mpt.load(..., prepack=False)``)."""
     from mpt import load
 
     return load(checkpoint, device="cpu", prepack=False)
@@ -73,16 +73,19 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """`create_app` served by a real uvicorn on a loopback port, in a background thread."""
+    """`create_app` served by a real uvicorn on a loopback port, in a background thread, after the warm-up
+    `mpt serve` runs before it opens its port (where a compiled decode step compiles)."""
 
     def __init__(self, llm, **cfg):
         import threading
         import time
 
-        from mpt.infer.server import ServeConfig, create_app, uvicorn_server
+        from mpt.infer.server import ServeConfig, create_app, on_a_passing_thread, uvicorn_server, warm_up
 
         self.port = free_port()
-        self.app = create_app(llm, ServeConfig(model="tiny", model_name="tiny", port=self.port, **cfg))
+        config = ServeConfig(model="tiny", model_name="tiny", port=self.port, **cfg)
+        self.app = create_app(llm, config)
+        on_a_passing_thread(lambda: warm_up(llm, config))
         self.server = uvicorn_server(self.app, "127.0.0.1", self.port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

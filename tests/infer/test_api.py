@@ -117,14 +117,15 @@ def test_bad_sampling_settings_are_named(llm, field, value):
 
 
 def test_generate_compiled_and_in_prefill_chunks_gives_the_eager_tokens(llm, plain_llm):
-    """mpt.load(...).generate passes compile and prefill_chunk to the engine: same greedy tokens (compiled:
-    without prepacked weights, which torch.compile cannot take; eager: with and without them)."""
+    """mpt.load(...).generate passes compile and prefill_chunk to the engine: same greedy tokens, compiled or
+    eager, with prepacked weights and without."""
     prompt = llm.encode(PROMPTS[3] * 3)
     eager = llm.generate([prompt], max_new_tokens=6)[0].token_ids
     assert plain_llm.generate([prompt], max_new_tokens=6)[0].token_ids == eager
     assert llm.generate([prompt], max_new_tokens=6, prefill_chunk=8)[0].token_ids == eager
+    assert llm.generate([prompt], max_new_tokens=6, compile=True)[0].token_ids == eager
     assert plain_llm.generate([prompt], max_new_tokens=6, compile=True)[0].token_ids == eager
-    assert plain_llm.engine(compile=True).decoder is not None
+    assert llm.engine(compile=True).decoder is not None
 
 
 def test_load_int8_generates_greedily(llm8, llm):

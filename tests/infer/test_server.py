@@ -180,20 +180,20 @@ def test_server_with_int8_weights(llm8):
         s.close()
 
 
-@pytest.mark.parametrize("mode,compiled", [("auto", False), ("on", True), ("off", False)])
-def test_serve_compile_mode_reaches_the_engine(plain_llm, mode, compiled):
-    """--compile: auto leaves a CPU engine eager, on compiles its decode steps, off never does."""
+@pytest.mark.parametrize("mode,compiled", [("auto", True), ("on", True), ("off", False)])
+def test_serve_compile_mode_reaches_the_engine(llm, mode, compiled):
+    """--compile: a server compiles its decode steps with auto (on CPU too) and on, never with off."""
     from mpt.infer.server import ServeConfig, create_app
 
-    app = create_app(plain_llm, ServeConfig(model="tiny", compile=mode))
+    app = create_app(llm, ServeConfig(model="tiny", compile=mode))
     assert (app.state.server.scheduler.engine.decoder is not None) is compiled
 
 
-def test_a_compiled_server_answers_with_the_eager_text(llm, plain_llm):
-    """The compiled decode step runs (and compiles) on the server's decode thread: same greedy text (as the
-    eager, prepacked model's)."""
+def test_a_compiled_server_answers_with_the_eager_text(llm):
+    """The compiled decode step runs (and compiles) on the server's decode thread over the prepacked weights
+    `mpt serve --compile on` loads: the eager model's greedy text."""
 
-    s = RunningServer(plain_llm, compile="on", context_length=256)
+    s = RunningServer(llm, compile="on", context_length=256)
     try:
         for prompt in ("Hello world", "The quick brown fox"):
             r = s.client().completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)

@@ -104,10 +104,17 @@ def test_float16_is_left_alone():
     assert not getattr(h, "prepacked", False) and isinstance(h.transformer.blocks[0].attn.Wqkv, torch.nn.Linear)
 
 
-def test_a_compiled_engine_over_packed_weights_decodes_eagerly_with_a_warning(caplog):
-    from mpt.infer.batching import BatchEngine
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_compiled_decode_step_runs_over_packed_weights(int8, caplog):
+    """torch.compile takes packed weights through mpt.model.packed_ops' ops: the compiled decode gives the eager
+    greedy tokens, and compiles (a graph it could not build would fall back to eager with a warning)."""
+    from mpt.infer.generate import generate_ids
 
-    packed = prepack_model(tiny_model(0, **INFER_FIELDS))
-    with caplog.at_level(logging.WARNING, logger="mpt.serve"):
-        engine = BatchEngine(packed, None, [0], compile=True)
-    assert engine.decoder is None and "prepack=False" in caplog.text
+    model = tiny_model(0, **INFER_FIELDS)
+    packed = prepack_model(quantize_model(model) if int8 else model)
+    assert packed.prepacked
+    with caplog.at_level(logging.WARNING):
+        eager = generate_ids(packed, IDS[:2, :12], 8, compile=False)
+        compiled = generate_ids(packed, IDS[:2, :12], 8, compile=True)
+    assert "compiled decode failed" not in caplog.text
+    assert torch.equal(compiled, eager)

@@ -126,7 +126,7 @@ def load(path: str | Path, tokenizer: str | Path | None = None, device: str | No
 
     Defaults and fallbacks are :func:`mpt.model.load.load_model`'s: CUDA when available, bfloat16 on
     GPU and float32 on CPU. ``quantize="int8"``: int8 weights for the linear layers
-    (:mod:`mpt.model.quantize`). ``prepack`` (CPU, float weights): linear weights packed once for oneDNN
+    (:mod:`mpt.model.quantize`). ``prepack`` (CPU): linear weights, float or int8, packed once for oneDNN
     (:mod:`mpt.model.prepack`), 2x faster decoding; the model is then for inference only.
     """
     from ..data.tokenize import load_tokenizer

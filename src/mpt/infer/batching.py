@@ -84,12 +84,6 @@ class BatchEngine:
         self.logits: torch.Tensor | None = None  # (rows, V): scores for each row's next token
         if compile is None:
             compile = self.device.type == "cuda"
-        if compile and getattr(model, "prepacked", False):
-            # torch.compile cannot lower oneDNN's packed-weight matmul; eager over packed weights measured faster
-            # than compiled over plain ones on CPU (BENCHMARKS.md, prepacked weights)
-            log.warning("this model's weights are prepacked for CPU (mpt.load's prepack): decoding eagerly; "
-                        "load it with prepack=False to compile the decode step")
-            compile = False
         self.decoder = StaticDecoder(model, compile=True) if compile else None
         self.fuse_joins = True  # False: a joining chunk runs in a forward of its own (benchmarks/bench_joins.py)
 

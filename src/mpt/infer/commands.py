@@ -75,7 +75,7 @@ class GenerateConfig(ModelSource):
 def generate(cfg: GenerateConfig) -> None:
     """Stream one continuation to stdout, or print JSON lines for several prompts; the speed on stderr."""
     prompts = cfg.prompts()
-    llm = cfg.load(prepack=compile_flag(cfg.compile) is not True)  # torch.compile cannot take packed weights
+    llm = cfg.load()
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
               repetition_penalty=cfg.repetition_penalty, stop=cfg.stop or None, seed=cfg.seed,
               batch_size=cfg.batch_size, compile=compile_flag(cfg.compile))

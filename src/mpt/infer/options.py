@@ -12,7 +12,9 @@ DTYPE = ("weights dtype; auto: bf16 on a CPU with avx512_bf16 or AMX, else fp32 
          "without them is refused (default: bf16 on GPU, fp32 on CPU)")
 QUANTIZE = "int8: int8 weights for the linear layers (a quarter of fp32's bytes; faster on CPU)"
 COMPILE = ("decode steps through torch.compile over a static cache: auto = on for CUDA (CUDA graphs), off on CPU "
-           "(each new batch shape compiles for tens of seconds there)")
+           "(where the compile takes longer than a short generation saves)")
+SERVE_COMPILE = ("decode steps through torch.compile over a static cache, compiled for every batch size before the "
+                 "server opens its port: auto = on (CPU and CUDA); off decodes eagerly and starts at once")
 TEMPERATURE = "0 is greedy"
 TOP_P = "nucleus sampling mass"
 TOP_K = "sample among the k likeliest tokens (0: off)"

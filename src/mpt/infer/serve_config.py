@@ -18,15 +18,21 @@ if TYPE_CHECKING:
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
-# Decode steps through torch.compile over a static cache: auto is on for CUDA (CUDA graphs), off on CPU,
-# where each new batch shape costs a compile of tens of seconds for a modestly faster small-model step
-# (benchmarks/bench_decode.py; the figures are in BENCHMARKS.md).
+# Decode steps through torch.compile over a static cache. For one-shot commands auto is on for CUDA (CUDA
+# graphs) and off on CPU, where the compile takes longer than most short generations it speeds up; a server
+# compiles in both cases, at start-up (warm_up), for every batch size: compiled steps over packed weights measured
+# 1.06-1.40x eager at 1 and 8 clients on CPU (BENCHMARKS.md, compiled decode over packed weights).
 CompileMode = Literal["auto", "on", "off"]
 
 
 def compile_flag(mode: CompileMode) -> bool | None:
-    """The engine's ``compile`` argument: None lets it choose by device."""
+    """The engine's ``compile`` argument for one-shot commands: None lets it choose by device."""
     return {"auto": None, "on": True, "off": False}[mode]
+
+
+def serve_compiles(mode: CompileMode) -> bool:
+    """Whether the server's engine compiles its decode steps: auto and on do, on any device."""
+    return mode != "off"
 
 
 @dataclass
@@ -36,7 +42,7 @@ class ServeConfig:
     device: str | None = option(None, opts.DEVICE)
     dtype: opts.Dtype | None = option(None, opts.DTYPE)
     quantize: Literal["int8"] | None = option(None, opts.QUANTIZE)  # mpt.model.quantize
-    compile: CompileMode = option("auto", opts.COMPILE)
+    compile: CompileMode = option("auto", opts.SERVE_COMPILE)
     host: str = option("127.0.0.1", "address to bind (default: 127.0.0.1, this machine only)")
     port: int = option(8000, "port (0: any free one; the banner names it)")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on /v1 (default: $MPT_API_KEY, else no "

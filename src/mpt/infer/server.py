@@ -36,7 +36,7 @@ from .logprobs import PromptScorer
 from .metrics import create_metrics
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, ResponseHead, parse
 from .scheduler import Scheduler
-from .serve_config import ServeConfig, compile_flag
+from .serve_config import ServeConfig, serve_compiles
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ class Server:
     def __init__(self, llm: LLM, cfg: ServeConfig) -> None:
         self.llm = llm
         self.cfg = cfg.resolve(llm)
-        self.scheduler = Scheduler(llm.engine(compile_flag(cfg.compile)), cfg.max_batch_size, cfg.prefill_chunk or None,
+        self.scheduler = Scheduler(llm.engine(serve_compiles(cfg.compile)), cfg.max_batch_size, cfg.prefill_chunk or None,
                                    cfg.prefill_stall)
         self.metrics = create_metrics(in_flight=lambda: self.admission.in_flight,
                                       running=lambda: self.scheduler.running, waiting=lambda: self.scheduler.waiting)
@@ -335,7 +335,7 @@ def warm_up(llm: LLM, cfg: ServeConfig) -> None:
 
     sizes = sorted({min(row_bucket(n), cfg.max_batch_size) for n in range(1, cfg.max_batch_size + 1)})
     print(f"warming up: {len(sizes)} batch sizes ({', '.join(map(str, sizes))} rows)", end="", flush=True)
-    start, engine = time.perf_counter(), llm.engine(compile_flag(cfg.compile))
+    start, engine = time.perf_counter(), llm.engine(serve_compiles(cfg.compile))
     for rows in sizes:
         for _ in run(engine, llm.requests([[llm.stop_token_ids[0] if llm.stop_token_ids else 0] * 4] * rows,
                                          SamplingParams(max_new_tokens=3)), rows):
@@ -357,8 +357,7 @@ def serve(cfg: ServeConfig) -> None:
     sock = bind(cfg.host, cfg.port)
     try:
         llm = on_a_passing_thread(lambda: load(
-            cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize,
-            prepack=compile_flag(cfg.compile) is not True))  # torch.compile cannot take packed weights
+            cfg.model, tokenizer=cfg.tokenizer, device=cfg.device, dtype=dtype, quantize=cfg.quantize))
         app = create_app(llm, cfg)
         on_a_passing_thread(lambda: warm_up(llm, cfg))
     except BaseException:

@@ -86,16 +86,20 @@ _COMPILED: dict[str, object] = {}
 def compiled_step(device_type: str):
     """``decode_step`` under ``torch.compile`` (one compiled function per device type, shared by all engines).
 
-    ``dynamic=False``: one graph per shape. On CUDA ``mode="reduce-overhead"`` captures the step in a CUDA
-    graph, so a batch-1 decode is no longer bound by launching a few hundred kernels.
+    On CUDA ``dynamic=False`` (one graph per shape) and ``mode="reduce-overhead"`` capture the step in a CUDA
+    graph, so a batch-1 decode is no longer bound by launching a few hundred kernels. On CPU the capacity is
+    marked dynamic (:meth:`StaticDecoder.__call__`): one graph serves every capacity, so a generation does not
+    stop for seconds to compile each time its cache grows (BENCHMARKS.md, compiled decode over packed weights).
     """
     if device_type not in _COMPILED:
-        mode = "reduce-overhead" if device_type == "cuda" else None
+        cuda = device_type == "cuda"
+        mode = "reduce-overhead" if cuda else None
         # A server meets a shape per (row bucket, capacity bucket): more than dynamo's default limit of 8
         # recompiles, past which fullgraph=True raises (and the engine would decode eagerly from then on).
         # (recent torch.compile takes recompile_limit; older versions keep the global limit of 8.)
         extra = {"recompile_limit": 64} if "recompile_limit" in inspect.signature(torch.compile).parameters else {}
-        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, mode=mode, **extra)
+        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False if cuda else None, fullgraph=True,
+                                               mode=mode, **extra)
     return _COMPILED[device_type]
 
 
@@ -142,6 +146,9 @@ class StaticDecoder:
         if n > rows:
             ids = torch.cat([ids, ids.new_zeros(n - rows, 1)])
         pos = torch.tensor([length], device=self.device)
+        if self.device.type == "cpu" and self.step_fn is not decode_step:
+            for t in (key_mask, *cache.keys, *cache.values):
+                torch._dynamo.mark_dynamic(t, t.dim() - 1 if t is key_mask else 2)  # the capacity
         try:
             logits = self.step_fn(self.model, ids, pos, key_mask, cache.keys, cache.values)
         except Exception:

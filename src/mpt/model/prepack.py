@@ -2,7 +2,7 @@
 
 Each ``nn.Linear`` (and a tied output projection) becomes a :class:`PackedLinear` whose weight is reordered
 into oneDNN's blocked layout at load; every call then runs oneDNN's matmul on it, the kernel PyTorch's own
-compiler emits for frozen CPU graphs. PyTorch's eager ``F.linear`` repacks or streams the plain weight on
+compiler emits for frozen CPU graphs (a compiled step calls it through :mod:`mpt.model.packed_ops`). PyTorch's eager ``F.linear`` repacks or streams the plain weight on
 every call, which at decode shapes (a few rows) measured 2-8x slower (BENCHMARKS.md, prepacked weights).
 No library fitted: intel-extension-for-pytorch does this but is discontinued, torchao has no float path.
 The state dict still holds the dense weights (``save_pretrained`` works); the model cannot be trained.
@@ -16,6 +16,8 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import packed_ops
 
 log = logging.getLogger("mpt.model")
 
@@ -34,13 +36,26 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.dtype, self.tied = weight.dtype, tied
-        self.packed = _pack(weight)  # an opaque oneDNN tensor: a plain attribute, not a buffer
+        self.packed = _pack(weight)
+
+    @property
+    def packed(self) -> torch.Tensor:
+        """The opaque oneDNN copy of the weight: a plain attribute, not a buffer."""
+        return self._packed
+
+    @packed.setter
+    def packed(self, value: torch.Tensor) -> None:
+        self._packed, self.key = value, packed_ops.register(value)  # the key: what a compiled step passes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
             raise RuntimeError("this model's linear weights are prepacked for CPU inference (mpt.load); "
                                "load it with prepack=False (or MPTForCausalLM.from_pretrained) to train it")
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, None, "none", [], "")
+        x2 = x.reshape(-1, self.in_features)
+        if torch.compiler.is_compiling():
+            y = torch.ops.mpt.packed_linear(x2, self.key, self.out_features)
+        else:
+            y = packed_ops.float_linear(x2, self.packed)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     @property

@@ -12,12 +12,13 @@ transformers imports it with every model (seconds and CUDA warnings per command,
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import packed_ops
 
 log = logging.getLogger("mpt.model")
 
@@ -56,6 +57,7 @@ class Int8Linear(nn.Module):
         call: for a 50k-vocabulary head at 1 and 8 rows the packed matmul measured 2.0x and 2.2x faster
         (``benchmarks/bench_kernels.py``)."""
         self.packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        self.key = packed_ops.register(self.packed)  # what a compiled step passes (mpt.model.packed_ops)
         if not keep_plain:
             self.weight = None
 
@@ -84,11 +86,11 @@ class Int8Linear(nn.Module):
         x_scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
         xq = torch.round(xf / x_scale).to(torch.int8)
         if self.packed is not None:
-            # x's scale and zero point are 1 and 0 here (its per-token scales are applied after): the kernel
-            # returns the int32 sums times the weight's row scales, in float32.
-            acc = torch.ops.onednn.qlinear_pointwise.tensor(
-                xq, _ONE, _ZERO, self.packed, self.scale, _zeros(self.out_features), None, 1.0, 0, torch.float32,
-                "none", [], "")
+            # the int32 sums times the weight's row scales, in float32; x's per-token scales come after
+            if torch.compiler.is_compiling():
+                acc = torch.ops.mpt.packed_int8_linear(xq, self.key, self.scale)
+            else:
+                acc = packed_ops.int8_linear(xq, self.packed, self.scale)
             return (acc * x_scale).to(x.dtype)
         # The (N, K) weight passed transposed as a view: measured faster than a (K, N) copy here.
         acc = torch._int_mm(xq, self.weight.t())
@@ -97,14 +99,6 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         packed = ", packed" if self.packed is not None else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{packed}"
-
-
-_ONE, _ZERO = torch.ones(()), torch.zeros((), dtype=torch.int32)
-
-
-@functools.cache
-def _zeros(n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=torch.int32)  # the weight's zero points (symmetric rows)
 
 
 def _packing_agrees(layer: Int8Linear) -> bool:
