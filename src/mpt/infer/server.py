@@ -327,7 +327,7 @@ def on_a_passing_thread(work: Callable[[], T]) -> T:
 
 def warm_up(llm: LLM, cfg: ServeConfig) -> None:
     """Decode a few tokens at every row bucket the batch can reach, before the port listens: a compiled decode
-    step compiles its shapes here (tens of seconds each on CPU), not in the first clients' requests, and oneDNN
+    step compiles its shapes here (seconds per batch size on CPU), not in the first clients' requests, and oneDNN
     builds its kernels for them (CUDA graphs are recorded again on the decode thread: quick, beside the compile).
     The server answers /health only once this is done."""
     from ..model.decode import row_bucket
