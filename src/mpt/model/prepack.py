@@ -2,8 +2,8 @@
 
 Each ``nn.Linear`` (and a tied output projection) becomes a :class:`PackedLinear` whose weight is reordered
 into oneDNN's blocked layout at load; every call then runs oneDNN's matmul on it, the kernel PyTorch's own
-compiler emits for frozen CPU graphs (a compiled step calls it through :mod:`mpt.model.packed_ops`). PyTorch's eager ``F.linear`` repacks or streams the plain weight on
-every call, which at decode shapes (a few rows) measured 2-8x slower (BENCHMARKS.md, prepacked weights).
+compiler emits for frozen CPU graphs (a compiled step calls it through :mod:`mpt.model.packed_ops`). Eager
+``F.linear`` repacks or streams the plain weight on every call: 2-8x slower at decode shapes (BENCHMARKS.md).
 No library fitted: intel-extension-for-pytorch does this but is discontinued, torchao has no float path.
 The state dict still holds the dense weights (``save_pretrained`` works); the model cannot be trained.
 Where the ops are missing or disagree with ``F.linear`` on a probe, the model is left as it is.
