@@ -3,6 +3,7 @@ dict as the plain model, refused for training, and off where torch.compile is as
 their int8 weights packed."""
 
 import logging
+import weakref
 
 import pytest
 import torch
@@ -105,16 +106,29 @@ def test_float16_is_left_alone():
 
 
 @pytest.mark.parametrize("int8", [False, True])
-def test_a_compiled_decode_step_runs_over_packed_weights(int8, caplog):
+def test_a_compiled_decode_step_runs_over_packed_weights(int8, caplog, monkeypatch):
     """torch.compile takes packed weights through mpt.model.packed_ops' ops: the compiled decode gives the eager
-    greedy tokens, and compiles (a graph it could not build would fall back to eager with a warning)."""
+    greedy tokens, compiles (a graph it could not build would fall back to eager with a warning), and its steps
+    call the ops (which alone look weights up by key: eager layers hold theirs) for every packed layer."""
     from mpt.infer.generate import generate_ids
+    from mpt.model import packed_ops
+
+    class Counted(weakref.WeakValueDictionary):
+        lookups = 0
+
+        def __getitem__(self, key):
+            Counted.lookups += 1
+            return super().__getitem__(key)
 
     model = tiny_model(0, **INFER_FIELDS)
     packed = prepack_model(quantize_model(model) if int8 else model)
     assert packed.prepacked
+    monkeypatch.setattr(packed_ops, "_WEIGHTS", Counted(packed_ops._WEIGHTS))
+    layers = sum(getattr(m, "packed", None) is not None for m in packed.modules())
     with caplog.at_level(logging.WARNING):
         eager = generate_ids(packed, IDS[:2, :12], 8, compile=False)
+        assert Counted.lookups == 0
         compiled = generate_ids(packed, IDS[:2, :12], 8, compile=True)
     assert "compiled decode failed" not in caplog.text
     assert torch.equal(compiled, eager)
+    assert layers == 4 * packed.config.n_layers + 1 and Counted.lookups >= 7 * layers  # 7 compiled decode steps

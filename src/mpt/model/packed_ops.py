@@ -24,6 +24,21 @@ def register(packed: torch.Tensor) -> int:
     return key
 
 
+class PackedWeight:
+    """A module attribute holding an opaque packed weight (or None); setting it also registers the weight and
+    puts its key in the module's ``key``, the one way both packed layers (float and int8) get their keys."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, module, owner=None):
+        return self if module is None else getattr(module, self.slot, None)
+
+    def __set__(self, module, packed: torch.Tensor | None) -> None:
+        setattr(module, self.slot, packed)
+        module.key = None if packed is None else register(packed)
+
+
 def float_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """``x`` (rows, in) times a weight packed by ``mkldnn._reorder_linear_weight``: (rows, out), x's dtype."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")

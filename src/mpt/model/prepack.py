@@ -32,20 +32,13 @@ class PackedLinear(nn.Module):
     """A bias-free linear layer over a oneDNN-packed copy of ``weight``; ``tied``: the weight belongs to another
     module (a tied embedding), so this one adds nothing to the state dict."""
 
+    packed = packed_ops.PackedWeight()  # the opaque oneDNN copy: not a buffer; its key is what compiled code passes
+
     def __init__(self, weight: torch.Tensor, tied: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.dtype, self.tied = weight.dtype, tied
         self.packed = _pack(weight)
-
-    @property
-    def packed(self) -> torch.Tensor:
-        """The opaque oneDNN copy of the weight: a plain attribute, not a buffer."""
-        return self._packed
-
-    @packed.setter
-    def packed(self, value: torch.Tensor) -> None:
-        self._packed, self.key = value, packed_ops.register(value)  # the key: what a compiled step passes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
