@@ -58,11 +58,14 @@ def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
     assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=200).text
 
 
-@pytest.mark.parametrize("chunk", [3, 64])
-def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_alone(llm, chunk):
-    """The engine fuses each chunk of a joining prompt into a decode step (mpt.model.ragged): one forward."""
-    engine = llm.engine()
-    assert engine.fuses
+@pytest.mark.parametrize("chunk, compile", [(3, False), (64, False), (5, True)])
+def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_alone(llm, chunk, compile):
+    """The engine fuses each chunk of a joining prompt into a decode step (mpt.model.ragged): one forward. A
+    compiling engine on CPU does too (that step eager, over the compiled steps' padded buffers), and every buffer
+    it keeps stays an inference tensor, as its graphs were built on: one made outside inference mode (the merge
+    of a join was) fails their guards, and the recompile stalls every stream for seconds."""
+    engine = llm.engine(compile)
+    assert engine.fuses and (engine.decoder is not None) == compile
     running = Row("running", llm.encode("Hello world"), greedy(40))
     engine.add([running])
     joining = Row("joining", llm.encode(LONG), greedy(12))
@@ -72,6 +75,7 @@ def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_a
         steps += 1
     assert steps == math.ceil(len(joining.prompt_ids) / chunk)
     engine.join(prefill)
+    assert all(t.is_inference() for t in (*engine.cache.keys, *engine.cache.values))
     while engine.rows:
         engine.step()
     assert llm.decode(joining.out_ids) == llm.generate(LONG, max_new_tokens=12).text

@@ -6,7 +6,8 @@ of their own, :meth:`BatchEngine.join` merges them in, :meth:`BatchEngine.step` 
 every row, and :func:`run` drives a list of requests through. Every generation path decodes here (the
 server, ``mpt.load(...).generate``, :func:`~mpt.infer.generate.generate_ids`) under one stop rule
 (:meth:`BatchEngine._advance`). With ``compile`` (the default on CUDA) each decode step runs through
-:class:`~mpt.model.decode.StaticDecoder`, fixed shapes for ``torch.compile``; prefill stays eager.
+:class:`~mpt.model.decode.StaticDecoder`, fixed shapes for ``torch.compile``; prefill, and on CPU a step
+with a joining chunk, stays eager.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class BatchEngine:
             pass
         self.join(prefill)
 
+    @torch.inference_mode()  # the merged buffers as inference tensors, as a compiled step's graphs were built on
     def join(self, prefill: Prefill) -> None:
         """Merge a finished prefill's rows into the running batch."""
         cache, mask, logits = prefill.cache, prefill.mask, prefill.logits
@@ -131,6 +133,7 @@ class BatchEngine:
         self.cache, self.mask, self.logits, self.padded = cache, mask, logits, padded
         self.rows.extend(prefill.rows)
 
+    @torch.inference_mode()
     def cancel(self, keys: set[Hashable]) -> None:
         keep = [i for i, r in enumerate(self.rows) if r.key not in keys]
         if len(keep) < len(self.rows):
@@ -138,9 +141,12 @@ class BatchEngine:
 
     @property
     def fuses(self) -> bool:
-        """Whether :meth:`step` runs a joining prompt's chunk in the decode step's forward (eager, ALiBi or no
-        positions); a compiled step has fixed shapes, and learned positions serve one row at a time."""
-        return self.fuse_joins and self.decoder is None and self.model.transformer.wpe is None
+        """Whether :meth:`step` runs a joining prompt's chunk in the decode step's forward (ALiBi or no positions:
+        learned positions serve one row at a time). That forward is eager: on CPU a compiling engine runs its
+        steps with a joining chunk so (one read of the weights for both beats a compiled step plus a forward of
+        the chunk's own); on CUDA the compiled step's graphs keep their buffers in place, so the chunk runs apart."""
+        return (self.fuse_joins and self.model.transformer.wpe is None
+                and (self.decoder is None or self.device.type == "cpu"))
 
     @torch.inference_mode()
     def step(self, joining: Prefill | None = None, positions: int | None = None) -> list[Update]:
@@ -191,7 +197,10 @@ class BatchEngine:
         """The decode forward and ``joining``'s next chunk as one; False (both caches put back) if it failed,
         so the caller runs them apart and a failure is pinned on whichever of them it belongs to."""
         start, end = joining.span(positions)
-        before = self.cache.get_seq_length()
+        before, rows = self.cache.get_seq_length(), len(self.rows)
+        if self.cache.keys[0].shape[0] > rows:  # a compiled step's padding rows (row_bucket): not this forward's
+            self.cache.keys[:] = [k[:rows] for k in self.cache.keys]
+            self.cache.values[:] = [v[:rows] for v in self.cache.values]
         groups = [Group(ids, self.cache, self.mask if self.padded else None),
                   Group(joining.ids[:, start:end], joining.cache, joining.mask[:, :end] if joining.padded else None)]
         try:

@@ -115,8 +115,9 @@ class StaticDecoder:
         """Make ``cache``'s buffers contiguous, ``row_bucket(rows)`` rows (the rest zeros) and a bucketed capacity
         above ``length``; return that capacity."""
         n, cap = cache.keys[0].shape[0], cache.keys[0].shape[2]
+        # (inference tensors only: a buffer made outside inference mode fails the graphs' guards, a recompile)
         if (n == row_bucket(rows) and cap > length and cap == bucket(cap)
-                and all(k.is_contiguous() for k in cache.keys)):
+                and all(k.is_contiguous() and k.is_inference() for k in (*cache.keys, *cache.values))):
             return cap
         # Growing: by half again, so a long decode recompiles a handful of times, not every bucket.
         new_cap = bucket(max(length + 1, cap if cap > length else (3 * (length + 1)) // 2))
