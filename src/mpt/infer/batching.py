@@ -40,6 +40,7 @@ class Row:
     out_ids: list[int] = field(default_factory=list)
     text: TextStream | None = None
     finish_reason: str | None = None
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None  # params.logit_bias as (ids, values), made at first use
 
 
 @dataclass
@@ -220,12 +221,15 @@ class BatchEngine:
         greedy = [i for i, r in enumerate(self.rows) if r.params.greedy]
         if greedy:  # together: row by row, each pick would wait for the device on its own
             logits = self.logits if len(greedy) == len(self.rows) else self.logits[greedy]
-            biased = [(j, self.rows[i].params.logit_bias) for j, i in enumerate(greedy) if self.rows[i].params.logit_bias]
+            biased = [(j, self.rows[i]) for j, i in enumerate(greedy) if self.rows[i].params.logit_bias]
             if biased:  # added in float32, as pick_token adds them (a copy: the scores stay as they are)
                 logits = logits.to(torch.float32, copy=True)
-                for j, bias in biased:
-                    logits[j].index_add_(0, torch.tensor(list(bias), device=logits.device),
-                                         torch.tensor(list(bias.values()), device=logits.device))
+                for j, r in biased:
+                    if r.bias is None:
+                        bias = r.params.logit_bias
+                        r.bias = (torch.tensor(list(bias), device=logits.device),
+                                  torch.tensor(list(bias.values()), device=logits.device))
+                    logits[j].index_add_(0, *r.bias)
             for i, tok in zip(greedy, greedy_tokens(logits), strict=True):
                 picks[i] = tok
         for i, r in enumerate(self.rows):
