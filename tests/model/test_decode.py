@@ -2,7 +2,7 @@
 
 The compiled test is slow on purpose: inductor compiles the tiny model's decode step once on CPU
 (about 15-35 s on 2 cores, most of this file's time; seconds once inductor's on-disk cache holds it).
-It uses one shape only (rows padded to 4, one capacity bucket, ``dynamic=False``), so it compiles once.
+It compiles one graph only: rows padded to 4, the capacity and the attended columns dynamic on CPU.
 """
 
 import logging
@@ -12,6 +12,8 @@ import torch
 
 from mpt import KVCache
 from mpt.infer import generate_ids
+from mpt.infer.batching import BatchEngine, Row, run
+from mpt.infer.sampling import SamplingParams
 from mpt.model.decode import StaticDecoder, bucket, decode_step, row_bucket
 from tests.tiny import tiny_model
 
@@ -27,17 +29,27 @@ def _padded_prompts(seed=1, rows=2):
 
 
 def test_compiled_greedy_decode_equals_eager_past_max_seq_len(caplog):
+    """... with one graph for the whole generation: the cache grows past its first capacity and the attended
+    columns grow every step, and neither compiles again (a compile stalls a server's streams for seconds)."""
+    from torch._dynamo.utils import counters
+
     model = tiny_model(**MODEL_FIELDS)
     ids, mask = _padded_prompts(rows=4)
     mask[3, :5] = 0
-    n = 30  # 7 + 30 positions, past max_seq_len = 24: ALiBi goes on
+    n = 70  # 7 + 70 positions: past max_seq_len = 24 (ALiBi goes on) and past the first capacity bucket (64)
     free = generate_ids(model, ids, n, attention_mask=mask, compile=False)[:, 7:]
     # An end-of-sequence token that ends row 0 early but not row 2: the batch shrinks mid-decode (4 rows,
     # then fewer; the compiled step pads them back to 4, so this still compiles once).
     eos = next(int(t) for t in free[0, 1:] if int(t) not in free[2].tolist())
     eager = generate_ids(model, ids, n, attention_mask=mask, eos_token_id=eos, compile=False)
+    torch._dynamo.reset()  # count this test's graphs alone
     with caplog.at_level(logging.WARNING, logger="mpt.model"):
         compiled = generate_ids(model, ids, n, attention_mask=mask, eos_token_id=eos, compile=True)
+        # The server's engine reserves 16 positions, not n: its cache grows mid-generation.
+        rows = [Row(i, ids[i][mask[i].bool()].tolist(), SamplingParams(n)) for i in range(4)]
+        list(run(BatchEngine(model, None, [eos], compile=True), rows))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert [r.out_ids for r in rows] == [row[:row.index(eos) + 1] if eos in row else row for row in eager[:, 7:].tolist()]
     # The engine falls back to eager decode if compiling fails; that must not be what passed here.
     assert not [r for r in caplog.records if "compiled decode failed" in r.getMessage()]
     assert eager.shape == (4, 7 + n) and (eager[0, 7:] == eos).any() and not (eager[2, 7:] == eos).any()

@@ -37,22 +37,25 @@ def row_bucket(rows: int) -> int:
 
 
 class _StaticView:
-    """The ``update`` surface ``MPTAttention`` calls, writing column ``pos`` of fixed-shape buffers in place."""
+    """The ``update`` surface ``MPTAttention`` calls, writing column ``pos`` of fixed-shape buffers in place and
+    returning their first ``columns`` columns (the ones attended to)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor) -> None:
-        self.keys, self.values, self.pos = keys, values, pos
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], pos: torch.Tensor, columns) -> None:
+        self.keys, self.values, self.pos, self.columns = keys, values, pos, columns
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.keys[layer_idx].index_copy_(2, self.pos, k)
         self.values[layer_idx].index_copy_(2, self.pos, v)
-        return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, :self.columns], self.values[layer_idx][:, :, :self.columns]
 
 
 def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor,
                 keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
     """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` written at cache column ``pos`` (a 1-element long tensor).
 
-    ``key_mask`` ``(rows, C)`` bool: True for every real token up to and including column ``pos``.
+    ``key_mask`` ``(rows, N)`` bool: True for every real token up to and including column ``pos``; the step
+    attends to the buffers' first ``N`` columns: the whole capacity (CUDA: fixed shapes for its graphs) or the
+    written ones (CPU: ``N`` is dynamic, so attention reads no unwritten column).
 
     The ALiBi bias of every real column is the eager one, ``slope * (j - pos)``, and padding and unwritten
     columns get the same large negative value, so a masked key weighs exactly zero. The step reuses the
@@ -74,7 +77,7 @@ def decode_step(model, ids: torch.Tensor, pos: torch.Tensor, key_mask: torch.Ten
         mask = (slopes[:, None, None] * rel).to(dtype)[None]
     mask = mask.masked_fill(~key_mask[:, None, None, :], neg)
     inp = AttentionInputs(1, C, slopes, key_mask, "torch", sdpa_mask=mask)
-    cache = _StaticView(keys, values, pos)
+    cache = _StaticView(keys, values, pos, C)
     for block in tr.blocks:
         x = block(x, inp, cache)
     return model.logits(tr.norm_f(x))[:, -1]
@@ -113,14 +116,17 @@ class StaticDecoder:
 
     def prepare(self, cache: KVCache, length: int, rows: int) -> int:
         """Make ``cache``'s buffers contiguous, ``row_bucket(rows)`` rows (the rest zeros) and a bucketed capacity
-        above ``length``; return that capacity."""
+        above ``length + 1``; return that capacity."""
         n, cap = cache.keys[0].shape[0], cache.keys[0].shape[2]
-        # (inference tensors only: a buffer made outside inference mode fails the graphs' guards, a recompile)
-        if (n == row_bucket(rows) and cap > length and cap == bucket(cap)
+        # The column written, plus one: the attended columns (length + 1) stay fewer than the capacity, else a CPU
+        # graph, compiled for fewer, would compile again for equal. Inference tensors only: a buffer made outside
+        # inference mode fails the graphs' guards (a recompile).
+        need = length + 2
+        if (n == row_bucket(rows) and cap >= need and cap == bucket(cap)
                 and all(k.is_contiguous() and k.is_inference() for k in (*cache.keys, *cache.values))):
             return cap
         # Growing: by half again, so a long decode recompiles a handful of times, not every bucket.
-        new_cap = bucket(max(length + 1, cap if cap > length else (3 * (length + 1)) // 2))
+        new_cap = bucket(max(need, cap if cap >= need else (3 * need) // 2))
         for bufs in (cache.keys, cache.values):
             for i, buf in enumerate(bufs):
                 new = buf.new_zeros(row_bucket(rows), buf.shape[1], new_cap, buf.shape[3])
@@ -136,7 +142,10 @@ class StaticDecoder:
         length, rows = cache.get_seq_length(), ids.shape[0]
         cap = self.prepare(cache, length, rows)
         n = row_bucket(rows)
-        key_mask = torch.zeros(n, cap, dtype=torch.bool, device=self.device)
+        # CUDA graphs need fixed shapes: attend over the whole capacity. On CPU the attended columns are a dynamic
+        # dimension like the capacity, so no graph attends to unwritten ones (up to a third of a grown buffer).
+        columns = cap if self.device.type == "cuda" else length + 1
+        key_mask = torch.zeros(n, columns, dtype=torch.bool, device=self.device)
         if mask is None:
             key_mask[:rows, :length + 1] = True
         else:
@@ -149,7 +158,7 @@ class StaticDecoder:
         pos = torch.tensor([length], device=self.device)
         if self.device.type == "cpu" and self.step_fn is not decode_step:
             for t in (key_mask, *cache.keys, *cache.values):
-                dim = t.dim() - 1 if t is key_mask else 2  # the capacity
+                dim = t.dim() - 1 if t is key_mask else 2  # the attended columns; the capacity
                 # (a buffer kept from the last step is marked already: marking 17 tensors a step cost ~2 %)
                 if dim not in getattr(t, "_dynamo_dynamic_indices", ()):
                     torch._dynamo.mark_dynamic(t, dim)
