@@ -6,8 +6,8 @@ of their own, :meth:`BatchEngine.join` merges them in, :meth:`BatchEngine.step` 
 every row, and :func:`run` drives a list of requests through. Every generation path decodes here (the
 server, ``mpt.load(...).generate``, :func:`~mpt.infer.generate.generate_ids`) under one stop rule
 (:meth:`BatchEngine._advance`). With ``compile`` (the default on CUDA) each decode step runs through
-:class:`~mpt.model.decode.StaticDecoder`, fixed shapes for ``torch.compile``; prefill, and on CPU a step
-with a joining chunk, stays eager.
+:class:`~mpt.model.decode.StaticDecoder`, a static cache for ``torch.compile``; prefill, and on CPU a
+step with a joining chunk, stays eager.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The one-token decode step over a static KV cache, compiled with ``torch.compile`` when asked.
 
 :class:`StaticDecoder` runs :func:`decode_step` (compiled by :func:`compiled_step`) over a
-:class:`~mpt.model.cache.KVCache`'s whole preallocated buffer, ``(rows, H, C, D)`` per layer: the new
-key/value is written in place at column ``pos`` (a tensor) and unwritten columns are masked out, so the
-step's shapes change only when the row count or the capacity ``C`` crosses a bucket (:func:`row_bucket`,
-:func:`bucket`). The eager step attends to a slice that grows by a column per token, a new shape every
-step, which ``torch.compile`` would specialise on and CUDA graphs could not replay. Greedy tokens are
-tested identical to the eager step (also past ``max_seq_len``).
+:class:`~mpt.model.cache.KVCache`'s preallocated buffers, ``(rows, H, C, D)`` per layer: the new key/value
+is written in place at column ``pos`` (a tensor), and rows and capacity ``C`` change only at buckets
+(:func:`row_bucket`, :func:`bucket`). On CUDA the step attends over the whole buffer, unwritten columns
+masked (fixed shapes, which CUDA graphs replay); on CPU the capacity and the attended columns are dynamic
+dimensions (one graph per row bucket, no unwritten column read). Greedy tokens are tested identical to
+the eager step (also past ``max_seq_len``).
 """
 
 from __future__ import annotations
