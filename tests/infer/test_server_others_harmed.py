@@ -77,10 +77,19 @@ def test_a_client_that_leaves_frees_its_rows_within_a_few_steps(small, stream):
 @pytest.fixture(scope="module")
 def wide(llm):
     """A vocabulary of 16k: whole-prompt fp32 logits of a 1,000-token prompt are 65 MB (twice, with their
-    log-softmax), which a memory bound per chunk must not hold."""
+    log-softmax), which a memory bound per chunk must not hold.
+
+    The ids past the tokenizer's have no text, and a stream sends no event for a token without text: their output
+    rows are zeros (logit 0, below the best real token's), so the greedy stream keeps sending events (unchanged, it
+    fell silent after 391 tokens, and a scoring window after that measured no gap at all)."""
+    import torch
+
     from mpt.infer.api import LLM
 
-    model = LLM(tiny_model(**(INFER_FIELDS | {"vocab_size": 16384})), llm.tokenizer)
+    net = tiny_model(**(INFER_FIELDS | {"vocab_size": 16384}))
+    with torch.no_grad():
+        (net.get_output_embeddings() or net.get_input_embeddings()).weight[len(llm.tokenizer):] = 0  # (tied)
+    model = LLM(net, llm.tokenizer)
     s = RunningServer(model, context_length=8192)
     yield s
     s.close()
