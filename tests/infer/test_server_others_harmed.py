@@ -80,8 +80,8 @@ def wide(llm):
     log-softmax), which a memory bound per chunk must not hold.
 
     The ids past the tokenizer's have no text, and a stream sends no event for a token without text: their output
-    rows are zeros (logit 0, below the best real token's), so the greedy stream keeps sending events (unchanged, it
-    fell silent after 391 tokens, and a scoring window after that measured no gap at all)."""
+    rows are zeros (logit 0, below the best real token's), so the greedy stream keeps sending events (with random
+    rows it fell silent after 391 tokens, and a scoring window that began later saw no token at all)."""
     import torch
 
     from mpt.infer.api import LLM
