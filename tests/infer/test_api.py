@@ -118,12 +118,12 @@ def test_bad_sampling_settings_are_named(llm, field, value):
 
 def test_generate_compiled_and_in_prefill_chunks_gives_the_eager_tokens(llm, plain_llm):
     """mpt.load(...).generate passes compile and prefill_chunk to the engine: same greedy tokens, compiled or
-    eager, with prepacked weights and without."""
+    eager, with prepacked weights and without. (A compiled engine over the prepacked weights is the compiled case
+    of tests/infer/test_batching.py's fused-join test, on this same model: not compiled a second time here.)"""
     prompt = llm.encode(PROMPTS[3] * 3)
     eager = llm.generate([prompt], max_new_tokens=6)[0].token_ids
     assert plain_llm.generate([prompt], max_new_tokens=6)[0].token_ids == eager
     assert llm.generate([prompt], max_new_tokens=6, prefill_chunk=8)[0].token_ids == eager
-    assert llm.generate([prompt], max_new_tokens=6, compile=True)[0].token_ids == eager
     assert plain_llm.generate([prompt], max_new_tokens=6, compile=True)[0].token_ids == eager
     assert llm.engine(compile=True).decoder is not None
 

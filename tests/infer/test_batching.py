@@ -9,7 +9,7 @@ import torch
 from mpt.infer import generate_ids
 from mpt.infer.batching import Row
 from mpt.infer.sampling import SamplingParams
-from tests.model.helpers import MODEL_FIELDS
+from tests.model.helpers import MODEL_FIELDS, count_packed_lookups
 from tests.model.test_decode import _padded_prompts
 from tests.tiny import tiny_model
 
@@ -59,11 +59,13 @@ def test_running_rows_step_between_the_chunks_of_a_joining_prompt(llm, chunk):
 
 
 @pytest.mark.parametrize("chunk, compile", [(3, False), (64, False), (5, True)])
-def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_alone(llm, chunk, compile):
+def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_alone(llm, chunk, compile, monkeypatch):
     """The engine fuses each chunk of a joining prompt into a decode step (mpt.model.ragged): one forward. A
     compiling engine on CPU does too (that step eager, over the compiled steps' padded buffers), and every buffer
     it keeps stays an inference tensor, as its graphs were built on: one made outside inference mode (the merge
-    of a join was) fails their guards, and the recompile stalls every stream for seconds."""
+    of a join was) fails their guards, and the recompile stalls every stream for seconds. Compiled, its other
+    steps run over the prepacked weights (``llm``'s) through mpt.model.packed_ops' ops."""
+    counted = count_packed_lookups(monkeypatch)
     engine = llm.engine(compile)
     assert engine.fuses and (engine.decoder is not None) == compile
     running = Row("running", llm.encode("Hello world"), greedy(40))
@@ -76,10 +78,15 @@ def test_a_joining_prompt_run_inside_the_decode_steps_gives_every_row_its_text_a
     assert steps == math.ceil(len(joining.prompt_ids) / chunk)
     engine.join(prefill)
     assert all(t.is_inference() for t in (*engine.cache.keys, *engine.cache.values))
+    forwards = 0  # decode steps after the join: every one compiled, when compiling (a last step may only retire)
     while engine.rows:
         engine.step()
+        forwards += bool(engine.rows)
     assert llm.decode(joining.out_ids) == llm.generate(LONG, max_new_tokens=12).text
     assert llm.decode(running.out_ids) == llm.generate("Hello world", max_new_tokens=40).text
+    layers = sum(getattr(m, "packed", None) is not None for m in llm.model.modules())
+    assert layers == 4 * llm.model.config.n_layers + 1 and forwards > 10
+    assert counted.lookups == (forwards * layers if compile else 0)
 
 
 def test_a_joining_prompt_whose_chunk_fails_fails_alone(llm, caplog):

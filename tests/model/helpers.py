@@ -1,6 +1,8 @@
-"""The model tests' tiny MPT fields, and a float64 reference implementation of MPT attention."""
+"""The model tests' tiny MPT fields, a float64 reference implementation of MPT attention, and a count of the
+compiled packed matmuls' weight lookups."""
 
 import math
+import weakref
 from functools import partial
 
 import torch
@@ -37,3 +39,20 @@ def reference_attention(q, k, v, slopes, scale, key_mask=None):
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
+
+
+def count_packed_lookups(monkeypatch) -> weakref.WeakValueDictionary:
+    """Count the weight lookups of mpt.model.packed_ops' ops from now on (its ``lookups``): only compiled code calls
+    the ops (eager layers hold their packed weights), so a compiled step over packed weights makes one per layer."""
+    from mpt.model import packed_ops
+
+    class Counted(weakref.WeakValueDictionary):
+        lookups = 0
+
+        def __getitem__(self, key):
+            Counted.lookups += 1
+            return super().__getitem__(key)
+
+    counted = Counted(packed_ops._WEIGHTS)
+    monkeypatch.setattr(packed_ops, "_WEIGHTS", counted)
+    return counted

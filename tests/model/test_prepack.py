@@ -3,7 +3,6 @@ dict as the plain model, refused for training, and off where torch.compile is as
 their int8 weights packed."""
 
 import logging
-import weakref
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from mpt.model.load import cpu_has_bf16
 from mpt.model.prepack import PackedLinear, can_prepack, prepack_model
 from mpt.model.quantize import Int8Linear, quantize_model, weight_bytes
 from tests.infer.conftest import INFER_FIELDS
+from tests.model.helpers import count_packed_lookups
 from tests.tiny import tiny_model
 
 pytestmark = pytest.mark.skipif(not can_prepack(tiny_model(0)), reason="this torch build has no oneDNN prepacking")
@@ -105,30 +105,21 @@ def test_float16_is_left_alone():
     assert not getattr(h, "prepacked", False) and isinstance(h.transformer.blocks[0].attn.Wqkv, torch.nn.Linear)
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_a_compiled_decode_step_runs_over_packed_weights(int8, caplog, monkeypatch):
-    """torch.compile takes packed weights through mpt.model.packed_ops' ops: the compiled decode gives the eager
+def test_a_compiled_decode_step_runs_over_packed_int8_weights(caplog, monkeypatch):
+    """torch.compile takes packed int8 weights through mpt.model.packed_ops' ops: the compiled decode gives the eager
     greedy tokens, compiles (a graph it could not build would fall back to eager with a warning), and its steps
-    call the ops (which alone look weights up by key: eager layers hold theirs) for every packed layer."""
+    call the ops for every packed layer. (Packed float weights: the compiled case of tests/infer/test_batching.py's
+    fused-join test.)"""
     from mpt.infer.generate import generate_ids
-    from mpt.model import packed_ops
 
-    class Counted(weakref.WeakValueDictionary):
-        lookups = 0
-
-        def __getitem__(self, key):
-            Counted.lookups += 1
-            return super().__getitem__(key)
-
-    model = tiny_model(0, **INFER_FIELDS)
-    packed = prepack_model(quantize_model(model) if int8 else model)
+    packed = prepack_model(quantize_model(tiny_model(0, **INFER_FIELDS)))
     assert packed.prepacked
-    monkeypatch.setattr(packed_ops, "_WEIGHTS", Counted(packed_ops._WEIGHTS))
+    counted = count_packed_lookups(monkeypatch)
     layers = sum(getattr(m, "packed", None) is not None for m in packed.modules())
     with caplog.at_level(logging.WARNING):
         eager = generate_ids(packed, IDS[:2, :12], 8, compile=False)
-        assert Counted.lookups == 0
+        assert counted.lookups == 0
         compiled = generate_ids(packed, IDS[:2, :12], 8, compile=True)
     assert "compiled decode failed" not in caplog.text
     assert torch.equal(compiled, eager)
-    assert layers == 4 * packed.config.n_layers + 1 and Counted.lookups >= 7 * layers  # 7 compiled decode steps
+    assert layers == 4 * packed.config.n_layers + 1 and counted.lookups >= 7 * layers  # 7 compiled decode steps
