@@ -40,7 +40,6 @@ class Row:
     out_ids: list[int] = field(default_factory=list)
     text: TextStream | None = None
     finish_reason: str | None = None
-    bias: tuple[torch.Tensor, torch.Tensor] | None = None  # params.logit_bias as (ids, values), made at first use
 
 
 @dataclass
@@ -225,11 +224,7 @@ class BatchEngine:
             if biased:  # added in float32, as pick_token adds them (a copy: the scores stay as they are)
                 logits = logits.to(torch.float32, copy=True)
                 for j, r in biased:
-                    if r.bias is None:
-                        bias = r.params.logit_bias
-                        r.bias = (torch.tensor(list(bias), device=logits.device),
-                                  torch.tensor(list(bias.values()), device=logits.device))
-                    logits[j].index_add_(0, *r.bias)
+                    logits[j].index_add_(0, *r.params.bias_tensors(logits.device))
             for i, tok in zip(greedy, greedy_tokens(logits), strict=True):
                 picks[i] = tok
         for i, r in enumerate(self.rows):

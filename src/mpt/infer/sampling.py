@@ -23,6 +23,14 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # report each new token's log-probability and this many top alternatives
     logit_bias: dict[int, float] | None = None  # added to these tokens' scores before picking (OpenAI's field)
+    _bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def bias_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logit_bias`` as (token ids, float32 values) on ``device``: made once, read at every token."""
+        if self._bias is None or self._bias[0].device != device:
+            self._bias = (torch.tensor(list(self.logit_bias), device=device),
+                          torch.tensor(list(self.logit_bias.values()), device=device, dtype=torch.float32))
+        return self._bias
 
     def validate(self) -> SamplingParams:
         def bad(name: str, allowed: str) -> ValueError:
@@ -117,8 +125,7 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, seen: list[int],
         score = torch.where(score > 0, score / params.repetition_penalty, score * params.repetition_penalty)
         logits = logits.scatter(1, idx, score)
     if params.logit_bias:
-        ids = torch.tensor(list(params.logit_bias), device=logits.device)
-        bias = torch.tensor(list(params.logit_bias.values()), device=logits.device, dtype=torch.float32)
+        ids, bias = params.bias_tensors(logits.device)
         logits = logits.float().index_add(1, ids, bias[None])
     logits = _sanitised(logits)
     temperature = params.temperature if params.temperature >= GREEDY_BELOW else 0.0
