@@ -197,10 +197,9 @@ class BatchEngine:
         """The decode forward and ``joining``'s next chunk as one; False (both caches put back) if it failed,
         so the caller runs them apart and a failure is pinned on whichever of them it belongs to."""
         start, end = joining.span(positions)
-        before, rows = self.cache.get_seq_length(), len(self.rows)
-        if self.cache.keys[0].shape[0] > rows:  # a compiled step's padding rows (row_bucket): not this forward's
-            self.cache.keys[:] = [k[:rows] for k in self.cache.keys]
-            self.cache.values[:] = [v[:rows] for v in self.cache.values]
+        before = self.cache.get_seq_length()
+        if self.decoder is not None:
+            self.decoder.unpad(self.cache, len(self.rows))
         groups = [Group(ids, self.cache, self.mask if self.padded else None),
                   Group(joining.ids[:, start:end], joining.cache, joining.mask[:, :end] if joining.padded else None)]
         try:

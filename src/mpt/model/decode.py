@@ -136,6 +136,14 @@ class StaticDecoder:
                 bufs[i] = new
         return new_cap
 
+    @staticmethod
+    def unpad(cache: KVCache, rows: int) -> None:
+        """Drop the padding rows :meth:`prepare` added (views, no copy), for an eager forward over the ``rows``
+        live ones; the next compiled step pads them again."""
+        if cache.keys[0].shape[0] > rows:
+            cache.keys[:] = [k[:rows] for k in cache.keys]
+            cache.values[:] = [v[:rows] for v in cache.values]
+
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(rows, V)`` for ``ids`` ``(rows, 1)`` appended to ``cache``; ``mask`` ``(rows, L + 1)``, None: no padding."""
